@@ -1,0 +1,1 @@
+"""API stage: fraud scoring, SQL over HTTP, the model registry and device management."""

@@ -1,0 +1,1 @@
+"""Benchmarks: each measures edgelake against a baseline in the same run."""

@@ -1,0 +1,1 @@
+"""Edge stage: the device agent (installable with the `edge` extra alone)."""

@@ -1,0 +1,3 @@
+from edgelake.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""The ``edgelake`` command: one place that wires every stage into commands.
+
+Stage modules are imported inside the commands so that ``edgelake --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from edgelake.cli import bench, broker, config, demo, produce, schemas
+from edgelake.cli.common import not_built
+from edgelake.logs import configure_logging
+from edgelake.settings import Settings
+
+app = typer.Typer(
+    name="edgelake",
+    help="Hybrid edge-cloud data lake: Kafka -> Beam -> Delta Lake -> Spark/TensorFlow -> TFLite at the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    settings = Settings()
+    configure_logging(settings)
+    ctx.obj = settings
+
+
+app.add_typer(config.app, name="config")
+app.add_typer(broker.app, name="broker")
+app.add_typer(schemas.app, name="schemas")
+app.add_typer(produce.app, name="produce")
+app.add_typer(bench.app, name="bench")
+app.command("demo")(demo.demo)
+
+not_built(app, "ingest", "Land Kafka topics in the Delta Lake with Beam, exactly once (issue #3).")
+not_built(app, "lake", "Catalog, gold tables, time travel and maintenance of the lake (issue #4).")
+not_built(app, "sql", "Read-only SQL over the lake (issue #4).")
+not_built(app, "train", "Train the fraud and vision models (issue #5).")
+not_built(app, "models", "The signed model registry (issue #5).")
+not_built(app, "serve", "The fraud-scoring, SQL and device API (issue #6).")
+not_built(app, "edge", "The edge device agent and fleet (issue #7).")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,38 @@
+"""``edgelake bench``: benchmarks measured as ratios against a baseline in the same run."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from edgelake.cli.common import console, not_built, reported_errors
+from edgelake.settings import Settings
+
+app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
+
+
+@app.command("produce")
+def produce(
+    ctx: typer.Context,
+    events: int = typer.Option(100_000, "--events", min=1000, help="Events per measured run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    record: bool = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md."),
+) -> None:
+    """The producer API (validated events) against raw kafka-python sends of pre-serialized bytes."""
+    from bench import produce as bench_produce
+    from bench.results import record_result
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        result = bench_produce.run(settings, events)
+    if record:
+        record_result("produce", result)
+    print(json.dumps(result)) if as_json else console.print(result)
+
+
+not_built(app, "ingest", "Ingest throughput against the raw consume ceiling (issue #3).")
+not_built(app, "sql", "Embedded SQL against Spark SQL (issue #4).")
+not_built(app, "train", "Feature job and training throughput (issue #5).")
+not_built(app, "api", "Scoring latency against a naive baseline (issue #6).")
+not_built(app, "edge", "Edge inference latency, size and memory (issue #7).")

@@ -1,0 +1,50 @@
+"""Helpers every command group shares: console, error reporting, placeholders for unbuilt groups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+from edgelake.broker import BrokerUnavailable
+from edgelake.contracts import InvalidEvent
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Errors that mean the user's input or environment is wrong: reported in one line, exit 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidEvent,
+    BrokerUnavailable,
+    FileNotFoundError,
+    LookupError,
+    TimeoutError,
+    ValueError,
+    RuntimeError,
+)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn expected failures into a clear one-line message and exit status 2."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def not_built(app: typer.Typer, name: str, summary: str) -> None:
+    """Register a command group that exists in the design but is not built yet."""
+
+    def placeholder() -> None:
+        err_console.print(f"[yellow]edgelake {name}: not built yet.[/] {summary}")
+        raise typer.Exit(2)
+
+    app.command(
+        name,
+        help=f"(not built yet) {summary}",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(placeholder)

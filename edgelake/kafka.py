@@ -1,0 +1,144 @@
+"""Kafka client configuration and topic administration shared by every stage."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from edgelake.contracts import EVENT_TYPES
+from edgelake.settings import Settings
+
+
+def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
+    """KafkaProducer options that lose nothing: all replicas acknowledge, retries, idempotence."""
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "retries": 2**31 - 1,
+        "delivery_timeout_ms": 120_000,
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+        **overrides,
+    }
+
+
+def consumer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
+    """KafkaConsumer options for manual partition assignment; no consumer group is used."""
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "group_id": None,
+        "enable_auto_commit": False,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        **overrides,
+    }
+
+
+def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+    """Block until a broker answers a metadata request; raise ``TimeoutError`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if not any(_accepts(address) for address in bootstrap_servers.split(",")):
+            time.sleep(0.2)  # no client yet: a refused connection makes kafka-python log errors
+            continue
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError) as error:
+            last_error = error
+            time.sleep(0.2)
+    raise TimeoutError(f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f}s: {last_error}")
+
+
+def ensure_topics(settings: Settings, bootstrap_servers: str) -> list[str]:
+    """Create every event topic that does not exist yet; return the names created."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(settings.topic(event.topic), event.partitions, 1)
+            for event in EVENT_TYPES
+            if settings.topic(event.topic) not in existing
+        ]
+        created = []
+        for topic in missing:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def _accepts(address: str) -> bool:
+    host, _, port = address.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message read back from a topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+def read_topic(bootstrap_servers: str, topic: str, idle_s: float = 2.0) -> Iterator[Record]:
+    """Every record of ``topic`` from the beginning, in partition order of arrival.
+
+    Ends once every partition has reached its end offset and no record arrived for
+    ``idle_s``: some Kafka-compatible brokers misreport end offsets, so they alone
+    are not trusted to mean "done" (nor, after ``10 * idle_s`` of silence, "not done").
+    """
+    consumer = KafkaConsumer(**consumer_config(bootstrap_servers))
+    try:
+        partitions = _partitions(consumer, topic)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        idle_since = time.monotonic()
+        while True:
+            batch = consumer.poll(timeout_ms=200, max_records=50_000)
+            if batch:
+                idle_since = time.monotonic()
+                for messages in batch.values():
+                    for m in messages:
+                        yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                continue
+            idle = time.monotonic() - idle_since
+            caught_up = all(consumer.position(tp) >= end[tp] for tp in partitions)
+            if (caught_up and idle >= idle_s) or idle >= 10 * idle_s:
+                return
+    finally:
+        consumer.close()
+
+
+def _partitions(consumer: KafkaConsumer, topic: str) -> Sequence[TopicPartition]:
+    ids = consumer.partitions_for_topic(topic)
+    if not ids:
+        raise LookupError(f"topic '{topic}' does not exist")
+    return [TopicPartition(topic, p) for p in sorted(ids)]

@@ -1,0 +1,58 @@
+"""Runtime settings, read from the environment (prefix ``EDGELAKE_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BrokerImpl = Literal["noida", "tansu"]
+
+
+class Settings(BaseSettings):
+    """Every knob of edgelake in one place; each embedded default has a distributed twin."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELAKE_", env_file=".env", extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        "", description="Comma-separated Kafka brokers; empty starts the embedded broker."
+    )
+    broker_impl: BrokerImpl = Field("noida", description="Embedded broker implementation.")
+    broker_port: int = Field(19092, description="Loopback port of the embedded broker.")
+    topic_prefix: str = Field("", description="Prefix added to every topic name.")
+
+    data_dir: Path = Field(Path(".edgelake"), description="Local state: broker data, keys.")
+    cache_dir: Path | None = Field(None, description="Downloaded data sets; default <data_dir>/cache.")
+    lake_root: str = Field(
+        "./.edgelake/lake", description="Lake root: a path or any URI deltalake accepts (s3://, file://)."
+    )
+    api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the edgelake API.")
+
+    fashion_mnist_dir: Path = Field(
+        Path("/usr/share/datasets/fashion-mnist"), description="Debian dataset-fashion-mnist files."
+    )
+    dataset_base_time: datetime = Field(
+        datetime(2013, 9, 1, tzinfo=timezone.utc),
+        description="Event time of offset 0 for data sets that only carry relative time (ULB, Shuttle).",
+    )
+
+    log_level: str = Field("INFO", description="Python log level.")
+    log_format: Literal["json", "console"] = Field("console", description="Log line format.")
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when no Kafka cluster is configured and the embedded broker is used."""
+        return not self.kafka_bootstrap_servers.strip()
+
+    @model_validator(mode="after")
+    def _default_cache_dir(self) -> Settings:
+        if self.cache_dir is None:
+            self.cache_dir = self.data_dir / "cache"
+        return self
+
+    def topic(self, name: str) -> str:
+        """The broker-side name of a logical topic."""
+        return f"{self.topic_prefix}{name}"

@@ -1,0 +1,1 @@
+"""Ingest stage: producers into Kafka, and Beam pipelines from Kafka into the lake."""

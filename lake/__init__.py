@@ -1,0 +1,1 @@
+"""Lake stage: catalog, Spark access, gold tables and guarded SQL over the Delta Lake."""

@@ -1,0 +1,103 @@
+"""The ``edgelake`` command as a user runs it: a real process against a real broker."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from edgelake.broker import EmbeddedBroker
+from support import DATASET_CACHE
+
+GROUPS = ["broker", "produce", "ingest", "lake", "sql", "train", "models", "serve", "edge", "bench"]
+
+
+def edgelake(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgelake", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def env(noida_broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
+    return {
+        "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": noida_broker.bootstrap_servers,
+        "EDGELAKE_TOPIC_PREFIX": f"cli{uuid.uuid4().hex[:8]}-",
+        "EDGELAKE_DATA_DIR": str(tmp_path),
+        "EDGELAKE_CACHE_DIR": str(DATASET_CACHE),
+    }
+
+
+def test_help_lists_every_command_group() -> None:
+    result = edgelake("--help")
+    assert result.returncode == 0
+    for group in GROUPS:
+        assert f" {group} " in result.stdout
+
+
+@pytest.mark.parametrize("group", ["ingest", "lake", "sql", "train", "models", "serve", "edge"])
+def test_unbuilt_groups_say_so(group: str) -> None:
+    result = edgelake(group, "anything")
+    assert result.returncode == 2
+    assert "not built yet" in result.stderr
+
+
+def test_config_show_reflects_the_environment(env: dict[str, str]) -> None:
+    result = edgelake("config", "show", "--json", env={**env, "EDGELAKE_LAKE_ROOT": "s3://bucket/lake"})
+    values = json.loads(result.stdout)
+    assert values["lake_root"] == "s3://bucket/lake"
+    assert values["kafka_bootstrap_servers"] == env["EDGELAKE_KAFKA_BOOTSTRAP_SERVERS"]
+
+
+def test_schemas_export(tmp_path: Path) -> None:
+    result = edgelake("schemas", "export", str(tmp_path / "schemas"))
+    assert result.returncode == 0
+    assert len(list((tmp_path / "schemas").glob("*.v1.json"))) == 5
+
+
+def test_produce_prints_a_delivery_summary(env: dict[str, str]) -> None:
+    result = edgelake("produce", "transactions", "--source", "synthetic", "--count", "1500", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "delivery summary" in result.stdout
+    assert "│ transactions │ synthetic │ 1500 │ 1500         │ 0      │" in result.stdout
+
+
+def test_produce_refuses_a_bad_file_before_sending_anything(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("t,amount\n2024-01-01T00:00:00,5\n2024-01-01T00:00:01,nan\n")
+    result = edgelake("produce", "transactions", "-s", "file", "--path", str(path), "--map", "event_time=t,amount=amount", env=env)
+    assert result.returncode == 2
+    assert "at row 1: field 'amount'" in result.stderr
+    assert "delivery summary" not in result.stdout
+
+
+def test_produce_refuses_an_unknown_source(env: dict[str, str]) -> None:
+    result = edgelake("produce", "images", "--source", "ulb", env=env)
+    assert result.returncode == 2
+    assert "choose one of: fashion-mnist" in result.stderr
+
+
+def test_demo_produces_every_feed_and_reads_it_back(env: dict[str, str]) -> None:
+    result = edgelake("demo", "--limit", "300", env=env)
+    assert result.returncode == 0, result.stderr
+    prefix = env["EDGELAKE_TOPIC_PREFIX"]
+    for topic, count in [("transactions", 600), ("fraud-labels", 600), ("iot-readings", 300), ("camera-frames", 300)]:
+        assert f"│ {prefix}{topic} " in result.stdout
+        line = next(line for line in result.stdout.splitlines() if f"│ {prefix}{topic} " in line)
+        cells = [cell.strip() for cell in line.split("│") if cell.strip()]
+        assert cells[1:4] == [str(count), str(count), "0"], line
+
+
+def test_bench_produce_reports_a_ratio_against_raw_sends(env: dict[str, str]) -> None:
+    result = edgelake("bench", "produce", "--events", "3000", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"events", "seconds", "events_per_s", "baseline_events_per_s", "ratio"}
+    assert figures["events"] == 3000 and figures["ratio"] > 0
