@@ -39,6 +39,9 @@ def consumer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         "enable_auto_commit": False,
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
         "fetch_max_bytes": 64 * 1024 * 1024,
+        # Some Kafka-compatible brokers (noida-db) ignore the fetch limits above and answer
+        # with everything up to the partition's end; accept such responses rather than fail.
+        "receive_message_max_bytes": 1024 * 1024 * 1024,
         **overrides,
     }
 
@@ -108,33 +111,34 @@ class Record:
 
 
 def read_topic(bootstrap_servers: str, topic: str, idle_s: float = 2.0) -> Iterator[Record]:
-    """Every record of ``topic`` from the beginning, in partition order of arrival.
-
-    Ends once every partition has reached its end offset and no record arrived for
-    ``idle_s``: some Kafka-compatible brokers misreport end offsets, so they alone
-    are not trusted to mean "done" (nor, after ``10 * idle_s`` of silence, "not done").
-    """
+    """Every record of ``topic`` from the beginning, one partition after another."""
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers))
     try:
-        partitions = _partitions(consumer, topic)
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        idle_since = time.monotonic()
-        while True:
-            batch = consumer.poll(timeout_ms=200, max_records=50_000)
-            if batch:
-                idle_since = time.monotonic()
-                for messages in batch.values():
-                    for m in messages:
-                        yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                continue
-            idle = time.monotonic() - idle_since
-            caught_up = all(consumer.position(tp) >= end[tp] for tp in partitions)
-            if (caught_up and idle >= idle_s) or idle >= 10 * idle_s:
-                return
+        for partition in _partitions(consumer, topic):
+            yield from _read_partition(consumer, partition, idle_s)
     finally:
         consumer.close()
+
+
+def _read_partition(consumer: KafkaConsumer, partition: TopicPartition, idle_s: float) -> Iterator[Record]:
+    """A partition from its start until its end offset is reached and ``idle_s`` passed without records.
+
+    Some Kafka-compatible brokers misreport end offsets, so they alone are not trusted
+    to mean "done" (nor, after ``10 * idle_s`` of silence, "not done").
+    """
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    end = consumer.end_offsets([partition])[partition]
+    idle_since = time.monotonic()
+    while True:
+        batch = consumer.poll(timeout_ms=200, max_records=50_000)
+        for messages in batch.values():
+            idle_since = time.monotonic()
+            for m in messages:
+                yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+        idle = time.monotonic() - idle_since
+        if (consumer.position(partition) >= end and idle >= idle_s) or idle >= 10 * idle_s:
+            return
 
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> Sequence[TopicPartition]:

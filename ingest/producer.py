@@ -21,7 +21,7 @@ class DeliveryReport:
     """What happened to the events given to a producer."""
 
     sent: int = 0
-    acknowledged: int = 0
+    acknowledged: int = 0  # known at each flush
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     per_topic: dict[str, int] = field(default_factory=dict)
@@ -56,8 +56,12 @@ class EventProducer:
         return len(valid)
 
     def flush(self, timeout_s: float | None = None) -> DeliveryReport:
-        """Wait for every sent event to be acknowledged or to fail."""
+        """Wait for every sent event to be acknowledged or to fail (``KafkaTimeoutError`` after ``timeout_s``)."""
         self._producer.flush(timeout=timeout_s)
+        # kafka-python runs a record's errbacks before flush() sees its batch complete, so
+        # every sent event that has not failed by now was acknowledged.
+        with self._lock:
+            self.report.acknowledged = self.report.sent - self.report.failed
         return self.report
 
     def close(self, timeout_s: float | None = None) -> DeliveryReport:
@@ -76,12 +80,7 @@ class EventProducer:
         future = self._producer.send(topic, key=event.key, value=event.to_bytes())
         self.report.sent += 1
         self.report.per_topic[topic] = self.report.per_topic.get(topic, 0) + 1
-        future.add_callback(self._acknowledged)
         future.add_errback(self._failed, event.event_id)
-
-    def _acknowledged(self, _metadata: object) -> None:
-        with self._lock:
-            self.report.acknowledged += 1
 
     def _failed(self, event_id: str, error: KafkaError) -> None:
         with self._lock:

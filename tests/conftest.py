@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgelake.broker import EmbeddedBroker
+from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
-from support import DATASET_CACHE, free_port, isolated_settings
+from support import DATASET_CACHE, isolated_settings
 
 
 def _broker(impl: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
@@ -13,12 +12,6 @@ from edgelake.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 # Data sets are fetched once and kept between runs (gitignored).
 DATASET_CACHE = Path(os.environ.get("EDGELAKE_TEST_CACHE", REPO / ".edgelake" / "cache"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def isolated_settings(bootstrap_servers: str, data_dir: Path) -> Settings:

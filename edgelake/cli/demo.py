@@ -57,7 +57,7 @@ def print_topic_summary(settings: Settings, servers: str) -> None:
     """Count and validate every record in each event topic."""
     from edgelake.kafka import read_topic
 
-    table = Table("topic", "events in topic", "valid", "invalid", "partitions", title=f"topics at {servers}")
+    table = Table("topic", "events in topic", "valid", "invalid", "partitions with data", title=f"topics at {servers}")
     for logical, event_type in EVENT_BY_TOPIC.items():
         counts: Counter[str] = Counter()
         partitions: set[int] = set()

@@ -59,7 +59,7 @@ def source_events(kind: Kind, source: str, options: SourceOptions, settings: Set
     if source == "fashion-mnist":
         from ingest.sources import fashion_mnist
 
-        return fashion_mnist.frames(settings.fashion_mnist_dir, start, options.count, options.devices or 4)
+        return fashion_mnist.frames(settings.fashion_mnist_dir, start, options.count, options.devices or 8)
     from ingest.sources import tabular_file
 
     if options.path is None:

@@ -22,7 +22,7 @@ FILES = {
 
 
 def frames(
-    directory: Path, start: datetime, count: int | None = None, cameras: int = 4, splits: tuple[str, ...] = ("train", "test")
+    directory: Path, start: datetime, count: int | None = None, cameras: int = 8, splits: tuple[str, ...] = ("train", "test")
 ) -> Iterator[ImageFrame]:
     """Frames of each split in file order, dealt round-robin to ``cameras``, one per second per camera."""
     samples = itertools.chain.from_iterable(((split, i, img, lbl) for i, (img, lbl) in enumerate(_read(directory, split))) for split in splits)

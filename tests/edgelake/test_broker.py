@@ -5,13 +5,12 @@ import socket
 import pytest
 from kafka import KafkaConsumer
 
-from edgelake.broker import BrokerUnavailable, EmbeddedBroker, bootstrap_servers
+from edgelake.broker import BrokerUnavailable, EmbeddedBroker, bootstrap_servers, free_port
 from edgelake.contracts import EVENT_TYPES, Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
 from ingest.producer import EventProducer, produce
 from ingest.sources.synthetic import SyntheticConfig, transactions
-from support import free_port
 
 
 @pytest.mark.parametrize("impl", ["noida", "tansu"])

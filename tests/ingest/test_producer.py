@@ -5,8 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import free_port, isolated_settings
-from edgelake.broker import EmbeddedBroker
+from support import isolated_settings
+from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.contracts import EVENT_BY_TOPIC, Event, InvalidEvent, Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
@@ -27,7 +27,7 @@ FEEDS = [
 def read_back(settings: Settings, topic: str) -> Iterator[tuple[bytes | None, Event]]:
     """Every record of a logical topic, validated against its contract."""
     event_type = EVENT_BY_TOPIC[topic]
-    for record in read_topic(settings.kafka_bootstrap_servers, settings.topic(topic), idle_s=1.0):
+    for record in read_topic(settings.kafka_bootstrap_servers, settings.topic(topic), idle_s=0.5):
         yield record.key, event_type.parse(record.value)
 
 

@@ -58,7 +58,7 @@ def test_fashion_mnist_frames_cover_both_splits(settings: Settings) -> None:
     assert len({f.label for f in train}) == 10
     test_split = list(frames(settings.fashion_mnist_dir, BASE, count=5, splits=("test",)))
     assert [f.frame_id for f in test_split] == [f"fmnist-test-{i:05d}" for i in range(5)]
-    assert {f.device_id for f in train} == {f"camera-{i:02d}" for i in range(4)}
+    assert {f.device_id for f in train} == {f"camera-{i:02d}" for i in range(8)}
 
 
 def test_fashion_mnist_missing_files_say_how_to_install(tmp_path) -> None:
