@@ -60,7 +60,8 @@ class Event(BaseModel):
         return str(getattr(self, self.key_field)).encode()
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
+        """The event's JSON wire format."""
+        return self.__pydantic_serializer__.to_json(self)
 
     @classmethod
     def parse(cls, data: Any) -> Event:

@@ -11,7 +11,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from edgelake.contracts import Event
+from edgelake.contracts import EVENT_TYPES, Event
 from edgelake.kafka import producer_config
 from edgelake.settings import Settings
 
@@ -39,8 +39,8 @@ class EventProducer:
     """
 
     def __init__(self, settings: Settings, bootstrap_servers: str, **kafka_overrides: Any) -> None:
-        self._settings = settings
         self._producer = KafkaProducer(**producer_config(bootstrap_servers, **kafka_overrides))
+        self._topics = {event: settings.topic(event.topic) for event in EVENT_TYPES}
         self._lock = threading.Lock()
         self.report = DeliveryReport()
 
@@ -76,7 +76,7 @@ class EventProducer:
         self.close()
 
     def _send(self, event: Event) -> None:
-        topic = self._settings.topic(event.topic)
+        topic = self._topics[type(event)]
         future = self._producer.send(topic, key=event.key, value=event.to_bytes())
         self.report.sent += 1
         self.report.per_topic[topic] = self.report.per_topic.get(topic, 0) + 1
