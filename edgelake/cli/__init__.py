@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from edgelake.cli import bench, broker, config, demo, produce, schemas
+from edgelake.cli import bench, broker, config, demo, ingest, lake, produce, schemas
 from edgelake.cli.common import not_built
 from edgelake.logs import configure_logging
 from edgelake.settings import Settings
@@ -31,11 +31,11 @@ app.add_typer(config.app, name="config")
 app.add_typer(broker.app, name="broker")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(produce.app, name="produce")
+app.add_typer(ingest.app, name="ingest")
+app.add_typer(lake.app, name="lake")
 app.add_typer(bench.app, name="bench")
 app.command("demo")(demo.demo)
 
-not_built(app, "ingest", "Land Kafka topics in the Delta Lake with Beam, exactly once (issue #3).")
-not_built(app, "lake", "Catalog, gold tables, time travel and maintenance of the lake (issue #4).")
 not_built(app, "sql", "Read-only SQL over the lake (issue #4).")
 not_built(app, "train", "Train the fraud and vision models (issue #5).")
 not_built(app, "models", "The signed model registry (issue #5).")

@@ -1,0 +1,61 @@
+"""``edgelake lake``: the lake's tables and their maintenance."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from edgelake.cli.common import console, reported_errors
+from edgelake.settings import Settings
+
+app = typer.Typer(help="The lake's tables and their maintenance.", no_args_is_help=True)
+
+MIN_RETENTION_HOURS = 168  # files younger than a week may still be read by a running job or a time-travel query
+
+
+@app.command("tables")
+def tables(ctx: typer.Context) -> None:
+    """Every catalog table with its location and row count."""
+    from lake.tables import CATALOG, row_count, table_uri
+
+    settings: Settings = ctx.obj
+    listing = Table("table", "layer", "rows", "partitioned by", "uri")
+    for spec in CATALOG.values():
+        rows = row_count(settings.lake_root, spec)
+        listing.add_row(spec.name, spec.layer, f"{rows:,}", ", ".join(spec.partition_by), table_uri(settings.lake_root, spec))
+    console.print(listing)
+
+
+@app.command("vacuum")
+def vacuum(
+    ctx: typer.Context,
+    table: str = typer.Argument(..., help="Catalog table name, or 'all'."),
+    retention_hours: int = typer.Option(MIN_RETENTION_HOURS, "--retention-hours", min=0, help="Keep files removed more recently than this."),
+    force: bool = typer.Option(False, "--force", help=f"Allow a retention below {MIN_RETENTION_HOURS} h."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted, delete nothing."),
+) -> None:
+    """Delete data files no longer referenced by the table, older than the retention."""
+    from deltalake import DeltaTable
+
+    from lake.tables import CATALOG, table_uri
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        if retention_hours < MIN_RETENTION_HOURS and not force:
+            raise ValueError(
+                f"a retention of {retention_hours} h could delete files that running readers or time travel "
+                f"still need; the minimum is {MIN_RETENTION_HOURS} h unless --force is given"
+            )
+        names = list(CATALOG) if table == "all" else [table]
+        unknown = [name for name in names if name not in CATALOG]
+        if unknown:
+            raise LookupError(f"no table {', '.join(unknown)}; see `edgelake lake tables`")
+        for name in names:
+            uri = table_uri(settings.lake_root, CATALOG[name])
+            if not DeltaTable.is_deltatable(uri):
+                continue
+            deleted = DeltaTable(uri).vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False
+            )
+            verb = "would delete" if dry_run else "deleted"
+            console.print(f"{name}: {verb} {len(deleted)} file(s)")

@@ -1,0 +1,147 @@
+"""The ingester: plans micro-batches from the Delta log's offsets and runs one pipeline per batch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from edgelake.broker import bootstrap_servers
+from edgelake.contracts import EVENT_BY_TOPIC
+from edgelake.kafka import consumer_config
+from edgelake.settings import Settings
+from ingest.kafka_source import OffsetRange, plan_ranges
+from ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
+from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter("edgelake_ingest_events_total", "Events ingested, by topic and outcome", ["topic", "outcome"])
+LAG = Gauge("edgelake_ingest_lag_events", "Offsets not yet in the lake, per partition", ["topic", "partition"])
+BATCH_SECONDS = Histogram(
+    "edgelake_ingest_batch_seconds", "Micro-batch latency", buckets=(0.5, 1, 2, 5, 10, 20, 60, 120)
+)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to ingest: which topics, the micro-batch trigger, table maintenance and the Beam runner."""
+
+    pipeline: str = "edgelake-ingest"
+    topics: tuple[str, ...] = tuple(EVENT_BY_TOPIC)
+    max_events: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_wait_s: float = 2.0
+    compact_every: int = 25
+    runner_args: tuple[str, ...] = ()
+
+
+@dataclass
+class IngestTotals:
+    batches: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, batch: BatchCounts) -> None:
+        self.batches += 1
+        for topic, outcomes in batch.items():
+            mine = self.counts.setdefault(topic, {})
+            for outcome, n in outcomes.items():
+                mine[outcome] = mine.get(outcome, 0) + n
+
+
+def ingest(
+    settings: Settings,
+    options: IngestOptions,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[BatchCounts], None] | None = None,
+) -> IngestTotals:
+    """Ingest until ``stop`` is set, or with ``once`` up to the end offsets seen at start."""
+    servers = bootstrap_servers(settings)
+    config = WriterConfig(settings.lake_root, options.pipeline, settings.topic_prefix)
+    writer = config.writer()
+    topics = [settings.topic(t) for t in options.topics]
+    targets = _end_offsets(servers, topics) if once else None
+    beam_options = pipeline_options(options.runner_args)
+    totals = IngestTotals()
+    stop = stop or threading.Event()
+    waiting_since = time.monotonic()
+    avg_bytes = 1024.0
+    while not stop.is_set():
+        budget = max(1, min(options.max_events, int(options.max_bytes / avg_bytes)))
+        ranges = _clip(plan_ranges(servers, topics, writer.next_offset, budget), targets)
+        if not ranges:
+            if once:
+                break
+            stop.wait(0.5)
+            continue
+        planned = sum(r.size for r in ranges)
+        if not once and planned < budget and time.monotonic() - waiting_since < options.max_wait_s:
+            stop.wait(0.2)  # let a small batch fill up until max_wait_s
+            continue
+        started = time.monotonic()
+        counts = run_batch(servers, config, ranges, beam_options)
+        seconds = time.monotonic() - started
+        waiting_since = time.monotonic()
+        BATCH_SECONDS.observe(seconds)
+        for topic, outcomes in counts.items():
+            for outcome in OUTCOMES:
+                EVENTS.labels(topic, outcome).inc(outcomes.get(outcome, 0))
+        totals.add(counts)
+        read = sum(c.get("bronze", 0) for c in counts.values())
+        avg_bytes = sum(c.get("bytes", 0) for c in counts.values()) / read if read else avg_bytes
+        _report_lag(servers, topics, writer.next_offset)
+        log.info(
+            "batch committed",
+            extra={"batch": totals.batches, "events": planned, "seconds": round(seconds, 2), "counts": counts},
+        )
+        if on_batch is not None:
+            on_batch(counts)
+        if totals.batches % options.compact_every == 0:
+            maintain(settings, options.topics)
+    return totals
+
+
+def maintain(settings: Settings, topics: tuple[str, ...]) -> None:
+    """Compact small files and write a checkpoint of every table the topics feed."""
+    specs = [QUARANTINE, *(BRONZE[t] for t in topics), *(SILVER[t] for t in topics)]
+    for spec in specs:
+        try:
+            table = DeltaTable(table_uri(settings.lake_root, spec))
+        except TableNotFoundError:
+            continue
+        metrics = table.optimize.compact()
+        table.create_checkpoint()
+        log.info("table compacted", extra={"table": spec.name, "version": table.version(), "metrics": metrics})
+
+
+def _end_offsets(servers: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    consumer = KafkaConsumer(**consumer_config(servers))
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def _clip(ranges: list[OffsetRange], targets: dict[tuple[str, int], int] | None) -> list[OffsetRange]:
+    if targets is None:
+        return ranges
+    clipped = []
+    for r in ranges:
+        end = min(r.end, targets.get((r.topic, r.partition), 0))
+        if end > r.start:
+            clipped.append(OffsetRange(r.topic, r.partition, r.start, end))
+    return clipped
+
+
+def _report_lag(servers: str, topics: list[str], next_offset: Callable[[str, int], int | None]) -> None:
+    for (topic, partition), end in _end_offsets(servers, topics).items():
+        LAG.labels(topic, str(partition)).set(max(0, end - (next_offset(topic, partition) or 0)))
