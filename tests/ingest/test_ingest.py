@@ -1,0 +1,194 @@
+"""Ingest end to end: Kafka -> Beam -> bronze/silver/quarantine, exactly once under crashes and outages."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from kafka import KafkaProducer
+
+from edgelake.broker import EmbeddedBroker, free_port
+from edgelake.settings import Settings
+from ingest.loop import IngestOptions, ingest
+from ingest.sources.synthetic import SyntheticConfig, transactions
+from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
+from support import isolated_settings
+
+TOPIC = "transactions"
+
+
+def malformed(i: int, valid: bytes) -> bytes:
+    """One of many kinds of bad record, chosen by ``i``."""
+    event = json.loads(valid)
+    kinds = [
+        lambda: b"\x00\xff not json",
+        lambda: b"[1, 2, 3]",
+        lambda: json.dumps({k: v for k, v in event.items() if k != "card_id"}).encode(),
+        lambda: json.dumps({**event, "amount": "lots"}).encode(),
+        lambda: json.dumps(event).replace('"amount":', '"amount": NaN, "x":').encode(),
+        lambda: json.dumps({**event, "event_time": "2999-01-01T00:00:00Z"}).encode(),
+        lambda: json.dumps({**event, "currency": "euros"}).encode(),
+        lambda: json.dumps({**event, "nested": {"a": 1}}).encode(),
+        lambda: json.dumps({**event, "amount": -5}).encode(),
+        lambda: b"",
+    ]
+    return kinds[i % len(kinds)]()
+
+
+@dataclass
+class Feed:
+    """What was produced: offsets of valid, malformed and duplicate records per partition."""
+
+    valid_ids: set[str]
+    offsets: dict[str, set[tuple[int, int]]]  # kind -> {(partition, offset)}
+
+
+def produce_feed(settings: Settings, events: int, seed: int = 11) -> Feed:
+    """``events`` records: ~98% valid, 1% malformed of many kinds, 1% exact duplicates, interleaved."""
+    rng = random.Random(seed)
+    valid = list(transactions(SyntheticConfig(seed=seed), int(events * 0.98)))
+    payloads: list[tuple[str, bytes, bytes]] = [("valid", tx.key, tx.to_bytes()) for tx in valid]
+    for i in range(events - len(valid)):
+        source = rng.choice(valid)
+        if i % 2:
+            payloads.insert(rng.randrange(len(payloads)), ("malformed", source.key, malformed(i, source.to_bytes())))
+        else:  # an exact duplicate always comes after its original
+            at = payloads.index(("valid", source.key, source.to_bytes()))
+            payloads.insert(rng.randrange(at + 1, len(payloads) + 1), ("duplicate", source.key, source.to_bytes()))
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5)
+    futures = [(kind, producer.send(settings.topic(TOPIC), key=key, value=value)) for kind, key, value in payloads]
+    producer.flush()
+    offsets: dict[str, set[tuple[int, int]]] = {"valid": set(), "malformed": set(), "duplicate": set()}
+    for kind, future in futures:
+        metadata = future.get(timeout=30)
+        offsets[kind].add((metadata.partition, metadata.offset))
+    producer.close()
+    return Feed({tx.event_id for tx in valid}, offsets)
+
+
+def table(settings: Settings, spec) -> pa.Table:
+    return DeltaTable(table_uri(settings.lake_root, spec)).to_pyarrow_table()
+
+
+def assert_exactly_once(settings: Settings, feed: Feed) -> None:
+    """Every offset in bronze once; silver = valid events once; quarantine = the malformed offsets."""
+    bronze = table(settings, BRONZE[TOPIC])
+    silver = table(settings, SILVER[TOPIC])
+    quarantine = table(settings, QUARANTINE)
+    produced = set().union(*feed.offsets.values())
+
+    bronze_offsets = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist()))
+    assert len(bronze_offsets) == len(set(bronze_offsets)) == len(produced)
+    assert set(bronze_offsets) == produced
+
+    silver_ids = silver["event_id"].to_pylist()
+    assert len(silver_ids) == len(set(silver_ids)), "an event id appears twice in silver"
+    assert set(silver_ids) == feed.valid_ids
+
+    silver_offsets = set(zip(silver["_partition"].to_pylist(), silver["_offset"].to_pylist()))
+    quarantine_offsets = list(zip(quarantine["partition"].to_pylist(), quarantine["offset"].to_pylist()))
+    assert len(quarantine_offsets) == len(set(quarantine_offsets))
+    assert set(quarantine_offsets) == feed.offsets["malformed"]
+    assert all(quarantine["reason"].to_pylist()) and set(quarantine["stage"].to_pylist()) >= {"decode", "contract"}
+    duplicates = produced - silver_offsets - set(quarantine_offsets)
+    assert len(duplicates) == len(feed.offsets["duplicate"])
+    history = DeltaTable(table_uri(settings.lake_root, SILVER[TOPIC])).history()
+    assert sum(int(commit.get("duplicates", 0)) for commit in history) == len(duplicates)
+
+
+def test_a_batch_lands_in_bronze_silver_and_quarantine(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+    feed = produce_feed(settings, 3000)
+    totals = ingest(settings, IngestOptions(topics=(TOPIC,), max_events=1000), once=True)
+    assert totals.batches >= 3
+    assert_exactly_once(settings, feed)
+    again = ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
+    assert again.batches == 0
+
+
+def test_schema_evolution_adds_a_nullable_column(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+    first, second, third = transactions(SyntheticConfig(seed=21), 3)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    topic = settings.topic(TOPIC)
+    producer.send(topic, first.to_bytes())
+    producer.flush()
+    ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
+    producer.send(topic, json.dumps({**json.loads(second.to_bytes()), "loyalty_tier": "gold"}).encode())
+    producer.send(topic, json.dumps({**json.loads(third.to_bytes()), "loyalty_tier": 3}).encode())
+    producer.flush()
+    ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
+    silver = table(settings, SILVER[TOPIC]).sort_by("event_id")
+    assert silver.schema.field("loyalty_tier").type == pa.string()
+    assert dict(zip(silver["event_id"].to_pylist(), silver["loyalty_tier"].to_pylist())) == {
+        first.event_id: None,
+        second.event_id: "gold",
+    }
+    reasons = table(settings, QUARANTINE)["reason"].to_pylist()
+    assert len(reasons) == 1 and "loyalty_tier" in reasons[0]
+
+
+def run_ingester(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,
+        "EDGELAKE_LAKE_ROOT": settings.lake_root,
+        "EDGELAKE_DATA_DIR": str(settings.data_dir),
+        "EDGELAKE_LOG_FORMAT": "json",
+    }
+    command = [sys.executable, "-m", "edgelake", "ingest", "run", "--topics", TOPIC, *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.chaos
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+    feed = produce_feed(settings, 50_000)
+    rng = random.Random(5)
+    kills = 0
+    while kills < 12:
+        ingester = run_ingester(settings, "--max-events", "2500", "--max-wait", "0")
+        time.sleep(rng.uniform(3.0, 9.0))
+        if ingester.poll() is not None:
+            pytest.fail(f"ingester exited early: {ingester.stderr.read().decode()[-2000:]}")
+        ingester.send_signal(signal.SIGKILL)
+        ingester.wait()
+        kills += 1
+    silver = DeltaTable(table_uri(settings.lake_root, SILVER[TOPIC]))
+    assert silver.version() >= 5, "the kills should interrupt an ingester that was making progress"
+    assert silver.count() < len(feed.valid_ids), "the kills should leave work for the final run"
+    final = run_ingester(settings, "--once")
+    _, stderr = final.communicate(timeout=600)
+    assert final.returncode == 0, stderr.decode()[-2000:]
+    assert_exactly_once(settings, feed)
+
+
+@pytest.mark.chaos
+def test_broker_outage_of_ten_seconds_is_waited_out(tmp_path: Path) -> None:
+    broker = EmbeddedBroker("noida", free_port(), tmp_path / "broker")
+    broker.start()
+    try:
+        settings = isolated_settings(broker.bootstrap_servers, tmp_path)
+        feed = produce_feed(settings, 20_000, seed=12)
+        ingester = run_ingester(settings, "--once", "--max-events", "2000")
+        time.sleep(6)
+        assert ingester.poll() is None, "ingester finished before the outage"
+        broker.stop()
+        time.sleep(10)
+        broker.start()
+        _, stderr = ingester.communicate(timeout=600)
+        assert ingester.returncode == 0, stderr.decode()[-2000:]
+        assert_exactly_once(settings, feed)
+    finally:
+        broker.stop()
