@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 import pyarrow as pa
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from edgelake.contracts import Event, InvalidEvent
@@ -58,6 +59,9 @@ def clean_record(
     adds the other lineage columns. ``silver_schema`` is the silver table's current schema,
     evolved columns included; ``now`` (timezone-aware) bounds how far ahead ``event_time`` may be.
     """
+    as_sent = _valid_as_sent(event_type, value, now)
+    if as_sent is not None:
+        return as_sent
     document = _decode(value)
     if isinstance(document, Rejection):
         return document
@@ -92,12 +96,37 @@ def rows_to_arrow(rows: list[dict[str, Any]], silver_schema: pa.Schema) -> pa.Ta
         return silver_schema.empty_table()
     present = dict.fromkeys(name for row in rows for name in row)
     known = set(silver_schema.names)
+    if known.issuperset(present):
+        fast = _from_pylist(rows, pa.schema([field for field in silver_schema if field.name in present]))
+        if fast is not None:
+            return fast
     fields = [field for field in silver_schema if field.name in present]
     new = [
         pa.field(name, _new_column_type(name, [row.get(name) for row in rows])) for name in present if name not in known
     ]
     _check_distinct_ignoring_case([field.name for field in fields + new])
     return pa.Table.from_arrays([_array(field, rows) for field in fields + new], schema=pa.schema(fields + new))
+
+
+def _valid_as_sent(event_type: type[Event], value: bytes, now: datetime) -> dict[str, Any] | None:
+    """The row of a record that needs no cleaning and passes every check as sent; None otherwise.
+
+    Most records come from well-behaved producers: pydantic's Rust JSON validation is
+    about four times faster than the stages below, which decide every other record.
+    """
+    try:
+        event = event_type.model_validate_json(value)
+    except ValidationError:
+        return None
+    fields = event.model_dump()
+    for field_value in fields.values():
+        if isinstance(field_value, str) and (not field_value or field_value != field_value.strip()):
+            return None
+        if type(field_value) is int and not INT64_MIN <= field_value <= INT64_MAX:
+            return None
+    if not EARLIEST_EVENT_TIME <= event.event_time <= now + MAX_CLOCK_SKEW:
+        return None
+    return {**fields, "event_date": event.event_time.astimezone(UTC).date()}
 
 
 def split_type_conflicts(
@@ -300,6 +329,18 @@ def _check_distinct_ignoring_case(names: list[str]) -> None:
         other = seen.setdefault(name.lower(), name)
         if other != name:
             raise ValueError(f"columns '{other}' and '{name}' differ only in case")
+
+
+def _from_pylist(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table | None:
+    """Arrow's own conversion, several times faster than column by column; None where it cannot
+    convert a value (an integer above 2**53 for a double column) or a non-nullable column has a null."""
+    try:
+        table = pa.Table.from_pylist(rows, schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if any(table.column(f.name).null_count for f in schema if not f.nullable):
+        return None
+    return table
 
 
 def _array(field: pa.Field, rows: list[dict[str, Any]]) -> pa.Array:

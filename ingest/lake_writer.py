@@ -10,9 +10,8 @@ instant neither loses nor duplicates a record. Silver also drops events whose
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,19 +19,18 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from edgelake.contracts import EVENT_BY_TOPIC
-from ingest.clean import rows_to_arrow
 from lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec, table_uri
 
 
-@dataclass
+@dataclass(frozen=True)
 class TopicBatch:
     """What one micro-batch made of one Kafka topic's records; rows carry their partition and offset."""
 
     topic: str  # the Kafka topic, with any prefix
     last_offsets: dict[int, int]  # partition -> last offset covered by this batch
-    bronze: list[dict[str, Any]] = field(default_factory=list)
-    silver: list[dict[str, Any]] = field(default_factory=list)
-    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    bronze: pa.Table
+    silver: pa.Table
+    quarantine: pa.Table
 
 
 @dataclass(frozen=True)
@@ -80,11 +78,10 @@ class LakeWriter:
         bronze = self._unwritten(bronze_spec, batch.topic, batch.bronze)
         quarantine = self._unwritten(QUARANTINE, batch.topic, batch.quarantine)
         silver, duplicates = self._new_events(batch.topic, self._unwritten(silver_spec, batch.topic, batch.silver))
-        self._append(bronze_spec, batch, pa.Table.from_pylist(bronze, bronze_spec.schema))
-        self._append(QUARANTINE, batch, pa.Table.from_pylist(quarantine, QUARANTINE.schema))
-        silver_table = rows_to_arrow(silver, self.silver_schema(batch.topic))
-        self._append(silver_spec, batch, silver_table, {"duplicates": str(duplicates)})
-        return CommitResult(batch.topic, len(bronze), len(silver), len(quarantine), duplicates)
+        self._append(bronze_spec, batch, bronze)
+        self._append(QUARANTINE, batch, quarantine)
+        self._append(silver_spec, batch, silver, {"duplicates": str(duplicates)})
+        return CommitResult(batch.topic, bronze.num_rows, silver.num_rows, quarantine.num_rows, duplicates)
 
     def _append(
         self,
@@ -109,30 +106,34 @@ class LakeWriter:
             ),
         )
 
-    def _unwritten(self, spec: TableSpec, topic: str, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _unwritten(self, spec: TableSpec, topic: str, rows: pa.Table) -> pa.Table:
+        """The rows at offsets the table's log does not cover yet."""
         partition_col, offset_col = ("_partition", "_offset") if spec.layer == "silver" else ("partition", "offset")
-        committed: dict[int, int] = {}
-        kept = []
-        for row in rows:
-            p = row[partition_col]
-            if p not in committed:
-                committed[p] = self._committed(spec, topic, p)  # type: ignore[assignment]
-            if committed[p] is None or row[offset_col] > committed[p]:
-                kept.append(row)
-        return kept
+        if rows.num_rows == 0:
+            return rows
+        mask = None
+        for partition in pc.unique(rows[partition_col]).to_pylist():
+            keep = pc.equal(rows[partition_col], partition)
+            committed = self._committed(spec, topic, partition)
+            if committed is not None:
+                keep = pc.and_(keep, pc.greater(rows[offset_col], committed))
+            mask = keep if mask is None else pc.or_(mask, keep)
+        return rows.filter(mask)
 
-    def _new_events(self, topic: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    def _new_events(self, topic: str, rows: pa.Table) -> tuple[pa.Table, int]:
         """Rows whose event_id is new to silver and to this batch (first offset wins), and the duplicates."""
-        rows = sorted(rows, key=lambda r: (r["_partition"], r["_offset"]))
-        seen = self._existing_ids(topic, {row["event_date"] for row in rows})
-        fresh = []
-        for row in rows:
-            if row["event_id"] not in seen:
-                seen.add(row["event_id"])
-                fresh.append(row)
-        return fresh, len(rows) - len(fresh)
+        if rows.num_rows == 0:
+            return rows, 0
+        rows = rows.sort_by([("_partition", "ascending"), ("_offset", "ascending")])
+        seen = self._existing_ids(topic, set(pc.unique(rows["event_date"]).to_pylist()))
+        keep = []
+        for event_id in rows["event_id"].to_pylist():
+            keep.append(event_id not in seen)
+            seen.add(event_id)
+        fresh = rows.filter(pa.array(keep, pa.bool_()))
+        return fresh, rows.num_rows - fresh.num_rows
 
-    def _existing_ids(self, topic: str, dates: set[Any]) -> set[str]:
+    def _existing_ids(self, topic: str, dates: set[date]) -> set[str]:
         table = self._open(SILVER[self.event_topic(topic)])
         if table is None or not dates:
             return set()

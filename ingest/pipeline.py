@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.kafka import Record
-from ingest.clean import Rejection, clean_record, split_type_conflicts
+from ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
 from ingest.kafka_source import OffsetRange, read_range
 from ingest.lake_writer import CommitResult, LakeWriter, TopicBatch
+from lake.tables import BRONZE, QUARANTINE
 
 METRICS_NAMESPACE = "edgelake.ingest"
 OUTCOMES = ("bronze", "silver", "quarantined", "duplicates")
@@ -42,13 +44,13 @@ class WriterConfig:
         return LakeWriter(self.lake_root, self.pipeline, self.topic_prefix, self.storage_options)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Chunk:
-    """Rows made from one list of a topic's records."""
+    """Tables made from one list of a topic's records (Arrow tables pickle cheaply between stages)."""
 
-    bronze: list[dict[str, Any]] = field(default_factory=list)
-    silver: list[dict[str, Any]] = field(default_factory=list)
-    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    bronze: pa.Table
+    silver: pa.Table
+    quarantine: pa.Table
 
 
 def pipeline_options(runner_args: Iterable[str]) -> PipelineOptions:
@@ -110,23 +112,27 @@ class Classify(beam.DoFn):
         topic, records = element
         if topic not in self.schemas:
             self.schemas[topic] = self.writer.silver_schema(topic)
+        schema = self.schemas[topic]
         logical = self.writer.event_topic(topic)
         event_type = EVENT_BY_TOPIC[logical]
         Metrics.counter(METRICS_NAMESPACE, f"{logical}.bytes").inc(sum(len(r.value) for r in records))
-        chunk = Chunk()
+        bronze, silver, quarantine = [], [], []
         now = datetime.now(timezone.utc)
         for record in records:
-            bronze = self._bronze(record)
-            chunk.bronze.append(bronze)
-            outcome = clean_record(event_type, record.value, self.schemas[topic], now)
+            raw = self._bronze(record)
+            bronze.append(raw)
+            outcome = clean_record(event_type, record.value, schema, now)
             if isinstance(outcome, Rejection):
-                chunk.quarantine.append(quarantine_row(bronze, outcome))
+                quarantine.append(quarantine_row(raw, outcome))
             else:
                 outcome.update(
                     _topic=record.topic, _partition=record.partition, _offset=record.offset, _ingest_time=self.ingest_time
                 )
-                chunk.silver.append(outcome)
-        yield topic, chunk
+                silver.append(outcome)
+        yield topic, Chunk(
+            pa.Table.from_pylist(bronze, BRONZE[logical].schema),
+            *silver_and_quarantine(silver, quarantine, bronze, schema),
+        )
 
     def _bronze(self, record: Record) -> dict[str, Any]:
         return {
@@ -153,24 +159,44 @@ class Commit(beam.DoFn):
         self.writer = self.config.writer()
 
     def process(self, element: tuple[str, Iterable[Chunk]]) -> Iterator[CommitResult]:
-        """Merge the chunks, move rows whose new columns clash in type to quarantine, commit."""
+        """Merge the chunks and commit them."""
         topic, chunks = element
-        batch = TopicBatch(topic, self.last_offsets[topic])
-        for chunk in chunks:
-            batch.bronze.extend(chunk.bronze)
-            batch.silver.extend(chunk.silver)
-            batch.quarantine.extend(chunk.quarantine)
-        batch.silver, conflicts = split_type_conflicts(batch.silver, self.writer.silver_schema(topic))
-        if conflicts:
-            raw = {(row["partition"], row["offset"]): row for row in batch.bronze}
-            for row, rejection in conflicts:
-                record = raw[(row["_partition"], row["_offset"])]
-                batch.quarantine.append(quarantine_row(record, rejection))
+        chunks = list(chunks)
+        silver = _concat([c.silver for c in chunks])
+        if silver is None:  # chunks gave a new column different types: decide row by row
+            rows = [row for c in chunks for row in c.silver.to_pylist()]
+            raw = [row for c in chunks for row in c.bronze.to_pylist()]
+            quarantined = [row for c in chunks for row in c.quarantine.to_pylist()]
+            silver, quarantine = silver_and_quarantine(rows, quarantined, raw, self.writer.silver_schema(topic))
+        else:
+            quarantine = pa.concat_tables([c.quarantine for c in chunks])
+        batch = TopicBatch(
+            topic, self.last_offsets[topic], pa.concat_tables([c.bronze for c in chunks]), silver, quarantine
+        )
         result = self.writer.commit(batch)
         logical = self.writer.event_topic(topic)
         for outcome in OUTCOMES:
             Metrics.counter(METRICS_NAMESPACE, f"{logical}.{outcome}").inc(getattr(result, outcome))
         yield result
+
+
+def silver_and_quarantine(
+    silver: list[dict[str, Any]], quarantine: list[dict[str, Any]], bronze: list[dict[str, Any]], schema: pa.Schema
+) -> tuple[pa.Table, pa.Table]:
+    """Silver and quarantine tables of classified rows; silver rows whose new columns clash in type go to quarantine."""
+    silver, conflicts = split_type_conflicts(silver, schema)
+    if conflicts:
+        raw = {(row["partition"], row["offset"]): row for row in bronze}
+        quarantine = quarantine + [quarantine_row(raw[(r["_partition"], r["_offset"])], why) for r, why in conflicts]
+    return rows_to_arrow(silver, schema), pa.Table.from_pylist(quarantine, QUARANTINE.schema)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    """One table of all, new columns filled with nulls; None if they give a column different types."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
 
 
 def quarantine_row(bronze: dict[str, Any], rejection: Rejection) -> dict[str, Any]:

@@ -31,7 +31,24 @@ def produce(
     print(json.dumps(result)) if as_json else console.print(result)
 
 
-not_built(app, "ingest", "Ingest throughput against the raw consume ceiling (issue #3).")
+@app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ingest(
+    ctx: typer.Context,
+    events: int = typer.Option(200_000, "--events", min=1000, help="Events to produce and ingest."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    record: bool = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md."),
+) -> None:
+    """``ingest --once`` into a fresh lake against kafka-python fetching the same topic raw. Extra arguments go to Beam."""
+    from bench import ingest as bench_ingest
+    from bench.results import record_result
+
+    with reported_errors():
+        result = bench_ingest.run(ctx.obj, events, tuple(ctx.args))
+    if record:
+        record_result("ingest", result)
+    print(json.dumps(result)) if as_json else console.print(result)
+
+
 not_built(app, "sql", "Embedded SQL against Spark SQL (issue #4).")
 not_built(app, "train", "Feature job and training throughput (issue #5).")
 not_built(app, "api", "Scoring latency against a naive baseline (issue #6).")

@@ -158,8 +158,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(noida_broker: Em
     rng = random.Random(5)
     kills = 0
     while kills < 12:
-        ingester = run_ingester(settings, "--max-events", "2500", "--max-wait", "0")
-        time.sleep(rng.uniform(3.0, 9.0))
+        ingester = run_ingester(settings, "--max-events", "400", "--max-wait", "0")
+        time.sleep(rng.uniform(2.5, 6.0))
         if ingester.poll() is not None:
             pytest.fail(f"ingester exited early: {ingester.stderr.read().decode()[-2000:]}")
         ingester.send_signal(signal.SIGKILL)
