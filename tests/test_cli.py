@@ -31,6 +31,7 @@ def env(noida_broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
         "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": noida_broker.bootstrap_servers,
         "EDGELAKE_TOPIC_PREFIX": f"cli{uuid.uuid4().hex[:8]}-",
         "EDGELAKE_DATA_DIR": str(tmp_path),
+        "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"),
         "EDGELAKE_CACHE_DIR": str(DATASET_CACHE),
     }
 
@@ -84,7 +85,7 @@ def test_produce_refuses_an_unknown_source(env: dict[str, str]) -> None:
     assert "choose one of: fashion-mnist" in result.stderr
 
 
-def test_demo_produces_every_feed_and_reads_it_back(env: dict[str, str]) -> None:
+def test_demo_produces_every_feed_reads_it_back_and_lands_it_in_the_lake(env: dict[str, str]) -> None:
     result = edgelake("demo", "--limit", "300", env=env)
     assert result.returncode == 0, result.stderr
     prefix = env["EDGELAKE_TOPIC_PREFIX"]
@@ -93,6 +94,11 @@ def test_demo_produces_every_feed_and_reads_it_back(env: dict[str, str]) -> None
         line = next(line for line in result.stdout.splitlines() if f"│ {prefix}{topic} " in line)
         cells = [cell.strip() for cell in line.split("│") if cell.strip()]
         assert cells[1:4] == [str(count), str(count), "0"], line
+    ingest_rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") == 8}
+    for topic, count in [("transactions", 600), ("fraud-labels", 600), ("iot-readings", 300), ("camera-frames", 300)]:
+        cells = [cell.strip() for cell in ingest_rows[topic].split("│")[1:-1]]
+        assert cells[1] == str(count) and cells[5] == str(count), ingest_rows[topic]  # read, bronze rows
+        assert int(cells[2]) + int(cells[3]) + int(cells[4]) == count  # silver + quarantined + duplicates
 
 
 def test_bench_produce_reports_a_ratio_against_raw_sends(env: dict[str, str]) -> None:

@@ -28,8 +28,10 @@ def demo(
     ctx: typer.Context,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many events per feed."),
 ) -> None:
-    """Start the embedded broker, produce every real data set and read each topic back."""
+    """Start the embedded broker, produce every real data set, read each topic back and land it in the lake."""
     from edgelake.broker import bootstrap_servers
+    from edgelake.cli.ingest import print_table_counts
+    from ingest.loop import IngestOptions, ingest
     from ingest.sources import SourceOptions
 
     settings: Settings = ctx.obj
@@ -43,6 +45,10 @@ def demo(
         print_deliveries(deliveries)
         console.rule("[bold]2. read every topic back from the broker")
         print_topic_summary(settings, servers)
+        console.rule("[bold]3. ingest into the lake: bronze, silver, quarantine (exactly once)")
+        options = IngestOptions()
+        totals = ingest(settings, options, once=True)
+        print_table_counts(settings, options.topics, totals.counts)
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
 

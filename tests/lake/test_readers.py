@@ -9,7 +9,6 @@ the last test proves that such a naive read would be caught.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from edgelake.settings import Settings
 from ingest.loop import IngestOptions, ingest, maintain
 from ingest.producer import EventProducer
 from ingest.sources.synthetic import SyntheticConfig, transactions
-from lake.tables import QUARANTINE, SILVER, TableSpec, table_uri
+from lake.tables import QUARANTINE, SILVER, table_uri
 from support import isolated_settings
 
 TOPIC = "transactions"
