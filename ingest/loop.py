@@ -39,7 +39,7 @@ class IngestOptions:
     max_events: int = 100_000
     max_bytes: int = 256 * 1024 * 1024
     max_wait_s: float = 2.0
-    compact_every: int = 25
+    compact_every: int = 25  # batches between compactions; 0 = never
     runner_args: tuple[str, ...] = ()
 
 
@@ -104,7 +104,7 @@ def ingest(
         )
         if on_batch is not None:
             on_batch(counts)
-        if totals.batches % options.compact_every == 0:
+        if options.compact_every and totals.batches % options.compact_every == 0:
             maintain(settings, options.topics)
     return totals
 

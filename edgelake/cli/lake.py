@@ -41,15 +41,15 @@ def vacuum(
 
     settings: Settings = ctx.obj
     with reported_errors():
+        names = list(CATALOG) if table == "all" else [table]
+        unknown = [name for name in names if name not in CATALOG]
+        if unknown:
+            raise LookupError(f"no table {', '.join(unknown)}; see `edgelake lake tables`")
         if retention_hours < MIN_RETENTION_HOURS and not force:
             raise ValueError(
                 f"a retention of {retention_hours} h could delete files that running readers or time travel "
                 f"still need; the minimum is {MIN_RETENTION_HOURS} h unless --force is given"
             )
-        names = list(CATALOG) if table == "all" else [table]
-        unknown = [name for name in names if name not in CATALOG]
-        if unknown:
-            raise LookupError(f"no table {', '.join(unknown)}; see `edgelake lake tables`")
         for name in names:
             uri = table_uri(settings.lake_root, CATALOG[name])
             if not DeltaTable.is_deltatable(uri):
