@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,3 +193,27 @@ def test_broker_outage_of_ten_seconds_is_waited_out(tmp_path: Path) -> None:
         assert_exactly_once(settings, feed)
     finally:
         broker.stop()
+
+
+def test_the_running_ingester_serves_prometheus_metrics(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+    feed = produce_feed(settings, 1000, seed=13)
+    port = free_port()
+    landed = f'edgelake_ingest_events_total{{outcome="silver",topic="{TOPIC}"}} {len(feed.valid_ids)}.0'
+    ingester = run_ingester(settings, "--metrics-port", str(port), "--max-wait", "0")
+    try:
+        deadline = time.monotonic() + 60
+        body = ""
+        while time.monotonic() < deadline and landed not in body:
+            time.sleep(1)
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+    finally:
+        ingester.terminate()
+        ingester.wait(timeout=30)
+    assert landed in body
+    assert f'edgelake_ingest_events_total{{outcome="quarantined",topic="{TOPIC}"}} 10.0' in body
+    assert 'edgelake_ingest_lag_events{partition="0",topic="' + settings.topic(TOPIC) + '"} 0.0' in body
+    assert "edgelake_ingest_batch_seconds_count" in body
