@@ -61,7 +61,7 @@ class LakeWriter:
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         """The first offset some table of ``topic`` does not hold yet; None if none holds any."""
-        committed = [self._committed(spec, topic, partition) for spec in self._tables(topic)]
+        committed = [self._committed(self._open(spec), topic, partition) for spec in self._tables(topic)]
         if any(version is None for version in committed):
             return None
         return min(committed) + 1  # type: ignore[type-var]
@@ -75,22 +75,27 @@ class LakeWriter:
     def commit(self, batch: TopicBatch) -> CommitResult:
         """Write bronze, then quarantine, then silver, each skipping offsets its log holds."""
         bronze_spec, _, silver_spec = self._tables(batch.topic)
-        bronze = self._unwritten(bronze_spec, batch.topic, batch.bronze)
-        quarantine = self._unwritten(QUARANTINE, batch.topic, batch.quarantine)
-        silver, duplicates = self._new_events(batch.topic, self._unwritten(silver_spec, batch.topic, batch.silver))
-        self._append(bronze_spec, batch, bronze)
-        self._append(QUARANTINE, batch, quarantine)
-        self._append(silver_spec, batch, silver, {"duplicates": str(duplicates)})
+        logs = {spec.name: self._open(spec) for spec in (bronze_spec, QUARANTINE, silver_spec)}  # one log read each
+        bronze = self._unwritten(bronze_spec, logs[bronze_spec.name], batch.topic, batch.bronze)
+        quarantine = self._unwritten(QUARANTINE, logs[QUARANTINE.name], batch.topic, batch.quarantine)
+        silver_log = logs[silver_spec.name]
+        silver, duplicates = self._new_events(
+            silver_log, self._unwritten(silver_spec, silver_log, batch.topic, batch.silver)
+        )
+        self._append(bronze_spec, logs[bronze_spec.name], batch, bronze)
+        self._append(QUARANTINE, logs[QUARANTINE.name], batch, quarantine)
+        self._append(silver_spec, silver_log, batch, silver, {"duplicates": str(duplicates)})
         return CommitResult(batch.topic, bronze.num_rows, silver.num_rows, quarantine.num_rows, duplicates)
 
     def _append(
         self,
         spec: TableSpec,
+        table: DeltaTable | None,
         batch: TopicBatch,
         data: pa.Table,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        versions = {p: o for p, o in batch.last_offsets.items() if (self._committed(spec, batch.topic, p) or -1) < o}
+        versions = {p: o for p, o in batch.last_offsets.items() if (self._committed(table, batch.topic, p) or -1) < o}
         if not versions:
             return  # this table already holds the whole batch
         self._ensure(spec)
@@ -106,7 +111,7 @@ class LakeWriter:
             ),
         )
 
-    def _unwritten(self, spec: TableSpec, topic: str, rows: pa.Table) -> pa.Table:
+    def _unwritten(self, spec: TableSpec, table: DeltaTable | None, topic: str, rows: pa.Table) -> pa.Table:
         """The rows at offsets the table's log does not cover yet."""
         partition_col, offset_col = ("_partition", "_offset") if spec.layer == "silver" else ("partition", "offset")
         if rows.num_rows == 0:
@@ -114,18 +119,18 @@ class LakeWriter:
         mask = None
         for partition in pc.unique(rows[partition_col]).to_pylist():
             keep = pc.equal(rows[partition_col], partition)
-            committed = self._committed(spec, topic, partition)
+            committed = self._committed(table, topic, partition)
             if committed is not None:
                 keep = pc.and_(keep, pc.greater(rows[offset_col], committed))
             mask = keep if mask is None else pc.or_(mask, keep)
         return rows.filter(mask)
 
-    def _new_events(self, topic: str, rows: pa.Table) -> tuple[pa.Table, int]:
+    def _new_events(self, silver: DeltaTable | None, rows: pa.Table) -> tuple[pa.Table, int]:
         """Rows whose event_id is new to silver and to this batch (first offset wins), and the duplicates."""
         if rows.num_rows == 0:
             return rows, 0
         rows = rows.sort_by([("_partition", "ascending"), ("_offset", "ascending")])
-        seen = self._existing_ids(topic, set(pc.unique(rows["event_date"]).to_pylist()))
+        seen = _existing_ids(silver, set(pc.unique(rows["event_date"]).to_pylist()))
         keep = []
         for event_id in rows["event_id"].to_pylist():
             keep.append(event_id not in seen)
@@ -133,16 +138,7 @@ class LakeWriter:
         fresh = rows.filter(pa.array(keep, pa.bool_()))
         return fresh, rows.num_rows - fresh.num_rows
 
-    def _existing_ids(self, topic: str, dates: set[date]) -> set[str]:
-        table = self._open(SILVER[self.event_topic(topic)])
-        if table is None or not dates:
-            return set()
-        dataset = table.to_pyarrow_dataset()
-        ids = dataset.to_table(columns=["event_id"], filter=pc.field("event_date").isin(sorted(dates)))
-        return set(ids.column("event_id").to_pylist())
-
-    def _committed(self, spec: TableSpec, topic: str, partition: int) -> int | None:
-        table = self._open(spec)
+    def _committed(self, table: DeltaTable | None, topic: str, partition: int) -> int | None:
         return None if table is None else table.transaction_version(self.app_id(topic, partition))
 
     def _open(self, spec: TableSpec) -> DeltaTable | None:
@@ -173,3 +169,10 @@ class LakeWriter:
         logical = self.event_topic(topic)
         return BRONZE[logical], QUARANTINE, SILVER[logical]
 
+
+def _existing_ids(silver: DeltaTable | None, dates: set[date]) -> set[str]:
+    """The event ids silver holds on ``dates`` (a duplicate has its original's event date)."""
+    if silver is None or not dates:
+        return set()
+    ids = silver.to_pyarrow_dataset().to_table(columns=["event_id"], filter=pc.field("event_date").isin(sorted(dates)))
+    return set(ids.column("event_id").to_pylist())

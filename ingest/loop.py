@@ -61,7 +61,6 @@ def ingest(
     options: IngestOptions,
     once: bool = False,
     stop: threading.Event | None = None,
-    on_batch: Callable[[BatchCounts], None] | None = None,
 ) -> IngestTotals:
     """Ingest until ``stop`` is set, or with ``once`` up to the end offsets seen at start."""
     servers = bootstrap_servers(settings)
@@ -102,8 +101,6 @@ def ingest(
             "batch committed",
             extra={"batch": totals.batches, "events": planned, "seconds": round(seconds, 2), "counts": counts},
         )
-        if on_batch is not None:
-            on_batch(counts)
         if options.compact_every and totals.batches % options.compact_every == 0:
             maintain(settings, options.topics)
     return totals

@@ -164,7 +164,7 @@ class Commit(beam.DoFn):
         chunks = list(chunks)
         silver = _concat([c.silver for c in chunks])
         if silver is None:  # chunks gave a new column different types: decide row by row
-            rows = [row for c in chunks for row in c.silver.to_pylist()]
+            rows = sorted((row for c in chunks for row in c.silver.to_pylist()), key=lambda r: (r["_partition"], r["_offset"]))
             raw = [row for c in chunks for row in c.bronze.to_pylist()]
             quarantined = [row for c in chunks for row in c.quarantine.to_pylist()]
             silver, quarantine = silver_and_quarantine(rows, quarantined, raw, self.writer.silver_schema(topic))

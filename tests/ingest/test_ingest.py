@@ -125,8 +125,9 @@ def test_schema_evolution_adds_a_nullable_column(noida_broker: EmbeddedBroker, t
     producer.send(topic, first.to_bytes())
     producer.flush()
     ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
-    producer.send(topic, json.dumps({**json.loads(second.to_bytes()), "loyalty_tier": "gold"}).encode())
-    producer.send(topic, json.dumps({**json.loads(third.to_bytes()), "loyalty_tier": 3}).encode())
+    # one key, so one partition: "first in the batch" is then offset order
+    producer.send(topic, json.dumps({**json.loads(second.to_bytes()), "loyalty_tier": "gold"}).encode(), key=b"k")
+    producer.send(topic, json.dumps({**json.loads(third.to_bytes()), "loyalty_tier": 3}).encode(), key=b"k")
     producer.flush()
     ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
     silver = table(settings, SILVER[TOPIC]).sort_by("event_id")
