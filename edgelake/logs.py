@@ -38,3 +38,4 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its warnings are internal timing noise
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # several INFO lines per micro-batch pipeline

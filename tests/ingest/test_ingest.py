@@ -140,7 +140,18 @@ def test_schema_evolution_adds_a_nullable_column(noida_broker: EmbeddedBroker, t
     assert len(reasons) == 1 and "loyalty_tier" in reasons[0]
 
 
-def run_ingester(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+@dataclass
+class Ingester:
+    """An ``edgelake ingest run`` process; its stderr goes to a file (an unread pipe fills and blocks it)."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:]
+
+
+def run_ingester(settings: Settings, *args: str) -> Ingester:
     env = {
         **os.environ,
         "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -150,7 +161,9 @@ def run_ingester(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
         "EDGELAKE_LOG_FORMAT": "json",
     }
     command = [sys.executable, "-m", "edgelake", "ingest", "run", "--topics", TOPIC, *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = Path(settings.data_dir) / f"ingester-{time.monotonic_ns()}.log"
+    with log.open("wb") as stderr:
+        return Ingester(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr), log)
 
 
 @pytest.mark.chaos
@@ -162,17 +175,17 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(noida_broker: Em
     while kills < 12:
         ingester = run_ingester(settings, "--max-events", "400", "--max-wait", "0")
         time.sleep(rng.uniform(2.5, 6.0))
-        if ingester.poll() is not None:
-            pytest.fail(f"ingester exited early: {ingester.stderr.read().decode()[-2000:]}")
-        ingester.send_signal(signal.SIGKILL)
-        ingester.wait()
+        if ingester.process.poll() is not None:
+            pytest.fail(f"ingester exited early: {ingester.output()}")
+        ingester.process.send_signal(signal.SIGKILL)
+        ingester.process.wait()
         kills += 1
     silver = DeltaTable(table_uri(settings.lake_root, SILVER[TOPIC]))
     assert silver.version() >= 5, "the kills should interrupt an ingester that was making progress"
     assert silver.count() < len(feed.valid_ids), "the kills should leave work for the final run"
     final = run_ingester(settings, "--once")
-    _, stderr = final.communicate(timeout=600)
-    assert final.returncode == 0, stderr.decode()[-2000:]
+    final.process.wait(timeout=600)
+    assert final.process.returncode == 0, final.output()
     assert_exactly_once(settings, feed)
 
 
@@ -185,12 +198,12 @@ def test_broker_outage_of_ten_seconds_is_waited_out(tmp_path: Path) -> None:
         feed = produce_feed(settings, 20_000, seed=12)
         ingester = run_ingester(settings, "--once", "--max-events", "2000")
         time.sleep(6)
-        assert ingester.poll() is None, "ingester finished before the outage"
+        assert ingester.process.poll() is None, "ingester finished before the outage"
         broker.stop()
         time.sleep(10)
         broker.start()
-        _, stderr = ingester.communicate(timeout=600)
-        assert ingester.returncode == 0, stderr.decode()[-2000:]
+        ingester.process.wait(timeout=600)
+        assert ingester.process.returncode == 0, ingester.output()
         assert_exactly_once(settings, feed)
     finally:
         broker.stop()
@@ -212,8 +225,8 @@ def test_the_running_ingester_serves_prometheus_metrics(noida_broker: EmbeddedBr
             except OSError:
                 continue
     finally:
-        ingester.terminate()
-        ingester.wait(timeout=30)
+        ingester.process.terminate()
+        ingester.process.wait(timeout=30)
     assert landed in body
     assert f'edgelake_ingest_events_total{{outcome="quarantined",topic="{TOPIC}"}} 10.0' in body
     assert 'edgelake_ingest_lag_events{partition="0",topic="' + settings.topic(TOPIC) + '"} 0.0' in body
