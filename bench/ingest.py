@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from edgelake.broker import EmbeddedBroker, bootstrap_servers, free_port
+from bench.scratch import scratch_settings
 from edgelake.contracts import Transaction
-from edgelake.kafka import consumer_config, ensure_topics, producer_config
+from edgelake.kafka import consumer_config, producer_config
 from edgelake.settings import Settings
 from ingest.loop import IngestOptions, ingest
 from ingest.sources.synthetic import SyntheticConfig, transactions
@@ -22,7 +17,8 @@ from ingest.sources.synthetic import SyntheticConfig, transactions
 
 def run(settings: Settings, events: int, runner_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Produce ``events`` transactions, time a raw fetch of them, then time ``ingest --once``."""
-    with _private_lake(settings) as (servers, bench_settings):
+    with scratch_settings(settings) as bench_settings:
+        servers = bench_settings.kafka_bootstrap_servers
         topic = bench_settings.topic(Transaction.topic)
         _fill(servers, topic, events)
         raw_s = _raw_consume(servers, topic, events)
@@ -39,25 +35,6 @@ def run(settings: Settings, events: int, runner_args: tuple[str, ...] = ()) -> d
         "raw_consume_events_per_s": round(events / raw_s, 1),
         "ratio": round(raw_s / ingest_s, 3),
     }
-
-
-@contextmanager
-def _private_lake(settings: Settings) -> Iterator[tuple[str, Settings]]:
-    """A fresh lake, fresh topics and, with the embedded broker, a private broker."""
-    with tempfile.TemporaryDirectory(prefix="edgelake-bench-") as scratch:
-        updates = {"lake_root": str(Path(scratch) / "lake"), "topic_prefix": f"bench-{uuid.uuid4().hex[:8]}-"}
-        if settings.embedded_broker:
-            broker = EmbeddedBroker(settings.broker_impl, free_port(), Path(scratch) / "broker")
-            broker.start()
-            updates["kafka_bootstrap_servers"] = broker.bootstrap_servers
-        bench_settings = settings.model_copy(update=updates)
-        try:
-            servers = bootstrap_servers(bench_settings)
-            ensure_topics(bench_settings, servers)
-            yield servers, bench_settings
-        finally:
-            if settings.embedded_broker:
-                broker.stop()
 
 
 def _fill(servers: str, topic: str, events: int) -> None:

@@ -2,41 +2,30 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 
-from edgelake.broker import EmbeddedBroker, bootstrap_servers, free_port
+from bench.scratch import scratch_settings
 from edgelake.contracts import Transaction
-from edgelake.kafka import ensure_topics, producer_config
+from edgelake.kafka import producer_config
 from edgelake.settings import Settings
 from ingest.producer import EventProducer, produce
 from ingest.sources.synthetic import SyntheticConfig, transactions
 
 def run(settings: Settings, events: int) -> dict[str, Any]:
-    """Best of two runs each, in the order raw, API, API, raw so that drift favours neither.
-
-    With the embedded broker the benchmark starts a private one, so the state of the
-    user's broker (its stored data, its background work) does not enter the figures.
-    """
-    with _bench_broker(settings) as servers:
-        bench_settings = settings.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}-"})
-        created = ensure_topics(bench_settings, servers)
+    """Best of three runs each, alternating raw, API, API, raw, raw, API so that drift favours neither."""
+    with scratch_settings(settings) as bench_settings:
+        servers = bench_settings.kafka_bootstrap_servers
         topic = bench_settings.topic(Transaction.topic)
         feed = list(transactions(SyntheticConfig(seed=1), events))
         payloads = [(tx.key, tx.to_bytes()) for tx in feed]
-        try:
-            raw_s = [_raw_send(servers, topic, payloads)]
-            api_s = [_api_send(bench_settings, servers, feed) for _ in range(2)]
-            raw_s.append(_raw_send(servers, topic, payloads))
-        finally:
-            _delete_topics(servers, created)
+        runs = {"raw": lambda: _raw_send(servers, topic, payloads), "api": lambda: _api_send(bench_settings, servers, feed)}
+        seconds: dict[str, list[float]] = {"raw": [], "api": []}
+        for name in ("raw", "api", "api", "raw", "raw", "api"):
+            seconds[name].append(runs[name]())
+        raw_s, api_s = seconds["raw"], seconds["api"]
     return {
         "events": events,
         "seconds": round(min(api_s), 3),
@@ -44,20 +33,6 @@ def run(settings: Settings, events: int) -> dict[str, Any]:
         "baseline_events_per_s": round(events / min(raw_s), 1),
         "ratio": round(min(raw_s) / min(api_s), 3),
     }
-
-
-@contextmanager
-def _bench_broker(settings: Settings) -> Iterator[str]:
-    if not settings.embedded_broker:
-        yield bootstrap_servers(settings)
-        return
-    with tempfile.TemporaryDirectory(prefix="edgelake-bench-") as data_dir:
-        broker = EmbeddedBroker(settings.broker_impl, free_port(), Path(data_dir))
-        broker.start()
-        try:
-            yield broker.bootstrap_servers
-        finally:
-            broker.stop()
 
 
 def _raw_send(servers: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> float:
@@ -80,13 +55,3 @@ def _api_send(settings: Settings, servers: str, feed: list[Transaction]) -> floa
     if report.acknowledged != len(feed):
         raise RuntimeError(f"benchmark lost events: {report}")
     return seconds
-
-
-def _delete_topics(servers: str, topics: list[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=servers)
-    try:
-        admin.delete_topics(topics)
-    except Exception:  # noqa: BLE001 - cleanup is best effort; some brokers cannot delete topics
-        pass
-    finally:
-        admin.close()
