@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
@@ -14,6 +15,9 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from edgelake.contracts import EVENT_TYPES
 from edgelake.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
@@ -37,6 +41,7 @@ def consumer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         "bootstrap_servers": bootstrap_servers,
         "group_id": None,
         "enable_auto_commit": False,
+        "isolation_level": "read_committed",  # never ingest records of aborted transactions
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
         "fetch_max_bytes": 64 * 1024 * 1024,
         # Some Kafka-compatible brokers (noida-db) ignore the fetch limits above and answer
@@ -44,6 +49,22 @@ def consumer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         "receive_message_max_bytes": 1024 * 1024 * 1024,
         **overrides,
     }
+
+
+def retrying(call: Callable[[], T], what: str, max_stall_s: float = 120.0) -> T:
+    """``call()``, tried again with backoff while the broker cannot be reached, for up to ``max_stall_s``."""
+    started = time.monotonic()
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except KafkaError as error:
+            stalled = time.monotonic() - started
+            if stalled > max_stall_s:
+                raise TimeoutError(f"{what}: no broker answered for {stalled:.0f}s ({error})") from error
+            log.warning("waiting for the broker", extra={"doing": what, "stalled_s": round(stalled), "error": str(error)})
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0) -> None:

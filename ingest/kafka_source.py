@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 
-from edgelake.kafka import Record, consumer_config
+from edgelake.kafka import consumer_config, retrying
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +76,49 @@ def _share(pending: list[OffsetRange], budget: int) -> list[OffsetRange]:
     return sorted(ranges, key=lambda r: (r.topic, r.partition))
 
 
+@dataclass
+class Fetched:
+    """Consecutive records of one topic-partition, column by column."""
+
+    offsets: OffsetRange
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # the records' offsets
+    timestamps_ms: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def extend(self, messages: list[ConsumerRecord]) -> None:
+        self.keys.extend([m.key for m in messages])
+        self.values.extend([m.value for m in messages])
+        self.positions.extend([m.offset for m in messages])
+        self.timestamps_ms.extend([m.timestamp for m in messages])
+
+
 def read_range(
-    bootstrap_servers: str, offsets: OffsetRange, batch_size: int = 5000, max_stall_s: float = 120.0
-) -> Iterator[list[Record]]:
-    """The records of ``offsets`` in offset order, in lists of up to ``batch_size``.
+    bootstrap_servers: str, offsets: OffsetRange, batch_size: int = 20_000, max_stall_s: float = 120.0
+) -> Iterator[Fetched]:
+    """The records of ``offsets`` in offset order, in pieces of up to ``batch_size``.
 
     Waits through broker outages (kafka-python reconnects with backoff) and raises
     ``BrokerUnreachable`` only after ``max_stall_s`` without progress. Records past
     ``end`` that a broker sends anyway are dropped.
     """
     tp = TopicPartition(offsets.topic, offsets.partition)
-    consumer = _consumer(bootstrap_servers)
+    consumer = retrying(lambda: _consumer(bootstrap_servers), f"reading {offsets}", max_stall_s)
     try:
         consumer.assign([tp])
         consumer.seek(tp, offsets.start)
-        batch: list[Record] = []
+        batch = Fetched(offsets)
         position = offsets.start
         last_progress = time.monotonic()
         while position < offsets.end:
             polled = consumer.poll(timeout_ms=500, max_records=batch_size)
             messages = polled.get(tp, [])
             if not messages:
+                if _skipped_to(consumer, tp) >= offsets.end:
+                    break  # the range ends with offsets that hold no records (transaction markers)
                 stalled = time.monotonic() - last_progress
                 if stalled > max_stall_s:
                     raise BrokerUnreachable(f"no records from {offsets} for {stalled:.0f}s")
@@ -102,18 +126,25 @@ def read_range(
                     log.warning("waiting for the broker", extra={"range": str(offsets), "stalled_s": round(stalled)})
                 continue
             last_progress = time.monotonic()
-            for m in messages:
-                if m.offset >= offsets.end:
-                    break
-                batch.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
+            if messages[-1].offset >= offsets.end:
+                messages = [m for m in messages if m.offset < offsets.end]
+            batch.extend(messages)
             position = max(position, messages[-1].offset + 1)
             if len(batch) >= batch_size:
                 yield batch
-                batch = []
+                batch = Fetched(offsets)
         if batch:
             yield batch
     finally:
         consumer.close()
+
+
+def _skipped_to(consumer: KafkaConsumer, tp: TopicPartition) -> int:
+    """The consumer's next offset, which moves past control records it never returns; -1 if unknown now."""
+    try:
+        return consumer.position(tp, timeout_ms=1000) or -1
+    except KafkaError:
+        return -1
 
 
 def _consumer(bootstrap_servers: str) -> KafkaConsumer:

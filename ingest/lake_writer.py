@@ -10,9 +10,11 @@ instant neither loses nor duplicates a record. Silver also drops events whose
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -55,6 +57,7 @@ class LakeWriter:
         self.pipeline = pipeline
         self.topic_prefix = topic_prefix
         self.storage_options = storage_options
+        self._logs: dict[str, DeltaTable] = {}
 
     def app_id(self, topic: str, partition: int) -> str:
         return f"{self.pipeline}/{topic}/{partition}"
@@ -79,12 +82,12 @@ class LakeWriter:
         bronze = self._unwritten(bronze_spec, logs[bronze_spec.name], batch.topic, batch.bronze)
         quarantine = self._unwritten(QUARANTINE, logs[QUARANTINE.name], batch.topic, batch.quarantine)
         silver_log = logs[silver_spec.name]
-        silver, duplicates = self._new_events(
-            silver_log, self._unwritten(silver_spec, silver_log, batch.topic, batch.silver)
-        )
+        known = _silver_ids(table_uri(self.lake_root, silver_spec))
+        silver, duplicates = known.new_events(silver_log, self._unwritten(silver_spec, silver_log, batch.topic, batch.silver))
         self._append(bronze_spec, logs[bronze_spec.name], batch, bronze)
         self._append(QUARANTINE, logs[QUARANTINE.name], batch, quarantine)
-        self._append(silver_spec, silver_log, batch, silver, {"duplicates": str(duplicates)})
+        if self._append(silver_spec, silver_log, batch, silver, {"duplicates": str(duplicates)}):
+            known.committed(self._open(silver_spec), silver)
         return CommitResult(batch.topic, bronze.num_rows, silver.num_rows, quarantine.num_rows, duplicates)
 
     def _append(
@@ -94,11 +97,13 @@ class LakeWriter:
         batch: TopicBatch,
         data: pa.Table,
         metadata: dict[str, str] | None = None,
-    ) -> None:
+    ) -> bool:
+        """Commit ``data`` with the batch's offsets; False if the table already holds the whole batch."""
         versions = {p: o for p, o in batch.last_offsets.items() if (self._committed(table, batch.topic, p) or -1) < o}
         if not versions:
-            return  # this table already holds the whole batch
-        self._ensure(spec)
+            return False
+        if table is None:
+            self._create(spec)
         write_deltalake(
             table_uri(self.lake_root, spec),
             data,
@@ -110,6 +115,7 @@ class LakeWriter:
                 custom_metadata={"pipeline": self.pipeline, "topic": batch.topic, **(metadata or {})},
             ),
         )
+        return True
 
     def _unwritten(self, spec: TableSpec, table: DeltaTable | None, topic: str, rows: pa.Table) -> pa.Table:
         """The rows at offsets the table's log does not cover yet."""
@@ -125,29 +131,23 @@ class LakeWriter:
             mask = keep if mask is None else pc.or_(mask, keep)
         return rows.filter(mask)
 
-    def _new_events(self, silver: DeltaTable | None, rows: pa.Table) -> tuple[pa.Table, int]:
-        """Rows whose event_id is new to silver and to this batch (first offset wins), and the duplicates."""
-        if rows.num_rows == 0:
-            return rows, 0
-        rows = rows.sort_by([("_partition", "ascending"), ("_offset", "ascending")])
-        seen = _existing_ids(silver, set(pc.unique(rows["event_date"]).to_pylist()))
-        keep = []
-        for event_id in rows["event_id"].to_pylist():
-            keep.append(event_id not in seen)
-            seen.add(event_id)
-        fresh = rows.filter(pa.array(keep, pa.bool_()))
-        return fresh, rows.num_rows - fresh.num_rows
-
     def _committed(self, table: DeltaTable | None, topic: str, partition: int) -> int | None:
         return None if table is None else table.transaction_version(self.app_id(topic, partition))
 
     def _open(self, spec: TableSpec) -> DeltaTable | None:
+        """The table at its latest version; None if it does not exist yet."""
+        table = self._logs.get(spec.name)
+        if table is not None:
+            table.update_incremental()
+            return table
         try:
-            return DeltaTable(table_uri(self.lake_root, spec), storage_options=self.storage_options)
+            table = DeltaTable(table_uri(self.lake_root, spec), storage_options=self.storage_options)
         except TableNotFoundError:
             return None
+        self._logs[spec.name] = table
+        return table
 
-    def _ensure(self, spec: TableSpec) -> None:
+    def _create(self, spec: TableSpec) -> None:
         DeltaTable.create(
             table_uri(self.lake_root, spec),
             spec.schema,
@@ -170,9 +170,69 @@ class LakeWriter:
         return BRONZE[logical], QUARANTINE, SILVER[logical]
 
 
-def _existing_ids(silver: DeltaTable | None, dates: set[date]) -> set[str]:
-    """The event ids silver holds on ``dates`` (a duplicate has its original's event date)."""
-    if silver is None or not dates:
-        return set()
-    ids = silver.to_pyarrow_dataset().to_table(columns=["event_id"], filter=pc.field("event_date").isin(sorted(dates)))
-    return set(ids.column("event_id").to_pylist())
+class SilverIds:
+    """The event ids a silver table holds on the event dates recent commits touched.
+
+    A date's ids are read from the table once, then kept current with this process's own
+    commits; all are dropped when the table moved on without them (another writer, a
+    compaction) and read again when next needed. Only the ``max_dates`` most recently
+    used dates are kept, which bounds memory for a long-running ingester.
+    """
+
+    def __init__(self, max_dates: int = 64) -> None:
+        self.max_dates = max_dates
+        self.version: int | None = None
+        self.by_date: OrderedDict[date, list[pa.Array]] = OrderedDict()
+
+    def new_events(self, silver: DeltaTable | None, rows: pa.Table) -> tuple[pa.Table, int]:
+        """Rows whose event_id is new to silver and to this batch (first offset wins), and how many are not."""
+        if rows.num_rows == 0:
+            return rows, 0
+        rows = rows.sort_by([("_partition", "ascending"), ("_offset", "ascending")])
+        ids = rows["event_id"].combine_chunks()
+        first = np.zeros(rows.num_rows, dtype=bool)
+        first[np.unique(pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False), return_index=True)[1]] = True
+        keep = pa.array(first)
+        held = self._held(silver, set(pc.unique(rows["event_date"]).to_pylist()))
+        if held:
+            keep = pc.and_(keep, pc.invert(pc.is_in(ids, value_set=pa.concat_arrays(held))))
+        fresh = rows.filter(keep)
+        return fresh, rows.num_rows - fresh.num_rows
+
+    def committed(self, silver: DeltaTable | None, rows: pa.Table) -> None:
+        """Record the rows a commit added; forget everything if the table moved on without us."""
+        if silver is None or self.version is None or silver.version() != self.version + 1:
+            self.by_date.clear()
+            self.version = None
+            return
+        self.version = silver.version()
+        grouped = rows.group_by("event_date", use_threads=False).aggregate([("event_id", "list")])
+        for day, ids in zip(grouped["event_date"].to_pylist(), grouped["event_id_list"].combine_chunks(), strict=True):
+            if day in self.by_date:
+                self.by_date[day].append(ids.values)
+
+    def _held(self, silver: DeltaTable | None, dates: set[date]) -> list[pa.Array]:
+        version = None if silver is None else silver.version()
+        if version != self.version:
+            self.by_date.clear()
+            self.version = version
+        missing = sorted(day for day in dates if day not in self.by_date)
+        for day in missing:
+            self.by_date[day] = []
+        if missing and silver is not None:
+            ids = silver.to_pyarrow_dataset().to_table(columns=["event_id", "event_date"], filter=pc.field("event_date").isin(missing))
+            grouped = ids.group_by("event_date", use_threads=False).aggregate([("event_id", "list")])
+            for day, held in zip(grouped["event_date"].to_pylist(), grouped["event_id_list"].combine_chunks(), strict=True):
+                self.by_date[day].append(held.values)
+        for day in dates:
+            self.by_date.move_to_end(day)
+        while len(self.by_date) > max(self.max_dates, len(dates)):
+            self.by_date.popitem(last=False)
+        return [ids for day in dates for ids in self.by_date[day]]
+
+
+_KNOWN_IDS: dict[str, SilverIds] = {}  # silver table URI -> ids; shared by this process's writers, across batches
+
+
+def _silver_ids(uri: str) -> SilverIds:
+    return _KNOWN_IDS.setdefault(uri, SilverIds())

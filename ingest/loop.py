@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from edgelake.broker import bootstrap_servers
 from edgelake.contracts import EVENT_BY_TOPIC
-from edgelake.kafka import consumer_config
+from edgelake.kafka import consumer_config, retrying
 from edgelake.settings import Settings
 from ingest.kafka_source import OffsetRange, plan_ranges
 from ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
@@ -36,7 +37,7 @@ class IngestOptions:
 
     pipeline: str = "edgelake-ingest"
     topics: tuple[str, ...] = tuple(EVENT_BY_TOPIC)
-    max_events: int = 100_000
+    max_events: int = 250_000
     max_bytes: int = 256 * 1024 * 1024
     max_wait_s: float = 2.0
     compact_every: int = 25  # batches between compactions; 0 = never
@@ -67,7 +68,7 @@ def ingest(
     config = WriterConfig(settings.lake_root, options.pipeline, settings.topic_prefix)
     writer = config.writer()
     topics = [settings.topic(t) for t in options.topics]
-    targets = _end_offsets(servers, topics) if once else None
+    targets = retrying(lambda: _end_offsets(servers, topics), "reading end offsets") if once else None
     beam_options = pipeline_options(options.runner_args)
     totals = IngestTotals()
     stop = stop or threading.Event()
@@ -75,7 +76,8 @@ def ingest(
     avg_bytes = 1024.0
     while not stop.is_set():
         budget = max(1, min(options.max_events, int(options.max_bytes / avg_bytes)))
-        ranges = _clip(plan_ranges(servers, topics, writer.next_offset, budget), targets)
+        planned_ranges = retrying(lambda: plan_ranges(servers, topics, writer.next_offset, budget), "planning a batch")
+        ranges = _clip(planned_ranges, targets)
         if not ranges:
             if once:
                 break
@@ -140,5 +142,10 @@ def _clip(ranges: list[OffsetRange], targets: dict[tuple[str, int], int] | None)
 
 
 def _report_lag(servers: str, topics: list[str], next_offset: Callable[[str, int], int | None]) -> None:
-    for (topic, partition), end in _end_offsets(servers, topics).items():
+    try:
+        ends = _end_offsets(servers, topics)
+    except KafkaError as error:  # the gauge is refreshed after the next batch
+        log.warning("lag not measured", extra={"error": str(error)})
+        return
+    for (topic, partition), end in ends.items():
         LAG.labels(topic, str(partition)).set(max(0, end - (next_offset(topic, partition) or 0)))

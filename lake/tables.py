@@ -47,22 +47,25 @@ class TableSpec:
         return f"{self.layer}/{self.name}"
 
 
+# Raw Kafka records, exactly as consumed: the same columns for every topic.
+BRONZE_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.binary()),
+        pa.field("value", pa.binary(), nullable=False),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("kafka_timestamp", TIMESTAMP),
+        pa.field("ingest_time", TIMESTAMP, nullable=False),
+        pa.field("ingest_date", pa.date32(), nullable=False),
+    ]
+)
+
+
 def bronze_table(topic: str) -> TableSpec:
     """Raw Kafka records of one topic, exactly as consumed."""
-    schema = pa.schema(
-        [
-            pa.field("key", pa.binary()),
-            pa.field("value", pa.binary(), nullable=False),
-            pa.field("topic", pa.string(), nullable=False),
-            pa.field("partition", pa.int32(), nullable=False),
-            pa.field("offset", pa.int64(), nullable=False),
-            pa.field("kafka_timestamp", TIMESTAMP),
-            pa.field("ingest_time", TIMESTAMP, nullable=False),
-            pa.field("ingest_date", pa.date32(), nullable=False),
-        ]
-    )
     name = f"bronze_{topic.replace('-', '_')}"
-    return TableSpec(name, "bronze", schema, ("ingest_date",), f"Raw records of the {topic} topic.")
+    return TableSpec(name, "bronze", BRONZE_SCHEMA, ("ingest_date",), f"Raw records of the {topic} topic.")
 
 
 def silver_table(event: type[Event]) -> TableSpec:

@@ -24,7 +24,7 @@ def run(
     topics: list[str] = typer.Option([], "--topics", help="Topics to ingest (default: all event topics)."),
     runner: str = typer.Option("DirectRunner", "--runner", help="Beam runner; other pipeline options follow as extra arguments."),
     pipeline: str = typer.Option("edgelake-ingest", "--pipeline", help="Pipeline name: the offsets' app id prefix."),
-    max_events: int = typer.Option(100_000, "--max-events", min=1, help="Most events in one micro-batch."),
+    max_events: int = typer.Option(250_000, "--max-events", min=1, help="Most events in one micro-batch."),
     max_bytes: int = typer.Option(256 * 1024 * 1024, "--max-bytes", min=1024, help="Most bytes in one micro-batch."),
     max_wait: float = typer.Option(2.0, "--max-wait", min=0, help="Seconds a partial micro-batch may wait to fill."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),

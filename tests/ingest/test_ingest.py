@@ -16,10 +16,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
+from ingest.lake_writer import LakeWriter
 from ingest.loop import IngestOptions, ingest
 from ingest.sources.synthetic import SyntheticConfig, transactions
 from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
@@ -190,6 +191,38 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(noida_broker: Em
 
 
 @pytest.mark.chaos
+def test_offsets_of_transaction_markers_are_committed_and_once_ends(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    # A transactional producer leaves a commit marker after each transaction: an offset
+    # holding no record, which the ingester must step over rather than wait for.
+    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+    events = list(transactions(SyntheticConfig(seed=21), 200))
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, transactional_id="edgelake-test")
+    producer.init_transactions()
+    for part in (events[:100], events[100:]):
+        producer.begin_transaction()
+        for tx in part:
+            producer.send(settings.topic(TOPIC), key=tx.key, value=tx.to_bytes())
+        producer.commit_transaction()
+    producer.close()
+
+    started = time.monotonic()
+    ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
+    assert time.monotonic() - started < 60
+
+    assert sorted(table(settings, SILVER[TOPIC])["event_id"].to_pylist()) == sorted(tx.event_id for tx in events)
+    writer = LakeWriter(settings.lake_root, "edgelake-ingest", settings.topic_prefix)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    partitions = [TopicPartition(settings.topic(TOPIC), p) for p in range(4)]
+    ends = consumer.end_offsets(partitions)
+    consumer.close()
+    records = table(settings, BRONZE[TOPIC]).group_by("partition").aggregate([("offset", "count")]).to_pylist()
+    assert sum(ends.values()) > len(events)  # the markers took offsets
+    for tp in partitions:
+        assert writer.next_offset(tp.topic, tp.partition) == ends[tp]
+    assert sum(row["offset_count"] for row in records) == len(events)
+    assert ingest(settings, IngestOptions(topics=(TOPIC,)), once=True).batches == 0
+
+
 def test_broker_outage_of_ten_seconds_is_waited_out(tmp_path: Path) -> None:
     broker = EmbeddedBroker("noida", free_port(), tmp_path / "broker")
     broker.start()

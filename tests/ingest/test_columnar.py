@@ -1,0 +1,157 @@
+"""The columnar fast lane against ``clean_record``: what it accepts, ``clean_record`` accepts with the same row.
+
+Real events from every source, and a corpus of hostile variants of them, go through both
+paths. The fast lane may send any record on to ``clean_record``; it must never accept a
+record ``clean_record`` refuses, nor give an accepted record a different row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow as pa
+import pytest
+from pydantic import Field
+
+from edgelake.contracts import EdgeInference, Event, FraudLabel, ImageFrame, IoTReading, Transaction
+from ingest.clean import Rejection, clean_record
+from ingest.columnar import columnar_contract
+from ingest.sources import shuttle, synthetic, ulb
+from lake.tables import SILVER
+
+NOW = datetime.now(UTC)
+BASE = datetime(2013, 9, 1, tzinfo=UTC)
+DROP = object()
+
+HOSTILE_VALUES: list[Any] = [
+    None, DROP, "", " ", " padded", "padded ", "\u00a0nbsp", "nbsp\u2003", "tab\t", "x" * 129, "x" * 128,
+    "Zürich", "ÄÖÜ", "a\u0000b", "a\nb", "\u2028", 0, 1, -1, 1.5, -0.0, 2**63, -(2**63) - 1, 2**53 + 1, 1e308, True,
+    False, [], [1], {}, {"a": 1}, "USD", "usd", "US", "pos", "POS", "dataset",
+]
+HOSTILE_TIMES = [
+    "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123456+02:00", "2024-01-01T00:00:00.1234567Z",
+    "2024-01-01 00:00:00Z", "2024-01-01t00:00:00z", "2024-01-01T00:00:00", "2024-02-30T00:00:00Z",
+    "2024-01-01T24:00:00Z", "2024-01-01T00:00:60Z", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+23:59",
+    "1989-12-31T23:59:59Z", "1990-01-01T00:00:00Z", (NOW + timedelta(days=2)).isoformat(), "2024-01-01",
+    "20240101T000000Z", " 2024-01-01T00:00:00Z", "2024-01-01T00:00:00.Z", "+12024-01-01T00:00:00Z",
+]
+HOSTILE_MAPS: list[Any] = [
+    {}, {"a": 1}, {"a": 1.5, "b": -2}, {"a": None}, {"a": "1"}, {"a": True}, {"a": {"b": 1}}, {"a": [1]},
+    {"": 1.0}, {"A": 1, "a": 2}, [], "x", 1, None, DROP,
+]
+RAW_VARIANTS = [
+    lambda v: b" " + v, lambda v: v + b"\n", lambda v: v[:-1] + b',"extra": 1}', lambda v: v + v, lambda v: b"",
+    lambda v: b"{}", lambda v: v[: len(v) // 2], lambda v: v.replace(b":", b": \n", 1), lambda v: b"\xff" + v,
+    lambda v: v.replace(b'"event_id":', b'"event_id":"dup","event_id":', 1), lambda v: b"[" + v + b"]",
+    lambda v: v.replace(b'"', b'"\\ud800', 1), lambda v: v[:-1] + b',"attributes":{}}', lambda v: b"null",
+]
+
+
+def real_events(ulb_csv: Path) -> dict[type[Event], list[Event]]:
+    return {
+        Transaction: [
+            *ulb.transactions(ulb_csv, BASE, count=40),
+            *synthetic.transactions(synthetic.SyntheticConfig(seed=5), 40),
+        ],
+        FraudLabel: [*ulb.labels(ulb_csv, BASE, count=20), *synthetic.labels(synthetic.SyntheticConfig(seed=5), 40)],
+        IoTReading: list(shuttle.readings(BASE, count=60)),
+        EdgeInference: [
+            EdgeInference(
+                event_id=f"inf-{i}", event_time=NOW - timedelta(minutes=i), device_id=f"cam-{i % 3}",
+                model_name="vision", model_version="3", input_ref=f"frame-{i}", prediction=str(i % 10),
+                confidence=i / 40, latency_ms=0.5 + i, label=None if i % 2 else str(i % 10),
+            )
+            for i in range(40)
+        ],
+    }  # fmt: skip
+
+
+def hostile(events: list[Event]) -> list[bytes]:
+    """Every top-level field of the first events set to every hostile value, and the raw variants of each event."""
+    records = []
+    for event in events[:3]:
+        document = json.loads(event.to_bytes())
+        for name, value in itertools.product(list(document), HOSTILE_VALUES + HOSTILE_TIMES + HOSTILE_MAPS):
+            changed = dict(document)
+            if value is DROP:
+                del changed[name]
+            else:
+                changed[name] = value
+            records.append(json.dumps(changed).encode())
+        records.append(json.dumps({**document, "extra": 1}).encode())
+    for event, variant in itertools.product(events[:5], RAW_VARIANTS):
+        records.append(variant(event.to_bytes()))
+    return records
+
+
+def as_python(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows with maps as dicts, as ``clean_record`` gives them."""
+    maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
+    rows = table.to_pylist()
+    for row in rows:
+        for name in maps:
+            row[name] = None if row[name] is None else dict(row[name])
+    return rows
+
+
+@pytest.mark.parametrize("event_type", [Transaction, FraudLabel, IoTReading, EdgeInference], ids=lambda e: e.__name__)
+def test_the_fast_lane_accepts_only_what_clean_record_accepts_with_the_same_row(
+    event_type: type[Event], ulb_csv: Path
+) -> None:
+    lane = columnar_contract(event_type)
+    assert lane is not None
+    events = real_events(ulb_csv)[event_type]
+    pristine = [event.to_bytes() for event in events]
+    records = pristine + hostile(events)
+    schema = SILVER[event_type.topic].schema
+
+    accepted = lane.accept(records, NOW)
+
+    # Every pristine record is accepted, even with hostile ones in the same chunk.
+    assert set(range(len(pristine))) <= set(accepted.indices)
+    assert sorted(accepted.indices + accepted.rest) == list(range(len(records)))
+    rows = as_python(accepted.table)
+    for index, row in zip(accepted.indices, rows, strict=True):
+        slow = clean_record(event_type, records[index], schema, NOW)
+        assert not isinstance(slow, Rejection), (records[index], slow)
+        assert slow == row, records[index]
+    # The corpus is hostile enough to matter: most of it goes on to clean_record.
+    refused = [i for i in accepted.rest if isinstance(clean_record(event_type, records[i], schema, NOW), Rejection)]
+    assert len(refused) > len(records) // 3
+
+
+def test_records_the_lane_passes_on_are_decided_by_clean_record_one_by_one(ulb_csv: Path) -> None:
+    events = real_events(ulb_csv)[Transaction]
+    padded = json.loads(events[0].to_bytes()) | {"currency": " usd "}
+    records = [events[1].to_bytes(), json.dumps(padded).encode(), b"not json"]
+
+    accepted = columnar_contract(Transaction).accept(records, NOW)  # type: ignore[union-attr]
+
+    assert accepted.indices == [0]
+    assert accepted.rest == [1, 2]
+    assert clean_record(Transaction, records[1], SILVER["transactions"].schema, NOW)["currency"] == "USD"  # type: ignore[index]
+
+
+def test_a_chunk_with_nothing_acceptable_gives_an_empty_table_of_the_silver_columns() -> None:
+    accepted = columnar_contract(FraudLabel).accept([b"", b"[]", b"{}"], NOW)  # type: ignore[union-attr]
+    assert accepted.indices == [] and accepted.rest == [0, 1, 2]
+    assert accepted.table.num_rows == 0
+    assert set(accepted.table.column_names) == set(FraudLabel.model_fields) | {"event_date"}
+
+
+class Odd(Event):
+    type_name = "odd"
+    topic = "odd"
+    key_field = "event_id"
+    partitions = 1
+
+    batch: Annotated[int, Field(multiple_of=5)]
+
+
+def test_contracts_with_validators_or_unknown_constraints_get_no_fast_lane() -> None:
+    assert columnar_contract(ImageFrame) is None  # a model validator
+    assert columnar_contract(Odd) is None  # multiple_of
