@@ -8,8 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
@@ -20,7 +18,8 @@ from edgelake.kafka import consumer_config, retrying
 from edgelake.settings import Settings
 from ingest.kafka_source import OffsetRange, plan_ranges
 from ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
-from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
+from lake.catalog import UnknownTable, optimize
+from lake.tables import BRONZE, QUARANTINE, SILVER
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +112,10 @@ def maintain(settings: Settings, topics: tuple[str, ...]) -> None:
     specs = [QUARANTINE, *(BRONZE[t] for t in topics), *(SILVER[t] for t in topics)]
     for spec in specs:
         try:
-            table = DeltaTable(table_uri(settings.lake_root, spec))
-        except TableNotFoundError:
+            metrics = optimize(settings.lake_root, spec.name)
+        except UnknownTable:
             continue
-        metrics = table.optimize.compact()
-        table.create_checkpoint()
-        log.info("table compacted", extra={"table": spec.name, "version": table.version(), "metrics": metrics})
+        log.info("table compacted", extra={"table": spec.name, "metrics": metrics})
 
 
 def _end_offsets(servers: str, topics: list[str]) -> dict[tuple[str, int], int]:

@@ -26,6 +26,64 @@ def tables(ctx: typer.Context) -> None:
     console.print(listing)
 
 
+@app.command("describe")
+def describe(ctx: typer.Context, table: str = typer.Argument(..., help="Catalog table name.")) -> None:
+    """A table's definition, current version, size and columns (evolved ones included)."""
+    from lake import catalog
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        info = catalog.describe(settings.lake_root, table)
+    console.print(f"[bold]{info.spec.name}[/] ({info.spec.layer}) — {info.spec.description}", highlight=False)
+    console.print(f"uri: {info.uri}", highlight=False)
+    console.print(
+        f"version {info.version} · {info.rows:,} rows · {info.files} files · {info.size_bytes / 1e6:,.1f} MB · "
+        f"partitioned by {', '.join(info.spec.partition_by) or 'nothing'}"
+    )
+    columns = Table("column", "type", "nullable", "defined in the catalog")
+    defined = set(info.spec.schema.names)
+    for field in info.schema:
+        columns.add_row(field.name, str(field.type), "yes" if field.nullable else "no", "yes" if field.name in defined else "evolved")
+    console.print(columns)
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    table: str = typer.Argument(..., help="Catalog table name."),
+    limit: int = typer.Option(20, "--limit", min=1, help="Newest commits to show."),
+) -> None:
+    """A table's commits, newest first: each version's time, operation and what it did."""
+    from lake import catalog
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        commits = catalog.history(settings.lake_root, table, limit)
+    listing = Table("version", "time (UTC)", "operation", "rows added", "files +/-", "metadata")
+    for commit in commits:
+        metrics = commit["metrics"]
+        files = f"+{metrics.get('num_added_files', metrics.get('numFilesAdded', 0))}/-{metrics.get('num_removed_files', metrics.get('numFilesRemoved', 0))}"
+        when = commit["time"].strftime("%Y-%m-%d %H:%M:%S") if commit["time"] else ""
+        meta = ", ".join(f"{k}={v}" for k, v in commit["metadata"].items())
+        listing.add_row(str(commit["version"]), when, commit["operation"] or "", f"{metrics.get('num_added_rows', '')}", files, meta)
+    console.print(listing)
+
+
+@app.command("optimize")
+def optimize(
+    ctx: typer.Context, table: str = typer.Argument(..., help="Catalog table name, or 'all'.")
+) -> None:
+    """Compact a table's small files and write a checkpoint (the ingester does this every N batches)."""
+    from lake import catalog
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        names = catalog.existing(settings.lake_root) if table == "all" else [catalog.spec_of(table).name]
+        for name in names:
+            metrics = catalog.optimize(settings.lake_root, name)
+            console.print(f"{name}: {metrics['numFilesRemoved']} files compacted into {metrics['numFilesAdded']}")
+
+
 @app.command("vacuum")
 def vacuum(
     ctx: typer.Context,

@@ -1,0 +1,99 @@
+"""The catalog on disk: describe, history, optimize and time travel by table name, from Python and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import CommitProperties, write_deltalake
+
+from lake import catalog
+from lake.tables import QUARANTINE, table_uri
+
+
+def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    rows = [
+        {
+            "key": None, "value": b"bad %d" % i, "topic": "t", "partition": 0, "offset": i, "stage": "decode",
+            "reason": "value is not JSON", "ingest_time": now, "ingest_date": date(2026, 1, 2), **extra,
+        }
+        for i in range(first, first + count)
+    ]  # fmt: skip
+    schema = QUARANTINE.schema
+    for name, value in extra.items():
+        schema = schema.append(pa.field(name, pa.array([value]).type))
+    return pa.Table.from_pylist(rows, schema)
+
+
+@pytest.fixture
+def lake_root(tmp_path: Path) -> str:
+    """A lake whose quarantine has three versions: 10 rows, then 5 more, then 5 with a new column."""
+    root = str(tmp_path / "lake")
+    uri = table_uri(root, QUARANTINE)
+    write_deltalake(uri, quarantine_rows(0, 10), partition_by=["ingest_date"])
+    write_deltalake(uri, quarantine_rows(10, 5), mode="append", commit_properties=CommitProperties(custom_metadata={"pipeline": "p1"}))
+    write_deltalake(uri, quarantine_rows(15, 5, note="x"), mode="append", schema_mode="merge")
+    return root
+
+
+def edgelake(lake_root: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "400", "EDGELAKE_LAKE_ROOT": lake_root}
+    return subprocess.run([sys.executable, "-m", "edgelake", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_describe_gives_the_current_state_with_evolved_columns(lake_root: str) -> None:
+    info = catalog.describe(lake_root, "quarantine")
+    assert (info.version, info.rows, info.files) == (2, 20, 3)
+    assert info.schema.names == [*QUARANTINE.schema.names, "note"]
+    assert info.size_bytes > 0
+
+    result = edgelake(lake_root, "lake", "describe", "quarantine")
+    assert result.returncode == 0, result.stderr
+    assert "version 2 · 20 rows · 3 files" in result.stdout
+    assert any("note" in line and "evolved" in line for line in result.stdout.splitlines())
+
+
+def test_history_lists_commits_newest_first_with_their_metadata(lake_root: str) -> None:
+    commits = catalog.history(lake_root, "quarantine")
+    assert [c["version"] for c in commits] == [2, 1, 0]
+    assert commits[1]["metadata"] == {"pipeline": "p1"}
+    assert commits[0]["metrics"]["num_added_rows"] == 5
+
+    result = edgelake(lake_root, "lake", "history", "quarantine", "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    assert "pipeline=p1" in result.stdout
+    assert "│ 0 " not in result.stdout  # only the two newest
+
+
+def test_open_table_travels_to_an_older_version_and_refuses_one_that_never_was(lake_root: str) -> None:
+    assert catalog.open_table(lake_root, "quarantine", version=0).count() == 10
+    assert catalog.open_table(lake_root, "quarantine", version=1).count() == 15
+    with pytest.raises(catalog.UnknownTable, match="versions 0 to 2, not 7"):
+        catalog.open_table(lake_root, "quarantine", version=7)
+
+
+def test_optimize_compacts_without_changing_the_rows(lake_root: str) -> None:
+    result = edgelake(lake_root, "lake", "optimize", "all")
+    assert result.returncode == 0, result.stderr
+    assert "quarantine: 3 files compacted into 1" in result.stdout
+    info = catalog.describe(lake_root, "quarantine")
+    assert (info.rows, info.files) == (20, 1)
+    assert catalog.history(lake_root, "quarantine", 1)[0]["operation"] == "OPTIMIZE"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [("nope", "no table 'nope'; the catalog has"), ("silver_transactions", "table 'silver_transactions' has no data yet")],
+)
+def test_unknown_and_unwritten_tables_are_refused_clearly(lake_root: str, table: str, message: str) -> None:
+    for command in ("describe", "history", "optimize"):
+        result = edgelake(lake_root, "lake", command, table)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert message in " ".join(result.stderr.split())
+    assert catalog.existing(lake_root) == ["quarantine"]
