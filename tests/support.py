@@ -1,13 +1,17 @@
-"""Helpers for tests that need a broker or settings of their own."""
+"""Helpers for tests that need a broker, settings or lake tables of their own."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from datetime import UTC, date, datetime
 from pathlib import Path
+
+import pyarrow as pa
 
 from edgelake.kafka import ensure_topics
 from edgelake.settings import Settings
+from lake.tables import QUARANTINE
 
 REPO = Path(__file__).resolve().parents[1]
 # Data sets are fetched once and kept between runs (gitignored).
@@ -24,3 +28,19 @@ def isolated_settings(bootstrap_servers: str, data_dir: Path) -> Settings:
     )
     ensure_topics(settings, bootstrap_servers)
     return settings
+
+
+def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
+    """Quarantine rows at offsets ``first``.., with ``extra`` columns new to the table."""
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    rows = [
+        {
+            "key": None, "value": b"bad %d" % i, "topic": "t", "partition": 0, "offset": i, "stage": "decode",
+            "reason": "value is not JSON", "ingest_time": now, "ingest_date": date(2026, 1, 2), **extra,
+        }
+        for i in range(first, first + count)
+    ]  # fmt: skip
+    schema = QUARANTINE.schema
+    for name, value in extra.items():
+        schema = schema.append(pa.field(name, pa.array([value]).type))
+    return pa.Table.from_pylist(rows, schema)

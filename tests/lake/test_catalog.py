@@ -5,30 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, date, datetime
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, write_deltalake
 
 from lake import catalog
 from lake.tables import QUARANTINE, table_uri
-
-
-def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
-    now = datetime(2026, 1, 2, tzinfo=UTC)
-    rows = [
-        {
-            "key": None, "value": b"bad %d" % i, "topic": "t", "partition": 0, "offset": i, "stage": "decode",
-            "reason": "value is not JSON", "ingest_time": now, "ingest_date": date(2026, 1, 2), **extra,
-        }
-        for i in range(first, first + count)
-    ]  # fmt: skip
-    schema = QUARANTINE.schema
-    for name, value in extra.items():
-        schema = schema.append(pa.field(name, pa.array([value]).type))
-    return pa.Table.from_pylist(rows, schema)
+from support import quarantine_rows
 
 
 @pytest.fixture
