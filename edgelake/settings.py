@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     lake_root: str = Field(
         "./.edgelake/lake", description="Lake root: a path or any URI deltalake accepts (s3://, file://)."
     )
+    spark_master: str = Field("local[*]", description="Spark master for lake and training jobs: local[*] or a cluster URL.")
+    sql_row_limit: int = Field(10_000, gt=0, description="Most rows a SQL query returns; more are cut off and flagged.")
+    sql_timeout_s: float = Field(30.0, gt=0, description="Seconds a SQL query may run before it is abandoned.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the edgelake API.")
 
     fashion_mnist_dir: Path = Field(

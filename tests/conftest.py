@@ -43,3 +43,13 @@ def ulb_csv() -> Path:
     from ingest.sources import ulb
 
     return ulb.fetch_csv(DATASET_CACHE)
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session for every test that needs one (each start costs seconds)."""
+    from lake.spark import spark_session
+
+    session = spark_session("local[2]", "edgelake-tests", shuffle_partitions=2)
+    yield session
+    session.stop()

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from deltalake import write_deltalake
 
 from lake import catalog
-from lake.spark import has_delta, read_table, spark_session
+from lake.spark import has_delta, read_table
 from lake.tables import QUARANTINE, table_uri
 from support import quarantine_rows
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[object]:
-    session = spark_session("local[2]", "edgelake-test-spark", shuffle_partitions=2)
-    yield session
-    session.stop()
 
 
 @pytest.fixture
