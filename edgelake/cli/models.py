@@ -1,0 +1,179 @@
+"""``edgelake models``: the signed model registry and its rollout stages."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from edgelake.cli.common import console, err_console, reported_errors
+from edgelake.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from training.registry import Transition
+
+app = typer.Typer(help="The signed model registry: versions, stages, promotion, rollback, verification.", no_args_is_help=True)
+
+PUBLIC_KEY_OPTION = typer.Option(
+    None, "--public-key", help="Trusted PEM public key; default: the local one beside the signing key in the data dir."
+)
+
+
+@app.command("list")
+def list_models(ctx: typer.Context) -> None:
+    """Every model's versions with their stage, creation time and metrics."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        root = registry.registry_root(settings.lake_root)
+        names = registry.models(root)
+        if not names:
+            console.print(f"no models in {root}", highlight=False)
+            return
+        listing = Table("model", "version", "stage", "created (UTC)", "metrics")
+        for name in names:
+            for version, stage in registry.versions(root, name).items():
+                listing.add_row(name, str(version), stage, *_summary(root, name, version))
+    console.print(listing)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Version; default: production, else the newest."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest and stage as one JSON object."),
+) -> None:
+    """A version's manifest: files with sha256, metrics, lineage, feature version, signing key."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        model = registry.get(registry.registry_root(settings.lake_root), name, version)
+    manifest = model.manifest
+    if as_json:
+        print(json.dumps({**manifest.model_dump(mode="json"), "stage": model.stage}, indent=2, sort_keys=True))
+        return
+    created = f"{manifest.created:%Y-%m-%d %H:%M:%S} UTC"
+    console.print(f"[bold]{model.name} v{model.version}[/] · {model.stage} · created {created}", highlight=False)
+    console.print(f"signed by key {manifest.key_fingerprint[:16]} · features {manifest.feature_version or 'unversioned'}", highlight=False)
+    console.print("lineage: " + (", ".join(f"{table}@v{v}" for table, v in sorted(manifest.lineage.items())) or "none"), highlight=False)
+    metrics = Table("metric", "value")
+    for metric, value in sorted(manifest.metrics.items()):
+        metrics.add_row(metric, f"{value:.4f}")
+    console.print(metrics)
+    files = Table("file", "bytes", "sha256")
+    for file, entry in sorted(manifest.files.items()):
+        files.add_row(file, f"{entry.bytes:,}", entry.sha256)
+    console.print(files)
+
+
+@app.command("promote")
+def promote(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    version: int = typer.Argument(..., min=1, help="Version to promote."),
+    to: str | None = typer.Option(None, "--to", help="canary or production; default: the next stage."),
+    reason: str | None = typer.Option(None, "--reason", help="Why, recorded in the stage history."),
+    public_key: Path | None = PUBLIC_KEY_OPTION,
+) -> None:
+    """Move a verified version forward: candidate -> canary -> production (the one it replaces is archived)."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        transitions = registry.promote(
+            registry.registry_root(settings.lake_root), name, version, to,
+            public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
+        )  # fmt: skip
+    _print_transitions(name, transitions)
+
+
+@app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    reason: str | None = typer.Option(None, "--reason", help="Why, recorded in the stage history."),
+    public_key: Path | None = PUBLIC_KEY_OPTION,
+) -> None:
+    """Put the previous production version back into production; the current one becomes rolled_back."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        transitions = registry.rollback(
+            registry.registry_root(settings.lake_root), name,
+            public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
+        )  # fmt: skip
+    _print_transitions(name, transitions)
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Version; default: production, else the newest."),
+    every: bool = typer.Option(False, "--all", help="Verify every version."),
+    public_key: Path | None = PUBLIC_KEY_OPTION,
+) -> None:
+    """Check every artifact's size and sha256 and the manifest's signature; exit 1 on any problem."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        if every and version is not None:
+            raise ValueError("give --version or --all, not both")
+        root = registry.registry_root(settings.lake_root)
+        chosen = list(registry.versions(root, name)) if every else [version or registry.get(root, name).version]
+        key = _trusted_key(settings, public_key)
+        problems = {v: registry.verify(root, name, v, key) for v in chosen}
+    for v, found in problems.items():
+        if found:
+            console.print(f"[bold red]{name} v{v}: FAILED[/]", highlight=False)
+            for problem in found:
+                console.print(f"  - {problem}", highlight=False)
+        else:
+            console.print(f"{name} v{v}: verified", highlight=False)
+    if any(problems.values()):
+        raise typer.Exit(1)
+
+
+def _trusted_key(settings: Settings, path: Path | None) -> Ed25519PublicKey | None:
+    """The key to verify against: the given file, else the local one, else None (the lake's own, with a warning)."""
+    from edgelake.signing import load_public_key
+    from training.registry import KEYS_DIR, local_public_key
+
+    if path is not None:
+        return load_public_key(path.read_bytes())
+    local = local_public_key(settings.data_dir / KEYS_DIR)
+    if local is None:
+        err_console.print(
+            f"[yellow]warning:[/] no local public key in {settings.data_dir / KEYS_DIR}; verifying against the "
+            "registry's own registry.pub, which proves integrity but not origin (pass --public-key to pin one)",
+            highlight=False,
+        )
+    return local
+
+
+def _summary(root: Path, name: str, version: int) -> tuple[str, str]:
+    """A version's creation time and metrics for the listing; a note instead when its manifest is unreadable."""
+    from training import registry
+
+    try:
+        manifest = registry.get(root, name, version).manifest
+    except ValueError:
+        return "", "[red]manifest unreadable: run `edgelake models verify`[/]"
+    metrics = ", ".join(f"{metric}={value:.4f}" for metric, value in sorted(manifest.metrics.items()))
+    return f"{manifest.created:%Y-%m-%d %H:%M:%S}", metrics
+
+
+def _print_transitions(name: str, transitions: list[Transition]) -> None:
+    for transition in transitions:
+        console.print(f"{name} v{transition.version}: {transition.from_} -> {transition.to}", highlight=False)

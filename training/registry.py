@@ -1,0 +1,480 @@
+"""The model registry in lake storage: signed, versioned models and their rollout stages.
+
+Layout under ``<lake_root>/models``::
+
+    registry.pub                   PEM public key that signs every manifest
+    <name>/stages.json             stage of each version + append-only history of transitions
+    <name>/<version>/manifest.json canonical JSON: files with sha256 and size, metrics, lineage
+    <name>/<version>/manifest.sig  base64 Ed25519 signature of manifest.json's exact bytes
+    <name>/<version>/...           the artifacts (model, .tflite, metrics JSON, plots)
+
+A version directory appears whole or not at all (it is written aside, then renamed into
+place). Stages move forward only, candidate -> canary -> production; the version a
+promotion displaces from canary or production becomes ``archived``; ``rollback`` brings the
+previous production version back and marks the current one ``rolled_back``. The stage
+file is local-filesystem only for now (atomic rename plus an flock), as are the lake roots
+accepted here.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edgelake.signing import (
+    MANIFEST,
+    RESERVED,
+    SIGNATURE,
+    ArtifactName,
+    FileEntry,
+    Manifest,
+    ModelName,
+    canonical_json,
+    fingerprint,
+    load_public_key,
+    public_key_pem,
+    sign,
+    verify_files,
+)
+
+Stage = Literal["candidate", "canary", "production", "archived", "rolled_back"]
+PROMOTION_ORDER: tuple[Stage, ...] = ("candidate", "canary", "production")
+KEYS_DIR = "keys"  # under the data dir, never in the lake
+PUBLIC_KEY = "registry.pub"
+PRIVATE_KEY = "registry.key"
+STAGES = "stages.json"
+
+_CHUNK = 1 << 20
+_names = TypeAdapter(ModelName)
+_artifact_names = TypeAdapter(ArtifactName)
+
+
+class UnknownModel(LookupError):
+    """A model name or version the registry does not hold."""
+
+
+class Transition(BaseModel):
+    """One stage change of one version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: AwareDatetime
+    version: int
+    from_: Stage | None = Field(validation_alias=AliasChoices("from", "from_"), serialization_alias="from")
+    to: Stage
+    actor: str | None = None
+    reason: str | None = None
+
+
+class StageBook(BaseModel):
+    """A model's ``stages.json``: where each version stands and how it got there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: dict[int, Stage] = Field(default_factory=dict)
+    history: list[Transition] = Field(default_factory=list)
+
+    def stage(self, version: int) -> Stage:
+        """A version's stage; a version not yet recorded was just published, so a candidate."""
+        return self.stages.get(version, "candidate")
+
+    def holder(self, stage: Stage) -> int | None:
+        """The newest version in ``stage``."""
+        return max((version for version, held in self.stages.items() if held == stage), default=None)
+
+    def move(self, version: int, to: Stage, actor: str | None, reason: str | None) -> None:
+        """Put ``version`` in stage ``to`` and record the transition."""
+        self.history.append(
+            Transition(time=datetime.now(UTC), version=version, from_=self.stages.get(version), to=to, actor=actor, reason=reason)
+        )
+        self.stages[version] = to
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version: where it lies, its stage and its manifest."""
+
+    name: str
+    version: int
+    stage: Stage
+    path: Path
+    manifest: Manifest
+
+
+def registry_root(lake_root: str) -> Path:
+    """The registry directory of a lake given as a local path or ``file://`` URI."""
+    return local_path(lake_root) / "models"
+
+
+def local_path(uri: str) -> Path:
+    """``uri`` as a local path; ValueError for object stores, which the registry does not support yet."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise ValueError(f"the model registry supports local lake roots only for now, not {parsed.scheme}:// ({uri})")
+    return Path(uri)
+
+
+def ensure_signing_key(key_dir: Path, lake_root: str) -> Ed25519PrivateKey:
+    """The registry's signing key, generated on first use into ``key_dir`` (mode 0600).
+
+    ``key_dir`` must lie outside the lake: whoever can read the lake must not be able to sign.
+    The public half is kept beside it as ``registry.pub`` for local verification.
+    """
+    key_dir = key_dir.resolve()
+    lake = local_path(lake_root).resolve()
+    if key_dir.is_relative_to(lake):
+        raise ValueError(f"the signing key directory {key_dir} lies inside the lake {lake}; keep private keys out of the lake")
+    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_path = key_dir / PRIVATE_KEY
+    if not private_path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _create_exclusive(private_path, pem, mode=0o600)  # a concurrent first use may win; its key is then used
+    key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{private_path} is not an Ed25519 private key")
+    _create_exclusive(key_dir / PUBLIC_KEY, public_key_pem(key.public_key()), mode=0o644)
+    return key
+
+
+def local_public_key(key_dir: Path) -> Ed25519PublicKey | None:
+    """The public key that :func:`ensure_signing_key` keeps in ``key_dir``, if any."""
+    path = key_dir / PUBLIC_KEY
+    return load_public_key(path.read_bytes()) if path.is_file() else None
+
+
+def registry_public_key(root: Path) -> Ed25519PublicKey:
+    """The public key published in the registry (proves integrity, not origin: the lake holds it)."""
+    path = root / PUBLIC_KEY
+    if not path.is_file():
+        raise FileNotFoundError(f"no public key at {path}; nothing has been published to this registry")
+    return load_public_key(path.read_bytes())
+
+
+def publish(
+    root: Path,
+    name: str,
+    files: Mapping[str, Path],
+    *,
+    metrics: Mapping[str, float],
+    lineage: Mapping[str, int],
+    signer: Ed25519PrivateKey,
+    feature_version: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelVersion:
+    """Publish ``files`` (registry name -> source file or directory) as the next version of ``name``.
+
+    The version is signed by ``signer``, numbered one above the newest (safe against concurrent
+    publishers) and registered as a ``candidate``.
+    """
+    model_dir = _model_dir(root, name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _publish_public_key(root, signer.public_key())
+    staging = Path(tempfile.mkdtemp(prefix=".publishing-", dir=model_dir))
+    try:
+        entries = _copy_artifacts(files, staging)
+        created = datetime.now(UTC)
+        while True:
+            manifest = Manifest(
+                name=name,
+                version=_newest(model_dir) + 1,
+                created=created,
+                files=entries,
+                metrics=dict(metrics),
+                lineage=dict(lineage),
+                feature_version=feature_version,
+                extra=dict(extra or {}),
+                key_fingerprint=fingerprint(signer.public_key()),
+            )
+            _write_signed(staging, manifest, signer)
+            if _claim(staging, model_dir / str(manifest.version)):
+                break
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    with _stage_book(model_dir) as book:
+        book.move(manifest.version, "candidate", actor=None, reason="published")
+    return ModelVersion(name, manifest.version, "candidate", model_dir / str(manifest.version), manifest)
+
+
+def models(root: Path) -> list[str]:
+    """The names of every model with at least one published version."""
+    if not root.is_dir():
+        return []
+    return sorted(path.name for path in root.iterdir() if path.is_dir() and _versions(path))
+
+
+def versions(root: Path, name: str) -> dict[int, Stage]:
+    """Every published version of ``name``, oldest first, with its stage."""
+    numbers = _versions(_model_dir(root, name))
+    if not numbers:
+        known = ", ".join(models(root)) or "none"
+        raise UnknownModel(f"no model '{name}' in the registry at {root} (models: {known})")
+    book = _read_book(root / name)
+    return {version: book.stage(version) for version in numbers}
+
+
+def current(root: Path, name: str, stage: Stage = "production") -> int | None:
+    """The version of ``name`` in ``stage``, or None; no fallback to another stage."""
+    versions(root, name)
+    return _read_book(root / name).holder(stage)
+
+
+def get(root: Path, name: str, version: int | None = None) -> ModelVersion:
+    """Version ``version`` of ``name``; by default the production one, else the newest."""
+    stages = versions(root, name)
+    if version is None:
+        production = current(root, name)
+        version = max(stages) if production is None else production
+    if version not in stages:
+        raise UnknownModel(f"model '{name}' has versions {', '.join(map(str, stages))}; not {version}")
+    path = root / name / str(version)
+    try:
+        manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
+    except (OSError, ValidationError) as error:
+        problem = type(error).__name__
+        raise ValueError(f"the manifest of {name} v{version} is unreadable ({problem}); run `edgelake models verify`") from None
+    return ModelVersion(name, version, stages[version], path, manifest)
+
+
+def verify(root: Path, name: str, version: int, public_key: Ed25519PublicKey | None = None) -> list[str]:
+    """Every problem with version ``version`` of ``name``; empty when it is intact and signed.
+
+    ``public_key`` is the trusted (pinned) key; by default the one published in the registry.
+    """
+    if version not in versions(root, name):
+        raise UnknownModel(f"model '{name}' has no version {version}")
+    key = public_key or registry_public_key(root)
+    return verify_files(root / name / str(version), key, name=name, version=version)
+
+
+def promote(
+    root: Path,
+    name: str,
+    version: int,
+    to: str | None = None,
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> list[Transition]:
+    """Move ``version`` forward to stage ``to`` (by default the next one); the transitions made.
+
+    Only candidate and canary versions move, only forward, and only when they verify. The
+    version that held ``to`` before becomes ``archived``.
+    """
+    _refuse_unverified(root, name, version, public_key, "promote")
+    with _stage_book(root / name) as book:
+        before = book.stage(version)
+        if before not in ("candidate", "canary"):
+            raise ValueError(
+                f"{name} v{version} is {before}; only candidate and canary versions can be promoted"
+                + (" (use `rollback` to bring back the previous production version)" if before == "archived" else "")
+            )
+        later = PROMOTION_ORDER[PROMOTION_ORDER.index(before) + 1 :]
+        target = next((stage for stage in later if stage == (to or later[0])), None)
+        if target is None:
+            raise ValueError(f"cannot promote {name} v{version} from {before} to {to}; stages go {' -> '.join(PROMOTION_ORDER)}")
+        start = len(book.history)
+        displaced = book.holder(target)
+        if displaced is not None:
+            book.move(displaced, "archived", actor, f"replaced by v{version}")
+        book.move(version, target, actor, reason)
+        return book.history[start:]
+
+
+def rollback(
+    root: Path, name: str, *, public_key: Ed25519PublicKey | None = None, actor: str | None = None, reason: str | None = None
+) -> list[Transition]:
+    """Put the previous production version of ``name`` back into production; the transitions made.
+
+    The current production version becomes ``rolled_back``. The previous one is the latest
+    earlier production version that is archived (not itself rolled back).
+    """
+    versions(root, name)
+    book = _read_book(root / name)
+    failing = book.holder("production")
+    if failing is None:
+        raise LookupError(f"{name} has no production version to roll back")
+    previous = _previous_production(book, failing)
+    _refuse_unverified(root, name, previous, public_key, "roll back to")
+    with _stage_book(root / name) as book:
+        if book.holder("production") != failing or book.stage(previous) != "archived":
+            raise RuntimeError(f"the stages of {name} changed during the rollback; try again")
+        start = len(book.history)
+        book.move(failing, "rolled_back", actor, reason)
+        book.move(previous, "production", actor, f"rollback from v{failing}")
+        return book.history[start:]
+
+
+def _previous_production(book: StageBook, failing: int) -> int:
+    earlier = [t.version for t in book.history if t.to == "production" and t.version != failing]
+    for version in reversed(earlier):
+        if book.stage(version) == "archived":
+            return version
+    raise LookupError(f"no earlier production version to roll back to (v{failing} is the only one left)")
+
+
+def _refuse_unverified(root: Path, name: str, version: int, public_key: Ed25519PublicKey | None, action: str) -> None:
+    problems = verify(root, name, version, public_key)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"refusing to {action} {name} v{version}: it fails verification: {problems[0]}{more}")
+
+
+def _model_dir(root: Path, name: str) -> Path:
+    if not _valid(_names, name):
+        raise ValueError(f"'{name}' is not a model name: lower-case letters, digits, '-' and '_', at most 64")
+    return root / name
+
+
+def _valid(adapter: TypeAdapter[str], value: str) -> bool:
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(path.name) for path in model_dir.iterdir() if path.name.isdigit() and path.is_dir())
+
+
+def _newest(model_dir: Path) -> int:
+    return max(_versions(model_dir), default=0)
+
+
+def _copy_artifacts(files: Mapping[str, Path], staging: Path) -> dict[str, FileEntry]:
+    """Copy every source into ``staging`` under its registry name; the manifest entry of each file."""
+    sources: dict[str, Path] = {}
+    for name, source in files.items():
+        if source.is_dir():
+            sources.update({f"{name}/{path.relative_to(source).as_posix()}": path for path in sorted(source.rglob("*")) if path.is_file()})
+        elif source.is_file():
+            sources[name] = source
+        else:
+            raise FileNotFoundError(f"artifact '{name}': no file or directory at {source}")
+    for name in sources:
+        if not _valid(_artifact_names, name):
+            raise ValueError(f"'{name}' is not an artifact name: a relative path of letters, digits, '.', '-', '_'")
+        if name in RESERVED:
+            raise ValueError(f"'{name}' is reserved for the registry; name the artifact otherwise")
+    return {name: _copy(source, staging / name) for name, source in sources.items()}
+
+
+def _copy(source: Path, target: Path) -> FileEntry:
+    """Copy and fsync one file, hashing the bytes as they are written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    with source.open("rb") as reader, target.open("xb") as writer:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            writer.write(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return FileEntry(sha256=digest.hexdigest(), bytes=size)
+
+
+def _write_signed(directory: Path, manifest: Manifest, signer: Ed25519PrivateKey) -> None:
+    raw = manifest.canonical_bytes()
+    _write_synced(directory / MANIFEST, raw)
+    _write_synced(directory / SIGNATURE, sign(raw, signer))
+
+
+def _claim(staging: Path, target: Path) -> bool:
+    """Rename ``staging`` to ``target``; False when another publisher already holds that version."""
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            return False
+        raise
+    _fsync_dir(target.parent)
+    return True
+
+
+def _publish_public_key(root: Path, public_key: Ed25519PublicKey) -> None:
+    """Publish the signer's public key; refuse a signer other than the registry's."""
+    path = root / PUBLIC_KEY
+    _create_exclusive(path, public_key_pem(public_key), mode=0o644)
+    published = load_public_key(path.read_bytes())
+    if fingerprint(published) != fingerprint(public_key):
+        raise ValueError(
+            f"this registry is signed by key {fingerprint(published)[:16]} ({path}), "
+            f"not by this signer's {fingerprint(public_key)[:16]}"
+        )
+
+
+def _create_exclusive(path: Path, content: bytes, mode: int) -> None:
+    """Create ``path`` with ``content`` unless it exists; readers never see it half-written."""
+    if path.exists():
+        return
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(temp)
+
+
+def _write_synced(path: Path, content: bytes) -> None:
+    with path.open("wb") as file:
+        file.write(content)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_book(model_dir: Path) -> StageBook:
+    path = model_dir / STAGES
+    return StageBook.model_validate_json(path.read_bytes()) if path.is_file() else StageBook()
+
+
+@contextmanager
+def _stage_book(model_dir: Path) -> Iterator[StageBook]:
+    """The model's stage book, locked against other writers and saved atomically on success."""
+    with (model_dir / f".{STAGES}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        book = _read_book(model_dir)
+        yield book
+        raw = canonical_json(book.model_dump(mode="json", by_alias=True))
+        fd, temp = tempfile.mkstemp(prefix=f".{STAGES}-", dir=model_dir)
+        with os.fdopen(fd, "wb") as file:
+            file.write(raw)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, model_dir / STAGES)
+        _fsync_dir(model_dir)
