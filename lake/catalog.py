@@ -13,6 +13,10 @@ from deltalake.exceptions import TableNotFoundError
 from lake.tables import CATALOG, TableSpec, table_uri
 
 
+# What ingest and gold builds write into their commits' metadata.
+COMMIT_METADATA = ("pipeline", "topic", "duplicates", "job", "silver_version", "feature_version")
+
+
 class UnknownTable(LookupError):
     """A name that is not a catalog table, or a catalog table nothing has written yet."""
 
@@ -80,7 +84,7 @@ def history(lake_root: str, name: str, limit: int | None = None) -> list[dict[st
             "operation": commit.get("operation"),
             "parameters": commit.get("operationParameters", {}),
             "metrics": commit.get("operationMetrics", {}),
-            "metadata": {k: v for k, v in commit.items() if k in ("pipeline", "topic", "duplicates")},
+            "metadata": {k: v for k, v in commit.items() if k in COMMIT_METADATA},
         }
         for commit in commits
     ]

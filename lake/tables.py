@@ -17,6 +17,7 @@ from pydantic import AwareDatetime
 from pydantic.fields import FieldInfo
 
 from edgelake.contracts import EVENT_TYPES, Event
+from lake.features import CARD_FEATURES
 
 Layer = Literal["bronze", "silver", "gold", "quarantine"]
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -95,6 +96,64 @@ QUARANTINE = TableSpec(
     "Records that could not become silver rows, with the stage and the reason.",
 )
 
+GOLD_CARD_FEATURES = TableSpec(
+    "gold_card_features",
+    "gold",
+    pa.schema(
+        [
+            pa.field("event_id", pa.string(), nullable=False),
+            pa.field("card_id", pa.string(), nullable=False),
+            pa.field("event_time", TIMESTAMP, nullable=False),
+            pa.field("amount", pa.float64(), nullable=False),
+            pa.field("merchant_category", pa.string(), nullable=False),
+            *(pa.field(f.name, pa.from_numpy_dtype(f.dtype), nullable=f.nullable) for f in CARD_FEATURES),
+            pa.field("event_date", pa.date32(), nullable=False),
+        ]
+    ),
+    ("event_date",),
+    "Per-transaction card behaviour features, point in time (definitions in lake/features.py).",
+)
+GOLD_DEVICE_HEALTH = TableSpec(
+    "gold_device_health",
+    "gold",
+    pa.schema(
+        [
+            pa.field("device_id", pa.string(), nullable=False),
+            pa.field("sensor", pa.string(), nullable=False),
+            pa.field("metric", pa.string(), nullable=False),  # a key of the readings' values
+            pa.field("minute", TIMESTAMP, nullable=False),
+            pa.field("readings", pa.int64(), nullable=False),
+            pa.field("mean", pa.float64(), nullable=False),
+            pa.field("min", pa.float64(), nullable=False),
+            pa.field("max", pa.float64(), nullable=False),
+            pa.field("anomaly_rate", pa.float64()),  # among readings with an anomaly flag; null if none has one
+            pa.field("event_date", pa.date32(), nullable=False),
+        ]
+    ),
+    ("event_date",),
+    "Per device, sensor, metric and minute: readings, mean, min, max and anomaly rate.",
+)
+GOLD_FRAUD_RATES = TableSpec(
+    "gold_fraud_rates",
+    "gold",
+    pa.schema(
+        [
+            pa.field("event_date", pa.date32(), nullable=False),
+            pa.field("merchant_category", pa.string(), nullable=False),
+            pa.field("transactions", pa.int64(), nullable=False),
+            pa.field("labelled", pa.int64(), nullable=False),
+            pa.field("frauds", pa.int64(), nullable=False),
+            pa.field("fraud_rate", pa.float64()),  # frauds / labelled; null if none is labelled
+            pa.field("amount", pa.float64(), nullable=False),
+            pa.field("fraud_amount", pa.float64(), nullable=False),
+        ]
+    ),
+    (),
+    "Daily transactions and fraud rates by merchant category, by each transaction's latest label.",
+)
+GOLD = {spec.name: spec for spec in (GOLD_CARD_FEATURES, GOLD_DEVICE_HEALTH, GOLD_FRAUD_RATES)}
+
+
 def table_uri(lake_root: str, spec: TableSpec) -> str:
     """The table's URI under ``lake_root`` (a path or any URI deltalake accepts)."""
     return f"{lake_root.rstrip('/')}/{spec.path}"
@@ -127,7 +186,9 @@ def _arrow(annotation: object) -> pa.DataType:
 
 BRONZE = {event.topic: bronze_table(event.topic) for event in EVENT_TYPES}
 SILVER = {event.topic: silver_table(event) for event in EVENT_TYPES}
-CATALOG: dict[str, TableSpec] = {spec.name: spec for spec in (*BRONZE.values(), *SILVER.values(), QUARANTINE)}
+CATALOG: dict[str, TableSpec] = {
+    spec.name: spec for spec in (*BRONZE.values(), *SILVER.values(), QUARANTINE, *GOLD.values())
+}
 
 
 def row_count(lake_root: str, spec: TableSpec) -> int:

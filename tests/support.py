@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
 
+from edgelake.contracts import Event
 from edgelake.kafka import ensure_topics
 from edgelake.settings import Settings
-from lake.tables import QUARANTINE
+from lake.tables import QUARANTINE, SILVER, table_uri
 
 REPO = Path(__file__).resolve().parents[1]
 # Data sets are fetched once and kept between runs (gitignored).
@@ -44,3 +47,35 @@ def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
     for name, value in extra.items():
         schema = schema.append(pa.field(name, pa.array([value]).type))
     return pa.Table.from_pylist(rows, schema)
+
+
+def silver_rows(events: Sequence[Event], partition: int = 0, first_offset: int = 0) -> pa.Table:
+    """Events as the silver rows ingest makes of them when read from one topic partition at
+    consecutive offsets: the same bronze rows and classification as the pipeline, without a broker."""
+    from ingest.columnar import columnar_contract
+    from ingest.kafka_source import Fetched, OffsetRange
+    from ingest.pipeline import bronze_rows, classify
+
+    event_type = type(events[0])
+    offsets = range(first_offset, first_offset + len(events))
+    fetched = Fetched(
+        OffsetRange(event_type.topic, partition, offsets.start, offsets.stop),
+        keys=[event.key for event in events],
+        values=[event.to_bytes() for event in events],
+        positions=list(offsets),
+        timestamps_ms=[int(event.event_time.timestamp() * 1000) for event in events],
+    )
+    schema = SILVER[event_type.topic].schema
+    chunk = classify(bronze_rows(fetched, datetime.now(UTC)), fetched.values, event_type, columnar_contract(event_type), schema)
+    assert chunk.quarantine.num_rows == 0, chunk.quarantine["reason"].to_pylist()[:3]
+    return chunk.silver.select(schema.names).cast(schema)
+
+
+def append_silver(lake_root: str, events: Sequence[Event], partition: int = 0, first_offset: int = 0) -> int:
+    """Commit ``silver_rows(...)`` to the events' silver table, as ingest would (without its offsets); the new version."""
+    spec = SILVER[type(events[0]).topic]
+    uri = table_uri(lake_root, spec)
+    DeltaTable.create(uri, spec.schema, mode="ignore", partition_by=list(spec.partition_by), name=spec.name)
+    write_deltalake(uri, silver_rows(events, partition, first_offset), mode="append", schema_mode="merge")
+    return DeltaTable(uri).version()
+

@@ -84,6 +84,26 @@ def optimize(
             console.print(f"{name}: {metrics['numFilesRemoved']} files compacted into {metrics['numFilesAdded']}")
 
 
+@app.command("build-gold")
+def build_gold(
+    ctx: typer.Context,
+    master: str | None = typer.Option(None, "--master", help="Spark master URL; default: the spark_master setting."),
+) -> None:
+    """Bring the gold tables up to date from silver with Spark: card features, device health, fraud rates."""
+    from lake import gold
+    from lake.spark import spark_session
+
+    settings: Settings = ctx.obj
+    master = master or settings.spark_master
+    with reported_errors(), console.status(f"starting Spark on {master}…") as status:
+        spark = spark_session(master, "edgelake-build-gold")
+        results = gold.build_gold(spark, settings.lake_root, on_start=lambda name: status.update(f"building {name}…"))
+    listing = Table("table", "silver rows in", "gold rows out", "seconds", "what was done")
+    for result in results:
+        listing.add_row(result.table, f"{result.rows_in:,}", f"{result.rows_out:,}", f"{result.seconds:.1f}", result.detail)
+    console.print(listing)
+
+
 @app.command("vacuum")
 def vacuum(
     ctx: typer.Context,
