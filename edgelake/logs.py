@@ -32,10 +32,13 @@ def configure_logging(settings: Settings) -> None:
         handler: logging.Handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
     else:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, rich_tracebacks=True)
+        # stderr, so that a command's stdout (JSON, CSV) stays machine-readable
+        handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its warnings are internal timing noise
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # several INFO lines per micro-batch pipeline
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # a line per Spark gateway connection

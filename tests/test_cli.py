@@ -99,6 +99,15 @@ def test_demo_produces_every_feed_reads_it_back_and_lands_it_in_the_lake(env: di
         cells = [cell.strip() for cell in ingest_rows[topic].split("│")[1:-1]]
         assert cells[1] == str(count) and cells[5] == str(count), ingest_rows[topic]  # read, bronze rows
         assert int(cells[2]) + int(cells[3]) + int(cells[4]) == count  # silver + quarantined + duplicates
+    gold_rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith("│ gold_")}
+    assert "built from silver_transactions" in gold_rows["gold_card_features"] and " 600 " in gold_rows["gold_card_features"]
+    assert "built from silver_iot_readings" in gold_rows["gold_device_health"]
+    assert "recomputed from silver_transactions" in gold_rows["gold_fraud_rates"]
+    answer = result.stdout.split("ask the lake")[1].splitlines()
+    assert any(line.startswith("┃ merchant_category ") for line in answer)
+    categories = [line.split()[1] for line in answer if line.startswith("│ ")]
+    assert "unknown" in categories and "atm_cash" in categories  # ULB's and synthetic ones
+    assert "tables read at versions gold_fraud_rates@0" in result.stderr
 
 
 def test_bench_produce_reports_a_ratio_against_raw_sends(env: dict[str, str]) -> None:
@@ -107,3 +116,13 @@ def test_bench_produce_reports_a_ratio_against_raw_sends(env: dict[str, str]) ->
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(figures) == {"events", "seconds", "events_per_s", "baseline_events_per_s", "ratio"}
     assert figures["events"] == 3000 and figures["ratio"] > 0
+
+
+def test_bench_sql_times_both_engines_on_the_same_answers(env: dict[str, str]) -> None:
+    result = edgelake("bench", "sql", "--rows", "5000", "--repeats", "1", "--master", "local[1]", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"rows", "queries", "embedded_p50_s", "spark_p50_s", "ratio"}
+    assert [q["name"] for q in figures["queries"]] == ["aggregate", "join", "window"]
+    assert all(q["result_rows"] > 0 and q["embedded_p50_s"] > 0 and q["spark_p50_s"] > 0 for q in figures["queries"])
+    assert figures["rows"] == 5000 and figures["ratio"] == pytest.approx(figures["spark_p50_s"] / figures["embedded_p50_s"], rel=0.01)

@@ -49,7 +49,27 @@ def ingest(
     print(json.dumps(result)) if as_json else console.print(result)
 
 
-not_built(app, "sql", "Embedded SQL against Spark SQL (issue #4).")
+@app.command("sql")
+def sql(
+    ctx: typer.Context,
+    rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Silver transactions (and as many labels) to query."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs of each query on each engine."),
+    master: str = typer.Option(None, "--master", help="Spark master; default the spark_master setting."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    record: bool = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md."),
+) -> None:
+    """Three analytical queries (aggregate, join, window) through ``edgelake sql``'s engine against Spark SQL."""
+    from bench import sql as bench_sql
+    from bench.results import record_result
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        result = bench_sql.run(rows, repeats, master or settings.spark_master)
+    if record:
+        record_result("sql", result)
+    print(json.dumps(result)) if as_json else console.print(result)
+
+
 not_built(app, "train", "Feature job and training throughput (issue #5).")
 not_built(app, "api", "Scoring latency against a naive baseline (issue #6).")
 not_built(app, "edge", "Edge inference latency, size and memory (issue #7).")

@@ -13,6 +13,18 @@ from edgelake.cli.produce import print_deliveries, run_producer
 from edgelake.contracts import EVENT_BY_TOPIC, InvalidEvent
 from edgelake.settings import Settings
 
+# The example analysts' query the demo answers over the gold tables it built.
+EXAMPLE_QUERY = """
+SELECT merchant_category,
+       sum(transactions) AS transactions,
+       sum(frauds) AS frauds,
+       round(100.0 * sum(frauds) / nullif(sum(labelled), 0), 3) AS fraud_pct,
+       round(sum(fraud_amount), 2) AS fraud_amount
+FROM gold_fraud_rates
+GROUP BY merchant_category
+ORDER BY fraud_pct DESC NULLS LAST, merchant_category
+"""
+
 # (kind, source, events when no --limit is given; None = the whole data set)
 DEMO_FEEDS = (
     ("transactions", "ulb", None),
@@ -28,9 +40,13 @@ def demo(
     ctx: typer.Context,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many events per feed."),
 ) -> None:
-    """Start the embedded broker, produce every real data set, read each topic back and land it in the lake."""
+    """Start the embedded broker, produce every real data set, read each topic back, land it in the lake,
+    build the gold tables with Spark and answer an example SQL query over them."""
     from edgelake.broker import bootstrap_servers
     from edgelake.cli.ingest import print_table_counts
+    from edgelake.cli.lake import run_build_gold
+    from edgelake.cli.sql import print_result
+    from lake.sql import run_query
     from ingest.loop import IngestOptions, ingest
     from ingest.sources import SourceOptions
 
@@ -49,6 +65,11 @@ def demo(
         options = IngestOptions()
         totals = ingest(settings, options, once=True)
         print_table_counts(settings, options.topics, totals.counts)
+        console.rule("[bold]4. build the gold tables with Spark (incremental)")
+        run_build_gold(settings, settings.spark_master)
+        console.rule("[bold]5. ask the lake: fraud by merchant category (edgelake sql)")
+        console.print(EXAMPLE_QUERY.strip(), style="dim", highlight=False)
+        print_result(run_query(settings.lake_root, EXAMPLE_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
 

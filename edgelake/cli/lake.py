@@ -90,12 +90,17 @@ def build_gold(
     master: str | None = typer.Option(None, "--master", help="Spark master URL; default: the spark_master setting."),
 ) -> None:
     """Bring the gold tables up to date from silver with Spark: card features, device health, fraud rates."""
+    settings: Settings = ctx.obj
+    with reported_errors():
+        run_build_gold(settings, master or settings.spark_master)
+
+
+def run_build_gold(settings: Settings, master: str) -> None:
+    """Build gold on ``master``, showing progress, and print what each table's build did."""
     from lake import gold
     from lake.spark import spark_session
 
-    settings: Settings = ctx.obj
-    master = master or settings.spark_master
-    with reported_errors(), console.status(f"starting Spark on {master}…") as status:
+    with console.status(f"starting Spark on {master}…") as status:
         spark = spark_session(master, "edgelake-build-gold")
         results = gold.build_gold(spark, settings.lake_root, on_start=lambda name: status.update(f"building {name}…"))
     listing = Table("table", "silver rows in", "gold rows out", "seconds", "what was done")

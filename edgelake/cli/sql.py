@@ -52,12 +52,13 @@ def sql(
         writer.writerow(result.table.column_names)
         writer.writerows([_csv_cell(value) for value in row.values()] for row in json_rows(result.table))
     else:
-        _print_table(result)
+        print_result(result)
     if result.truncated:
         err_console.print(f"[yellow]more rows than the limit of {result.table.num_rows:,}: the rest were cut off (raise --limit)[/]")
 
 
-def _print_table(result: QueryResult) -> None:
+def print_result(result: QueryResult) -> None:
+    """The rows as a table, then a footer with the row count, the table versions read and the time."""
     listing = Table(*result.table.column_names)
     for values in zip(*(column.to_pylist() for column in result.table.columns)):
         listing.add_row(*(Text("null", style="dim") if value is None else Text(str(value)) for value in values))
