@@ -31,6 +31,7 @@ def spark_session(master: str = "local[*]", app_name: str = "edgelake", shuffle_
         .config("spark.ui.showConsoleProgress", "false")
     )
     if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else Spark warns that the hostname is loopback, then picks eth0
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
         builder = builder.config("spark.ui.enabled", "false")
     if shuffle_partitions is not None:

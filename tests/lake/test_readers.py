@@ -9,8 +9,6 @@ the last test proves that such a naive read would be caught.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,30 +90,6 @@ def lake(noida_broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory)
     produce(settings, valid[BEFORE_COMPACTION:], malformed=MALFORMED - bad_before, first_bad=bad_before)
     assert ingest(settings, options, once=True).batches >= 2
     return Lake(settings, frozenset(tx.event_id for tx in valid))
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[object]:
-    from pyspark.sql import SparkSession
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYSPARK_PYTHON", sys.executable)
-        patch.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
-        session = (
-            SparkSession.builder.master("local[2]")
-            .appName("edgelake-test-readers")
-            .config("spark.ui.enabled", "false")
-            .config("spark.sql.shuffle.partitions", "2")
-            .config("spark.driver.host", "127.0.0.1")
-            .config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.sql.session.timeZone", "UTC")
-            .getOrCreate()
-        )
-        session.sparkContext.setLogLevel("ERROR")
-        try:
-            yield session
-        finally:
-            session.stop()
 
 
 def test_the_lake_holds_every_record_once(lake: Lake) -> None:
