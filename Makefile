@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup system demo test bench clean
+.PHONY: setup system tflite-venv demo test bench clean
 
 setup: system $(INSTALLED)
 
@@ -17,10 +17,14 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cloud,edge,dev]'
 	@touch $(INSTALLED)
 
+# tflite-runtime 2.14 with numpy<2, beside the main venv: the tests run the int8 model in it too.
+tflite-venv:
+	@PYTHON=$(PYTHON) bash infra/tflite-runtime-venv.sh
+
 demo: setup
 	$(BIN)/edgelake demo
 
-test: setup
+test: setup tflite-venv
 	$(BIN)/python -m pytest
 
 bench: setup
@@ -28,4 +32,4 @@ bench: setup
 
 clean:
 	-$(BIN)/edgelake broker down
-	rm -rf .edgelake $(VENV)
+	rm -rf .edgelake $(VENV) .venv-tflite
