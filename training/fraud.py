@@ -1,0 +1,237 @@
+"""The transaction-fraud model: Spark assembles labelled examples from the lake, Keras learns them.
+
+Examples are silver transactions joined with their card features (gold, brought up to
+date first) and with the latest label known by the cut-off: a label that arrived later
+than the cut-off does not exist for this training (point in time). They are split by
+time — the model is tested on the latest part, as it would be used — and the scores are
+calibrated (Platt scaling on the validation slice) inside the exported model, so the
+Keras file and the TFLite file give the same probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lake.catalog import UnknownTable, open_table
+from lake.features import CARD_FEATURES
+from training.devices import Device, set_seeds, training_strategy
+from training.evaluation import best_f1_threshold, binary_metrics, write_plots
+from training.features import ATTRIBUTES, INPUT_NAMES, INPUTS_VERSION, fraud_inputs
+
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+
+logger = logging.getLogger(__name__)
+
+# Which transactions a training run uses, as a Spark SQL condition on silver transactions.
+SOURCES: dict[str, str | None] = {
+    "ulb": "event_id LIKE 'ulb-tx-%'",
+    "synthetic": "event_id LIKE 'syn-%'",
+    "all": None,
+}
+# Published AutoML results on the ULB data set, for comparison in the metrics.
+ULB_ANCHORS = {"roc_auc": [0.985, 0.992], "recall_at_1pct_fpr": [0.85, 0.88]}
+TABLES = ("silver_transactions", "silver_fraud_labels", "gold_card_features")
+
+
+@dataclass(frozen=True)
+class FraudConfig:
+    """One training run's choices; the defaults are the ones measured on the ULB data set."""
+
+    source: str = "ulb"
+    cutoff: datetime | None = None  # labels known by then; default now
+    test_fraction: float = 0.3
+    validation_fraction: float = 0.15  # of the training part, its latest examples
+    epochs: int = 20
+    batch_size: int = 2048
+    fraud_weight: float = 5.0
+    seed: int = 1
+    device: Device = "auto"
+
+
+@dataclass(frozen=True)
+class FraudResult:
+    """What a training run produced: files to publish, their metrics and the lake versions read."""
+
+    files: dict[str, Path]
+    metrics: dict[str, Any]
+    lineage: dict[str, int]
+    feature_version: str
+
+
+@dataclass(frozen=True)
+class Examples:
+    """One part of the time split, oldest first: model inputs, labels (1.0 for fraud) and event times."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    event_time: np.ndarray
+
+
+def labelled_transactions(spark: SparkSession, lake_root: str, config: FraudConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every selected transaction with a label known by the cut-off, with its card features, oldest first.
+
+    Also the lake table versions read. Gold card features are brought up to date first.
+    """
+    from lake.gold import build_card_features
+    from lake.spark import read_table
+
+    if config.source not in SOURCES:
+        raise ValueError(f"unknown source '{config.source}'; choose one of {', '.join(SOURCES)}")
+    build_card_features(spark, lake_root)
+    try:
+        lineage = {name: open_table(lake_root, name).version() for name in TABLES}
+    except UnknownTable as error:
+        raise ValueError(f"nothing to learn: {error}") from None
+    frames = {name: read_table(spark, lake_root, name, version) for name, version in lineage.items()}
+    transactions = frames["silver_transactions"]
+    if SOURCES[config.source]:
+        transactions = transactions.where(SOURCES[config.source])
+    labels = latest_labels(frames["silver_fraud_labels"], config.cutoff or datetime.now(UTC))
+    examples = transaction_inputs(transactions, frames["gold_card_features"]).join(labels, "event_id")
+    return examples.orderBy("event_time", "event_id").toPandas(), lineage
+
+
+def latest_labels(labels: DataFrame, cutoff: datetime) -> DataFrame:
+    """Each transaction's latest label as known at ``cutoff``: ``event_id`` (the transaction's) and ``is_fraud``.
+
+    Labels with ``event_time`` after the cut-off are ignored; the latest of the rest has the
+    latest ``event_time``, among equal ones the one ingested last (as in ``gold_fraud_rates``).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    newest = Window.partitionBy("transaction_id").orderBy(
+        F.desc("event_time"), F.desc("_ingest_time"), F.desc("_partition"), F.desc("_offset")
+    )
+    return (
+        labels.where(F.col("event_time") <= F.lit(cutoff))
+        .withColumn("rank", F.row_number().over(newest))
+        .where("rank = 1")
+        .select(F.col("transaction_id").alias("event_id"), "is_fraud")
+    )
+
+
+def transaction_inputs(transactions: DataFrame, card_features: DataFrame) -> DataFrame:
+    """Silver transactions with ``INPUT_COLUMNS``, the columns ``fraud_inputs`` reads, from their gold card features."""
+    from pyspark.sql import functions as F
+
+    own = transactions.select(
+        "event_id", "event_time", "amount", "channel", *(F.col("attributes")[name].alias(name) for name in ATTRIBUTES)
+    )
+    return own.join(card_features.select("event_id", *(f.name for f in CARD_FEATURES)), "event_id")
+
+
+def split_by_time(frame: pd.DataFrame, config: FraudConfig) -> tuple[Examples, Examples, Examples]:
+    """Train, validation and test examples of ``frame`` (oldest first): the test part is the latest, validation
+    the latest of the rest. Raise ValueError if a part lacks frauds or legitimate transactions."""
+    inputs = fraud_inputs({name: frame[name].to_numpy() for name in frame.columns})
+    labels = frame["is_fraud"].to_numpy(dtype=np.float32)
+    times = frame["event_time"].to_numpy()
+    test_start = int(len(frame) * (1 - config.test_fraction))
+    validation_start = int(test_start * (1 - config.validation_fraction))
+    parts = [slice(0, validation_start), slice(validation_start, test_start), slice(test_start, len(frame))]
+    train, validation, test = (Examples(inputs[p], labels[p], times[p]) for p in parts)
+    for name, part in (("train", train), ("validation", validation), ("test", test)):
+        if len(np.unique(part.labels)) < 2:
+            missing = "legitimate" if part.labels.all() else "fraud"
+            raise ValueError(f"the {name} part of the time split has {len(part.labels)} transactions, no {missing} one: too few labels")
+    return train, validation, test
+
+
+def build_model(train: Examples) -> keras.Model:
+    """Normalization to the training inputs' mean and variance, then a small MLP giving a fraud logit."""
+    import keras
+
+    variance = train.inputs.var(axis=0, dtype=np.float64)
+    # An input constant in training (every card feature of a data set with one transaction per card) is only
+    # centred: scaled by its zero variance, any other value met when scoring would become enormous.
+    variance[variance == 0] = 1.0
+    normalization = keras.layers.Normalization(mean=train.inputs.mean(axis=0, dtype=np.float64), variance=variance, name="normalization")
+    inputs = keras.Input((train.inputs.shape[1],), name="inputs")
+    hidden = normalization(inputs)
+    for width in (64, 32):
+        hidden = keras.layers.Dense(width, activation="relu")(hidden)
+        hidden = keras.layers.Dropout(0.2)(hidden)
+    logit = keras.layers.Dense(1, dtype="float32", name="logit")(hidden)
+    return keras.Model(inputs, logit, name="fraud_logit")
+
+
+def calibrated(logit_model: keras.Model, validation: Examples) -> keras.Model:
+    """The model with Platt scaling fitted on ``validation``: it outputs a fraud probability."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    logits = logit_model.predict(validation.inputs, batch_size=8192, verbose=0).reshape(-1, 1)
+    platt = LogisticRegression(C=1e6).fit(logits, validation.labels)
+    scale = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="calibrated", trainable=False)
+    probability = scale(logit_model.output)
+    scale.set_weights([platt.coef_.astype(np.float32).reshape(1, 1), platt.intercept_.astype(np.float32)])
+    return keras.Model(logit_model.input, probability, name="fraud")
+
+
+def train_fraud(spark: SparkSession, lake_root: str, out_dir: Path, config: FraudConfig = FraudConfig()) -> FraudResult:
+    """Train, calibrate, evaluate on the latest transactions, and write the model, its TFLite twin, metrics and plots."""
+    import keras
+
+    from training.tflite import float_tflite, load_interpreter, predict
+
+    started = time.perf_counter()
+    frame, lineage = labelled_transactions(spark, lake_root, config)
+    examples_s = time.perf_counter() - started
+    if len(frame) == 0 or frame["is_fraud"].nunique() < 2:
+        raise ValueError(f"source '{config.source}' has {len(frame)} labelled transactions, not both classes: nothing to learn")
+    train, validation, test = split_by_time(frame, config)
+    set_seeds(config.seed)
+    strategy, where = training_strategy(config.device)
+    with strategy.scope():
+        logit_model = build_model(train)
+        logit_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    fit_started = time.perf_counter()
+    logit_model.fit(
+        train.inputs, train.labels, batch_size=config.batch_size, epochs=config.epochs, verbose=0,
+        class_weight={0: 1.0, 1: config.fraud_weight}, shuffle=True,
+    )  # fmt: skip
+    fit_s = time.perf_counter() - fit_started
+    model = calibrated(logit_model, validation)
+    threshold = best_f1_threshold(validation.labels, model.predict(validation.inputs, batch_size=8192, verbose=0).ravel())
+    scores = model.predict(test.inputs, batch_size=8192, verbose=0).ravel()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"fraud.keras": out_dir / "fraud.keras", "fraud.tflite": out_dir / "fraud.tflite"}
+    model.save(files["fraud.keras"])
+    files["fraud.tflite"].write_bytes(float_tflite(model))
+    tflite_scores = predict(load_interpreter(files["fraud.tflite"]), test.inputs).ravel()
+    metrics = {
+        **binary_metrics(test.labels, scores, threshold),
+        "tflite_max_abs_diff": float(np.max(np.abs(tflite_scores - scores))),
+        "split": {
+            "train": len(train.labels), "validation": len(validation.labels), "test": len(test.labels),
+            "test_from": str(test.event_time[0]), "test_until": str(test.event_time[-1]),
+        },
+        "source": config.source,
+        "inputs": list(INPUT_NAMES),
+        "device": where,
+        "train_samples_per_s": round(len(train.labels) * config.epochs / fit_s, 1),
+        "examples_seconds": round(examples_s, 1),  # Spark: gold brought up to date, examples assembled
+        "fit_seconds": round(fit_s, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+    if config.source == "ulb":
+        metrics["anchors"] = ULB_ANCHORS
+    plots = write_plots(test.labels, scores, out_dir, "fraud (test: latest transactions)")
+    files.update({path.name: path for path in plots.values()})
+    files["metrics.json"] = out_dir / "metrics.json"
+    files["metrics.json"].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    logger.info("fraud model: AUPRC %.3f, ROC-AUC %.3f on %d test transactions", metrics["auprc"], metrics["roc_auc"], len(test.labels))
+    return FraudResult(files, metrics, lineage, INPUTS_VERSION)
