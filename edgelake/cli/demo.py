@@ -41,7 +41,7 @@ def demo(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many events per feed."),
 ) -> None:
     """Start the embedded broker, produce every real data set, read each topic back, land it in the lake,
-    build the gold tables with Spark and answer an example SQL query over them."""
+    build the gold tables with Spark, answer an example SQL query over them, and train and publish both models."""
     from edgelake.broker import bootstrap_servers
     from edgelake.cli.ingest import print_table_counts
     from edgelake.cli.lake import run_build_gold
@@ -70,8 +70,22 @@ def demo(
         console.rule("[bold]5. ask the lake: fraud by merchant category (edgelake sql)")
         console.print(EXAMPLE_QUERY.strip(), style="dim", highlight=False)
         print_result(run_query(settings.lake_root, EXAMPLE_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
+        console.rule("[bold]6. train the fraud and vision models; publish them, signed, to the registry")
+        if limit is None:
+            train_models(settings)
+        else:
+            console.print("skipped under --limit: the models are trained on the full data sets", style="yellow")
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
+
+
+def train_models(settings: Settings) -> None:
+    """Train both models on the full data sets in the lake and put them into production."""
+    from edgelake.cli.train import Stage, print_published, train_and_publish_fraud, train_and_publish_vision
+    from training.fraud import FraudConfig
+
+    print_published(train_and_publish_fraud(settings, FraudConfig(source="ulb"), settings.spark_master, Stage.production))
+    print_published(train_and_publish_vision(settings, None, None, "auto", 1, Stage.production))
 
 
 def _capped(count: int | None, limit: int | None) -> int | None:

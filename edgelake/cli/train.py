@@ -1,0 +1,148 @@
+"""``edgelake train``: train a model from the lake and publish it, signed, to the model registry."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+from rich.table import Table
+
+from edgelake.cli.common import console, reported_errors
+from edgelake.settings import Settings
+
+if TYPE_CHECKING:
+    from training.fraud import FraudConfig
+    from training.registry import ModelVersion
+
+app = typer.Typer(help="Train the fraud and vision models from the lake and publish them to the registry.", no_args_is_help=True)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Source(str, Enum):
+    ulb = "ulb"
+    synthetic = "synthetic"
+    all = "all"
+
+
+class Stage(str, Enum):
+    canary = "canary"
+    production = "production"
+
+
+DEVICE_OPTION = typer.Option(Device.auto, "--device", help="auto: every visible GPU (MirroredStrategy, mixed precision), else CPU.")
+SEED_OPTION = typer.Option(1, "--seed", help="Seeds Python, NumPy and TensorFlow; the same seed and data give the same metrics.")
+PROMOTE_OPTION = typer.Option(None, "--promote-to", help="Also promote the new version to this stage (it is published as a candidate).")
+
+
+@app.command("fraud")
+def fraud(
+    ctx: typer.Context,
+    source: Source = typer.Option(Source.ulb, "--source", help="Which transactions to learn from, by the source that produced them."),
+    cutoff: Optional[datetime] = typer.Option(None, "--cutoff", help="Only labels known by this time (UTC ISO 8601); default now."),
+    epochs: int = typer.Option(20, "--epochs", min=1),
+    device: Device = DEVICE_OPTION,
+    seed: int = SEED_OPTION,
+    master: Optional[str] = typer.Option(None, "--master", help="Spark master for the feature job; default the spark_master setting."),
+    promote_to: Optional[Stage] = PROMOTE_OPTION,
+) -> None:
+    """Build features with Spark, train the fraud model on the earlier transactions, test it on the later ones, publish it."""
+    from datetime import UTC
+
+    from training.fraud import FraudConfig
+
+    settings: Settings = ctx.obj
+    config = FraudConfig(
+        source=source.value, cutoff=cutoff.replace(tzinfo=cutoff.tzinfo or UTC) if cutoff else None,
+        epochs=epochs, seed=seed, device=device.value,
+    )  # fmt: skip
+    with reported_errors():
+        published = train_and_publish_fraud(settings, config, master or settings.spark_master, promote_to)
+    print_published(published)
+
+
+@app.command("vision")
+def vision(
+    ctx: typer.Context,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the measured setting in training/vision.py."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on at most this many frames (a seeded subset)."),
+    device: Device = DEVICE_OPTION,
+    seed: int = SEED_OPTION,
+    promote_to: Optional[Stage] = PROMOTE_OPTION,
+) -> None:
+    """Train the CNN on the lake's camera frames, quantize it to int8 TFLite, evaluate both, publish them."""
+    settings: Settings = ctx.obj
+    with reported_errors():
+        published = train_and_publish_vision(settings, epochs, limit, device.value, seed, promote_to)
+    print_published(published)
+
+
+def train_and_publish_fraud(settings: Settings, config: FraudConfig, master: str, promote_to: Stage | None) -> ModelVersion:
+    """Train the fraud model with Spark on ``master`` and publish it."""
+    from lake.spark import spark_session
+    from training.fraud import train_fraud
+
+    with tempfile.TemporaryDirectory(prefix="edgelake-train-fraud-") as out:
+        with console.status(f"building features with Spark on {master} and training the fraud model…"):
+            spark = spark_session(master, "edgelake-train-fraud")
+            result = train_fraud(spark, settings.lake_root, Path(out), config)
+        return publish(settings, "fraud", result.files, result.metrics, result.lineage, result.feature_version, promote_to)
+
+
+def train_and_publish_vision(
+    settings: Settings, epochs: int | None, limit: int | None, device: str, seed: int, promote_to: Stage | None
+) -> ModelVersion:
+    """Train and quantize the vision model and publish it."""
+    from training.vision import EPOCHS, train_vision
+
+    with tempfile.TemporaryDirectory(prefix="edgelake-train-vision-") as out:
+        with console.status("training the vision model and quantizing it to int8…"):
+            result = train_vision(settings.lake_root, Path(out), device=device, epochs=epochs or EPOCHS, seed=seed, limit=limit)  # type: ignore[arg-type]
+        return publish(settings, "vision", result.files, result.metrics, result.lineage, None, promote_to, result.extra)
+
+
+def publish(
+    settings: Settings,
+    name: str,
+    files: Mapping[str, Path],
+    metrics: Mapping[str, Any],
+    lineage: Mapping[str, int],
+    feature_version: str | None,
+    promote_to: Stage | None,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelVersion:
+    """Sign and publish a run's files; numeric metrics go to the manifest's metrics, the rest to its extra."""
+    from training import registry
+
+    numbers = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    details = {key: value for key, value in metrics.items() if key not in numbers}
+    root = registry.registry_root(settings.lake_root)
+    signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root)
+    version = registry.publish(
+        root, name, files, metrics=numbers, lineage=lineage, signer=signer, feature_version=feature_version,
+        extra={**(extra or {}), **({"details": details} if details else {})},
+    )  # fmt: skip
+    if promote_to is not None:
+        registry.promote(root, name, version.version, promote_to.value, reason="edgelake train --promote-to")
+        version = registry.get(root, name, version.version)
+    return version
+
+
+def print_published(version: ModelVersion) -> None:
+    """The new version, its stage, lineage and headline metrics."""
+    manifest = version.manifest
+    console.print(f"[bold]{version.name} v{version.version}[/] published as {version.stage} in {version.path}", highlight=False)
+    console.print("trained on " + ", ".join(f"{table}@v{v}" for table, v in sorted(manifest.lineage.items())), highlight=False)
+    listing = Table("metric", "value", title=f"{version.name} v{version.version}")
+    for metric, value in sorted(manifest.metrics.items()):
+        listing.add_row(metric, f"{value:,.4f}")
+    console.print(listing)

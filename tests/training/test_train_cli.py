@@ -1,0 +1,73 @@
+"""``edgelake train fraud|vision`` publish signed versions whose manifests carry the metrics the API and devices read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgelake.cli import app
+from ingest.sources import synthetic
+from support import append_silver
+
+FRAUD_METRICS = {"auprc", "roc_auc", "recall_at_1pct_fpr", "precision_at_threshold", "recall_at_threshold"}
+VISION_METRICS = {"accuracy", "int8_accuracy", "size_ratio", "int8_agreement"}
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> CliRunner:  # type: ignore[no-untyped-def]
+    """The CLI with a data dir of its own (for the signing key) and the session's Spark."""
+    monkeypatch.setenv("EDGELAKE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr("lake.spark.spark_session", lambda master, app_name: spark)
+    return CliRunner()
+
+
+def run(cli: CliRunner, *args: str) -> str:
+    result = cli.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_train_fraud_publishes_a_signed_candidate_and_promotes_it(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lake = str(tmp_path / "lake")
+    config = synthetic.SyntheticConfig(seed=3, cards=80, merchants=60, fraud_rate=0.06)
+    append_silver(lake, list(synthetic.transactions(config, 3000)))
+    append_silver(lake, list(synthetic.labels(config, 3000)))
+    monkeypatch.setenv("EDGELAKE_LAKE_ROOT", lake)
+
+    out = run(cli, "train", "fraud", "--source", "synthetic", "--epochs", "2", "--device", "cpu", "--promote-to", "production")
+    assert "fraud v1 published as production" in out
+
+    shown = json.loads(run(cli, "models", "show", "fraud", "--json"))
+    assert shown["stage"] == "production" and shown["version"] == 1
+    assert FRAUD_METRICS <= set(shown["metrics"]) and 0 <= shown["metrics"]["auprc"] <= 1
+    assert {"fraud.keras", "fraud.tflite", "metrics.json", "pr_curve.png", "roc_curve.png", "score_histogram.png"} <= set(shown["files"])
+    assert set(shown["lineage"]) == {"silver_transactions", "silver_fraud_labels", "gold_card_features"}
+    assert shown["feature_version"] and shown["extra"]["details"]["source"] == "synthetic"
+    assert "fraud v1: verified" in run(cli, "models", "verify", "fraud")
+
+
+def test_train_vision_publishes_the_int8_model_with_its_smoke_test(cli: CliRunner, frames_lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lake = tmp_path / "lake"
+    shutil.copytree(frames_lake.root, lake)  # the session's frames, with a registry of this test's own
+    monkeypatch.setenv("EDGELAKE_LAKE_ROOT", str(lake))
+
+    out = run(cli, "train", "vision", "--limit", "500", "--epochs", "1", "--device", "cpu")
+    assert "vision v1 published as candidate" in out
+
+    shown = json.loads(run(cli, "models", "show", "vision", "--json"))
+    assert VISION_METRICS <= set(shown["metrics"]) and shown["metrics"]["size_ratio"] >= 3.5
+    assert {"vision.keras", "vision_int8.tflite", "vision_float.tflite", "samples.npz", "confusion_matrix.png"} <= set(shown["files"])
+    assert shown["extra"]["samples"]["file"] == "samples.npz" and len(shown["extra"]["samples"]["expected"]) == 16
+    assert shown["lineage"] == {"silver_camera_frames": 3}
+
+    artifact = lake / "models" / "vision" / "1" / "vision_int8.tflite"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    tampered = cli.invoke(app, ["models", "verify", "vision"])
+    assert tampered.exit_code == 1 and "vision v1: FAILED" in tampered.stdout and "vision_int8.tflite" in tampered.stdout
