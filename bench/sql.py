@@ -6,20 +6,15 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from deltalake import write_deltalake
 
-from edgelake.contracts import Event, FraudLabel, Transaction
-from ingest.columnar import ColumnarContract
+from bench.silver import write_silver
 from ingest.sources.synthetic import SyntheticConfig, labels, transactions
 from lake.spark import read_table, spark_session
 from lake.sql import run_query
-from lake.tables import SILVER, table_uri
 
 QUERIES = {
     "aggregate": """
@@ -38,16 +33,14 @@ QUERIES = {
             FROM daily
         ) ranked WHERE place <= 3 ORDER BY event_date, place""",
 }
-BATCH = 100_000
-
 
 def run(rows: int, repeats: int = 5, master: str = "local[*]") -> dict[str, Any]:
     """Write ``rows`` synthetic transactions and their labels as silver, then time every query on both engines."""
     with tempfile.TemporaryDirectory(prefix="edgelake-bench-sql-") as scratch:
         lake_root = str(Path(scratch) / "lake")
         config = SyntheticConfig(seed=11, cards=max(2000, rows // 50))
-        _write_silver(lake_root, Transaction, transactions(config, rows))
-        _write_silver(lake_root, FraudLabel, labels(config, rows))
+        write_silver(lake_root, transactions(config, rows))
+        write_silver(lake_root, labels(config, rows))
         spark = spark_session(master, "edgelake-bench-sql")
         try:
             for name in ("silver_transactions", "silver_fraud_labels"):
@@ -103,33 +96,3 @@ def _check_same(name: str, embedded: pa.Table, on_spark: pa.Table) -> None:
     )
     if not same_values:
         raise RuntimeError(f"query '{name}': the embedded engine and Spark SQL disagree")
-
-
-def _write_silver(lake_root: str, event_type: type[Event], events: Any) -> None:
-    """Events as silver rows, converted by ingest's own columnar fast lane, in batches."""
-    contract = ColumnarContract(event_type)
-    spec = SILVER[event_type.topic]
-    now = datetime.now(UTC)
-    offset = 0
-    while batch := [event.to_bytes() for event in islice(events, BATCH)]:
-        accepted = contract.accept(batch, now)
-        if accepted.rest:
-            raise RuntimeError(f"{len(accepted.rest)} generated {event_type.__name__} events were not accepted")
-        write_deltalake(
-            table_uri(lake_root, spec), _with_lineage(accepted.table, spec.schema, event_type.topic, offset, now),
-            mode="append", partition_by=list(spec.partition_by),
-        )  # fmt: skip
-        offset += len(batch)
-
-
-def _with_lineage(table: pa.Table, schema: pa.Schema, topic: str, first_offset: int, now: datetime) -> pa.Table:
-    rows = table.num_rows
-    lineage = {
-        "_topic": pa.array([topic] * rows),
-        "_partition": pa.array([0] * rows, pa.int32()),
-        "_offset": pa.array(range(first_offset, first_offset + rows), pa.int64()),
-        "_ingest_time": pa.array([now] * rows, schema.field("_ingest_time").type),
-    }
-    for name, values in lineage.items():
-        table = table.append_column(name, values)
-    return table.select(schema.names).cast(schema)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from bench.silver import silver_rows
 from edgelake.contracts import Event
 from edgelake.kafka import ensure_topics
 from edgelake.settings import Settings
@@ -49,30 +50,8 @@ def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
     return pa.Table.from_pylist(rows, schema)
 
 
-def silver_rows(events: Sequence[Event], partition: int = 0, first_offset: int = 0) -> pa.Table:
-    """Events as the silver rows ingest makes of them when read from one topic partition at
-    consecutive offsets: the same bronze rows and classification as the pipeline, without a broker."""
-    from ingest.columnar import columnar_contract
-    from ingest.kafka_source import Fetched, OffsetRange
-    from ingest.pipeline import bronze_rows, classify
-
-    event_type = type(events[0])
-    offsets = range(first_offset, first_offset + len(events))
-    fetched = Fetched(
-        OffsetRange(event_type.topic, partition, offsets.start, offsets.stop),
-        keys=[event.key for event in events],
-        values=[event.to_bytes() for event in events],
-        positions=list(offsets),
-        timestamps_ms=[int(event.event_time.timestamp() * 1000) for event in events],
-    )
-    schema = SILVER[event_type.topic].schema
-    chunk = classify(bronze_rows(fetched, datetime.now(UTC)), fetched.values, event_type, columnar_contract(event_type), schema)
-    assert chunk.quarantine.num_rows == 0, chunk.quarantine["reason"].to_pylist()[:3]
-    return chunk.silver.select(schema.names).cast(schema)
-
-
 def append_silver(lake_root: str, events: Sequence[Event], partition: int = 0, first_offset: int = 0) -> int:
-    """Commit ``silver_rows(...)`` to the events' silver table, as ingest would (without its offsets); the new version."""
+    """Commit ``bench.silver.silver_rows(...)`` to the events' silver table, as ingest would (without its offsets); the new version."""
     spec = SILVER[type(events[0]).topic]
     uri = table_uri(lake_root, spec)
     DeltaTable.create(uri, spec.schema, mode="ignore", partition_by=list(spec.partition_by), name=spec.name)

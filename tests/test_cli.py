@@ -126,3 +126,15 @@ def test_bench_sql_times_both_engines_on_the_same_answers(env: dict[str, str]) -
     assert [q["name"] for q in figures["queries"]] == ["aggregate", "join", "window"]
     assert all(q["result_rows"] > 0 and q["embedded_p50_s"] > 0 and q["spark_p50_s"] > 0 for q in figures["queries"])
     assert figures["rows"] == 5000 and figures["ratio"] == pytest.approx(figures["spark_p50_s"] / figures["embedded_p50_s"], rel=0.01)
+
+
+def test_bench_train_reports_feature_rows_and_training_samples_per_second(env: dict[str, str]) -> None:
+    result = edgelake("bench", "train", "--rows", "2000", "--images", "300", "--device", "cpu", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) == {
+        "device", "spark_master", "feature_rows", "feature_rows_per_s", "feature_rows_per_s_one_core", "feature_ratio",
+        "fraud_samples_per_s", "vision_samples_per_s",
+    }  # fmt: skip
+    assert figures["feature_rows"] == 2000 and "CPU" in figures["device"]
+    assert all(figures[key] > 0 for key in ("feature_rows_per_s", "feature_rows_per_s_one_core", "fraud_samples_per_s", "vision_samples_per_s"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 
@@ -11,42 +12,40 @@ from edgelake.settings import Settings
 
 app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
 
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
+RECORD_OPTION = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md.")
+MASTER_OPTION = typer.Option(None, "--master", help="Spark master; default the spark_master setting.")
+
 
 @app.command("produce")
 def produce(
     ctx: typer.Context,
     events: int = typer.Option(100_000, "--events", min=1000, help="Events per measured run."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    record: bool = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md."),
+    as_json: bool = JSON_OPTION,
+    record: bool = RECORD_OPTION,
 ) -> None:
     """The producer API (validated events) against raw kafka-python sends of pre-serialized bytes."""
     from bench import produce as bench_produce
-    from bench.results import record_result
 
     settings: Settings = ctx.obj
     with reported_errors():
         result = bench_produce.run(settings, events)
-    if record:
-        record_result("produce", result)
-    print(json.dumps(result)) if as_json else console.print(result)
+    report("produce", result, as_json, record)
 
 
 @app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ingest(
     ctx: typer.Context,
     events: int = typer.Option(200_000, "--events", min=1000, help="Events to produce and ingest."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    record: bool = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md."),
+    as_json: bool = JSON_OPTION,
+    record: bool = RECORD_OPTION,
 ) -> None:
     """``ingest --once`` into a fresh lake against kafka-python fetching the same topic raw. Extra arguments go to Beam."""
     from bench import ingest as bench_ingest
-    from bench.results import record_result
 
     with reported_errors():
         result = bench_ingest.run(ctx.obj, events, tuple(ctx.args))
-    if record:
-        record_result("ingest", result)
-    print(json.dumps(result)) if as_json else console.print(result)
+    report("ingest", result, as_json, record)
 
 
 @app.command("sql")
@@ -54,22 +53,46 @@ def sql(
     ctx: typer.Context,
     rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Silver transactions (and as many labels) to query."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs of each query on each engine."),
-    master: str = typer.Option(None, "--master", help="Spark master; default the spark_master setting."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    record: bool = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md."),
+    master: str = MASTER_OPTION,
+    as_json: bool = JSON_OPTION,
+    record: bool = RECORD_OPTION,
 ) -> None:
     """Three analytical queries (aggregate, join, window) through ``edgelake sql``'s engine against Spark SQL."""
     from bench import sql as bench_sql
-    from bench.results import record_result
 
     settings: Settings = ctx.obj
     with reported_errors():
         result = bench_sql.run(rows, repeats, master or settings.spark_master)
+    report("sql", result, as_json, record)
+
+
+@app.command("train")
+def train(
+    ctx: typer.Context,
+    rows: int = typer.Option(200_000, "--rows", min=1000, help="Synthetic transactions for the feature job and the fraud model."),
+    images: int = typer.Option(20_000, "--images", min=100, help="Fashion-MNIST training frames for the vision model."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+    master: str = MASTER_OPTION,
+    as_json: bool = JSON_OPTION,
+    record: bool = RECORD_OPTION,
+) -> None:
+    """Rows/s of the Spark card-feature job (against one core) and samples/s of each model's training on this device."""
+    from bench import train as bench_train
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        result = bench_train.run(settings, rows, images, master or settings.spark_master, device)
+    report("train", result, as_json, record)
+
+
+def report(name: str, result: dict[str, Any], as_json: bool, record: bool) -> None:
+    """Print a benchmark's result (as one JSON line with ``as_json``) and, with ``record``, append it to bench/RESULTS.md."""
+    from bench.results import record_result
+
     if record:
-        record_result("sql", result)
+        record_result(name, result)
     print(json.dumps(result)) if as_json else console.print(result)
 
 
-not_built(app, "train", "Feature job and training throughput (issue #5).")
 not_built(app, "api", "Scoring latency against a naive baseline (issue #6).")
 not_built(app, "edge", "Edge inference latency, size and memory (issue #7).")
