@@ -43,7 +43,7 @@ def test_help_lists_every_command_group() -> None:
         assert f" {group} " in result.stdout
 
 
-@pytest.mark.parametrize("group", ["serve", "edge"])
+@pytest.mark.parametrize("group", ["edge"])
 def test_unbuilt_groups_say_so(group: str) -> None:
     result = edgelake(group, "anything")
     assert result.returncode == 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from edgelake.cli import bench, broker, config, demo, ingest, lake, models, produce, schemas, sql, train
+from edgelake.cli import bench, broker, config, demo, ingest, keys, lake, models, produce, schemas, serve, sql, train
 from edgelake.cli.common import not_built
 from edgelake.logs import configure_logging
 from edgelake.settings import Settings
@@ -36,10 +36,11 @@ app.add_typer(lake.app, name="lake")
 app.add_typer(bench.app, name="bench")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
+app.add_typer(keys.app, name="keys")
 app.command("demo")(demo.demo)
 app.command("sql")(sql.sql)
 
-not_built(app, "serve", "The fraud-scoring, SQL and device API (issue #6).")
+app.command("serve")(serve.serve)
 not_built(app, "edge", "The edge device agent and fleet (issue #7).")
 
 

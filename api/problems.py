@@ -1,0 +1,98 @@
+"""RFC 9457 problem details: the one shape of every error the API answers."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:edgelake:problem:"
+
+log = logging.getLogger(__name__)
+
+
+class ProblemDetail(BaseModel):
+    """An error as RFC 9457 describes it; ``errors`` lists what failed validation (422 only)."""
+
+    type: str = Field("about:blank", description="URI naming the kind of problem; about:blank for a plain HTTP status.")
+    title: str = Field(description="Short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str | None = Field(None, description="What went wrong this time.")
+    instance: str | None = Field(None, description="The path of the request that failed.")
+    errors: list[dict[str, Any]] | None = Field(None, description="Validation errors, as pydantic reports them.")
+
+
+class Problem(Exception):
+    """Raised anywhere in a request to answer it with a problem; ``kind`` names a specific problem type."""
+
+    def __init__(
+        self, status: int, detail: str, *, kind: str | None = None, title: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type = TYPE_PREFIX + kind if kind else "about:blank"
+        self.title = title or HTTPStatus(status).phrase
+        self.headers = headers or {}
+
+
+def documented(status: int, description: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """An OpenAPI ``responses`` entry: ``status`` answers a problem+json body."""
+    return {status: {"model": ProblemDetail, "content": {MEDIA_TYPE: {}}, "description": description or HTTPStatus(status).phrase}}
+
+
+# Documented on every /v1 route so the OpenAPI contract names the error shape.
+PROBLEM_RESPONSES = {
+    **documented(401, "No API key, or one unknown or revoked."),
+    **documented(403, "The key's role may not use this route."),
+    **documented(422, "The request is malformed; `errors` lists each problem."),
+    **documented(429, "The key is over its rate limit; see Retry-After."),
+}
+
+
+def problem_response(
+    request: Request, status: int, detail: str | None, *, type_: str = "about:blank", title: str | None = None,
+    headers: dict[str, str] | None = None, errors: list[dict[str, Any]] | None = None,
+) -> JSONResponse:  # fmt: skip
+    """A problem+json response to ``request``."""
+    body = ProblemDetail(
+        type=type_, title=title or HTTPStatus(status).phrase, status=status, detail=detail, instance=request.url.path, errors=errors
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers, media_type=MEDIA_TYPE)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer raised Problems, HTTP errors (404, 405 …), validation errors and anything unexpected as problem+json."""
+
+    async def on_problem(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, Problem)
+        return problem_response(request, error.status, error.detail, type_=error.type, title=error.title, headers=error.headers)
+
+    async def on_http(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        return problem_response(request, error.status_code, error.detail, headers=dict(error.headers or {}))
+
+    async def on_invalid(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        errors = jsonable_encoder(error.errors(), custom_encoder={Exception: str})
+        count = len(errors)
+        return problem_response(
+            request, 422, f"the request has {count} invalid field{'' if count == 1 else 's'}", type_=TYPE_PREFIX + "invalid-request", errors=errors
+        )
+
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, 500, "an unexpected error occurred; it has been logged")
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_invalid)
+    app.add_exception_handler(Exception, on_unexpected)

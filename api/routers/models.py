@@ -1,0 +1,157 @@
+"""``/v1/models``: the signed model registry, its versions, stages and artifacts for devices to download.
+
+Only files the version's manifest lists are served, each with the sha256 the signed manifest
+pins and the manifest's signature, so a device can verify what it got against a pinned key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from api.auth import require
+from api.problems import PROBLEM_RESPONSES, Problem, documented
+from edgelake.settings import Settings
+from edgelake import signing
+from edgelake.signing import MANIFEST, SIGNATURE, FileEntry
+from training import registry
+from training.registry import Stage
+
+router = APIRouter(
+    prefix="/v1/models", tags=["models"], dependencies=[Depends(require("analyst", "device"))],
+    responses={**PROBLEM_RESPONSES, **documented(404, "No such model, version or file.")},
+)  # fmt: skip
+
+ModelName = Annotated[str, PathParam(pattern=signing.ModelName.__metadata__[0].pattern, description="The model's registry name.")]
+Version = Annotated[int, PathParam(ge=1, description="A published version number.")]
+SIGNATURE_HEADER = "X-Manifest-Signature"
+SHA256_HEADER = "X-Content-SHA256"
+
+
+class VersionSummary(BaseModel):
+    version: int
+    stage: Stage
+
+
+class ModelSummary(BaseModel):
+    name: str
+    production: int | None = Field(description="The version in production, if any.")
+    versions: list[VersionSummary]
+
+
+class VersionDetail(BaseModel):
+    """One version as its signed manifest describes it."""
+
+    version: int
+    stage: Stage
+    created: datetime
+    metrics: dict[str, float]
+    lineage: dict[str, int]
+    feature_version: str | None
+    extra: dict[str, Any]
+    files: dict[str, FileEntry]
+    key_fingerprint: str
+
+
+class ModelDetail(BaseModel):
+    name: str
+    production: int | None
+    versions: list[VersionDetail]
+
+
+@router.get("", summary="Every model with its versions and their stages")
+def list_models(request: Request) -> list[ModelSummary]:
+    root = _root(request)
+    summaries = []
+    for name in registry.models(root):
+        stages = registry.versions(root, name)
+        production = registry.current(root, name)
+        summaries.append(ModelSummary(name=name, production=production, versions=[VersionSummary(version=v, stage=s) for v, s in stages.items()]))
+    return summaries
+
+
+@router.get("/{name}", summary="One model's versions with stage, metrics, lineage and files")
+def get_model(request: Request, name: ModelName) -> ModelDetail:
+    root = _root(request)
+    with _unknown_is_404():
+        stages = registry.versions(root, name)
+        details = []
+        for version in stages:
+            model = registry.get(root, name, version)
+            manifest = model.manifest
+            details.append(
+                VersionDetail(
+                    version=version, stage=model.stage, created=manifest.created, metrics=manifest.metrics, lineage=manifest.lineage,
+                    feature_version=manifest.feature_version, extra=manifest.extra, files=manifest.files, key_fingerprint=manifest.key_fingerprint,
+                )  # fmt: skip
+            )
+        return ModelDetail(name=name, production=registry.current(root, name), versions=details)
+
+
+@router.get(
+    "/{name}/{version}/manifest",
+    summary="A version's manifest.json, exactly as signed",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}, "headers": {SIGNATURE_HEADER: {"description": "base64 Ed25519 signature of the body."}}}},
+)
+def get_manifest(request: Request, name: ModelName, version: Version) -> Response:
+    model = _version(request, name, version)
+    return Response(
+        (model.path / MANIFEST).read_bytes(), media_type="application/json", headers={SIGNATURE_HEADER: _signature(model.path)}
+    )
+
+
+@router.get(
+    "/{name}/{version}/artifacts/{file:path}",
+    summary="One artifact the manifest lists",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "headers": {
+                SHA256_HEADER: {"description": "The file's sha256 as the signed manifest pins it."},
+                SIGNATURE_HEADER: {"description": "base64 Ed25519 signature of the version's manifest.json."},
+            },
+        }
+    },
+)
+def get_artifact(request: Request, name: ModelName, version: Version, file: str) -> FileResponse:
+    model = _version(request, name, version)
+    entry = model.manifest.files.get(file)
+    path = (model.path / file).resolve()
+    # Only names the signed manifest lists, and never a path that leaves the version directory (a symlink).
+    if entry is None or not path.is_relative_to(model.path.resolve()) or not path.is_file():
+        raise Problem(404, f"{name} v{version} has no artifact '{file}'", kind="unknown-artifact", title="Unknown artifact")
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=Path(file).name,
+        headers={SHA256_HEADER: entry.sha256, SIGNATURE_HEADER: _signature(model.path)},
+    )  # fmt: skip
+
+
+def _root(request: Request) -> Path:
+    settings: Settings = request.app.state.settings
+    return registry.registry_root(settings.lake_root)
+
+
+def _version(request: Request, name: str, version: int) -> registry.ModelVersion:
+    with _unknown_is_404():
+        return registry.get(_root(request), name, version)
+
+
+@contextmanager
+def _unknown_is_404() -> Iterator[None]:
+    try:
+        yield
+    except registry.UnknownModel as error:
+        raise Problem(404, str(error), kind="unknown-model", title="Unknown model or version") from None
+
+
+def _signature(version_dir: Path) -> str:
+    return (version_dir / SIGNATURE).read_text().strip()

@@ -1,0 +1,56 @@
+"""``edgelake keys``: the API's keys, kept as hashes under the data dir."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import cast
+
+import typer
+from rich.table import Table
+
+from api.keys import ROLES, Role
+from edgelake.cli.common import console, err_console, reported_errors
+from edgelake.settings import Settings
+
+RoleChoice = Enum("RoleChoice", {role: role for role in ROLES}, type=str)  # type: ignore[misc]
+
+app = typer.Typer(help="API keys: create (shown once), list and revoke.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="Who or what the key is for."),
+    role: RoleChoice = typer.Option(..., "--role", help="What the key may do; admin may do everything."),
+) -> None:
+    """Create a key and print it; this is the only time it is shown."""
+    from api.keys import KeyStore, keys_path
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        key, token = KeyStore(keys_path(settings.data_dir)).create(name, cast(Role, role.value))
+    print(token)
+    err_console.print(f"created {key.id} ({key.role}) for {key.name}; the key above is not stored and will not be shown again", highlight=False)
+
+
+@app.command("list")
+def list_keys(ctx: typer.Context) -> None:
+    """Every key: id, name, role, creation time and whether it is revoked."""
+    from api.keys import KeyStore, keys_path
+
+    settings: Settings = ctx.obj
+    listing = Table("id", "name", "role", "created (UTC)", "revoked")
+    for key in KeyStore(keys_path(settings.data_dir)).keys():
+        listing.add_row(key.id, key.name, key.role, key.created.strftime("%Y-%m-%d %H:%M:%S"), "yes" if key.revoked else "no")
+    console.print(listing)
+
+
+@app.command("revoke")
+def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id, from `edgelake keys list`.")) -> None:
+    """Revoke a key; running servers refuse it from their next request."""
+    from api.keys import KeyStore, keys_path
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        key = KeyStore(keys_path(settings.data_dir)).revoke(key_id)
+    console.print(f"revoked {key.id} ({key.name})", highlight=False)

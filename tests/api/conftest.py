@@ -1,0 +1,93 @@
+"""A real API server on loopback over a small lake of its own: silver transactions, a published model and a key per role."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.keys import ROLES, KeyStore, keys_path
+from edgelake.broker import free_port
+from edgelake.settings import Settings
+from ingest.sources import synthetic
+from support import append_silver
+from training import registry
+
+SYNTHETIC = synthetic.SyntheticConfig(seed=5, cards=20, merchants=30)
+FIRST_BATCH, SECOND_BATCH = 120, 80
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` under a real uvicorn server on a free loopback port; its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        threading.Event().wait(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The server's settings and URL, a token per role and the model version published."""
+
+    settings: Settings
+    url: str
+    tokens: dict[str, str]
+    model: registry.ModelVersion
+    silver_versions: tuple[int, int]
+
+    def client(self, role: str | None = None) -> httpx2.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+        return httpx2.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def publish_model(root: Path, lake_root: str, data_dir: Path, work: Path) -> registry.ModelVersion:
+    """A tiny signed model: a .tflite, metrics and a nested file."""
+    work.mkdir(parents=True)
+    (work / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8)
+    (work / "metrics.json").write_text('{"auprc": 0.8}')
+    (work / "plots").mkdir()
+    (work / "plots" / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 100)
+    signer = registry.ensure_signing_key(data_dir / registry.KEYS_DIR, lake_root)
+    files = {"model.tflite": work / "model.tflite", "metrics.json": work / "metrics.json", "plots": work / "plots"}
+    return registry.publish(root, "fraud", files, metrics={"auprc": 0.8}, lineage={"silver_transactions": 1}, signer=signer)
+
+
+Serve = Callable[[FastAPI], AbstractContextManager[str]]
+
+
+@pytest.fixture(scope="session")
+def serve() -> Serve:
+    """Start another app under a real server: ``with serve(app) as url``."""
+    return serving
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    base = tmp_path_factory.mktemp("api")
+    settings = Settings(data_dir=base / "data", lake_root=str(base / "lake"), sql_row_limit=100, sql_timeout_s=20)
+    events = list(synthetic.transactions(SYNTHETIC, FIRST_BATCH + SECOND_BATCH))
+    first = append_silver(settings.lake_root, events[:FIRST_BATCH])
+    second = append_silver(settings.lake_root, events[FIRST_BATCH:], first_offset=FIRST_BATCH)
+    model = publish_model(registry.registry_root(settings.lake_root), settings.lake_root, settings.data_dir, base / "run")
+    store = KeyStore(keys_path(settings.data_dir))
+    tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
+    with serving(create_app(settings)) as url:
+        yield Deployment(settings, url, tokens, model, (first, second))
