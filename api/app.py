@@ -7,16 +7,21 @@ Metrics and rate limits are kept per server process (per uvicorn worker).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from api.devices import DeviceStore, ResultForwarder, devices_path
 from api.keys import KeyStore, keys_path
-from api.metrics import LatencyMiddleware, request_histogram
+from api.metrics import LatencyMiddleware, ScoreMetrics, request_histogram
 from api.problems import install_problem_handlers
+from api.publisher import ScorePublisher
 from api.ratelimit import RateLimiter
-from api.routers import health, models, sql, tables
+from api.routers import devices, health, models, score, sql, tables
+from api.scoring import Scorer
 from edgelake.settings import Settings
 
 TAGS = [
@@ -24,7 +29,17 @@ TAGS = [
     {"name": "sql", "description": "Guarded read-only SQL over the lake, with time travel. Role: analyst."},
     {"name": "tables", "description": "The lake's catalog: tables, columns, versions and history. Role: analyst."},
     {"name": "models", "description": "The signed model registry and its artifacts. Role: analyst or device."},
+    {"name": "score", "description": "Online fraud scores of transactions with the production fraud model. Role: producer."},
+    {"name": "devices", "description": "Edge devices: enrollment, heartbeats, model assignments, results. Role: device (its own)."},
 ]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown, hand what is still queued for Kafka to the broker and close the producers."""
+    yield
+    app.state.score_publisher.close()
+    app.state.forwarder.close()
 
 
 def create_app(settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100) -> FastAPI:
@@ -36,15 +51,21 @@ def create_app(settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100
         description="Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`); keys come from `edgelake keys create`. "
         "Errors are `application/problem+json` (RFC 9457).",
         openapi_tags=TAGS,
+        lifespan=lifespan,
     )
     registry = CollectorRegistry()
     app.state.settings = settings
     app.state.keys = KeyStore(keys_path(settings.data_dir))
     app.state.limiter = RateLimiter(rate_per_s, burst)
     app.state.registry = registry
+    app.state.devices = DeviceStore(devices_path(settings.data_dir))
+    app.state.forwarder = ResultForwarder(settings)
+    score_metrics = ScoreMetrics.create(registry)
+    app.state.scorer = Scorer(settings, score_metrics)
+    app.state.score_publisher = ScorePublisher(settings, score_metrics)
     app.add_middleware(LatencyMiddleware, histogram=request_histogram(registry))
     install_problem_handlers(app)
-    for router in (health.router, sql.router, tables.router, models.router):
+    for router in (health.router, sql.router, tables.router, models.router, score.router, devices.router, devices.rollout_router):
         app.include_router(router)
     return app
 

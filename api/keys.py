@@ -36,6 +36,7 @@ class ApiKey(BaseModel):
     sha256: str
     created: AwareDatetime
     revoked: bool = False
+    device_id: str | None = Field(None, description="The one device a device key speaks for.")
 
 
 class KeyFile(BaseModel):
@@ -63,12 +64,16 @@ class KeyStore:
         self._seen: tuple[int, int, int] | None = None
         self._by_hash: dict[str, ApiKey] = {}
 
-    def create(self, name: str, role: Role) -> tuple[ApiKey, str]:
-        """A new key and its token; the token is shown this once and never stored."""
+    def create(self, name: str, role: Role, *, device_id: str | None = None) -> tuple[ApiKey, str]:
+        """A new key and its token, bound to ``device_id`` if given; the token is shown this once and never stored."""
         if role not in ROLES:
             raise ValueError(f"no role '{role}'; choose one of {', '.join(ROLES)}")
+        if device_id is not None and role != "device":
+            raise ValueError(f"only a device key can be bound to a device, not a {role} key")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        key = ApiKey(id="key_" + secrets.token_hex(6), name=name, role=role, sha256=token_hash(token), created=datetime.now(UTC))
+        key = ApiKey(
+            id="key_" + secrets.token_hex(6), name=name, role=role, sha256=token_hash(token), created=datetime.now(UTC), device_id=device_id
+        )
         with self._editing() as file:
             file.keys.append(key)
         return key, token

@@ -1,10 +1,11 @@
-"""Prometheus metrics of one app: request latency per route template, method and status."""
+"""Prometheus metrics of one app: request latency per route template, method and status; fraud scoring."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNMATCHED = "<unmatched>"  # one label for every path no route matched, so scanners cannot grow the label set
@@ -17,6 +18,25 @@ def request_histogram(registry: CollectorRegistry) -> Histogram:
         ["route", "method", "status"],
         registry=registry,
     )
+
+
+@dataclass(frozen=True)
+class ScoreMetrics:
+    """Scores by decision, the fraud model version in use and score events that never reached the broker."""
+
+    decisions: Counter
+    model_version: Gauge
+    unpublished: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ScoreMetrics:
+        return cls(
+            Counter("edgelake_fraud_scores", "Transactions scored, by decision.", ["decision"], registry=registry),
+            Gauge("edgelake_fraud_model_version", "Version of the production fraud model serving scores; 0 for none.", registry=registry),
+            Counter(
+                "edgelake_fraud_score_events_unpublished", "Score events that could not be sent to the fraud-scores topic.", registry=registry
+            ),
+        )
 
 
 class LatencyMiddleware:

@@ -127,6 +127,13 @@ class EmbeddedBroker:
             return None
 
 
+def configured_servers(settings: Settings) -> str:
+    """The configured cluster, or the embedded broker's loopback address; nothing is started or waited for."""
+    if settings.embedded_broker:
+        return EmbeddedBroker.from_settings(settings).bootstrap_servers
+    return settings.kafka_bootstrap_servers
+
+
 def bootstrap_servers(settings: Settings) -> str:
     """The Kafka to talk to: the configured cluster, or the embedded broker, started if needed.
 

@@ -175,7 +175,30 @@ class EdgeInference(Event):
     label: Id | None = None
 
 
-EVENT_TYPES: tuple[type[Event], ...] = (Transaction, FraudLabel, IoTReading, ImageFrame, EdgeInference)
+class FraudScore(Event):
+    """The API's verdict on a transaction; ``event_id`` is the score's unique id.
+
+    ``features`` holds the card features the model saw, by ``lake.features`` name; a null
+    one (``seconds_since_previous`` of a card's first transaction) is left out.
+    """
+
+    type_name = "fraud_score"
+    topic = "fraud-scores"
+    key_field = "card_id"
+    partitions = 2
+
+    schema_version: Literal[1] = 1
+    transaction_id: Id
+    card_id: Id
+    score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    decision: Literal["approve", "review", "decline"]
+    model_name: Id
+    model_version: Annotated[int, Field(ge=1)]
+    features: dict[str, FiniteFloat] = Field(default_factory=dict)
+    latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (Transaction, FraudLabel, IoTReading, ImageFrame, EdgeInference, FraudScore)
 EVENT_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in EVENT_TYPES}
 
 

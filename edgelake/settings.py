@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     sql_row_limit: int = Field(10_000, gt=0, description="Most rows a SQL query returns; more are cut off and flagged.")
     sql_timeout_s: float = Field(30.0, gt=0, description="Seconds a SQL query may run before it is abandoned.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the edgelake API.")
+    score_review_threshold: float = Field(0.5, ge=0, le=1, description="Fraud score from which a transaction is sent to review.")
+    score_decline_threshold: float = Field(0.9, ge=0, le=1, description="Fraud score from which a transaction is declined.")
+    score_model_check_s: float = Field(
+        5.0, ge=0, description="Seconds between checks of the registry for a new production fraud model; 0 checks on every request."
+    )
 
     fashion_mnist_dir: Path = Field(
         Path("/usr/share/datasets/fashion-mnist"), description="Debian dataset-fashion-mnist files."
@@ -49,6 +54,14 @@ class Settings(BaseSettings):
     def embedded_broker(self) -> bool:
         """True when no Kafka cluster is configured and the embedded broker is used."""
         return not self.kafka_bootstrap_servers.strip()
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> Settings:
+        if self.score_review_threshold > self.score_decline_threshold:
+            raise ValueError(
+                f"score_review_threshold ({self.score_review_threshold}) must not exceed score_decline_threshold ({self.score_decline_threshold})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_cache_dir(self) -> Settings:

@@ -60,7 +60,7 @@ def test_config_show_reflects_the_environment(env: dict[str, str]) -> None:
 def test_schemas_export(tmp_path: Path) -> None:
     result = edgelake("schemas", "export", str(tmp_path / "schemas"))
     assert result.returncode == 0
-    assert len(list((tmp_path / "schemas").glob("*.v1.json"))) == 5
+    assert len(list((tmp_path / "schemas").glob("*.v1.json"))) == 6
 
 
 def test_produce_prints_a_delivery_summary(env: dict[str, str]) -> None:

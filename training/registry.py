@@ -4,6 +4,7 @@ Layout under ``<lake_root>/models``::
 
     registry.pub                   PEM public key that signs every manifest
     <name>/stages.json             stage of each version + append-only history of transitions
+    <name>/rollout.json            rollout policy: which share of devices runs which canary version
     <name>/<version>/manifest.json canonical JSON: files with sha256 and size, metrics, lineage
     <name>/<version>/manifest.sig  base64 Ed25519 signature of manifest.json's exact bytes
     <name>/<version>/...           the artifacts (model, .tflite, metrics JSON, plots)
@@ -58,6 +59,7 @@ KEYS_DIR = "keys"  # under the data dir, never in the lake
 PUBLIC_KEY = "registry.pub"
 PRIVATE_KEY = "registry.key"
 STAGES = "stages.json"
+ROLLOUT = "rollout.json"
 
 _CHUNK = 1 << 20
 _names = TypeAdapter(ModelName)
@@ -103,6 +105,17 @@ class StageBook(BaseModel):
             Transition(time=datetime.now(UTC), version=version, from_=self.stages.get(version), to=to, actor=actor, reason=reason)
         )
         self.stages[version] = to
+
+
+class RolloutPolicy(BaseModel):
+    """Which devices run a canary version of a model; every other device runs the production one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    canary_percent: int = Field(0, ge=0, le=100, description="Share of devices, by stable hash of (model, device id), on the canary.")
+    canary_version: int | None = Field(None, ge=1, description="The version canary devices run; none means every device runs production.")
+    updated: AwareDatetime | None = None
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -324,6 +337,38 @@ def rollback(
         return book.history[start:]
 
 
+def rollout(root: Path, name: str) -> RolloutPolicy:
+    """The rollout policy of ``name``; without one, no device is on a canary."""
+    versions(root, name)
+    path = root / name / ROLLOUT
+    return RolloutPolicy.model_validate_json(path.read_bytes()) if path.is_file() else RolloutPolicy()
+
+
+def set_rollout(root: Path, name: str, canary_percent: int, canary_version: int | None, *, actor: str | None = None) -> RolloutPolicy:
+    """Replace the rollout policy of ``name`` (written atomically, so every reader sees all of it or none)."""
+    published = versions(root, name)
+    if canary_version is not None and canary_version not in published:
+        raise UnknownModel(f"model '{name}' has no version {canary_version} to put on canary")
+    policy = RolloutPolicy(canary_percent=canary_percent, canary_version=canary_version, updated=datetime.now(UTC), actor=actor)
+    _replace_synced(root / name / ROLLOUT, canonical_json(policy.model_dump(mode="json")))
+    return policy
+
+
+def rollout_bucket(name: str, device_id: str) -> int:
+    """A device's stable place in 0..99 for model ``name``, the same on every replica and run."""
+    digest = hashlib.sha256(f"{name}\0{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def assigned_version(root: Path, name: str, device_id: str) -> tuple[int, Literal["canary", "production"]] | None:
+    """The version of ``name`` that ``device_id`` should run and why; None when there is neither canary nor production."""
+    policy = rollout(root, name)
+    if policy.canary_version is not None and rollout_bucket(name, device_id) < policy.canary_percent:
+        return policy.canary_version, "canary"
+    production = current(root, name)
+    return None if production is None else (production, "production")
+
+
 def _previous_production(book: StageBook, failing: int) -> int:
     earlier = [t.version for t in book.history if t.to == "production" and t.version != failing]
     for version in reversed(earlier):
@@ -470,11 +515,19 @@ def _stage_book(model_dir: Path) -> Iterator[StageBook]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         book = _read_book(model_dir)
         yield book
-        raw = canonical_json(book.model_dump(mode="json", by_alias=True))
-        fd, temp = tempfile.mkstemp(prefix=f".{STAGES}-", dir=model_dir)
+        _replace_synced(model_dir / STAGES, canonical_json(book.model_dump(mode="json", by_alias=True)))
+
+
+def _replace_synced(path: Path, content: bytes) -> None:
+    """Replace ``path`` with ``content`` atomically and durably (temp file, fsync, rename, fsync the directory)."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
         with os.fdopen(fd, "wb") as file:
-            file.write(raw)
+            file.write(content)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, model_dir / STAGES)
-        _fsync_dir(model_dir)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)

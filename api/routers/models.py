@@ -80,7 +80,7 @@ def list_models(request: Request) -> list[ModelSummary]:
 @router.get("/{name}", summary="One model's versions with stage, metrics, lineage and files")
 def get_model(request: Request, name: ModelName) -> ModelDetail:
     root = _root(request)
-    with _unknown_is_404():
+    with unknown_model_is_404():
         stages = registry.versions(root, name)
         details = []
         for version in stages:
@@ -141,12 +141,13 @@ def _root(request: Request) -> Path:
 
 
 def _version(request: Request, name: str, version: int) -> registry.ModelVersion:
-    with _unknown_is_404():
+    with unknown_model_is_404():
         return registry.get(_root(request), name, version)
 
 
 @contextmanager
-def _unknown_is_404() -> Iterator[None]:
+def unknown_model_is_404() -> Iterator[None]:
+    """Turn the registry's UnknownModel into a 404 problem."""
     try:
         yield
     except registry.UnknownModel as error:

@@ -14,7 +14,7 @@ from edgelake.settings import Settings
 
 RoleChoice = Enum("RoleChoice", {role: role for role in ROLES}, type=str)  # type: ignore[misc]
 
-app = typer.Typer(help="API keys: create (shown once), list and revoke.", no_args_is_help=True)
+app = typer.Typer(help="API keys: create (shown once), list and revoke; enrollment tokens for devices.", no_args_is_help=True)
 
 
 @app.command("create")
@@ -54,3 +54,21 @@ def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's
     with reported_errors():
         key = KeyStore(keys_path(settings.data_dir)).revoke(key_id)
     console.print(f"revoked {key.id} ({key.name})", highlight=False)
+
+
+@app.command("enrollment-token")
+def enrollment_token(
+    ctx: typer.Context,
+    name: str = typer.Option("", "--name", help="What the token is for, e.g. a site or a batch of devices."),
+    uses: int = typer.Option(1, "--uses", min=1, help="How many devices may enroll with it."),
+    expires_in_s: int = typer.Option(86_400, "--expires-in-s", min=1, help="Seconds until it expires."),
+) -> None:
+    """Issue a token devices enroll with (`POST /v1/devices/enroll`); it is shown this once."""
+    from api.devices import DeviceStore, devices_path
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        record, token = DeviceStore(devices_path(settings.data_dir)).issue_token(name, uses, expires_in_s)
+    print(token)
+    expires = record.expires.strftime("%Y-%m-%d %H:%M:%S")
+    err_console.print(f"issued {record.id} for {uses} enrollment(s) until {expires} UTC; the token above is not stored", highlight=False)

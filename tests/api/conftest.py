@@ -29,7 +29,7 @@ FIRST_BATCH, SECOND_BATCH = 120, 80
 def serving(app: FastAPI) -> Iterator[str]:
     """``app`` under a real uvicorn server on a free loopback port; its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     while not server.started:

@@ -150,11 +150,14 @@ def test_the_openapi_document_names_the_contract(deployment: Deployment) -> None
     with deployment.client() as client:
         spec = client.get("/openapi.json").json()
     assert spec["info"]["title"] == "edgelake API" and spec["info"]["version"]
-    assert {tag["name"] for tag in spec["tags"]} == {"health", "sql", "tables", "models"}
+    assert {tag["name"] for tag in spec["tags"]} == {"health", "sql", "tables", "models", "score", "devices"}
     assert set(spec["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
     sql = spec["paths"]["/v1/sql"]["post"]
     assert {"400", "401", "403", "422", "429", "504"} <= set(sql["responses"])
     assert "application/problem+json" in sql["responses"]["400"]["content"]
+    score = spec["paths"]["/v1/score:batch"]["post"]
+    assert {"401", "403", "422", "503"} <= set(score["responses"])
+    assert score["requestBody"]["content"]["application/json"]["schema"]["maxItems"] == 1000
 
 
 def test_an_unexpected_error_is_a_500_problem_without_internals(serve: Serve, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from edgelake.contracts import (
     EdgeInference,
     Event,
     FraudLabel,
+    FraudScore,
     ImageFrame,
     InvalidEvent,
     IoTReading,
@@ -30,6 +31,10 @@ EXAMPLES: dict[type[Event], dict] = {
     EdgeInference: dict(
         event_id="e-1", event_time=NOW, device_id="d1", model_name="vision", model_version="3", input_ref="f-1",
         prediction="bag", confidence=0.93, latency_ms=1.2,
+    ),
+    FraudScore: dict(
+        event_id="s-1", event_time=NOW, transaction_id="tx-1", card_id="c1", score=0.42, decision="approve",
+        model_name="fraud", model_version=2, features={"tx_count_1h": 3.0}, latency_ms=0.8,
     ),
 }  # fmt: skip
 

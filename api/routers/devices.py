@@ -1,0 +1,273 @@
+"""``/v1/devices``: enrollment, heartbeats, model assignments and results of edge devices; ``/v1/models/{name}/rollout``.
+
+A device enrolls once with an enrollment token an admin issued and gets an API key bound to
+its device id; with it, it may speak only for itself (an admin may speak for any device).
+Results are forwarded to Kafka at least once: an id is remembered only after the broker
+acknowledged it, so a batch resent after a failure forwards only what was not yet delivered.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from api.auth import require
+from api.devices import BrokerUnavailable, Device, DeviceStore, EnrollmentRefused, Heartbeat, ResultForwarder
+from api.keys import ApiKey, KeyStore
+from api.problems import PROBLEM_RESPONSES, Problem, documented
+from api.routers.models import unknown_model_is_404
+from edgelake import signing
+from edgelake.contracts import EdgeInference
+from edgelake.settings import Settings
+from training import registry
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=PROBLEM_RESPONSES)
+rollout_router = APIRouter(
+    prefix="/v1/models", tags=["models"], responses={**PROBLEM_RESPONSES, **documented(404, "No such model or version.")}
+)
+
+DeviceId = Annotated[str, PathParam(pattern=r"^dev_[0-9a-f]{16}$", description="The id the device got at enrollment.")]
+ModelName = Annotated[str, PathParam(pattern=signing.ModelName.__metadata__[0].pattern, description="The model's registry name.")]
+RETRY_AFTER_S = 5
+MAX_RESULTS = 1000
+
+
+class EnrollmentTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=128, description="What the token is for, e.g. a site or a batch of devices.")
+    uses: int = Field(1, ge=1, le=10_000, description="How many devices may enroll with it.")
+    expires_in_s: int = Field(86_400, ge=1, le=30 * 86_400, description="Seconds until it expires.")
+
+
+class IssuedEnrollmentToken(BaseModel):
+    id: str
+    token: str = Field(description="Shown this once; only its hash is kept.")
+    name: str
+    uses: int
+    expires: AwareDatetime
+
+
+class EnrollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enrollment_token: str = Field(min_length=1, max_length=256)
+    device_name: str = Field(min_length=1, max_length=128)
+    hardware: dict[str, Any] = Field(default_factory=dict, description="Whatever the device reports about itself: CPU, accelerator, memory.")
+
+
+class Enrollment(BaseModel):
+    device_id: str
+    device_token: str = Field(description="The device's API key (role device, bound to device_id); shown this once.")
+    registry_public_key: str | None = Field(description="PEM Ed25519 key that signs model manifests, to pin; none before the first publish.")
+
+
+class HeartbeatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[Annotated[str, Field(pattern=signing.ModelName.__metadata__[0].pattern)], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="Model name -> the version the device runs."
+    )
+    health: dict[str, Any] = Field(default_factory=dict, description="Free-form health: temperatures, free disk, error counts.")
+    events: list[dict[str, Any]] = Field(default_factory=list, max_length=100, description="Agent events since the last heartbeat.")
+
+
+class AssignedVersion(BaseModel):
+    version: int
+    track: Literal["canary", "production"]
+
+
+class Assignment(BaseModel):
+    """The version of each model a device should run."""
+
+    device_id: str
+    models: dict[str, AssignedVersion]
+
+
+class ResultBatch(BaseModel):
+    """Results of one device; each event's ``device_id`` must be that device's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EdgeInference] = Field(min_length=1, max_length=MAX_RESULTS)
+
+
+# The body is validated by hand (see _result_batch), so its schema is spelled out for the OpenAPI document.
+_RESULT_BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["events"],
+    "additionalProperties": False,
+    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": MAX_RESULTS, "items": EdgeInference.model_json_schema()}},
+}
+
+
+class ResultsAck(BaseModel):
+    accepted: list[str] = Field(description="Ids forwarded by this request.")
+    duplicates: list[str] = Field(description="Ids forwarded before (or repeated in the batch): acknowledged, not forwarded again.")
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    canary_percent: int = Field(ge=0, le=100)
+    canary_version: int | None = Field(ge=1)
+
+
+class Rollout(BaseModel):
+    name: str
+    production: int | None
+    policy: registry.RolloutPolicy
+
+
+@router.post(
+    "/enrollment-tokens", status_code=201, summary="Issue an enrollment token (admin)", dependencies=[Depends(require("admin"))]
+)
+def issue_enrollment_token(request: Request, body: EnrollmentTokenRequest) -> IssuedEnrollmentToken:
+    record, token = _store(request).issue_token(body.name, body.uses, body.expires_in_s)
+    return IssuedEnrollmentToken(id=record.id, token=token, name=record.name, uses=record.uses_left, expires=record.expires)
+
+
+@router.post(
+    "/enroll", status_code=201, summary="Enroll a device with an enrollment token; no API key needed",
+    responses=documented(401, "The enrollment token is unknown, used up or expired."),
+)  # fmt: skip
+def enroll(request: Request, body: EnrollRequest) -> Enrollment:
+    keys: KeyStore = request.app.state.keys
+    tokens: dict[str, str] = {}
+
+    def new_key(device_id: str) -> str:
+        key, tokens[device_id] = keys.create(f"device {body.device_name}", "device", device_id=device_id)
+        return key.id
+
+    try:
+        device = _store(request).enroll(body.enrollment_token, body.device_name, body.hardware, new_key)
+    except EnrollmentRefused as error:
+        raise Problem(401, str(error), kind="enrollment-refused", title="Enrollment refused") from None
+    return Enrollment(device_id=device.id, device_token=tokens[device.id], registry_public_key=_public_key_pem(_settings(request)))
+
+
+@router.get("", summary="Every device with its last heartbeat", dependencies=[Depends(require("analyst"))])
+def list_devices(request: Request) -> list[Device]:
+    return _store(request).devices()
+
+
+def _device(request: Request, device_id: DeviceId, key: ApiKey = Depends(require("device"))) -> Device:
+    """The device of the path, when the caller's key is bound to it (or is an admin's)."""
+    if key.role != "admin" and key.device_id != device_id:
+        raise Problem(403, f"key {key.id} speaks for device {key.device_id or '(none)'}, not {device_id}", kind="forbidden")
+    device = _store(request).device(device_id)
+    if device is None:
+        raise Problem(404, f"no device '{device_id}'", kind="unknown-device", title="Unknown device")
+    return device
+
+
+@router.post(
+    "/{device_id}/heartbeat", summary="Report models and health; answers the versions to run", responses=documented(404, "No such device.")
+)
+def heartbeat(request: Request, body: HeartbeatRequest, device: Device = Depends(_device)) -> Assignment:
+    record = Heartbeat(time=datetime.now(UTC), models=body.models, health=body.health, events=body.events)
+    _store(request).record_heartbeat(device.id, record)
+    return _assignment(request, device.id)
+
+
+@router.get("/{device_id}/assignment", summary="The version of each model the device should run", responses=documented(404, "No such device."))
+def assignment(request: Request, device: Device = Depends(_device)) -> Assignment:
+    return _assignment(request, device.id)
+
+
+async def _result_batch(request: Request) -> ResultBatch:
+    """The body as a ResultBatch, validated from JSON: the contract is strict, so timestamps must be parsed from JSON text."""
+    try:
+        return ResultBatch.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]) from None
+
+
+@router.post(
+    "/{device_id}/results",
+    summary="Forward a batch of EdgeInference results to Kafka, idempotently by event id",
+    responses={**documented(404, "No such device."), **documented(503, "Kafka cannot be reached; send the batch again after Retry-After.")},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _RESULT_BATCH_SCHEMA}}}},
+)
+def results(request: Request, device: Device = Depends(_device), batch: ResultBatch = Depends(_result_batch)) -> ResultsAck:
+    foreign = [(index, event) for index, event in enumerate(batch.events) if event.device_id != device.id]
+    if foreign:
+        errors = [
+            {"type": "value_error", "loc": ["body", "events", index, "device_id"], "msg": f"names device {event.device_id}, not {device.id}"}
+            for index, event in foreign
+        ]
+        raise RequestValidationError(errors)
+    store = _store(request)
+    already = store.forwarded(event.event_id for event in batch.events)
+    new: dict[str, EdgeInference] = {}
+    duplicates: list[str] = []
+    for event in batch.events:
+        if event.event_id in already or event.event_id in new:
+            duplicates.append(event.event_id)
+        else:
+            new[event.event_id] = event
+    if new:
+        forwarder: ResultForwarder = request.app.state.forwarder
+        try:
+            forwarder.forward(list(new.values()))
+        except BrokerUnavailable as error:
+            raise Problem(
+                503, f"the results could not be handed to Kafka ({error}); send them again", kind="broker-unavailable",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None  # fmt: skip
+        store.mark_forwarded(device.id, new)
+    return ResultsAck(accepted=list(new), duplicates=duplicates)
+
+
+@rollout_router.get("/{name}/rollout", summary="A model's rollout policy", dependencies=[Depends(require("analyst", "device"))])
+def get_rollout(request: Request, name: ModelName) -> Rollout:
+    root = _registry_root(request)
+    with unknown_model_is_404():
+        return Rollout(name=name, production=registry.current(root, name), policy=registry.rollout(root, name))
+
+
+@rollout_router.put("/{name}/rollout", summary="Set a model's rollout policy (admin)")
+def put_rollout(request: Request, name: ModelName, body: RolloutRequest, key: ApiKey = Depends(require("admin"))) -> Rollout:
+    root = _registry_root(request)
+    with unknown_model_is_404():
+        policy = registry.set_rollout(root, name, body.canary_percent, body.canary_version, actor=key.id)
+        return Rollout(name=name, production=registry.current(root, name), policy=policy)
+
+
+def _assignment(request: Request, device_id: str) -> Assignment:
+    root = _registry_root(request)
+    models = {}
+    for name in registry.models(root):
+        assigned = registry.assigned_version(root, name, device_id)
+        if assigned is not None:
+            models[name] = AssignedVersion(version=assigned[0], track=assigned[1])
+    return Assignment(device_id=device_id, models=models)
+
+
+def _public_key_pem(settings: Settings) -> str | None:
+    """The registry's published key, else the local signer's (nothing published yet), else None."""
+    for path in (_registry_root_of(settings) / registry.PUBLIC_KEY, settings.data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
+        if path.is_file():
+            return path.read_text()
+    return None
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> DeviceStore:
+    return request.app.state.devices
+
+
+def _registry_root(request: Request) -> Path:
+    return _registry_root_of(_settings(request))
+
+
+def _registry_root_of(settings: Settings) -> Path:
+    return registry.registry_root(settings.lake_root)

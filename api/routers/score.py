@@ -1,0 +1,120 @@
+"""``POST /v1/score`` and ``POST /v1/score:batch``: fraud scores of transactions, online, with the production model.
+
+Bodies are ``Transaction`` events, validated as strictly as the ingest path validates
+them (the contract is strict, so the body's JSON is validated as JSON, not as decoded
+Python values). Each card's transactions should arrive in event-time order: the card
+features are computed online from the transactions scored before. Every score is also
+sent to the ``fraud-scores`` topic as a ``FraudScore`` event.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from api.auth import require
+from api.problems import PROBLEM_RESPONSES, Problem, documented
+from api.publisher import ScorePublisher
+from api.scoring import MODEL_NAME, Decision, Features, ModelUnavailable, Scorer
+from edgelake.contracts import FraudScore, Transaction
+
+MAX_BATCH = 1_000
+
+router = APIRouter(
+    prefix="/v1", tags=["score"], dependencies=[Depends(require("producer"))],
+    responses={**PROBLEM_RESPONSES, **documented(503, "No production fraud model can be served: none, unverified, or other features.")},
+)  # fmt: skip
+
+_ONE = TypeAdapter(Transaction)
+_BATCH = TypeAdapter(Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)])
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class Thresholds(BaseModel):
+    review: float = Field(description="Scores from this one are sent to review.")
+    decline: float = Field(description="Scores from this one are declined.")
+
+
+class ScoreResult(BaseModel):
+    """One transaction's fraud score and the decision it leads to."""
+
+    score_id: str = Field(description="The event id of the FraudScore sent to the fraud-scores topic.")
+    transaction_id: str
+    card_id: str
+    score: float = Field(ge=0, le=1, description="Calibrated fraud probability.")
+    decision: Decision
+    model: ModelRef
+    features: Features = Field(description="The card features the model saw (lake.features names); null where undefined.")
+    thresholds: Thresholds
+
+
+class BatchResult(BaseModel):
+    scores: list[ScoreResult] = Field(description="One per transaction, in the request's order.")
+
+
+def _body(adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    """The OpenAPI request body of ``adapter``'s JSON, which the routes validate themselves."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": adapter.json_schema()}}}}
+
+
+@router.post("/score", summary="Score one transaction", openapi_extra=_body(_ONE))
+async def score_one(request: Request) -> ScoreResult:
+    transaction = _validated(_ONE, await request.body())
+    return (await run_in_threadpool(_score, request, [transaction]))[0]
+
+
+@router.post("/score:batch", summary=f"Score up to {MAX_BATCH:,} transactions, in order", openapi_extra=_body(_BATCH))
+async def score_batch(request: Request) -> BatchResult:
+    transactions = _validated(_BATCH, await request.body())
+    return BatchResult(scores=await run_in_threadpool(_score, request, transactions))
+
+
+def _validated(adapter: TypeAdapter[Any], body: bytes) -> Any:
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
+
+
+def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResult]:
+    scorer: Scorer = request.app.state.scorer
+    publisher: ScorePublisher = request.app.state.score_publisher
+    started = time.perf_counter()
+    try:
+        model, scored = scorer.score(transactions)
+    except ModelUnavailable as error:
+        raise Problem(503, str(error), kind="model-unavailable", title="No fraud model to serve") from None
+    latency_ms = (time.perf_counter() - started) * 1000
+    now = datetime.now(UTC)
+    settings = scorer.settings
+    thresholds = Thresholds(review=settings.score_review_threshold, decline=settings.score_decline_threshold)
+    results, events = [], []
+    for item in scored:
+        score_id = f"score-{uuid.uuid4().hex}"
+        t = item.transaction
+        results.append(
+            ScoreResult(
+                score_id=score_id, transaction_id=t.event_id, card_id=t.card_id, score=item.score, decision=item.decision,
+                model=ModelRef(name=MODEL_NAME, version=model.version), features=item.features, thresholds=thresholds,
+            )  # fmt: skip
+        )
+        events.append(
+            FraudScore(
+                event_id=score_id, event_time=now, transaction_id=t.event_id, card_id=t.card_id, score=item.score,
+                decision=item.decision, model_name=MODEL_NAME, model_version=model.version, latency_ms=latency_ms,
+                features={name: float(value) for name, value in item.features.items() if value is not None},
+            )  # fmt: skip
+        )
+    publisher.publish(events)
+    return results

@@ -1,0 +1,173 @@
+"""Online fraud scoring: the production fraud model, each card's history in process, and the decision thresholds.
+
+The model is the registry's production version of ``fraud``, verified against the local
+signing key's public half (``<data_dir>/keys``) or else the registry's own, and served
+only if its manifest's ``feature_version`` is this code's ``INPUTS_VERSION``. Its TFLite
+file runs under LiteRT; the Keras file (which needs TensorFlow, imported then) is the
+fallback where the TFLite file cannot be loaded. The registry is checked for a new
+production version at most every ``score_model_check_s`` seconds.
+
+Card features come from one ``CardHistory`` per process, fed by the transactions scored
+here, so they equal Spark's batch features when each card's transactions arrive in
+event-time order (see ``CardHistory`` for same-instant ties).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from api.metrics import ScoreMetrics
+from edgelake.contracts import Transaction
+from edgelake.settings import Settings
+from training import registry
+from training.features import ATTRIBUTES, INPUTS_VERSION, CardHistory, fraud_inputs
+
+MODEL_NAME = "fraud"
+TFLITE_FILE = f"{MODEL_NAME}.tflite"
+KERAS_FILE = f"{MODEL_NAME}.keras"
+
+Decision = Literal["approve", "review", "decline"]
+Features = dict[str, float | int | None]
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(RuntimeError):
+    """No production fraud model can be served: none exists, it fails verification or its features differ."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A verified production version and how to run it: float32 inputs to fraud probabilities."""
+
+    version: int
+    runtime: str
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One transaction's score, decision and the card features it was scored with."""
+
+    transaction: Transaction
+    score: float
+    decision: Decision
+    features: Features
+
+
+def decide(score: float, review: float, decline: float) -> Decision:
+    """Decline from ``decline``, review from ``review``, approve below."""
+    if score >= decline:
+        return "decline"
+    return "review" if score >= review else "approve"
+
+
+class Scorer:
+    """Scores transactions with the production fraud model; safe to share between request threads."""
+
+    def __init__(self, settings: Settings, metrics: ScoreMetrics) -> None:
+        self.settings = settings
+        self._metrics = metrics
+        self._root = registry.registry_root(settings.lake_root)
+        self._history = CardHistory()
+        self._history_lock = threading.Lock()
+        self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter
+        self._model: ServedModel | ModelUnavailable = ModelUnavailable(f"no production version of model '{MODEL_NAME}' loaded yet")
+        self._next_check = 0.0
+
+    def model(self) -> ServedModel:
+        """The model in use, reloaded first if the production version changed; ModelUnavailable if none can be served."""
+        with self._model_lock:
+            if time.monotonic() >= self._next_check:
+                self._refresh()
+                self._next_check = time.monotonic() + self.settings.score_model_check_s
+            if isinstance(self._model, ModelUnavailable):
+                raise self._model
+            return self._model
+
+    def score(self, transactions: Sequence[Transaction]) -> tuple[ServedModel, list[Scored]]:
+        """Score ``transactions`` in order, adding each to its card's history; the model used and the scores."""
+        model = self.model()
+        with self._history_lock:
+            features = [self._history.add(t.card_id, t.event_time, t.amount, t.merchant_id) for t in transactions]
+        columns: dict[str, list[object]] = {
+            "amount": [t.amount for t in transactions],
+            "event_time": [t.event_time for t in transactions],
+            "channel": [t.channel for t in transactions],
+            **{name: [t.attributes.get(name) for t in transactions] for name in ATTRIBUTES},
+            **{name: [f[name] for f in features] for name in features[0]},
+        }
+        with self._model_lock:
+            scores = model.predict(fraud_inputs(columns)).reshape(-1)
+        review, decline = self.settings.score_review_threshold, self.settings.score_decline_threshold
+        scored = []
+        for transaction, score, values in zip(transactions, scores, features, strict=True):
+            probability = min(max(float(score), 0.0), 1.0)
+            decision = decide(probability, review, decline)
+            self._metrics.decisions.labels(decision).inc()
+            scored.append(Scored(transaction, probability, decision, values))
+        return model, scored
+
+    def _refresh(self) -> None:
+        """Load the production version if it is not the one in use; remember why not if it cannot be served."""
+        try:
+            production = registry.current(self._root, MODEL_NAME)
+        except registry.UnknownModel:
+            production = None
+        if production is None:
+            self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._root}")
+        elif isinstance(self._model, ModelUnavailable) or self._model.version != production:
+            try:
+                self._model = self._load(production)
+                log.info("serving %s v%d (%s)", MODEL_NAME, production, self._model.runtime)
+            except ModelUnavailable as error:
+                log.error("cannot serve %s v%d: %s", MODEL_NAME, production, error)
+                self._model = error
+        self._metrics.model_version.set(0 if isinstance(self._model, ModelUnavailable) else self._model.version)
+
+    def _load(self, version: int) -> ServedModel:
+        key = registry.local_public_key(self.settings.data_dir / registry.KEYS_DIR)
+        try:
+            problems = registry.verify(self._root, MODEL_NAME, version, key)
+            manifest = registry.get(self._root, MODEL_NAME, version).manifest
+        except (OSError, ValueError) as error:
+            raise ModelUnavailable(f"{MODEL_NAME} v{version} cannot be verified: {error}") from None
+        if problems:
+            raise ModelUnavailable(f"{MODEL_NAME} v{version} fails verification: {'; '.join(problems)}")
+        if manifest.feature_version != INPUTS_VERSION:
+            raise ModelUnavailable(
+                f"{MODEL_NAME} v{version} was trained on inputs version {manifest.feature_version}; this server computes {INPUTS_VERSION}"
+            )
+        directory = self._root / MODEL_NAME / str(version)
+        try:
+            return _tflite(version, directory / TFLITE_FILE) if TFLITE_FILE in manifest.files else _keras(version, directory / KERAS_FILE)
+        except (OSError, ValueError, RuntimeError, ImportError) as error:
+            if TFLITE_FILE in manifest.files and KERAS_FILE in manifest.files:
+                log.warning("%s v%d: %s does not load (%s); falling back to %s", MODEL_NAME, version, TFLITE_FILE, error, KERAS_FILE)
+                return _keras(version, directory / KERAS_FILE)
+            raise ModelUnavailable(f"{MODEL_NAME} v{version} does not load: {error}") from None
+
+
+def _tflite(version: int, path: Path) -> ServedModel:
+    from training.tflite import load_interpreter, predict, runtime_name
+
+    interpreter = load_interpreter(path)
+    return ServedModel(version, runtime_name(interpreter), lambda x: predict(interpreter, x))
+
+
+def _keras(version: int, path: Path) -> ServedModel:
+    import keras
+
+    try:
+        model = keras.saving.load_model(path)
+    except (OSError, ValueError) as error:
+        raise ModelUnavailable(f"{MODEL_NAME} v{version} does not load: {error}") from None
+    return ServedModel(version, "keras", lambda x: np.asarray(model.predict(x, verbose=0), np.float32))

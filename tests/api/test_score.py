@@ -1,0 +1,239 @@
+"""``/v1/score`` against a real server, a real fraud model trained on a small synthetic lake, and a real broker.
+
+The acceptance test replays 1,000 synthetic transactions (about 60 per card) through the
+API in event-time order and checks that every card feature the API used equals Spark's
+``gold_card_features`` for the same transactions. The synthetic times have microsecond
+resolution, so no card has two transactions at the same instant (asserted): the one case
+where ``CardHistory`` cannot match batch does not arise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from api.app import create_app
+from api.keys import ROLES, KeyStore, keys_path
+from api.scoring import decide
+from edgelake.broker import EmbeddedBroker, free_port
+from edgelake.contracts import FraudScore, Transaction
+from edgelake.kafka import read_topic
+from edgelake.settings import Settings
+from ingest.loop import IngestOptions, ingest
+from ingest.sources import synthetic
+from lake.features import CARD_FEATURES
+from support import append_silver, isolated_settings
+from training import registry
+
+TRAINING = synthetic.SyntheticConfig(seed=3, cards=80, merchants=60, fraud_rate=0.06)
+REPLAY = synthetic.SyntheticConfig(seed=11, cards=16, merchants=30, start=datetime(2025, 3, 1, tzinfo=UTC))
+REPLAY_COUNT = 1_000
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory: pytest.TempPathFactory, noida_broker: EmbeddedBroker) -> Settings:  # type: ignore[no-untyped-def]
+    """Settings over a lake whose registry holds a trained fraud model in production, on fresh topics, with a key per role."""
+    from training.fraud import FraudConfig, train_fraud
+
+    base = tmp_path_factory.mktemp("score")
+    settings = isolated_settings(noida_broker.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
+    append_silver(settings.lake_root, list(synthetic.transactions(TRAINING, 3000)))
+    append_silver(settings.lake_root, list(synthetic.labels(TRAINING, 3000)))
+    result = train_fraud(spark, settings.lake_root, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
+    signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root)
+    root = registry.registry_root(settings.lake_root)
+    published = registry.publish(
+        root, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]}, lineage=result.lineage, signer=signer,
+        feature_version=result.feature_version,
+    )  # fmt: skip
+    registry.promote(root, "fraud", published.version, "production")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def tokens(lake: Settings) -> dict[str, str]:
+    store = KeyStore(keys_path(lake.data_dir))
+    return {role: store.create(f"score {role}", role)[1] for role in ROLES}
+
+
+@contextmanager
+def client(serve, settings: Settings, token: str | None) -> Iterator[httpx2.Client]:  # type: ignore[no-untyped-def]
+    """A client of a fresh app (its own card histories) over ``settings``."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with serve(create_app(settings, rate_per_s=10_000, burst=10_000)) as url, httpx2.Client(base_url=url, headers=headers, timeout=60) as http:
+        yield http
+
+
+def body(t: Transaction) -> dict[str, Any]:
+    return json.loads(t.to_bytes())
+
+
+def example(**change: Any) -> dict[str, Any]:
+    base = {
+        "event_id": f"tx-{uuid.uuid4().hex}", "event_time": "2025-06-01T12:00:00Z", "card_id": "card-example", "merchant_id": "m1",
+        "merchant_category": "grocery", "amount": 25.0, "currency": "EUR", "channel": "pos",
+    }  # fmt: skip
+    return {**base, **change}
+
+
+def scores_on_topic(settings: Settings, expected: int, deadline_s: float = 30.0) -> list[FraudScore]:
+    """The topic's score events, read until ``expected`` are there or the deadline passes."""
+    until = time.monotonic() + deadline_s
+    while True:
+        events = [FraudScore.parse(r.value) for r in read_topic(settings.kafka_bootstrap_servers, settings.topic(FraudScore.topic), idle_s=0.5)]
+        if len(events) >= expected or time.monotonic() > until:
+            return events
+        time.sleep(0.5)
+
+
+def same(batch: Any, online: Any) -> bool:
+    """Equal feature values: nulls alike (NaN in the gold frame), floats within 1e-9 relative."""
+    if online is None or batch is None or (isinstance(batch, float) and math.isnan(batch)):
+        return online is None and (batch is None or math.isnan(batch))
+    return math.isclose(float(batch), float(online), rel_tol=1e-9)
+
+
+def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(spark, lake: Settings, tokens, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lake.catalog import open_table
+    from lake.gold import build_card_features
+
+    replay = sorted(synthetic.transactions(REPLAY, REPLAY_COUNT), key=lambda t: (t.event_time, t.event_id))
+    instants = {(t.card_id, t.event_time) for t in replay}
+    assert len(instants) == len(replay), "same-instant ties of a card: CardHistory cannot match batch for those"
+    batch_lake = str(tmp_path / "replay-lake")
+    append_silver(batch_lake, replay)
+    build_card_features(spark, batch_lake)
+    gold = open_table(batch_lake, "gold_card_features").to_pyarrow_table().to_pandas().set_index("event_id")
+
+    settings = isolated_settings(lake.kafka_bootstrap_servers, lake.data_dir).model_copy(update={"lake_root": lake.lake_root, "score_model_check_s": 0.0})
+    with client(serve, settings, tokens["producer"]) as http:
+        results = [http.post("/v1/score", json=body(t)) for t in replay[:100]]  # one at a time, then in batches
+        assert {r.status_code for r in results} == {200}
+        scored = [r.json() for r in results]
+        for start in range(100, REPLAY_COUNT, 300):
+            response = http.post("/v1/score:batch", json=[body(t) for t in replay[start : start + 300]])
+            assert response.status_code == 200, response.text
+            scored += response.json()["scores"]
+        metrics = http.get("/metrics").text
+
+    assert [s["transaction_id"] for s in scored] == [t.event_id for t in replay]
+    mismatches = [
+        (s["transaction_id"], f.name, gold.at[s["transaction_id"], f.name], s["features"][f.name])
+        for s in scored
+        for f in CARD_FEATURES
+        if not same(gold.at[s["transaction_id"], f.name], s["features"][f.name])
+    ]
+    assert mismatches == []
+    assert {s["model"]["version"] for s in scored} == {1}
+    for s in scored:
+        assert 0 <= s["score"] <= 1 and s["decision"] == decide(s["score"], 0.5, 0.9)
+        assert s["thresholds"] == {"review": 0.5, "decline": 0.9}
+    decisions = {d: sum(s["decision"] == d for s in scored) for d in ("approve", "review", "decline")}
+    for decision, count in decisions.items():
+        if count:
+            assert f'edgelake_fraud_scores_total{{decision="{decision}"}} {float(count)}' in metrics
+    assert "edgelake_fraud_model_version 1.0" in metrics
+
+    events = scores_on_topic(settings, REPLAY_COUNT)
+    assert len(events) == REPLAY_COUNT
+    by_transaction = {e.transaction_id: e for e in events}
+    first = scored[0]
+    event = by_transaction[first["transaction_id"]]
+    assert event.event_id == first["score_id"] and event.score == first["score"] and event.decision == first["decision"]
+    assert event.model_name == "fraud" and event.model_version == 1
+    assert event.features == {k: float(v) for k, v in first["features"].items() if v is not None}
+    assert "seconds_since_previous" not in event.features  # the card's first transaction: null, left out
+
+    landed = settings.model_copy(update={"lake_root": str(tmp_path / "scores-lake")})
+    assert ingest(landed, IngestOptions(topics=(FraudScore.topic,)), once=True).batches >= 1
+    silver = open_table(landed.lake_root, "silver_fraud_scores").to_pyarrow_table()
+    assert silver.num_rows == REPLAY_COUNT and set(silver.column("event_id").to_pylist()) == set(by_transaction[t].event_id for t in by_transaction)
+
+
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/score:batch"])
+def test_score_needs_a_producer_key(lake: Settings, tokens, serve, path: str) -> None:  # type: ignore[no-untyped-def]
+    payload = example() if path == "/v1/score" else [example()]
+    with client(serve, lake, None) as http:
+        anonymous = http.post(path, json=payload)
+        analyst = http.post(path, json=payload, headers={"Authorization": f"Bearer {tokens['analyst']}"})
+        admin = http.post(path, json=payload, headers={"Authorization": f"Bearer {tokens['admin']}"})
+    assert anonymous.status_code == 401 and anonymous.headers["content-type"] == "application/problem+json"
+    assert analyst.status_code == 403 and analyst.headers["content-type"] == "application/problem+json"
+    assert admin.status_code == 200
+
+
+BAD = [
+    ("/v1/score", example(amount=-1.0), "amount"),
+    ("/v1/score", {k: v for k, v in example().items() if k != "card_id"}, "card_id"),
+    ("/v1/score", example(amount="25"), "amount"),
+    ("/v1/score", example(event_time="2025-06-01T12:00:00"), "event_time"),
+    ("/v1/score", example(surprise=1), "surprise"),
+    ("/v1/score:batch", [example(), example(currency="euro")], "1"),
+    ("/v1/score:batch", [example() for _ in range(1001)], None),
+    ("/v1/score:batch", [], None),
+]
+
+
+def test_bad_input_is_a_422_problem_naming_the_field(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+    with client(serve, lake, tokens["producer"]) as http:
+        responses = [http.post(path, json=payload) for path, payload, _ in BAD]
+        not_json = http.post("/v1/score", content=b"{", headers={"content-type": "application/json"})
+    for (path, _, field), response in zip(BAD, responses, strict=True):
+        assert response.status_code == 422, (path, field, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["type"] == "urn:edgelake:problem:invalid-request" and problem["instance"] == path
+        if field is not None:
+            assert any(field in map(str, error["loc"]) for error in problem["errors"]), problem
+    assert not_json.status_code == 422
+
+
+def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
+    tampered_root = tmp_path / "tampered-lake"
+    shutil.copytree(registry.registry_root(lake.lake_root), tampered_root / "models")
+    tflite = tampered_root / "models" / "fraud" / "1" / "fraud.tflite"
+    data = bytearray(tflite.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tflite.write_bytes(bytes(data))
+    tampered = lake.model_copy(update={"lake_root": str(tampered_root)})
+    for settings, reason in ((empty, "no version of model 'fraud' is in production"), (tampered, "fails verification")):
+        with client(serve, settings, tokens["producer"]) as http:
+            response = http.post("/v1/score", json=example())
+            metrics = http.get("/metrics").text
+        assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:edgelake:problem:model-unavailable" and reason in response.json()["detail"]
+        assert "edgelake_fraud_model_version 0.0" in metrics
+
+
+def test_scores_are_answered_when_the_broker_is_unreachable(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+    offline = lake.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    with client(serve, offline, tokens["producer"]) as http:
+        answered = [http.post("/v1/score", json=example(card_id="card-offline", event_time=f"2025-06-01T12:0{i}:00Z")) for i in range(3)]
+        assert [r.status_code for r in answered] == [200, 200, 200]
+        until = time.monotonic() + 20
+        while "edgelake_fraud_score_events_unpublished_total 3.0" not in (metrics := http.get("/metrics").text):
+            assert time.monotonic() < until, metrics
+            time.sleep(0.2)
+    assert [r.json()["features"]["tx_count_1h"] for r in answered] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("score", "decision"), [(0.0, "approve"), (0.49, "approve"), (0.5, "review"), (0.89, "review"), (0.9, "decline"), (1.0, "decline")])
+def test_decisions_follow_the_thresholds(score: float, decision: str) -> None:
+    assert decide(score, 0.5, 0.9) == decision
+
+
+def test_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="must not exceed"):
+        Settings(score_review_threshold=0.95, score_decline_threshold=0.9)
