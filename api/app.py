@@ -20,7 +20,7 @@ from api.metrics import LatencyMiddleware, ScoreMetrics, request_histogram
 from api.problems import install_problem_handlers
 from api.publisher import ScorePublisher
 from api.ratelimit import RateLimiter
-from api.routers import devices, health, models, score, sql, tables
+from api.routers import dashboard, devices, health, models, score, sql, tables
 from api.scoring import Scorer
 from edgelake.settings import Settings
 
@@ -30,6 +30,7 @@ TAGS = [
     {"name": "tables", "description": "The lake's catalog: tables, columns, versions and history. Role: analyst."},
     {"name": "models", "description": "The signed model registry and its artifacts. Role: analyst or device."},
     {"name": "score", "description": "Online fraud scores of transactions with the production fraud model. Role: producer."},
+    {"name": "dashboard", "description": "The operators' dashboard: the page at / and its data. Role: analyst."},
     {"name": "devices", "description": "Edge devices: enrollment, heartbeats, model assignments, results. Role: device (its own)."},
 ]
 
@@ -65,7 +66,8 @@ def create_app(settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100
     app.state.score_publisher = ScorePublisher(settings, score_metrics)
     app.add_middleware(LatencyMiddleware, histogram=request_histogram(registry))
     install_problem_handlers(app)
-    for router in (health.router, sql.router, tables.router, models.router, score.router, devices.router, devices.rollout_router):
+    routers = (health.router, sql.router, tables.router, models.router, score.router, devices.router, devices.rollout_router)
+    for router in (*routers, dashboard.router, dashboard.page_router):
         app.include_router(router)
     return app
 

@@ -150,7 +150,7 @@ def test_the_openapi_document_names_the_contract(deployment: Deployment) -> None
     with deployment.client() as client:
         spec = client.get("/openapi.json").json()
     assert spec["info"]["title"] == "edgelake API" and spec["info"]["version"]
-    assert {tag["name"] for tag in spec["tags"]} == {"health", "sql", "tables", "models", "score", "devices"}
+    assert {tag["name"] for tag in spec["tags"]} == {"health", "sql", "tables", "models", "score", "devices", "dashboard"}
     assert set(spec["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
     sql = spec["paths"]["/v1/sql"]["post"]
     assert {"400", "401", "403", "422", "429", "504"} <= set(sql["responses"])

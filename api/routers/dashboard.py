@@ -1,0 +1,224 @@
+"""The dashboard: ``GET /`` serves a static page (no key); ``GET /v1/dashboard`` is the JSON it draws (role analyst).
+
+The page asks once for an API key, keeps it in the tab's ``sessionStorage`` and sends it as
+``Authorization: Bearer``; opening ``/?key=elk_…`` stores that key and strips it from the
+address bar (handy for scripts and kiosks, but the key then passes through the URL once).
+
+Ingest lag is read from the lake alone, not from the broker: for each silver table it shows
+the Kafka offsets its Delta log has committed per topic partition (what ingest recorded as
+``app_transactions``) and the time since the last ingest commit. Comparing those offsets with
+the topics' end offsets would need a broker round trip on every refresh, so it is left out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+from deltalake import DeltaTable
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, Field
+
+from api.auth import require
+from api.devices import Device, DeviceStore
+from api.problems import PROBLEM_RESPONSES, Problem
+from api.routers.tables import TableSummary, list_tables
+from edgelake.contracts import EVENT_BY_TOPIC
+from edgelake.settings import Settings
+from lake.sql import QueryFailed, QueryTimeout, run_query
+from lake.tables import SILVER, table_uri
+from training import registry
+from training.registry import Stage
+
+SCORES_TABLE = SILVER["fraud-scores"].name
+HISTOGRAM_BINS = 10
+MAX_TIME_BUCKETS = 48
+HISTORY_SCANNED = 50  # newest commits searched for the last ingest commit of a table
+# Time buckets of the decisions chart, finest first, with their width in seconds.
+BUCKETS: tuple[tuple[Literal["minute", "hour", "day"], int], ...] = (("minute", 60), ("hour", 3600), ("day", 86_400))
+STATIC: dict[str, str] = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+
+page_router = APIRouter(include_in_schema=False)
+router = APIRouter(prefix="/v1", tags=["dashboard"], dependencies=[Depends(require("analyst"))], responses=PROBLEM_RESPONSES)
+
+
+class IngestState(BaseModel):
+    """How far ingest has committed one silver table, from the table's own Delta log."""
+
+    table: str
+    topic: str
+    pipeline: str | None = Field(description="The pipeline of the last ingest commit; none if no ingest commit is in the recent log.")
+    offsets: dict[int, int] = Field(description="Partition -> last Kafka offset committed into the table.")
+    last_ingest_commit: datetime | None
+    seconds_since_commit: float | None
+
+
+class ScoreBin(BaseModel):
+    low: float
+    high: float
+    count: int
+
+
+class DecisionBucket(BaseModel):
+    """Decisions of the scores whose event time falls in ``[start, start + bucket)``."""
+
+    start: datetime
+    approve: int = 0
+    review: int = 0
+    decline: int = 0
+
+
+class ScoreStats(BaseModel):
+    total: int
+    histogram: list[ScoreBin] = Field(description=f"{HISTOGRAM_BINS} equal bins of the fraud score over [0, 1].")
+    bucket: Literal["minute", "hour", "day"] = Field(description="The width of each decisions bucket.")
+    decisions: list[DecisionBucket] = Field(description="Buckets with at least one score, oldest first.")
+
+
+class VersionCard(BaseModel):
+    version: int
+    stage: Stage
+    created: datetime
+    metrics: dict[str, float]
+    plots: list[str] = Field(description="PNG artifacts, served by /v1/models/{name}/{version}/artifacts/{file}.")
+
+
+class ModelCard(BaseModel):
+    name: str
+    production: int | None
+    versions: list[VersionCard]
+
+
+class Dashboard(BaseModel):
+    """Everything the dashboard page draws."""
+
+    generated: datetime
+    tables: list[TableSummary]
+    ingest: list[IngestState]
+    scores: ScoreStats | None = Field(description=f"None until {SCORES_TABLE} holds a score.")
+    models: list[ModelCard]
+    devices: list[Device]
+
+
+@page_router.get("/", response_class=HTMLResponse)
+def page() -> HTMLResponse:
+    """The dashboard's HTML; it fetches its data from /v1/dashboard with the key the user gives."""
+    return HTMLResponse(_asset("index.html"))
+
+
+@page_router.get("/dashboard/{file}")
+def asset(file: str) -> Response:
+    """The page's script and style sheet."""
+    if file not in STATIC:
+        raise Problem(404, f"no dashboard file '{file}'", kind="not-found", title="Not found")
+    return Response(_asset(file), media_type=STATIC[file], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard", summary="What the dashboard at / shows: tables, ingest, scores, models, devices")
+def dashboard(request: Request) -> Dashboard:
+    settings: Settings = request.app.state.settings
+    now = datetime.now(UTC)
+    devices: DeviceStore = request.app.state.devices
+    return Dashboard(
+        generated=now, tables=list_tables(request), ingest=ingest_states(settings.lake_root, now),
+        scores=score_stats(settings), models=model_cards(registry.registry_root(settings.lake_root)), devices=devices.devices(),
+    )  # fmt: skip
+
+
+def ingest_states(lake_root: str, now: datetime) -> list[IngestState]:
+    """The committed offsets and last ingest commit of every silver table written so far."""
+    states = []
+    for topic, spec in SILVER.items():
+        uri = table_uri(lake_root, spec)
+        if DeltaTable.is_deltatable(uri):
+            states.append(_ingest_state(DeltaTable(uri), spec.name, topic, now))
+    return states
+
+
+def _ingest_state(table: DeltaTable, name: str, topic: str, now: datetime) -> IngestState:
+    """One table's state: the newest commit that names a pipeline is the last ingest commit."""
+    for commit in table.history(HISTORY_SCANNED):
+        pipeline, committed_topic = commit.get("pipeline"), commit.get("topic")
+        if pipeline and committed_topic:
+            when = datetime.fromtimestamp(commit["timestamp"] / 1000, UTC) if "timestamp" in commit else None
+            partitions = range(EVENT_BY_TOPIC[topic].partitions)
+            offsets = {p: o for p in partitions if (o := table.transaction_version(f"{pipeline}/{committed_topic}/{p}")) is not None}
+            since = (now - when).total_seconds() if when else None
+            return IngestState(
+                table=name, topic=committed_topic, pipeline=pipeline, offsets=offsets, last_ingest_commit=when, seconds_since_commit=since
+            )
+    return IngestState(table=name, topic=topic, pipeline=None, offsets={}, last_ingest_commit=None, seconds_since_commit=None)
+
+
+def score_stats(settings: Settings) -> ScoreStats | None:
+    """The score histogram and decisions over time from the fraud-scores silver table; None if it holds none."""
+    if not DeltaTable.is_deltatable(table_uri(settings.lake_root, SILVER["fraud-scores"])):
+        return None
+    span = _query(settings, f"SELECT count(*) AS n, min(event_time) AS first, max(event_time) AS last FROM {SCORES_TABLE}")[0]
+    if not span["n"]:
+        return None
+    bins = _query(
+        settings,
+        f"SELECT CASE WHEN score >= 1 THEN {HISTOGRAM_BINS - 1} ELSE CAST(floor(score * {HISTOGRAM_BINS}) AS INT) END AS bin, "
+        f"count(*) AS n FROM {SCORES_TABLE} GROUP BY 1",
+    )
+    unit = _bucket_unit((span["last"] - span["first"]).total_seconds())
+    rows = _query(
+        settings,
+        f"SELECT date_trunc('{unit}', event_time) AS start, decision, count(*) AS n FROM {SCORES_TABLE} GROUP BY 1, 2 ORDER BY 1",
+    )
+    return ScoreStats(total=span["n"], histogram=_histogram(bins), bucket=unit, decisions=_decision_buckets(rows))
+
+
+def _query(settings: Settings, sql: str) -> list[dict[str, Any]]:
+    """The rows of one dashboard query, as Python values; a failure is a 500 problem naming the query."""
+    try:
+        result = run_query(settings.lake_root, sql, limit=10_000, timeout_s=settings.sql_timeout_s)
+    except (QueryFailed, QueryTimeout) as error:
+        raise Problem(500, f"the dashboard query over {SCORES_TABLE} failed: {error}", kind="dashboard-query-failed") from None
+    return result.table.to_pylist()
+
+
+def _bucket_unit(span_s: float) -> Literal["minute", "hour", "day"]:
+    """The finest time unit that splits ``span_s`` seconds into at most MAX_TIME_BUCKETS buckets."""
+    for unit, width in BUCKETS:
+        if span_s / width < MAX_TIME_BUCKETS:
+            return unit
+    return "day"
+
+
+def _histogram(rows: list[dict[str, Any]]) -> list[ScoreBin]:
+    counts = {row["bin"]: row["n"] for row in rows}
+    width = 1 / HISTOGRAM_BINS
+    return [ScoreBin(low=round(i * width, 6), high=round((i + 1) * width, 6), count=counts.get(i, 0)) for i in range(HISTOGRAM_BINS)]
+
+
+def _decision_buckets(rows: list[dict[str, Any]]) -> list[DecisionBucket]:
+    """Rows of (start, decision, n) folded into one bucket per start."""
+    buckets: dict[datetime, DecisionBucket] = {}
+    for row in rows:
+        start = row["start"] if row["start"].tzinfo else row["start"].replace(tzinfo=UTC)
+        bucket = buckets.setdefault(start, DecisionBucket(start=start))
+        setattr(bucket, row["decision"], getattr(bucket, row["decision"]) + row["n"])
+    return [buckets[start] for start in sorted(buckets)]
+
+
+def model_cards(root: Path) -> list[ModelCard]:
+    """Every model's versions, newest first, with stage, metrics and plot files."""
+    cards = []
+    for name in registry.models(root):
+        stages = registry.versions(root, name)
+        versions = []
+        for number in sorted(stages, reverse=True):
+            manifest = registry.get(root, name, number).manifest
+            plots = sorted(file for file in manifest.files if file.lower().endswith(".png"))
+            versions.append(VersionCard(version=number, stage=stages[number], created=manifest.created, metrics=manifest.metrics, plots=plots))
+        cards.append(ModelCard(name=name, production=registry.current(root, name), versions=versions))
+    return cards
+
+
+def _asset(name: str) -> bytes:
+    return files("api.dashboard").joinpath(name).read_bytes()
