@@ -98,19 +98,19 @@ class EmbeddedBroker:
         """Stop the broker if it runs (data is kept); return whether one was stopped."""
         pid = self._pid()
         self._pid_file.unlink(missing_ok=True)
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             return False
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if process_alive(pid):
             os.killpg(pid, signal.SIGKILL)
         return True
 
     def status(self) -> BrokerStatus:
         pid = self._pid()
-        running = pid is not None and _alive(pid)
+        running = pid is not None and process_alive(pid)
         return BrokerStatus(
             impl=self.impl,
             bootstrap_servers=self.bootstrap_servers,
@@ -155,7 +155,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` runs (a child that exited is reaped)."""
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         if waited == pid:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import statistics
+import time
 from collections import Counter
 from typing import Optional
 
@@ -10,7 +13,7 @@ from rich.table import Table
 
 from edgelake.cli.common import console, reported_errors
 from edgelake.cli.produce import print_deliveries, run_producer
-from edgelake.contracts import EVENT_BY_TOPIC, InvalidEvent
+from edgelake.contracts import EVENT_BY_TOPIC, FraudScore, InvalidEvent
 from edgelake.settings import Settings
 
 # The example analysts' query the demo answers over the gold tables it built.
@@ -24,6 +27,9 @@ FROM gold_fraud_rates
 GROUP BY merchant_category
 ORDER BY fraud_pct DESC NULLS LAST, merchant_category
 """
+
+SCORED = 5_000  # the latest ULB transactions, scored through the API
+SCORE_BATCH = 500
 
 # (kind, source, events when no --limit is given; None = the whole data set)
 DEMO_FEEDS = (
@@ -41,7 +47,7 @@ def demo(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many events per feed."),
 ) -> None:
     """Start the embedded broker, produce every real data set, read each topic back, land it in the lake,
-    build the gold tables with Spark, answer an example SQL query over them, and train and publish both models."""
+    build the gold tables with Spark, answer an example SQL query over them, train and publish both models, and score transactions through the API."""
     from edgelake.broker import bootstrap_servers
     from edgelake.cli.ingest import print_table_counts
     from edgelake.cli.lake import run_build_gold
@@ -75,6 +81,11 @@ def demo(
             train_models(settings)
         else:
             console.print("skipped under --limit: the models are trained on the full data sets", style="yellow")
+        console.rule("[bold]7. serve the API, score a stream of transactions, land the scores in the lake")
+        if limit is None:
+            serve_and_score(settings)
+        else:
+            console.print("skipped under --limit: scoring needs the trained fraud model", style="yellow")
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
 
@@ -86,6 +97,71 @@ def train_models(settings: Settings) -> None:
 
     print_published(train_and_publish_fraud(settings, FraudConfig(source="ulb"), settings.spark_master, Stage.production))
     print_published(train_and_publish_vision(settings, None, None, "auto", 1, Stage.production))
+
+
+def serve_and_score(settings: Settings) -> None:
+    """Start the API in the background, score the ULB set's latest transactions through it, ingest the
+    scores it produced, and print the decisions and the dashboard's address."""
+    from urllib.parse import urlparse
+
+    from api.keys import KeyStore, keys_path
+    from edgelake.cli.serve import start_background
+    from ingest.loop import IngestOptions, ingest
+
+    address = urlparse(settings.api_url)
+    url = start_background(settings, address.hostname or "127.0.0.1", address.port or 8000)
+    keys = KeyStore(keys_path(settings.data_dir))
+    _, producer_key = keys.create("demo-scoring", "producer")
+    _, analyst_key = keys.create("demo-dashboard", "analyst")
+    decisions, latencies = _score_stream(url, producer_key, _latest_ulb_transactions(settings, SCORED))
+    listing = Table("decision", "transactions", title=f"{sum(decisions.values()):,} transactions scored through {url}/v1/score:batch")
+    for decision in ("approve", "review", "decline"):
+        listing.add_row(decision, f"{decisions[decision]:,}")
+    console.print(listing)
+    console.print(f"batches of {SCORE_BATCH}: median {statistics.median(latencies) * 1000:.1f} ms a batch", highlight=False)
+    _wait_for_scores(settings, sum(decisions.values()))
+    totals = ingest(settings, IngestOptions(topics=(FraudScore.topic,)), once=True)
+    console.print(f"fraud scores landed in silver: {totals.counts.get(FraudScore.topic, {}).get('silver', 0):,}", highlight=False)
+    console.print(f"[bold]dashboard:[/] {url}/?key={analyst_key}   (stop the API with `edgelake serve --stop`)", highlight=False)
+
+
+def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, object]]:
+    """The last ``count`` ULB transactions (the part the fraud model was tested on), as JSON objects."""
+    from collections import deque
+
+    from ingest.sources import ulb
+
+    latest = deque(ulb.transactions(ulb.fetch_csv(settings.cache_dir), settings.dataset_base_time), maxlen=count)
+    return [json.loads(transaction.to_bytes()) for transaction in latest]
+
+
+def _score_stream(url: str, key: str, transactions: list[dict[str, object]]) -> tuple[Counter[str], list[float]]:
+    """Score the transactions in batches; the decisions and each batch's seconds."""
+    import httpx2
+
+    decisions: Counter[str] = Counter()
+    latencies = []
+    with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0) as client:
+        for start in range(0, len(transactions), SCORE_BATCH):
+            began = time.perf_counter()
+            response = client.post("/v1/score:batch", json=transactions[start : start + SCORE_BATCH])
+            latencies.append(time.perf_counter() - began)
+            response.raise_for_status()
+            decisions.update(score["decision"] for score in response.json()["scores"])
+    return decisions, latencies
+
+
+def _wait_for_scores(settings: Settings, count: int, timeout_s: float = 60.0) -> None:
+    """Wait until the API's background publisher has put ``count`` score events on their topic."""
+    from edgelake.broker import bootstrap_servers
+    from edgelake.kafka import read_topic
+
+    deadline = time.monotonic() + timeout_s
+    servers = bootstrap_servers(settings)
+    while sum(1 for _ in read_topic(servers, settings.topic(FraudScore.topic), idle_s=0.5)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count:,} score events reached {settings.topic(FraudScore.topic)} in {timeout_s:g} s")
+        time.sleep(1.0)
 
 
 def _capped(count: int | None, limit: int | None) -> int | None:

@@ -37,3 +37,26 @@ def test_serve_runs_the_app_factory_in_several_workers(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
+
+
+def test_serve_detached_runs_in_the_background_until_stopped(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "lake").mkdir()
+    env = {**os.environ, "EDGELAKE_DATA_DIR": str(tmp_path), "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "edgelake", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+    started = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=90)
+    assert started.returncode == 0, started.stderr
+    assert f"API server running at http://127.0.0.1:{port}" in started.stdout
+    assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    again = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=90)
+    assert f"http://127.0.0.1:{port}" in again.stdout  # the running one, not a second server
+
+    stopped = subprocess.run([*command, "--stop"], env=env, capture_output=True, text=True, timeout=60)
+    assert "API server stopped" in stopped.stdout
+    try:
+        httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        raise AssertionError("the server still answers after --stop")
+    except httpx2.TransportError:
+        pass
+    assert not (tmp_path / "api" / "server.pid").exists()
