@@ -19,7 +19,7 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgelake"'}
 def require(*roles: Role) -> Callable[..., ApiKey]:
     """A dependency that admits keys holding one of ``roles`` (admin is always admitted) within their rate limit."""
 
-    def caller(
+    async def caller(  # async: a plain function would cost every request a thread-pool handoff
         request: Request,
         bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
         header_key: str | None = Depends(_api_key),

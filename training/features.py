@@ -69,7 +69,9 @@ def fraud_inputs(columns: Mapping[str, Any]) -> np.ndarray:
 def _floats(values: Any, fill: float | None = None) -> np.ndarray:
     """``values`` as float64, None as NaN, and NaN as ``fill`` where one is given."""
     array = np.array(values, dtype=np.float64)
-    return np.nan_to_num(array, nan=fill) if fill is not None else array
+    if fill is not None:
+        array[np.isnan(array)] = fill  # np.nan_to_num costs ~15 µs a call, most of a one-row scoring step
+    return array
 
 
 def _utc_seconds(values: Any) -> np.ndarray:

@@ -85,6 +85,34 @@ def train(
     report("train", result, as_json, record)
 
 
+@app.command("api")
+def api(
+    ctx: typer.Context,
+    rates: str = typer.Option("200,500", "--rates", help="Comma-separated request rates (req/s) to measure p50/p99 and errors at."),
+    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="Seconds of load at each rate."),
+    search: bool = typer.Option(True, "--search/--no-search", help="Also find each variant's sustainable rate and their ratio."),
+    as_json: bool = JSON_OPTION,
+    record: bool = RECORD_OPTION,
+) -> None:
+    """/v1/score on a real uvicorn server, loaded open loop at fixed rates, against Keras ``model.predict`` per request."""
+    from bench import api as bench_api
+
+    with reported_errors():
+        result = bench_api.run(ctx.obj, _rates(rates), seconds, search)
+    report("api", result, as_json, record)
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    """``--rates``: comma-separated whole rates of at least 1 request/s."""
+    try:
+        rates = tuple(int(rate) for rate in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"not comma-separated whole numbers: {text!r}", param_hint="--rates") from None
+    if not rates or min(rates) < 1:
+        raise typer.BadParameter("rates must be at least 1 request/s", param_hint="--rates")
+    return rates
+
+
 def report(name: str, result: dict[str, Any], as_json: bool, record: bool) -> None:
     """Print a benchmark's result (as one JSON line with ``as_json``) and, with ``record``, append it to bench/RESULTS.md."""
     from bench.results import record_result
@@ -94,5 +122,4 @@ def report(name: str, result: dict[str, Any], as_json: bool, record: bool) -> No
     print(json.dumps(result)) if as_json else console.print(result)
 
 
-not_built(app, "api", "Scoring latency against a naive baseline (issue #6).")
 not_built(app, "edge", "Edge inference latency, size and memory (issue #7).")
