@@ -42,3 +42,4 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its warnings are internal timing noise
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # several INFO lines per micro-batch pipeline
     logging.getLogger("py4j").setLevel(logging.WARNING)  # a line per Spark gateway connection
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per HTTP request
