@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from edgelake.files import replace_durably
 
 Role = Literal["producer", "analyst", "device", "admin"]
 ROLES: tuple[Role, ...] = ("producer", "analyst", "device", "admin")
@@ -125,19 +125,4 @@ class KeyStore:
             self._write(file)
 
     def _write(self, file: KeyFile) -> None:
-        descriptor, temporary = tempfile.mkstemp(prefix=".keys-", dir=self.path.parent)
-        try:
-            os.fchmod(descriptor, 0o600)
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(file.model_dump_json(indent=2).encode())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
+        replace_durably(self.path, file.model_dump_json(indent=2).encode(), mode=0o600)

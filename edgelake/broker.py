@@ -100,12 +100,7 @@ class EmbeddedBroker:
         self._pid_file.unlink(missing_ok=True)
         if pid is None or not process_alive(pid):
             return False
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        terminate_group(pid, timeout_s)
         return True
 
     def status(self) -> BrokerStatus:
@@ -153,6 +148,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def terminate_group(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid``; SIGKILL it if it still runs after ``timeout_s``."""
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if process_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def process_alive(pid: int) -> bool:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from edgelake.files import fsync_directory, replace_durably
 from edgelake.signing import (
     MANIFEST,
     RESERVED,
@@ -350,7 +351,7 @@ def set_rollout(root: Path, name: str, canary_percent: int, canary_version: int 
     if canary_version is not None and canary_version not in published:
         raise UnknownModel(f"model '{name}' has no version {canary_version} to put on canary")
     policy = RolloutPolicy(canary_percent=canary_percent, canary_version=canary_version, updated=datetime.now(UTC), actor=actor)
-    _replace_synced(root / name / ROLLOUT, canonical_json(policy.model_dump(mode="json")))
+    replace_durably(root / name / ROLLOUT, canonical_json(policy.model_dump(mode="json")))
     return policy
 
 
@@ -454,7 +455,7 @@ def _claim(staging: Path, target: Path) -> bool:
         if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
             return False
         raise
-    _fsync_dir(target.parent)
+    fsync_directory(target.parent)
     return True
 
 
@@ -495,13 +496,6 @@ def _write_synced(path: Path, content: bytes) -> None:
         os.fsync(file.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _read_book(model_dir: Path) -> StageBook:
     path = model_dir / STAGES
@@ -515,19 +509,6 @@ def _stage_book(model_dir: Path) -> Iterator[StageBook]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         book = _read_book(model_dir)
         yield book
-        _replace_synced(model_dir / STAGES, canonical_json(book.model_dump(mode="json", by_alias=True)))
+        replace_durably(model_dir / STAGES, canonical_json(book.model_dump(mode="json", by_alias=True)))
 
 
-def _replace_synced(path: Path, content: bytes) -> None:
-    """Replace ``path`` with ``content`` atomically and durably (temp file, fsync, rename, fsync the directory)."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)

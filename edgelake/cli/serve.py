@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +12,7 @@ from urllib.parse import urlparse
 
 import typer
 
-from edgelake.broker import process_alive
+from edgelake.broker import process_alive, terminate_group
 from edgelake.cli.common import console, reported_errors
 from edgelake.settings import Settings
 
@@ -77,13 +75,7 @@ def stop_background(settings: Settings, timeout_s: float = 10.0) -> bool:
     if not _running(pid_file):
         pid_file.unlink(missing_ok=True)
         return False
-    pid = json.loads(pid_file.read_text())["pid"]
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if process_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    terminate_group(json.loads(pid_file.read_text())["pid"], timeout_s)
     pid_file.unlink(missing_ok=True)
     return True
 

@@ -1,0 +1,34 @@
+"""Durable local file writes shared by the registry, the API's stores and the CLI."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def replace_durably(path: Path, content: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``content`` atomically and durably: a temp file beside it (with ``mode``),
+    fsync, rename over ``path``, fsync the directory so the rename itself survives a crash."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the directory's entries (created, renamed or removed files) durable."""
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
