@@ -24,8 +24,12 @@ from api.problems import PROBLEM_RESPONSES, Problem, documented
 from api.publisher import ScorePublisher
 from api.scoring import MODEL_NAME, Decision, Features, ModelUnavailable, Scorer
 from edgelake.contracts import FraudScore, Transaction
+from training.features import ATTRIBUTES
 
 MAX_BATCH = 1_000
+# The largest amount or attribute value scored: beyond it the card's window sums overflow (math.fsum raises) and the
+# model's float32 inputs become infinite. The contract admits any finite value; the scorer does not.
+MAX_MAGNITUDE = 1e15
 
 router = APIRouter(
     prefix="/v1", tags=["score"], dependencies=[Depends(require("producer"))],
@@ -71,12 +75,14 @@ def _body(adapter: TypeAdapter[Any]) -> dict[str, Any]:
 @router.post("/score", summary="Score one transaction", openapi_extra=_body(_ONE))
 async def score_one(request: Request) -> ScoreResult:
     transaction = _validated(_ONE, await request.body())
+    _within_range([transaction], batch=False)
     return (await run_in_threadpool(_score, request, [transaction]))[0]
 
 
 @router.post("/score:batch", summary=f"Score up to {MAX_BATCH:,} transactions, in order", openapi_extra=_body(_BATCH))
 async def score_batch(request: Request) -> BatchResult:
     transactions = _validated(_BATCH, await request.body())
+    _within_range(transactions, batch=True)
     return BatchResult(scores=await run_in_threadpool(_score, request, transactions))
 
 
@@ -85,6 +91,19 @@ def _validated(adapter: TypeAdapter[Any], body: bytes) -> Any:
         return adapter.validate_json(body)
     except ValidationError as error:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
+
+
+def _within_range(transactions: list[Transaction], *, batch: bool) -> None:
+    """A 422 naming each amount or ``V*`` attribute (the model's inputs) beyond ``MAX_MAGNITUDE``."""
+    errors = []
+    for index, t in enumerate(transactions):
+        where: tuple[str | int, ...] = ("body", index) if batch else ("body",)
+        fields = [(("amount",), t.amount), *((("attributes", name), t.attributes[name]) for name in ATTRIBUTES if name in t.attributes)]
+        for field, value in fields:
+            if abs(value) > MAX_MAGNITUDE:
+                errors.append({"type": "less_than_equal", "loc": (*where, *field), "msg": f"must be at most {MAX_MAGNITUDE:g} in magnitude to be scored"})
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResult]:

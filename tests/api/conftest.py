@@ -15,13 +15,14 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.keys import ROLES, KeyStore, keys_path
-from edgelake.broker import free_port
+from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
 from ingest.sources import synthetic
-from support import append_silver
+from support import append_silver, isolated_settings
 from training import registry
 
 SYNTHETIC = synthetic.SyntheticConfig(seed=5, cards=20, merchants=30)
+TRAINING = synthetic.SyntheticConfig(seed=3, cards=80, merchants=60, fraud_rate=0.06)
 FIRST_BATCH, SECOND_BATCH = 120, 80
 
 
@@ -91,3 +92,27 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url:
         yield Deployment(settings, url, tokens, model, (first, second))
+
+
+@pytest.fixture(scope="session")
+def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, noida_broker: EmbeddedBroker) -> Settings:  # type: ignore[no-untyped-def]
+    """Settings over a lake whose registry holds a trained fraud model in production, on fresh topics.
+
+    Trained once per session (Spark and a small network): /v1/score's tests and the OpenAPI property run share it.
+    Treat the lake as read-only; copy it to change it.
+    """
+    from training.fraud import FraudConfig, train_fraud
+
+    base = tmp_path_factory.mktemp("score")
+    settings = isolated_settings(noida_broker.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
+    append_silver(settings.lake_root, list(synthetic.transactions(TRAINING, 3000)))
+    append_silver(settings.lake_root, list(synthetic.labels(TRAINING, 3000)))
+    result = train_fraud(spark, settings.lake_root, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
+    signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root)
+    root = registry.registry_root(settings.lake_root)
+    published = registry.publish(
+        root, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]}, lineage=result.lineage, signer=signer,
+        feature_version=result.feature_version,
+    )  # fmt: skip
+    registry.promote(root, "fraud", published.version, "production")
+    return settings

@@ -26,7 +26,7 @@ import pytest
 from api.app import create_app
 from api.keys import ROLES, KeyStore, keys_path
 from api.scoring import decide
-from edgelake.broker import EmbeddedBroker, free_port
+from edgelake.broker import free_port
 from edgelake.contracts import FraudScore, Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
@@ -36,29 +36,14 @@ from lake.features import CARD_FEATURES
 from support import append_silver, isolated_settings
 from training import registry
 
-TRAINING = synthetic.SyntheticConfig(seed=3, cards=80, merchants=60, fraud_rate=0.06)
 REPLAY = synthetic.SyntheticConfig(seed=11, cards=16, merchants=30, start=datetime(2025, 3, 1, tzinfo=UTC))
 REPLAY_COUNT = 1_000
 
 
 @pytest.fixture(scope="module")
-def lake(spark, tmp_path_factory: pytest.TempPathFactory, noida_broker: EmbeddedBroker) -> Settings:  # type: ignore[no-untyped-def]
-    """Settings over a lake whose registry holds a trained fraud model in production, on fresh topics, with a key per role."""
-    from training.fraud import FraudConfig, train_fraud
-
-    base = tmp_path_factory.mktemp("score")
-    settings = isolated_settings(noida_broker.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
-    append_silver(settings.lake_root, list(synthetic.transactions(TRAINING, 3000)))
-    append_silver(settings.lake_root, list(synthetic.labels(TRAINING, 3000)))
-    result = train_fraud(spark, settings.lake_root, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
-    signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root)
-    root = registry.registry_root(settings.lake_root)
-    published = registry.publish(
-        root, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]}, lineage=result.lineage, signer=signer,
-        feature_version=result.feature_version,
-    )  # fmt: skip
-    registry.promote(root, "fraud", published.version, "production")
-    return settings
+def lake(fraud_lake: Settings) -> Settings:
+    """The session's lake with a trained fraud model in production (see conftest)."""
+    return fraud_lake
 
 
 @pytest.fixture(scope="module")
