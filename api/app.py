@@ -14,9 +14,10 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from api.card_feed import CardFeed, Start
 from api.devices import DeviceStore, ResultForwarder, devices_path
 from api.keys import KeyStore, keys_path
-from api.metrics import LatencyMiddleware, ScoreMetrics, request_histogram
+from api.metrics import CardFeedMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
 from api.problems import install_problem_handlers
 from api.publisher import ScorePublisher
 from api.ratelimit import RateLimiter
@@ -37,14 +38,26 @@ TAGS = [
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """On shutdown, hand what is still queued for Kafka to the broker and close the producers."""
+    """Start the card feed, if any; on shutdown stop it, hand what is still queued for Kafka to the broker and close the producers."""
+    feed: CardFeed | None = app.state.card_feed
+    if feed is not None:
+        feed.start()
     yield
+    if feed is not None:
+        feed.close()
     app.state.score_publisher.close()
     app.state.forwarder.close()
 
 
-def create_app(settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100) -> FastAPI:
-    """The API over ``settings``' lake and keys; each key may make ``rate_per_s`` requests a second, ``burst`` at once."""
+def create_app(
+    settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100, card_feed: bool = False, card_feed_start: Start = "end"
+) -> FastAPI:
+    """The API over ``settings``' lake and keys; each key may make ``rate_per_s`` requests a second, ``burst`` at once.
+
+    With ``card_feed``, a background ``api.card_feed.CardFeed`` adds the transactions topic's
+    transactions (from its end at startup, or its beginning: ``card_feed_start``) to the
+    scorer's card histories while the app runs.
+    """
     app = FastAPI(
         title="edgelake API",
         version=version("edgelake"),
@@ -64,6 +77,8 @@ def create_app(settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100
     score_metrics = ScoreMetrics.create(registry)
     app.state.scorer = Scorer(settings, score_metrics)
     app.state.score_publisher = ScorePublisher(settings, score_metrics)
+    feed_metrics = CardFeedMetrics.create(registry)
+    app.state.card_feed = CardFeed(settings, app.state.scorer, feed_metrics, start=card_feed_start) if card_feed else None
     app.add_middleware(LatencyMiddleware, histogram=request_histogram(registry))
     install_problem_handlers(app)
     routers = (health.router, sql.router, tables.router, models.router, score.router, devices.router, devices.rollout_router)
@@ -73,5 +88,5 @@ def create_app(settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100
 
 
 def app_from_env() -> FastAPI:
-    """The app over settings read from the environment; what ``edgelake serve`` runs in each worker."""
-    return create_app(Settings())
+    """The app over settings read from the environment, with its card feed; what ``edgelake serve`` runs in each worker."""
+    return create_app(Settings(), card_feed=True)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app: request latency per route template, method and status; fraud scoring."""
+"""Prometheus metrics of one app: request latency per route template, method and status; fraud scoring; the card feed."""
 
 from __future__ import annotations
 
@@ -37,6 +37,26 @@ class ScoreMetrics:
                 "edgelake_fraud_score_events_unpublished", "Score events that could not be sent to the fraud-scores topic.", registry=registry
             ),
         )
+
+
+@dataclass(frozen=True)
+class CardFeedMetrics:
+    """Transactions topic records the card feed fed into card histories or refused, the partitions it reads and how far behind it is."""
+
+    records: Counter
+    partitions: Gauge
+    lag: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> CardFeedMetrics:
+        return cls(
+            Counter(
+                "edgelake_card_feed_records", "Transactions topic records read by the card feed, by outcome (fed, invalid).", ["outcome"],
+                registry=registry,
+            ),
+            Gauge("edgelake_card_feed_partitions", "Transactions topic partitions the card feed reads now; 0 while disconnected.", registry=registry),
+            Gauge("edgelake_card_feed_lag", "Records of the transactions topic the card feed has not read yet (as of its last fetch).", registry=registry),
+        )  # fmt: skip
 
 
 class LatencyMiddleware:

@@ -8,8 +8,10 @@ fallback where the TFLite file cannot be loaded. The registry is checked for a n
 production version at most every ``score_model_check_s`` seconds.
 
 Card features come from one ``CardHistory`` per process, fed by the transactions scored
-here, so they equal Spark's batch features when each card's transactions arrive in
-event-time order (see ``CardHistory`` for same-instant ties).
+here and, where the app runs an ``api.card_feed.CardFeed``, by those read from the
+transactions topic (``record``), so they equal Spark's batch features when each card's
+transactions arrive in event-time order (see ``CardHistory`` for same-instant ties). A
+transaction both scored and read from the topic counts once: the history keeps event ids.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from api.metrics import ScoreMetrics
+from api.redis_cards import RedisCardHistory
 from edgelake.contracts import Transaction
 from edgelake.settings import Settings
 from training import registry
@@ -44,6 +49,19 @@ class ModelUnavailable(RuntimeError):
     """No production fraud model can be served: none exists, it fails verification or its features differ."""
 
 
+class CardStateUnavailable(RuntimeError):
+    """The shared online card state (Redis) cannot be reached."""
+
+
+def card_history(settings: Settings) -> CardHistory | RedisCardHistory:
+    """The online card state the settings choose: in this process, or in Redis, shared by every replica."""
+    if settings.online_features == "redis":
+        import redis
+
+        return RedisCardHistory(redis.Redis.from_url(settings.redis_url))
+    return CardHistory()
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """A verified production version and how to run it: float32 inputs to fraud probabilities."""
@@ -51,6 +69,15 @@ class ServedModel:
     version: int
     runtime: str
     predict: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Whether a production fraud model is served now: its version, or why not."""
+
+    loaded: bool
+    version: int | None
+    detail: str | None
 
 
 @dataclass(frozen=True)
@@ -77,7 +104,7 @@ class Scorer:
         self.settings = settings
         self._metrics = metrics
         self._root = registry.registry_root(settings.lake_root)
-        self._history = CardHistory()
+        self._history = card_history(settings)
         self._history_lock = threading.Lock()
         self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter
         self._model: ServedModel | ModelUnavailable = ModelUnavailable(f"no production version of model '{MODEL_NAME}' loaded yet")
@@ -93,11 +120,25 @@ class Scorer:
                 raise self._model
             return self._model
 
+    def status(self) -> ModelStatus:
+        """The model in use (checking the registry as ``model`` does), or why none is; never raises ModelUnavailable."""
+        try:
+            version = self.model().version
+        except ModelUnavailable as error:
+            return ModelStatus(False, None, str(error))
+        return ModelStatus(True, version, None)
+
+    def record(self, transactions: Sequence[Transaction]) -> None:
+        """Add ``transactions`` to their cards' histories without scoring them; event ids already held are skipped."""
+        with self._history_lock, _card_state_errors():
+            for t in transactions:
+                self._history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id)
+
     def score(self, transactions: Sequence[Transaction]) -> tuple[ServedModel, list[Scored]]:
-        """Score ``transactions`` in order, adding each to its card's history; the model used and the scores."""
+        """Score ``transactions`` in order, adding each to its card's history (once per event id); the model used and the scores."""
         model = self.model()
-        with self._history_lock:
-            features = [self._history.add(t.card_id, t.event_time, t.amount, t.merchant_id) for t in transactions]
+        with self._history_lock, _card_state_errors():
+            features = [self._history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id) for t in transactions]
         columns: dict[str, list[object]] = {
             "amount": [t.amount for t in transactions],
             "event_time": [t.event_time for t in transactions],
@@ -171,3 +212,12 @@ def _keras(version: int, path: Path) -> ServedModel:
     except (OSError, ValueError) as error:
         raise ModelUnavailable(f"{MODEL_NAME} v{version} does not load: {error}") from None
     return ServedModel(version, "keras", lambda x: np.asarray(model.predict(x, verbose=0), np.float32))
+
+
+@contextmanager
+def _card_state_errors() -> Iterator[None]:
+    """Redis failures as CardStateUnavailable; the in-process state raises none."""
+    try:
+        yield
+    except RedisError as error:
+        raise CardStateUnavailable(f"the online card state cannot be reached: {error}") from None

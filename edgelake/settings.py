@@ -39,6 +39,14 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Seconds between checks of the registry for a new production fraud model; 0 checks on every request."
     )
 
+    online_features: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Where the scorer keeps each card's recent transactions: in-process memory (one replica) or Redis (shared by several replicas).",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis holding the card histories when online_features is redis."
+    )
+
     fashion_mnist_dir: Path = Field(
         Path("/usr/share/datasets/fashion-mnist"), description="Debian dataset-fashion-mnist files."
     )

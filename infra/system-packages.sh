@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages edgelake needs: a Java runtime (Spark), the Fashion-MNIST data set and
-# Chromium (the dashboard's test renders the page in headless Chromium).
+# Debian packages edgelake needs: a Java runtime (Spark), the Fashion-MNIST data set,
+# Chromium (the dashboard's test renders the page in headless Chromium) and redis-server
+# (the card histories shared by several API replicas; its tests start a real one).
 set -euo pipefail
 
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

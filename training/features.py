@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -87,6 +87,8 @@ class _Card:
     times: deque[datetime] = field(default_factory=deque)  # the last 7 days, in event-time order
     amounts: deque[float] = field(default_factory=deque)
     merchants: deque[str] = field(default_factory=deque)
+    event_ids: deque[str | None] = field(default_factory=deque)
+    seen: set[str] = field(default_factory=set)  # the kept transactions' event ids
     count: int = 0
     total: float = 0.0
     last: datetime | None = None
@@ -108,24 +110,40 @@ class CardHistory:
     running count and total of its whole history. A transaction older than the card's
     latest is still scored, from the history as it stands (its windows leave out later
     transactions, but the mean includes them and ``seconds_since_previous`` is 0).
+
+    Adding is idempotent per ``event_id``: a transaction whose event id the card already
+    holds (among its kept 7 days) is not recorded again, and its features are recomputed
+    from the history as it stands, as for a late transaction: the same windows, counts
+    and sums as when first recorded unless later same-instant or earlier late ones came
+    since, the card mean over everything recorded, and ``seconds_since_previous`` 0 where
+    the card has a transaction at or after it (``api.redis_cards`` answers the same).
+    An event id older than the kept history, or no event id, is counted again.
     """
 
     def __init__(self) -> None:
         self._cards: dict[str, _Card] = {}
 
-    def add(self, card_id: str, event_time: datetime, amount: float, merchant_id: str) -> dict[str, float | int | None]:
-        """Record a transaction and return its card features (it is included, as in batch)."""
+    def add(
+        self, card_id: str, event_time: datetime, amount: float, merchant_id: str, event_id: str | None = None
+    ) -> dict[str, float | int | None]:
+        """Record a transaction (unless its ``event_id`` is already held) and return its card features (it is included, as in batch)."""
         card = self._cards.setdefault(card_id, _Card())
         since = None if card.last is None else max((event_time - card.last).total_seconds(), 0.0)
+        if event_id is not None and event_id in card.seen:
+            return self._features(card, event_time, amount, since)
         position = bisect.bisect_right(card.times, event_time)
         card.times.insert(position, event_time)
         card.amounts.insert(position, amount)
         card.merchants.insert(position, merchant_id)
+        card.event_ids.insert(position, event_id)
+        if event_id is not None:
+            card.seen.add(event_id)
         card.count += 1
         card.total += amount
         card.last = max(card.last or event_time, event_time)
         while card.times and card.times[0] <= card.last - _LONGEST:
             card.times.popleft(), card.amounts.popleft(), card.merchants.popleft()
+            card.seen.discard(card.event_ids.popleft())  # type: ignore[arg-type]
         return self._features(card, event_time, amount, since)
 
     def _features(self, card: _Card, t: datetime, amount: float, since: float | None) -> dict[str, float | int | None]:
@@ -135,7 +153,10 @@ class CardHistory:
         for feature in CARD_FEATURES:
             if feature.span is not None:
                 start = bisect.bisect_right(card.times, t - feature.span, 0, upto)
-                values[feature.name] = _window_value(card, feature.kind, range(start, upto))
+                inside = range(start, upto)
+                values[feature.name] = window_value(
+                    feature.kind, [card.amounts[i] for i in inside], [card.merchants[i] for i in inside]
+                )
             elif feature.kind == "seconds_since_previous":
                 values[feature.name] = since
             elif feature.kind == "amount_to_card_mean":
@@ -145,12 +166,12 @@ class CardHistory:
         return values
 
 
-def _window_value(card: _Card, kind: str, inside: range) -> float | int:
-    """A windowed feature of ``kind`` over the card's kept transactions at positions ``inside``."""
+def window_value(kind: str, amounts: Sequence[float], merchants: Sequence[str]) -> float | int:
+    """A windowed feature of ``kind`` from the amounts and merchants of the transactions in the window."""
     if kind == "count":
-        return len(inside)
+        return len(amounts)
     if kind == "amount_sum":
-        return math.fsum(card.amounts[i] for i in inside)
+        return math.fsum(amounts)
     if kind == "distinct_merchants":
-        return len({card.merchants[i] for i in inside})
+        return len(set(merchants))
     raise ValueError(f"no online computation for windowed kind '{kind}'")

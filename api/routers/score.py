@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from api.auth import require
 from api.problems import PROBLEM_RESPONSES, Problem, documented
 from api.publisher import ScorePublisher
-from api.scoring import MODEL_NAME, Decision, Features, ModelUnavailable, Scorer
+from api.scoring import MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer
 from edgelake.contracts import FraudScore, Transaction
 from training.features import ATTRIBUTES
 
@@ -114,6 +114,8 @@ def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResul
         model, scored = scorer.score(transactions)
     except ModelUnavailable as error:
         raise Problem(503, str(error), kind="model-unavailable", title="No fraud model to serve") from None
+    except CardStateUnavailable as error:
+        raise Problem(503, str(error), kind="card-state-unavailable", title="Online card state unavailable") from None
     latency_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(UTC)
     settings = scorer.settings

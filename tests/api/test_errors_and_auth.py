@@ -125,10 +125,18 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(deployment: Deploym
 def test_health_readiness_and_metrics_need_no_key(deployment: Deployment) -> None:
     with deployment.client() as client:
         assert client.get("/healthz").json() == {"status": "ok"}
-        assert client.get("/readyz").json() == {"status": "ready"}
+        readiness = client.get("/readyz")
+        required = client.get("/readyz", params={"require": "fraud_model"})
         client.get("/v1/tables/{name}")  # a 401 on a templated route
         client.get("/no/such/route")
         metrics = client.get("/metrics")
+    # the lake is reachable, but the published model is not in production: degraded, and not ready for scoring
+    assert readiness.status_code == 200
+    body = readiness.json()
+    assert body["status"] == "degraded" and body["lake"] == {"reachable": True}
+    assert body["fraud_model"]["loaded"] is False and body["fraud_model"]["version"] is None
+    assert "production" in body["fraud_model"]["detail"]
+    assert "no fraud model is loaded" in assert_problem(required, 503)["detail"]
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     assert "# TYPE edgelake_http_request_duration_seconds histogram" in text

@@ -86,7 +86,7 @@ def parity(spark, ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     ordered = sorted([*synthetic_part, *edge_cases(), *ulb_part], key=lambda t: (t.event_time, t.event_id))
     history = CardHistory()
-    online = {t.event_id: history.add(t.card_id, t.event_time, t.amount, t.merchant_id) for t in ordered}
+    online = {t.event_id: history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id) for t in ordered}
     batch = open_table(lake, "gold_card_features").to_pyarrow_table().to_pandas().set_index("event_id")
     inputs = transaction_inputs(read_table(spark, lake, "silver_transactions"), read_table(spark, lake, "gold_card_features"))
     return Parity(ordered, batch, online, inputs.toPandas().set_index("event_id"))
@@ -157,6 +157,34 @@ def test_an_earlier_same_instant_tie_sees_only_the_ties_added_before_it(parity: 
     assert first["amount_to_card_mean"] == pytest.approx(5.0 / 7.5, rel=1e-12)
     assert [v["seconds_since_previous"] for v in (first, second, last)] == [1800.0, 0.0, 0.0]
     assert [parity.batch.at[f"ties-1{x}", "seconds_since_previous"] for x in "abc"] == [1800.0, 0.0, 0.0]
+
+
+def test_a_repeated_event_id_changes_nothing(parity: Parity) -> None:
+    """Every transaction sent twice in a row (a retry) gives, the first time, exactly the values of a single feed."""
+    history = CardHistory()
+    for t in parity.transactions:
+        first = history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id)
+        again = history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id)
+        assert first == parity.online[t.event_id], t.event_id
+        assert {k: v for k, v in again.items() if k != "seconds_since_previous"} == {
+            k: v for k, v in first.items() if k != "seconds_since_previous"
+        }, t.event_id
+        assert again["seconds_since_previous"] == 0.0  # the card now holds a transaction at its instant: itself
+
+
+def test_a_repeated_event_id_is_counted_once() -> None:
+    history = CardHistory()
+    first = history.add("c", START, 10.0, "m1", "e-1")
+    assert history.add("c", START, 10.0, "m1", "e-1") == {**first, "seconds_since_previous": 0.0}
+    later = history.add("c", START + timedelta(minutes=5), 30.0, "m2", "e-2")
+    assert (later["tx_count_1h"], later["amount_sum_1h"], later["distinct_merchants_24h"], later["seconds_since_previous"]) == (2, 40.0, 2, 300.0)
+    again = history.add("c", START, 10.0, "m1", "e-1")  # a late retry: its windows end at its own time, the mean covers both
+    assert (again["tx_count_7d"], again["amount_sum_7d"], again["amount_to_card_mean"], again["seconds_since_previous"]) == (1, 10.0, 0.5, 0.0)
+    assert history.add("c", START + timedelta(minutes=6), 1.0, "m1", "e-3")["tx_count_1h"] == 3
+    # no event id, or one past the kept 7 days, is counted again
+    assert [history.add("anon", START, 1.0, "m1")["tx_count_1h"] for _ in range(2)] == [1, 2]
+    history.add("c", START + timedelta(days=8), 1.0, "m1", "e-4")
+    assert history.add("c", START, 10.0, "m1", "e-1")["amount_to_card_mean"] == pytest.approx(10.0 / (52.0 / 5))
 
 
 def test_fraud_inputs_are_equal_both_ways(parity: Parity) -> None:
