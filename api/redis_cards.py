@@ -24,7 +24,6 @@ idle card's keys expire on their own.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
