@@ -22,6 +22,7 @@ from api.problems import install_problem_handlers
 from api.publisher import ScorePublisher
 from api.ratelimit import RateLimiter
 from api.routers import dashboard, devices, health, models, score, sql, tables
+from api.routers.dashboard import TopicEnds
 from api.scoring import Scorer
 from edgelake.settings import Settings
 
@@ -74,6 +75,7 @@ def create_app(
     app.state.registry = registry
     app.state.devices = DeviceStore(devices_path(settings.data_dir))
     app.state.forwarder = ResultForwarder(settings)
+    app.state.topic_ends = TopicEnds(settings)
     score_metrics = ScoreMetrics.create(registry)
     app.state.scorer = Scorer(settings, score_metrics)
     app.state.score_publisher = ScorePublisher(settings, score_metrics)

@@ -21,7 +21,6 @@ amount beyond what the scorer accepts) and the lag behind the topic are Promethe
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Sequence
 from typing import Literal
@@ -34,7 +33,7 @@ from api.routers.score import MAX_MAGNITUDE
 from api.scoring import Scorer
 from edgelake.broker import configured_servers
 from edgelake.contracts import InvalidEvent, Transaction
-from edgelake.kafka import consumer_config
+from edgelake.kafka import broker_reachable, consumer_config
 from edgelake.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class CardFeed:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if not _reachable(self._servers):
+            if not broker_reachable(self._servers):
                 self._failed("no broker accepts connections")
                 continue
             consumer: KafkaConsumer | None = None
@@ -142,18 +141,6 @@ class CardFeed:
         log.log(level, "card feed cannot read %s at %s (%s); retrying every %.0fs", self._topic, self._servers, reason, self._retry_s)
         self._failing = True
         self._stop.wait(self._retry_s)
-
-
-def _reachable(servers: str) -> bool:
-    """Whether any bootstrap address accepts a TCP connection (checked before a client exists, which would log each refusal)."""
-    for address in servers.split(","):
-        host, _, port = address.strip().rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=1.0):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
 
 
 def _close(consumer: KafkaConsumer) -> None:

@@ -72,7 +72,7 @@ def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if not any(_accepts(address) for address in bootstrap_servers.split(",")):
+        if not broker_reachable(bootstrap_servers):
             time.sleep(0.2)  # no client yet: a refused connection makes kafka-python log errors
             continue
         try:
@@ -108,6 +108,23 @@ def ensure_topics(settings: Settings, bootstrap_servers: str) -> list[str]:
         return created
     finally:
         admin.close()
+
+
+def broker_reachable(bootstrap_servers: str) -> bool:
+    """Whether any bootstrap address accepts a TCP connection: a check before a client exists, which would log each refusal."""
+    return any(_accepts(address) for address in bootstrap_servers.split(","))
+
+
+def end_offsets(bootstrap_servers: str, topics: Sequence[str], timeout_ms: int = 2000) -> dict[tuple[str, int], int]:
+    """Each partition's end offset of the ``topics`` that exist; a brief client with short timeouts."""
+    consumer = KafkaConsumer(
+        **consumer_config(bootstrap_servers, request_timeout_ms=timeout_ms)
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {(tp.topic, tp.partition): offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
 
 
 def _accepts(address: str) -> bool:

@@ -139,6 +139,7 @@ function renderIngest(states) {
   if (!states.length) return [el("p", { class: "muted" }, "No silver table has been written yet.")];
   const offsets = s => Object.entries(s.offsets).map(([p, o]) => `p${p}: ${o}`).join(", ") || null;
   return [table([["table", s => s.table], ["topic", s => s.topic], ["pipeline", s => s.pipeline], ["committed offsets", offsets],
+                 ["lag (records)", s => s.lag === null ? "broker unreachable" : s.lag.toLocaleString()],
                  ["last ingest commit", s => formatTime(s.last_ingest_commit)], ["age", s => formatAge(s.seconds_since_commit)]],
                 states, "ingest")];
 }

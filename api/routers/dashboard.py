@@ -4,14 +4,16 @@ The page asks once for an API key, keeps it in the tab's ``sessionStorage`` and 
 ``Authorization: Bearer``; opening ``/?key=elk_…`` stores that key and strips it from the
 address bar (handy for scripts and kiosks, but the key then passes through the URL once).
 
-Ingest lag is read from the lake alone, not from the broker: for each silver table it shows
-the Kafka offsets its Delta log has committed per topic partition (what ingest recorded as
-``app_transactions``) and the time since the last ingest commit. Comparing those offsets with
-the topics' end offsets would need a broker round trip on every refresh, so it is left out.
+Ingest lag: for each silver table, the Kafka offsets its Delta log has committed per topic
+partition (what ingest recorded as ``app_transactions``), the time since the last ingest commit,
+and the lag — records in the topic beyond those offsets — from the topics' end offsets, asked of
+the broker at most every ``TopicEnds.ttl_s`` seconds (none while the broker cannot be reached).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -20,13 +22,16 @@ from typing import Any, Literal
 from deltalake import DeltaTable
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
+from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.devices import Device, DeviceStore
 from api.problems import PROBLEM_RESPONSES, Problem
 from api.routers.tables import TableSummary, list_tables
+from edgelake.broker import configured_servers
 from edgelake.contracts import EVENT_BY_TOPIC
+from edgelake.kafka import broker_reachable, end_offsets
 from edgelake.settings import Settings
 from lake.sql import QueryFailed, QueryTimeout, run_query
 from lake.tables import SILVER, table_uri
@@ -52,6 +57,7 @@ class IngestState(BaseModel):
     topic: str
     pipeline: str | None = Field(description="The pipeline of the last ingest commit; none if no ingest commit is in the recent log.")
     offsets: dict[int, int] = Field(description="Partition -> last Kafka offset committed into the table.")
+    lag: int | None = Field(None, description="Records in the topic after the committed offsets; none if the broker cannot be reached.")
     last_ingest_commit: datetime | None
     seconds_since_commit: float | None
 
@@ -123,9 +129,41 @@ def dashboard(request: Request) -> Dashboard:
     now = datetime.now(UTC)
     devices: DeviceStore = request.app.state.devices
     return Dashboard(
-        generated=now, tables=list_tables(request), ingest=ingest_states(settings.lake_root, now),
+        generated=now, tables=list_tables(request), ingest=with_lag(ingest_states(settings.lake_root, now), request.app.state.topic_ends),
         scores=score_stats(settings), models=model_cards(registry.registry_root(settings.lake_root)), devices=devices.devices(),
     )  # fmt: skip
+
+
+class TopicEnds:
+    """The end offsets of the topics ingest reads, from the broker the settings name, cached for ``ttl_s`` seconds."""
+
+    def __init__(self, settings: Settings, ttl_s: float = 5.0) -> None:
+        self.servers = configured_servers(settings)
+        self.ttl_s = ttl_s
+        self._ends: dict[tuple[str, int], int] | None = None
+        self._asked = -math.inf
+
+    def get(self, topics: list[str]) -> dict[tuple[str, int], int] | None:
+        """Each partition's end offset, or None while the broker cannot be reached."""
+        if time.monotonic() - self._asked >= self.ttl_s:
+            self._asked = time.monotonic()
+            try:
+                self._ends = end_offsets(self.servers, topics) if broker_reachable(self.servers) else None
+            except KafkaError:
+                self._ends = None
+        return self._ends
+
+
+def with_lag(states: list[IngestState], topic_ends: TopicEnds) -> list[IngestState]:
+    """The states with each topic's records beyond its committed offsets."""
+    ends = topic_ends.get([state.topic for state in states if state.pipeline])
+    if ends is None:
+        return states
+    return [
+        state.model_copy(update={"lag": sum(end - state.offsets.get(p, -1) - 1 for (topic, p), end in ends.items() if topic == state.topic)})
+        if state.pipeline else state
+        for state in states
+    ]
 
 
 def ingest_states(lake_root: str, now: datetime) -> list[IngestState]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,14 @@ from pathlib import Path
 import httpx2
 import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from kafka import KafkaProducer
 
 from api.app import create_app
 from api.keys import ROLES, KeyStore, keys_path
 from bench.silver import silver_rows
+from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import FraudScore
+from edgelake.kafka import ensure_topics, producer_config
 from edgelake.settings import Settings
 from ingest.sources import synthetic
 from lake.tables import SILVER, table_uri
@@ -30,6 +34,7 @@ SCORES = 30  # one every 6 minutes from 10:00: three hour buckets of 10, and 3 s
 FIRST_SCORE = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 SCORES_PARTITION, SCORES_FIRST_OFFSET = 1, 100
 PIPELINE = "test-ingest"
+UNINGESTED = 7  # records in the scores topic after the committed offsets
 TRANSACTIONS = 50
 
 
@@ -59,8 +64,8 @@ def fraud_scores() -> list[FraudScore]:
     return events
 
 
-def commit_scores_as_ingest(lake_root: str, events: list[FraudScore]) -> None:
-    """Commit the scores to silver with the offsets and metadata an ingest commit carries."""
+def commit_scores_as_ingest(lake_root: str, events: list[FraudScore], topic: str) -> None:
+    """Commit the scores to silver with the offsets and metadata an ingest commit of ``topic`` (broker-side name) carries."""
     spec = SILVER[FraudScore.topic]
     uri = table_uri(lake_root, spec)
     DeltaTable.create(uri, spec.schema, mode="ignore", partition_by=list(spec.partition_by), name=spec.name)
@@ -68,8 +73,8 @@ def commit_scores_as_ingest(lake_root: str, events: list[FraudScore]) -> None:
     write_deltalake(
         uri, silver_rows(events, SCORES_PARTITION, SCORES_FIRST_OFFSET), mode="append", schema_mode="merge",
         commit_properties=CommitProperties(
-            app_transactions=[Transaction(f"{PIPELINE}/{FraudScore.topic}/{SCORES_PARTITION}", last)],
-            custom_metadata={"pipeline": PIPELINE, "topic": FraudScore.topic},
+            app_transactions=[Transaction(f"{PIPELINE}/{topic}/{SCORES_PARTITION}", last)],
+            custom_metadata={"pipeline": PIPELINE, "topic": topic},
         ),
     )  # fmt: skip
 
@@ -87,12 +92,23 @@ def enroll_device(admin: httpx2.Client, anonymous: httpx2.Client) -> str:
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
-    """A server over a lake of its own: silver transactions, ingest-committed fraud scores, a model and a device."""
+def board(tmp_path_factory: pytest.TempPathFactory, noida_broker: EmbeddedBroker) -> Iterator[Board]:
+    """A server over a lake of its own: silver transactions, ingest-committed fraud scores (with more records in
+    their topic than committed: the lag), a model and a device."""
     base = tmp_path_factory.mktemp("dashboard")
-    settings = Settings(data_dir=base / "data", lake_root=str(base / "lake"), sql_timeout_s=30)
+    settings = Settings(
+        data_dir=base / "data", lake_root=str(base / "lake"), sql_timeout_s=30,
+        kafka_bootstrap_servers=noida_broker.bootstrap_servers, topic_prefix=f"dash{uuid.uuid4().hex[:8]}-",
+    )  # fmt: skip
     append_silver(settings.lake_root, list(synthetic.transactions(synthetic.SyntheticConfig(seed=9, cards=5, merchants=5), TRANSACTIONS)))
-    commit_scores_as_ingest(settings.lake_root, fraud_scores())
+    scores_topic = settings.topic(FraudScore.topic)
+    commit_scores_as_ingest(settings.lake_root, fraud_scores(), scores_topic)
+    ensure_topics(settings, noida_broker.bootstrap_servers)
+    producer = KafkaProducer(**producer_config(noida_broker.bootstrap_servers))
+    for _ in range(SCORES_FIRST_OFFSET + SCORES + UNINGESTED):
+        producer.send(scores_topic, value=b"{}", partition=SCORES_PARTITION)
+    producer.flush()
+    producer.close()
     publish_model(registry.registry_root(settings.lake_root), settings.lake_root, settings.data_dir, base / "run")
     store = KeyStore(keys_path(settings.data_dir))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
@@ -125,6 +141,7 @@ def test_dashboard_data_shape(board: Board) -> None:
     scores_ingest = ingest["silver_fraud_scores"]
     assert scores_ingest["pipeline"] == PIPELINE
     assert scores_ingest["offsets"] == {str(SCORES_PARTITION): SCORES_FIRST_OFFSET + SCORES - 1}
+    assert scores_ingest["lag"] == UNINGESTED
     assert 0 <= scores_ingest["seconds_since_commit"] < 600
     assert ingest["silver_transactions"]["pipeline"] is None  # written by a test helper, not by ingest
 
