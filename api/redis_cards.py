@@ -27,8 +27,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lake.features import CARD_FEATURES, WINDOWS
-from training.features import window_value
+from lake.features import WINDOWS
+from training.features import card_features
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -114,19 +114,12 @@ class RedisCardHistory:
             _, amount_text, merchant = _text(flat[i]).split(":", 2)
             window.append((int(float(flat[i + 1])), float(amount_text), merchant))
         mean = float(_text(total)) / int(_text(count))
-        values: dict[str, float | int | None] = {}
-        for feature in CARD_FEATURES:
-            if feature.span is not None:
-                start = t - feature.span // _MICROSECOND
-                inside = [entry for entry in window if entry[0] > start]
-                values[feature.name] = window_value(feature.kind, [entry[1] for entry in inside], [entry[2] for entry in inside])
-            elif feature.kind == "seconds_since_previous":
-                values[feature.name] = since
-            elif feature.kind == "amount_to_card_mean":
-                values[feature.name] = amount / mean if mean != 0 else None
-            else:
-                raise ValueError(f"feature '{feature.name}': no online computation for kind '{feature.kind}' without a window")
-        return values
+
+        def within(span: timedelta) -> tuple[list[float], list[str]]:
+            inside = [entry for entry in window if entry[0] > t - span // _MICROSECOND]
+            return [entry[1] for entry in inside], [entry[2] for entry in inside]
+
+        return card_features(within, amount, since, mean)
 
 
 def _text(value: bytes | str | int) -> str:

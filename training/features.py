@@ -12,9 +12,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 import numpy as np
@@ -149,21 +149,30 @@ class CardHistory:
     def _features(self, card: _Card, t: datetime, amount: float, since: float | None) -> dict[str, float | int | None]:
         upto = bisect.bisect_right(card.times, t)  # the card's kept transactions with event_time <= t
         mean = card.total / card.count
-        values: dict[str, float | int | None] = {}
-        for feature in CARD_FEATURES:
-            if feature.span is not None:
-                start = bisect.bisect_right(card.times, t - feature.span, 0, upto)
-                inside = range(start, upto)
-                values[feature.name] = window_value(
-                    feature.kind, [card.amounts[i] for i in inside], [card.merchants[i] for i in inside]
-                )
-            elif feature.kind == "seconds_since_previous":
-                values[feature.name] = since
-            elif feature.kind == "amount_to_card_mean":
-                values[feature.name] = amount / mean if mean != 0 else None
-            else:
-                raise ValueError(f"feature '{feature.name}': no online computation for kind '{feature.kind}' without a window")
-        return values
+
+        def window(span: timedelta) -> tuple[list[float], list[str]]:
+            inside = range(bisect.bisect_right(card.times, t - span, 0, upto), upto)
+            return [card.amounts[i] for i in inside], [card.merchants[i] for i in inside]
+
+        return card_features(window, amount, since, mean)
+
+
+def card_features(
+    window: Callable[[timedelta], tuple[Sequence[float], Sequence[str]]], amount: float, since: float | None, mean: float
+) -> dict[str, float | int | None]:
+    """A transaction's ``CARD_FEATURES`` online: ``window(span)`` gives the amounts and merchants of the card's
+    transactions in ``(t - span, t]``; ``since`` and ``mean`` are the seconds since its previous one and its mean amount."""
+    values: dict[str, float | int | None] = {}
+    for feature in CARD_FEATURES:
+        if feature.span is not None:
+            values[feature.name] = window_value(feature.kind, *window(feature.span))
+        elif feature.kind == "seconds_since_previous":
+            values[feature.name] = since
+        elif feature.kind == "amount_to_card_mean":
+            values[feature.name] = amount / mean if mean != 0 else None
+        else:
+            raise ValueError(f"feature '{feature.name}': no online computation for kind '{feature.kind}' without a window")
+    return values
 
 
 def window_value(kind: str, amounts: Sequence[float], merchants: Sequence[str]) -> float | int:
