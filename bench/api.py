@@ -122,13 +122,10 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
         trained = train_fraud(spark, world.lake_root, scratch / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
     finally:
         spark.stop()
-    signer = registry.ensure_signing_key(world.data_dir / registry.KEYS_DIR, world.lake_root)
-    root = registry.registry_root(world.lake_root)
-    published = registry.publish(
-        root, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]}, lineage=trained.lineage, signer=signer,
-        feature_version=trained.feature_version,
+    registry.publish_run(
+        world.lake_root, world.data_dir / registry.KEYS_DIR, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]},
+        lineage=trained.lineage, feature_version=trained.feature_version, promote_to="production",
     )  # fmt: skip
-    registry.promote(root, "fraud", published.version, "production")
     return world, KeyStore(keys_path(world.data_dir)).create("bench api", "producer")[1]
 
 

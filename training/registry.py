@@ -228,6 +228,34 @@ def publish(
     return ModelVersion(name, manifest.version, "candidate", model_dir / str(manifest.version), manifest)
 
 
+def publish_run(
+    lake_root: str,
+    key_dir: Path,
+    name: str,
+    files: Mapping[str, Path],
+    *,
+    metrics: Mapping[str, Any],
+    lineage: Mapping[str, int],
+    feature_version: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    promote_to: Stage | None = None,
+    reason: str | None = None,
+) -> ModelVersion:
+    """Publish a training run's files signed with the registry's key (made on first use in ``key_dir``), then
+    promote it to ``promote_to`` if given. Numeric metrics go to the manifest's metrics, the rest to ``extra["details"]``."""
+    numbers = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    details = {key: value for key, value in metrics.items() if key not in numbers}
+    root = registry_root(lake_root)
+    version = publish(
+        root, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake_root),
+        feature_version=feature_version, extra={**(extra or {}), **({"details": details} if details else {})},
+    )  # fmt: skip
+    if promote_to is None:
+        return version
+    promote(root, name, version.version, promote_to, reason=reason)
+    return get(root, name, version.version)
+
+
 def models(root: Path) -> list[str]:
     """The names of every model with at least one published version."""
     if not root.is_dir():

@@ -120,21 +120,14 @@ def publish(
     promote_to: Stage | None,
     extra: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
-    """Sign and publish a run's files; numeric metrics go to the manifest's metrics, the rest to its extra."""
+    """Sign and publish a run's files into the settings' lake, promoting them if asked."""
     from training import registry
 
-    numbers = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    details = {key: value for key, value in metrics.items() if key not in numbers}
-    root = registry.registry_root(settings.lake_root)
-    signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root)
-    version = registry.publish(
-        root, name, files, metrics=numbers, lineage=lineage, signer=signer, feature_version=feature_version,
-        extra={**(extra or {}), **({"details": details} if details else {})},
+    return registry.publish_run(
+        settings.lake_root, settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,
+        feature_version=feature_version, extra=extra, promote_to=promote_to.value if promote_to else None,
+        reason="edgelake train --promote-to",
     )  # fmt: skip
-    if promote_to is not None:
-        registry.promote(root, name, version.version, promote_to.value, reason="edgelake train --promote-to")
-        version = registry.get(root, name, version.version)
-    return version
 
 
 def print_published(version: ModelVersion) -> None:

@@ -108,11 +108,8 @@ def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, noida_broker: Em
     append_silver(settings.lake_root, list(synthetic.transactions(TRAINING, 3000)))
     append_silver(settings.lake_root, list(synthetic.labels(TRAINING, 3000)))
     result = train_fraud(spark, settings.lake_root, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
-    signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root)
-    root = registry.registry_root(settings.lake_root)
-    published = registry.publish(
-        root, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]}, lineage=result.lineage, signer=signer,
-        feature_version=result.feature_version,
+    registry.publish_run(
+        settings.lake_root, settings.data_dir / registry.KEYS_DIR, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]},
+        lineage=result.lineage, feature_version=result.feature_version, promote_to="production",
     )  # fmt: skip
-    registry.promote(root, "fraud", published.version, "production")
     return settings
