@@ -8,8 +8,19 @@ from pathlib import Path
 
 
 def replace_durably(path: Path, content: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``content`` atomically and durably: a temp file beside it (with ``mode``),
-    fsync, rename over ``path``, fsync the directory so the rename itself survives a crash."""
+    """Replace ``path`` with ``content`` atomically and durably: a synced temp file (with ``mode``) renamed
+    over ``path``, then the directory synced so the rename itself survives a crash."""
+    temp = synced_temp(path, content, mode)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def synced_temp(path: Path, content: bytes, mode: int | None = None) -> Path:
+    """A temp file beside ``path`` holding ``content`` (with ``mode``), written through to disk; the caller moves or removes it."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         if mode is not None:
@@ -18,11 +29,10 @@ def replace_durably(path: Path, content: bytes, mode: int | None = None) -> None
             file.write(content)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    return Path(temp)
 
 
 def fsync_directory(path: Path) -> None:

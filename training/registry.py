@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edgelake.files import fsync_directory, replace_durably
+from edgelake.files import fsync_directory, replace_durably, synced_temp
 from edgelake.signing import (
     MANIFEST,
     RESERVED,
@@ -503,18 +503,13 @@ def _create_exclusive(path: Path, content: bytes, mode: int) -> None:
     """Create ``path`` with ``content`` unless it exists; readers never see it half-written."""
     if path.exists():
         return
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    temp = synced_temp(path, content, mode)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
         os.link(temp, path)
     except FileExistsError:
         pass
     finally:
-        os.unlink(temp)
+        temp.unlink()
 
 
 def _write_synced(path: Path, content: bytes) -> None:

@@ -9,7 +9,6 @@ acknowledged it, so a batch resent after a failure forwards only what was not ye
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path as PathParam, Request
@@ -20,7 +19,7 @@ from api.auth import require
 from api.devices import BrokerUnavailable, Device, DeviceStore, EnrollmentRefused, Heartbeat, ResultForwarder
 from api.keys import ApiKey, KeyStore
 from api.problems import PROBLEM_RESPONSES, Problem, documented
-from api.routers.models import unknown_model_is_404
+from api.routers.models import registry_root_of, unknown_model_is_404
 from edgelake import signing
 from edgelake.contracts import EdgeInference
 from edgelake.settings import Settings
@@ -226,21 +225,21 @@ def results(request: Request, device: Device = Depends(_device), batch: ResultBa
 
 @rollout_router.get("/{name}/rollout", summary="A model's rollout policy", dependencies=[Depends(require("analyst", "device"))])
 def get_rollout(request: Request, name: ModelName) -> Rollout:
-    root = _registry_root(request)
+    root = registry_root_of(request)
     with unknown_model_is_404():
         return Rollout(name=name, production=registry.current(root, name), policy=registry.rollout(root, name))
 
 
 @rollout_router.put("/{name}/rollout", summary="Set a model's rollout policy (admin)")
 def put_rollout(request: Request, name: ModelName, body: RolloutRequest, key: ApiKey = Depends(require("admin"))) -> Rollout:
-    root = _registry_root(request)
+    root = registry_root_of(request)
     with unknown_model_is_404():
         policy = registry.set_rollout(root, name, body.canary_percent, body.canary_version, actor=key.id)
         return Rollout(name=name, production=registry.current(root, name), policy=policy)
 
 
 def _assignment(request: Request, device_id: str) -> Assignment:
-    root = _registry_root(request)
+    root = registry_root_of(request)
     models = {}
     for name in registry.models(root):
         assigned = registry.assigned_version(root, name, device_id)
@@ -251,7 +250,7 @@ def _assignment(request: Request, device_id: str) -> Assignment:
 
 def _public_key_pem(settings: Settings) -> str | None:
     """The registry's published key, else the local signer's (nothing published yet), else None."""
-    for path in (_registry_root_of(settings) / registry.PUBLIC_KEY, settings.data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
+    for path in (registry.registry_root(settings.lake_root) / registry.PUBLIC_KEY, settings.data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
         if path.is_file():
             return path.read_text()
     return None
@@ -263,11 +262,3 @@ def _settings(request: Request) -> Settings:
 
 def _store(request: Request) -> DeviceStore:
     return request.app.state.devices
-
-
-def _registry_root(request: Request) -> Path:
-    return _registry_root_of(_settings(request))
-
-
-def _registry_root_of(settings: Settings) -> Path:
-    return registry.registry_root(settings.lake_root)

@@ -68,7 +68,7 @@ class ModelDetail(BaseModel):
 
 @router.get("", summary="Every model with its versions and their stages")
 def list_models(request: Request) -> list[ModelSummary]:
-    root = _root(request)
+    root = registry_root_of(request)
     summaries = []
     for name in registry.models(root):
         stages = registry.versions(root, name)
@@ -79,7 +79,7 @@ def list_models(request: Request) -> list[ModelSummary]:
 
 @router.get("/{name}", summary="One model's versions with stage, metrics, lineage and files")
 def get_model(request: Request, name: ModelName) -> ModelDetail:
-    root = _root(request)
+    root = registry_root_of(request)
     with unknown_model_is_404():
         stages = registry.versions(root, name)
         details = []
@@ -135,14 +135,15 @@ def get_artifact(request: Request, name: ModelName, version: Version, file: str)
     )  # fmt: skip
 
 
-def _root(request: Request) -> Path:
+def registry_root_of(request: Request) -> Path:
+    """The model registry of the app's lake."""
     settings: Settings = request.app.state.settings
     return registry.registry_root(settings.lake_root)
 
 
 def _version(request: Request, name: str, version: int) -> registry.ModelVersion:
     with unknown_model_is_404():
-        return registry.get(_root(request), name, version)
+        return registry.get(registry_root_of(request), name, version)
 
 
 @contextmanager
