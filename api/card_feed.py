@@ -29,8 +29,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from api.metrics import CardFeedMetrics
-from api.routers.score import MAX_MAGNITUDE
-from api.scoring import Scorer
+from api.scoring import MAX_MAGNITUDE, Scorer
 from edgelake.broker import configured_servers
 from edgelake.contracts import InvalidEvent, Transaction
 from edgelake.kafka import broker_reachable, consumer_config

@@ -45,6 +45,11 @@ Features = dict[str, float | int | None]
 log = logging.getLogger(__name__)
 
 
+# The largest amount or attribute value scored: beyond it the card's window sums overflow (math.fsum raises) and the
+# model's float32 inputs become infinite. The contract admits any finite value; the scorer, and card histories, do not.
+MAX_MAGNITUDE = 1e15
+
+
 class ModelUnavailable(RuntimeError):
     """No production fraud model can be served: none exists, it fails verification or its features differ."""
 

@@ -22,14 +22,11 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from api.auth import require
 from api.problems import PROBLEM_RESPONSES, Problem, documented
 from api.publisher import ScorePublisher
-from api.scoring import MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer
+from api.scoring import MAX_MAGNITUDE, MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer
 from edgelake.contracts import FraudScore, Transaction
 from training.features import ATTRIBUTES
 
 MAX_BATCH = 1_000
-# The largest amount or attribute value scored: beyond it the card's window sums overflow (math.fsum raises) and the
-# model's float32 inputs become infinite. The contract admits any finite value; the scorer does not.
-MAX_MAGNITUDE = 1e15
 
 router = APIRouter(
     prefix="/v1", tags=["score"], dependencies=[Depends(require("producer"))],
