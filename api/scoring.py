@@ -203,7 +203,7 @@ class Scorer:
 
 
 def _tflite(version: int, path: Path) -> ServedModel:
-    from training.tflite import load_interpreter, predict, runtime_name
+    from edgelake.interpreters import load_interpreter, predict, runtime_name
 
     interpreter = load_interpreter(path)
     return ServedModel(version, runtime_name(interpreter), lambda x: predict(interpreter, x))

@@ -35,6 +35,14 @@ def synced_temp(path: Path, content: bytes, mode: int | None = None) -> Path:
     return Path(temp)
 
 
+def write_synced(path: Path, content: bytes) -> None:
+    """Write ``path`` and sync it to disk (not atomic: for files inside a directory that is itself renamed into place)."""
+    with path.open("wb") as file:
+        file.write(content)
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def fsync_directory(path: Path) -> None:
     """Make the directory's entries (created, renamed or removed files) durable."""
     directory = os.open(path, os.O_RDONLY)

@@ -47,6 +47,20 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0", description="Redis holding the card histories when online_features is redis."
     )
 
+    edge_state_dir: Path | None = Field(
+        None, description="An edge agent's state (credentials, models, result queue); default <data_dir>/edge/<device name>."
+    )
+    edge_enrollment_token: str = Field("", description="Enrollment token an edge agent spends on its first run.")
+    edge_heartbeat_s: float = Field(5.0, gt=0, description="Seconds between an edge agent's heartbeats (each also checks for updates).")
+    edge_frames_per_s: float = Field(10.0, gt=0, description="Frames an edge agent's camera delivers a second.")
+    edge_outbox_max: int = Field(
+        100_000, gt=0, description="Results an edge agent keeps while the cloud is unreachable; beyond it the oldest are dropped, counted."
+    )
+    edge_forward_batch: int = Field(500, gt=0, le=1000, description="Results an edge agent sends per request.")
+    edge_kafka_bootstrap_servers: str = Field(
+        "", description="Kafka brokers an edge agent publishes its results to directly; empty posts them to the API."
+    )
+
     fashion_mnist_dir: Path = Field(
         Path("/usr/share/datasets/fashion-mnist"), description="Debian dataset-fashion-mnist files."
     )

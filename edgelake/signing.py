@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -102,12 +103,18 @@ def sign(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> bytes:
 
 
 def verify_files(
-    directory: Path, public_key: Ed25519PublicKey, *, name: str | None = None, version: int | None = None
+    directory: Path,
+    public_key: Ed25519PublicKey,
+    *,
+    name: str | None = None,
+    version: int | None = None,
+    only: Collection[str] | None = None,
 ) -> list[str]:
     """Every way the version in ``directory`` differs from what its signed manifest promises.
 
     An empty list means: the manifest is signed by ``public_key``, it names ``name`` and
     ``version`` when given, and the directory holds exactly its files with their sizes and sha256.
+    With ``only`` (what a device downloads of a version), exactly those of its files.
     """
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
@@ -126,7 +133,11 @@ def verify_files(
         problems.append(f"{MANIFEST} is for model '{manifest.name}', not '{name}'")
     if version is not None and manifest.version != version:
         problems.append(f"{MANIFEST} is for version {manifest.version}, not {version}")
-    return problems + _file_problems(directory, manifest.files)
+    expected = manifest.files
+    if only is not None:
+        problems += [f"{file}: not in the manifest" for file in sorted(set(only) - expected.keys())]
+        expected = {file: entry for file, entry in expected.items() if file in only}
+    return problems + _file_problems(directory, expected)
 
 
 def _signature_problems(path: Path, manifest_bytes: bytes, public_key: Ed25519PublicKey) -> list[str]:

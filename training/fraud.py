@@ -184,7 +184,8 @@ def train_fraud(spark: SparkSession, lake_root: str, out_dir: Path, config: Frau
     """Train, calibrate, evaluate on the latest transactions, and write the model, its TFLite twin, metrics and plots."""
     import keras
 
-    from training.tflite import float_tflite, load_interpreter, predict
+    from edgelake.interpreters import load_interpreter, predict
+    from training.tflite import float_tflite
 
     started = time.perf_counter()
     frame, lineage = labelled_transactions(spark, lake_root, config)

@@ -38,11 +38,12 @@ import pyarrow.compute as pc
 import tensorflow as tf
 from keras import layers
 
-from ingest.sources.fashion_mnist import CLASSES
+from edgelake.fashion_mnist import CLASSES
+from edgelake.interpreters import latency_ms, load_interpreter, predict
 from lake.catalog import open_table
 from training.devices import Device, set_seeds, training_strategy
 from training.plots import confusion_matrix, confusion_matrix_png
-from training.tflite import float_tflite, latency_ms, load_interpreter, predict, quantize_int8
+from training.tflite import float_tflite, quantize_int8
 
 TABLE = "silver_camera_frames"
 SHAPE = (28, 28, 1)
@@ -175,6 +176,7 @@ def train_vision(
     extra = {
         "classes": list(CLASSES),
         "input": {"shape": [1, *SHAPE], "dtype": "uint8", "meaning": "raw grayscale pixels 0-255"},
+        "edge_model": INT8_TFLITE,  # the artifact devices download and run
         "samples": {"file": SAMPLES_FILE, "expected": samples["expected"].tolist(), "labels": samples["labels"].tolist()},
         "training": {"device": description, "epochs": epochs, "batch_size": batch_size, "seed": seed,
                      "learning_rate": LEARNING_RATE, "dropout": DROPOUT, "label_smoothing": LABEL_SMOOTHING,

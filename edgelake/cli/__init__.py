@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from edgelake.cli import bench, broker, config, demo, ingest, keys, lake, models, produce, schemas, serve, sql, train
-from edgelake.cli.common import not_built
+from edgelake.cli import bench, broker, config, demo, edge, ingest, keys, lake, models, produce, schemas, serve, sql, train
 from edgelake.logs import configure_logging
 from edgelake.settings import Settings
 
@@ -41,7 +40,7 @@ app.command("demo")(demo.demo)
 app.command("sql")(sql.sql)
 
 app.command("serve")(serve.serve)
-not_built(app, "edge", "The edge device agent and fleet (issue #7).")
+app.add_typer(edge.app, name="edge")
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ FIRST_BATCH, SECOND_BATCH = 120, 80
 
 
 @contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """``app`` under a real uvicorn server on a free loopback port; its base URL."""
-    port = free_port()
+def serving(app: FastAPI, port: int | None = None) -> Iterator[str]:
+    """``app`` under a real uvicorn server on loopback (a free port unless given); its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

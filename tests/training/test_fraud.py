@@ -128,7 +128,7 @@ def test_the_model_learns_the_ulb_sample(ulb_run: FraudResult) -> None:
 def test_tflite_gives_the_keras_probabilities(ulb_run: FraudResult, ulb_examples: pd.DataFrame) -> None:
     import keras
 
-    from training.tflite import load_interpreter, predict
+    from edgelake.interpreters import load_interpreter, predict
 
     test = split_by_time(ulb_examples, small())[2]
     model = keras.models.load_model(ulb_run.files["fraud.keras"])

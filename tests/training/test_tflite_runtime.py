@@ -1,7 +1,7 @@
 """The int8 vision model under both TFLite runtimes an edge device may have: LiteRT (``ai_edge_litert``) in
 this process, and ``tflite_runtime`` 2.14 with NumPy 1 in its own venv, ``.venv-tflite``, made by ``make test``.
 
-That venv has neither the project nor TensorFlow: it loads ``training/tflite.py`` by file path,
+That venv has neither the project nor TensorFlow: it loads ``edgelake/interpreters.py`` by file path,
 which checks that the module needs nothing but NumPy and a runtime.
 """
 
@@ -57,7 +57,7 @@ def tflite_runtime_outputs(model: Path, x: np.ndarray, directory: Path) -> dict[
         )
     np.save(directory / "x.npy", x)
     child = subprocess.run(
-        [str(python), "-I", "-c", CHILD, str(REPO / "training" / "tflite.py"), str(model), str(directory / "x.npy"), str(directory)],
+        [str(python), "-I", "-c", CHILD, str(REPO / "edgelake" / "interpreters.py"), str(model), str(directory / "x.npy"), str(directory)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert child.returncode == 0, child.stderr
@@ -66,7 +66,7 @@ def tflite_runtime_outputs(model: Path, x: np.ndarray, directory: Path) -> dict[
 
 
 def litert_outputs(model: Path, x: np.ndarray, default_delegates: bool) -> np.ndarray:
-    from training.tflite import load_interpreter, predict, runtime_name
+    from edgelake.interpreters import load_interpreter, predict, runtime_name
 
     interpreter = load_interpreter(model, "ai_edge_litert", default_delegates=default_delegates)
     assert runtime_name(interpreter) == "ai_edge_litert"

@@ -57,7 +57,7 @@ def test_vision_model_learns_and_its_int8_twin_agrees_at_a_quarter_of_the_size(v
 
 
 def test_int8_model_has_int8_input_and_output_and_batches_give_the_same_outputs(vision_run, frames_lake) -> None:
-    from training.tflite import load_interpreter, predict
+    from edgelake.interpreters import load_interpreter, predict
     from training.vision import load_frames
 
     interpreter = load_interpreter(vision_run.files["vision_int8.tflite"])
@@ -69,7 +69,7 @@ def test_int8_model_has_int8_input_and_output_and_batches_give_the_same_outputs(
 
 
 def test_samples_carry_the_int8_models_own_classes(vision_run) -> None:
-    from training.tflite import load_interpreter, predict
+    from edgelake.interpreters import load_interpreter, predict
 
     samples = np.load(vision_run.files["samples.npz"])
     predicted = predict(load_interpreter(vision_run.files["vision_int8.tflite"]), samples["inputs"]).argmax(axis=1)

@@ -1,0 +1,83 @@
+"""Where a device's results go: straight to Kafka when it can reach a broker, else through the API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from edge.client import CloudClient, CloudUnreachable
+from edgelake.kafka import producer_config
+
+
+class ResultSink(Protocol):
+    """Delivers results (EdgeInference JSON, in order) or raises CloudUnreachable; delivered means acknowledged."""
+
+    def deliver(self, events: Sequence[bytes]) -> None: ...
+
+
+class ApiSink:
+    """Posts results to ``/v1/devices/{id}/results``; the API forwards them to Kafka once per event id."""
+
+    def __init__(self, client: CloudClient, device_id: str) -> None:
+        self.client = client
+        self.device_id = device_id
+
+    def deliver(self, events: Sequence[bytes]) -> None:
+        self.client.send_results(self.device_id, events)
+
+
+class KafkaSink:
+    """Publishes results to the ``edge-inferences`` topic, acknowledged by every in-sync replica, keyed by device."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, device_id: str, timeout_s: float = 10.0) -> None:
+        timeout_ms = int(timeout_s * 1000)
+        self.topic = topic
+        self.key = device_id.encode()
+        self.timeout_s = timeout_s
+        self._config = producer_config(
+            bootstrap_servers, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms, delivery_timeout_ms=2 * timeout_ms
+        )
+        self._producer: KafkaProducer | None = None
+
+    def deliver(self, events: Sequence[bytes]) -> None:
+        try:
+            producer = self._producer or self._open()
+            futures = [producer.send(self.topic, key=self.key, value=event) for event in events]
+            producer.flush(self.timeout_s)
+            for future in futures:
+                future.get(timeout=0)
+        except KafkaError as error:
+            self.close()
+            raise CloudUnreachable(f"Kafka: {type(error).__name__}: {error}") from None
+
+    def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=1)
+            except KafkaError:
+                pass  # undelivered results stay queued and are sent again
+
+    def _open(self) -> KafkaProducer:
+        self._producer = KafkaProducer(**self._config)
+        return self._producer
+
+
+class FallbackSink:
+    """The first sink that delivers; the next one when it cannot."""
+
+    def __init__(self, sinks: Sequence[ResultSink]) -> None:
+        self.sinks = list(sinks)
+
+    def deliver(self, events: Sequence[bytes]) -> None:
+        failures = []
+        for sink in self.sinks:
+            try:
+                return sink.deliver(events)
+            except CloudUnreachable as error:
+                failures.append(f"{type(sink).__name__}: {error}")
+        raise CloudUnreachable("; ".join(failures))
+

@@ -1,0 +1,83 @@
+"""Over-the-air updates end to end: a real agent process, a real API, a real registry and real TFLite models.
+
+The same scenario runs with the project's venv and with the slim venvs that hold only the
+``edge`` extra (LiteRT) or tflite-runtime 2.14 with NumPy 1: the agent enrolls, takes
+version 1, refuses a tampered artifact and a wrong signature, never activates a model that
+fails its smoke test, and rolls back a model that fails at run time, serving on throughout.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgelake.contracts import EdgeInference
+from edgelake.kafka import read_topic
+from edgelake.signing import SIGNATURE
+from tests.edge.conftest import Cloud, color_model, edge_python, main_python, shifted_expectations, start_agent, vision_files, wait_for
+
+RUNTIMES = {"project venv": None, "edge extra (LiteRT)": "litert", "tflite-runtime 2.14, numpy<2": "tflite_runtime"}
+
+
+def flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("runtime", list(RUNTIMES.values()), ids=list(RUNTIMES))
+def test_the_agent_takes_good_versions_and_refuses_or_rolls_back_bad_ones(cloud: Cloud, vision_run, runtime: str | None, tmp_path: Path) -> None:
+    python = main_python() if runtime is None else edge_python(runtime)
+    files, extra = vision_files(vision_run), vision_run.extra
+    good = cloud.publish(files, extra)
+    agent = start_agent(python, cloud, "ota-1", tmp_path / "device", "--fps", "20", "--heartbeat-s", "0.3", "--max-frames", "150")
+    try:
+        wait_for(lambda: agent.active() == good, f"v{good} active", agent=agent)
+
+        tampered = cloud.publish(files, extra)
+        flip_one_byte(cloud.version_dir(tampered) / extra["edge_model"])
+        wait_for(lambda: str(tampered) in agent.installed().get("refused", {}), f"v{tampered} refused", agent=agent)
+        assert "sha256 differs" in agent.installed()["refused"][str(tampered)]
+
+        forged = cloud.publish(files, extra)
+        manifest = (cloud.version_dir(forged) / "manifest.json").read_bytes()
+        (cloud.version_dir(forged) / SIGNATURE).write_bytes(base64.b64encode(Ed25519PrivateKey.generate().sign(manifest)))
+        wait_for(lambda: str(forged) in agent.installed().get("refused", {}), f"v{forged} refused", agent=agent)
+        assert "not a valid signature" in agent.installed()["refused"][str(forged)]
+
+        failing_smoke = cloud.publish(files, shifted_expectations(extra))
+        wait_for(lambda: str(failing_smoke) in agent.installed().get("refused", {}), f"v{failing_smoke} refused", agent=agent)
+        assert "the manifest expects" in agent.installed()["refused"][str(failing_smoke)]
+
+        color_files, color_extra = color_model(tmp_path / "color")
+        failing_at_run_time = cloud.publish(color_files, color_extra)
+        wait_for(lambda: str(failing_at_run_time) in agent.installed().get("refused", {}), f"v{failing_at_run_time} rolled back", agent=agent)
+        assert "runtime error" in agent.installed()["refused"][str(failing_at_run_time)]
+        assert agent.active() == good
+
+        summary = agent.finish()
+    finally:
+        agent.kill()
+
+    assert summary["frames"] == 150 and summary["delivered"] == 150 and summary["queued"] == 0
+    assert summary["model_version"] == good
+    assert summary["events"]["update_refused"] == 2 and summary["events"]["smoke_test_failed"] == 1
+    assert summary["events"]["rolled_back"] == 1 and summary["events"]["runtime_error"] >= 1
+    results = [EdgeInference.parse(record.value) for record in read_topic(cloud.settings.kafka_bootstrap_servers, cloud.settings.topic(EdgeInference.topic))]
+    mine = [result for result in results if result.device_id == summary["device_id"]]
+    assert len(mine) == 150 and len({result.event_id for result in mine}) == 150
+    assert {result.model_version for result in mine} == {str(good)}  # the failing version never made a result
+    correct = sum(result.prediction == result.label for result in mine)
+    assert correct / len(mine) > 0.5  # a real model on real labelled frames
+
+
+def test_a_device_without_credentials_or_token_is_told_so(cloud: Cloud, tmp_path: Path) -> None:
+    agent = start_agent(main_python(), cloud, "no-token", tmp_path / "device", "--max-frames", "1", token="enr_bogus")
+    returncode = agent.process.wait(60)
+    assert returncode == 2
+    assert "refused the enrollment" in (tmp_path / "device" / "agent.log").read_text()
