@@ -28,6 +28,18 @@ GROUP BY merchant_category
 ORDER BY fraud_pct DESC NULLS LAST, merchant_category
 """
 
+FLEET_DEVICES = 5
+FLEET_FRAMES = 200  # results per device
+# How the fleet's devices did on their labelled frames, from the lake.
+FLEET_QUERY = """
+SELECT device_id, model_version, count(*) AS results,
+       round(avg(CASE WHEN prediction = label THEN 1.0 ELSE 0.0 END), 3) AS accuracy,
+       round(avg(latency_ms), 3) AS mean_latency_ms
+FROM silver_edge_inferences
+GROUP BY device_id, model_version
+ORDER BY device_id
+"""
+
 SCORED = 5_000  # the latest ULB transactions, scored through the API
 SCORE_BATCH = 500
 
@@ -47,7 +59,8 @@ def demo(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many events per feed."),
 ) -> None:
     """Start the embedded broker, produce every real data set, read each topic back, land it in the lake,
-    build the gold tables with Spark, answer an example SQL query over them, train and publish both models, and score transactions through the API."""
+    build the gold tables with Spark, answer an example SQL query over them, train and publish both models, score transactions through the API,
+    and run a small edge fleet that takes the vision model over the air and streams its results into the lake."""
     from edgelake.broker import bootstrap_servers
     from edgelake.cli.ingest import print_table_counts
     from edgelake.cli.lake import run_build_gold
@@ -86,6 +99,11 @@ def demo(
             serve_and_score(settings)
         else:
             console.print("skipped under --limit: scoring needs the trained fraud model", style="yellow")
+        console.rule("[bold]8. an edge fleet takes the vision model over the air and streams its results into the lake")
+        if limit is None:
+            run_edge_fleet(settings)
+        else:
+            console.print("skipped under --limit: the fleet needs the trained vision model", style="yellow")
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
 
@@ -123,6 +141,39 @@ def serve_and_score(settings: Settings) -> None:
     totals = ingest(settings, IngestOptions(topics=(FraudScore.topic,)), once=True)
     console.print(f"fraud scores landed in silver: {totals.counts.get(FraudScore.topic, {}).get('silver', 0):,}", highlight=False)
     console.print(f"[bold]dashboard:[/] {url}/?key={analyst_key}   (stop the API with `edgelake serve --stop`)", highlight=False)
+
+
+def run_edge_fleet(settings: Settings) -> None:
+    """Run a small fleet of edge agents against the API started before; land their results and ask the lake how they did."""
+    from edge.fleet import FleetOptions, run_fleet
+    from edgelake.cli.edge import fleet_table, issue_local_enrollment_token
+    from edgelake.cli.sql import print_result
+    from edgelake.contracts import EdgeInference
+    from ingest.loop import IngestOptions, ingest
+    from lake.sql import run_query
+
+    options = FleetOptions(
+        devices=FLEET_DEVICES, state_root=settings.data_dir / "fleet", api_url=settings.api_url, name_prefix="demo-edge",
+        enrollment_token=issue_local_enrollment_token(settings, FLEET_DEVICES, "demo-edge"), fps=10.0, heartbeat_s=1.0,
+        max_frames=FLEET_FRAMES,
+    )  # fmt: skip
+    runs = run_fleet(options)
+    console.print(fleet_table([{**_status(run.summary), "device_name": run.name} for run in runs]))
+    failed = [run.name for run in runs if run.returncode != 0]
+    if failed:
+        raise RuntimeError(f"edge agents {', '.join(failed)} failed; see their agent.log under {options.state_root}")
+    totals = ingest(settings, IngestOptions(topics=(EdgeInference.topic,)), once=True)
+    console.print(f"edge results landed in silver: {totals.counts.get(EdgeInference.topic, {}).get('silver', 0):,}", highlight=False)
+    console.print(FLEET_QUERY.strip(), style="dim", highlight=False)
+    print_result(run_query(settings.lake_root, FLEET_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
+
+
+def _status(summary: dict[str, object] | None) -> dict[str, object]:
+    """A fleet table row from an agent's exit summary."""
+    summary = summary or {}
+    version = summary.get("model_version")
+    health = {key: summary.get(key) for key in ("frames", "delivered", "queued", "dropped")}
+    return {"models": {} if version is None else {"vision": version}, "health": health}
 
 
 def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, object]]:
