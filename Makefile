@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup system tflite-venv demo test bench clean
+.PHONY: setup system tflite-venv edge-venvs demo test bench clean
 
 setup: system $(INSTALLED)
 
@@ -21,10 +21,14 @@ $(INSTALLED): pyproject.toml
 tflite-venv:
 	@PYTHON=$(PYTHON) bash infra/tflite-runtime-venv.sh
 
+# .venv-edge and .venv-edge-tflite: the project's wheel with one edge extra each, and nothing of the cloud side.
+edge-venvs:
+	@PYTHON=$(PYTHON) bash infra/edge-venv.sh
+
 demo: setup
 	$(BIN)/edgelake demo
 
-test: setup tflite-venv
+test: setup tflite-venv edge-venvs
 	$(BIN)/python -m pytest
 
 bench: setup
@@ -32,4 +36,4 @@ bench: setup
 
 clean:
 	-$(BIN)/edgelake broker down
-	rm -rf .edgelake $(VENV) .venv-tflite
+	rm -rf .edgelake $(VENV) .venv-tflite .venv-edge .venv-edge-tflite

@@ -1,4 +1,4 @@
-"""Edge devices: enrollment tokens, enrolled devices, their last heartbeat, and forwarding their results.
+"""Edge devices: enrollment tokens, enrolled devices, their last heartbeat and model reports, and forwarding their results.
 
 The store is SQLite at ``<data_dir>/api/devices.sqlite`` in WAL mode, shared by every server
 process (uvicorn worker) and the CLI; each operation opens its own connection because
@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from api.keys import token_hash
 from edgelake.broker import configured_servers
 from edgelake.contracts import EdgeInference
+from edgelake.device_api import FAILURE_KINDS, AgentEvent, ModelReport, Track
 from edgelake.settings import Settings
 from ingest.producer import EventProducer
 
@@ -40,7 +41,17 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS forwarded_results (
     event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, forwarded TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS model_reports (
+    device_id TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, track TEXT NOT NULL, time TEXT NOT NULL,
+    inferences INTEGER NOT NULL, labelled INTEGER NOT NULL, correct INTEGER NOT NULL, errors INTEGER NOT NULL,
+    failed INTEGER NOT NULL, detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS model_reports_by_time ON model_reports (model, time);
 """
+# A report is healthy when its version ran without errors or failures; unhealthy when it erred or failed; else idle.
+_HEALTHY = "errors = 0 AND failed = 0 AND inferences >= 1"
+_UNHEALTHY = "(errors > 0 OR failed = 1)"
+_DETAIL_MAX = 2000
 
 
 class EnrollmentToken(BaseModel):
@@ -54,12 +65,46 @@ class EnrollmentToken(BaseModel):
 
 
 class Heartbeat(BaseModel):
-    """What a device last reported: the model versions it runs, its health and recent agent events."""
+    """What a device last reported: the model versions it runs, how they did, its health and recent agent events."""
 
     time: AwareDatetime
     models: dict[str, int]
+    reports: dict[str, ModelReport] = Field(default_factory=dict)
     health: dict[str, Any]
-    events: list[dict[str, Any]] = Field(default_factory=list)
+    events: list[AgentEvent] = Field(default_factory=list)
+
+
+class StoredReport(BaseModel):
+    """How one model version did on one device between two heartbeats, on the track the device was assigned then.
+
+    ``failed`` means the heartbeat also carried a failure event for that version (``detail`` says which);
+    a failure event without a report is stored as a report with no inferences.
+    """
+
+    device_id: str
+    model: str
+    version: int
+    track: Track
+    time: AwareDatetime
+    inferences: int
+    labelled: int
+    correct: int
+    errors: int
+    failed: bool
+    detail: str
+
+
+class ReportTotals(BaseModel):
+    """The reports of one model version on one track, pooled."""
+
+    track: Track
+    version: int
+    reports: int
+    healthy: int = Field(description="Reports with inferences, no errors and no failure event.")
+    unhealthy: int = Field(description="Reports with errors or a failure event.")
+    inferences: int
+    labelled: int
+    correct: int
 
 
 class Device(BaseModel):
@@ -134,10 +179,35 @@ class DeviceStore:
             rows = db.execute("SELECT * FROM devices ORDER BY enrolled, id").fetchall()
         return [_device(row) for row in rows]
 
-    def record_heartbeat(self, device_id: str, heartbeat: Heartbeat) -> None:
-        """Keep ``heartbeat`` as the device's last one."""
+    def record_heartbeat(self, device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) -> None:
+        """Keep ``heartbeat`` as the device's last one, and its reports and failure events of each model in ``tracks``
+        (model -> the track the device was assigned when it sent the heartbeat)."""
+        rows = [
+            (r.device_id, r.model, r.version, r.track, _timestamp(r.time), r.inferences, r.labelled, r.correct, r.errors, int(r.failed), r.detail)
+            for r in _reports(device_id, heartbeat, tracks)
+        ]
         with self._transaction() as db:
             db.execute("UPDATE devices SET heartbeat = ? WHERE id = ?", (heartbeat.model_dump_json(), device_id))
+            db.executemany("INSERT INTO model_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def reports(self, model: str, since: datetime, *, unhealthy_only: bool = False) -> list[StoredReport]:
+        """The reports of ``model`` made at or after ``since``, oldest first; only those with errors or failures if asked."""
+        where = f"model = ? AND time >= ?{f' AND {_UNHEALTHY}' if unhealthy_only else ''}"
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT * FROM model_reports WHERE {where} ORDER BY time, rowid", (model, _timestamp(since))).fetchall()
+        fields = list(StoredReport.model_fields)
+        return [StoredReport.model_validate(dict(zip(fields, row, strict=True))) for row in rows]
+
+    def report_totals(self, model: str, since: datetime) -> list[ReportTotals]:
+        """The reports of ``model`` made at or after ``since``, pooled per track and version."""
+        query = f"""
+            SELECT track, version, COUNT(*), SUM({_HEALTHY}), SUM({_UNHEALTHY}), SUM(inferences), SUM(labelled), SUM(correct)
+            FROM model_reports WHERE model = ? AND time >= ? GROUP BY track, version ORDER BY track, version
+        """
+        with self._transaction() as db:
+            rows = db.execute(query, (model, _timestamp(since))).fetchall()
+        fields = list(ReportTotals.model_fields)
+        return [ReportTotals.model_validate(dict(zip(fields, row, strict=True))) for row in rows]
 
     def forwarded(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` have already been forwarded."""
@@ -174,6 +244,32 @@ class DeviceStore:
 def devices_path(data_dir: Path) -> Path:
     """Where the devices of a data dir are kept."""
     return data_dir / "api" / "devices.sqlite"
+
+
+def _reports(device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) -> list[StoredReport]:
+    """The heartbeat's reports, each marked failed when a failure event names its version, then the other failure events."""
+    failures: dict[tuple[str, int], list[str]] = {}
+    for event in heartbeat.events:
+        if event.kind in FAILURE_KINDS and event.model in tracks and event.version is not None:
+            failures.setdefault((event.model, event.version), []).append(f"{event.kind}: {event.detail}" if event.detail else event.kind)
+    counted = [(model, report) for model, report in heartbeat.reports.items() if model in tracks]
+    reported = {(model, report.version) for model, report in counted}
+    quiet = [(model, ModelReport(version=version)) for model, version in failures if (model, version) not in reported]
+    reports = []
+    for model, report in counted + quiet:
+        failed = failures.get((model, report.version), [])
+        reports.append(
+            StoredReport(
+                device_id=device_id, model=model, track=tracks[model], time=heartbeat.time, failed=bool(failed),
+                detail="; ".join(failed)[:_DETAIL_MAX], **report.model_dump(),
+            )  # fmt: skip
+        )
+    return reports
+
+
+def _timestamp(moment: datetime) -> str:
+    """``moment`` as UTC ISO text of fixed width, so stored times compare as text."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _device(row: tuple[Any, ...]) -> Device:

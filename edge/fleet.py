@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,21 +46,24 @@ def device_names(options: FleetOptions) -> list[str]:
     return [f"{options.name_prefix}-{index:02d}" for index in range(options.devices)]
 
 
-def run_fleet(options: FleetOptions, on_tick: Callable[[list[dict[str, Any]]], None] | None = None) -> list[DeviceRun]:
+def run_fleet(
+    options: FleetOptions, on_tick: Callable[[list[dict[str, Any]]], None] | None = None, stop: threading.Event | None = None
+) -> list[DeviceRun]:
     """Start every agent, call ``on_tick`` with their latest statuses about once a second, and wait for them.
 
-    Agents end on their own after ``max_frames``; after ``duration_s`` the rest are stopped
-    (SIGTERM: each finishes its frame and keeps its queue for the next run).
+    Agents end on their own after ``max_frames``; after ``duration_s``, or once ``stop`` is
+    set, the rest are stopped (SIGTERM: each finishes its frame and keeps its queue for the next run).
     """
+    stop = stop or threading.Event()
     processes = {name: _start(options, index, name) for index, name in enumerate(device_names(options))}
     deadline = None if options.duration_s is None else time.monotonic() + options.duration_s
     try:
         while any(process.poll() is None for process in processes.values()):
             if on_tick:
                 on_tick(statuses(options))
-            if deadline is not None and time.monotonic() > deadline:
-                _stop(processes.values())
-            time.sleep(1.0)
+            if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                break
+            stop.wait(1.0)
     finally:
         _stop(processes.values())
     if on_tick:

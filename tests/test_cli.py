@@ -43,13 +43,6 @@ def test_help_lists_every_command_group() -> None:
         assert f" {group} " in result.stdout
 
 
-@pytest.mark.parametrize("group", ["edge"])
-def test_unbuilt_groups_say_so(group: str) -> None:
-    result = edgelake(group, "anything")
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr
-
-
 def test_config_show_reflects_the_environment(env: dict[str, str]) -> None:
     result = edgelake("config", "show", "--json", env={**env, "EDGELAKE_LAKE_ROOT": "s3://bucket/lake"})
     values = json.loads(result.stdout)

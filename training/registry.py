@@ -4,7 +4,7 @@ Layout under ``<lake_root>/models``::
 
     registry.pub                   PEM public key that signs every manifest
     <name>/stages.json             stage of each version + append-only history of transitions
-    <name>/rollout.json            rollout policy: which share of devices runs which canary version
+    <name>/rollout.json            rollout policy: which share of devices runs which canary version, and its gate
     <name>/<version>/manifest.json canonical JSON: files with sha256 and size, metrics, lineage
     <name>/<version>/manifest.sig  base64 Ed25519 signature of manifest.json's exact bytes
     <name>/<version>/...           the artifacts (model, .tflite, metrics JSON, plots)
@@ -12,8 +12,10 @@ Layout under ``<lake_root>/models``::
 A version directory appears whole or not at all (it is written aside, then renamed into
 place). Stages move forward only, candidate -> canary -> production; the version a
 promotion displaces from canary or production becomes ``archived``; ``rollback`` brings the
-previous production version back and marks the current one ``rolled_back``. The stage
-file is local-filesystem only for now (atomic rename plus an flock), as are the lake roots
+previous production version back and marks the current one ``rolled_back``. A version put
+on canary by the rollout policy becomes ``canary``; the rollout gate settles it by promoting
+it to production or rejecting it (``rolled_back``). The stage and rollout files are
+local-filesystem only for now (atomic rename plus an flock), as are the lake roots
 accepted here.
 """
 
@@ -25,7 +27,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edgelake.files import fsync_directory, replace_durably, synced_temp
+from edgelake.files import fsync_directory, replace_durably, synced_temp, write_synced
 from edgelake.signing import (
     MANIFEST,
     RESERVED,
@@ -108,15 +110,36 @@ class StageBook(BaseModel):
         self.stages[version] = to
 
 
-class RolloutPolicy(BaseModel):
-    """Which devices run a canary version of a model; every other device runs the production one."""
+class RolloutRules(BaseModel):
+    """What an operator sets: which share of devices runs which canary version, and the gate that settles the canary."""
 
     model_config = ConfigDict(extra="forbid")
 
     canary_percent: int = Field(0, ge=0, le=100, description="Share of devices, by stable hash of (model, device id), on the canary.")
     canary_version: int | None = Field(None, ge=1, description="The version canary devices run; none means every device runs production.")
+    promote_after_reports: int = Field(10, ge=1, le=1_000_000, description="Healthy canary reports needed before the gate decides.")
+    max_accuracy_drop: float = Field(
+        0.02, ge=0, le=1, allow_inf_nan=False, description="How far the canary's accuracy may fall below production's and still be promoted."
+    )
+    min_labelled: int = Field(200, ge=1, le=1_000_000_000, description="Labelled inferences each side must pool before they are compared.")
+    deadline_s: float = Field(
+        900, gt=0, le=30 * 86_400, allow_inf_nan=False, description="Seconds the canary has to gather that evidence; then it is rolled back."
+    )
+
+
+class RolloutPolicy(RolloutRules):
+    """The rules in force for a model, since when and set by whom; every device off the canary runs the production version."""
+
     updated: AwareDatetime | None = None
     actor: str | None = None
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    """How a canary is settled: promoted to production or rejected, and why (with the evidence's numbers)."""
+
+    outcome: Literal["promote", "reject"]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -373,14 +396,68 @@ def rollout(root: Path, name: str) -> RolloutPolicy:
     return RolloutPolicy.model_validate_json(path.read_bytes()) if path.is_file() else RolloutPolicy()
 
 
-def set_rollout(root: Path, name: str, canary_percent: int, canary_version: int | None, *, actor: str | None = None) -> RolloutPolicy:
-    """Replace the rollout policy of ``name`` (written atomically, so every reader sees all of it or none)."""
+def set_rollout(root: Path, name: str, rules: RolloutRules, *, actor: str | None = None) -> RolloutPolicy:
+    """Put ``rules`` in force for ``name`` from now on (written atomically, so every reader sees all of it or none).
+
+    A candidate put on canary moves to stage ``canary``; a version past it (production,
+    archived, rolled back) cannot go on canary.
+    """
     published = versions(root, name)
-    if canary_version is not None and canary_version not in published:
-        raise UnknownModel(f"model '{name}' has no version {canary_version} to put on canary")
-    policy = RolloutPolicy(canary_percent=canary_percent, canary_version=canary_version, updated=datetime.now(UTC), actor=actor)
-    replace_durably(root / name / ROLLOUT, canonical_json(policy.model_dump(mode="json")))
-    return policy
+    version = rules.canary_version
+    if version is not None and version not in published:
+        raise UnknownModel(f"model '{name}' has no version {version} to put on canary")
+    with _locked(root / name / f".{ROLLOUT}.lock"):
+        if version is not None:
+            stage = _read_book(root / name).stage(version)
+            if stage == "candidate":
+                promote(root, name, version, "canary", actor=actor, reason=f"canary on {rules.canary_percent}% of devices")
+            elif stage != "canary":
+                raise ValueError(f"{name} v{version} is {stage}; only a candidate or canary version can go on canary")
+        return _write_rollout(root, name, rules, actor)
+
+
+def settle_canary(
+    root: Path, name: str, judge: Callable[[RolloutPolicy], CanaryVerdict | None], *, actor: str | None = None
+) -> list[Transition]:
+    """Ask ``judge`` about the canary of the policy in force and carry out its verdict, once; the transitions made.
+
+    Under the rollout lock, so concurrent callers see each other's outcome: a promoted canary
+    becomes production (the previous one archived), a rejected one ``rolled_back``, and either
+    way the policy's canary ends. A canary that no longer verifies is rejected, never promoted.
+    Nothing happens without a canary, without a verdict, or when the version has already left
+    the canary stages by hand.
+    """
+    versions(root, name)
+    with _locked(root / name / f".{ROLLOUT}.lock"):
+        policy = rollout(root, name)
+        version = policy.canary_version
+        if version is None or _read_book(root / name).stage(version) not in ("candidate", "canary"):
+            return []
+        verdict = judge(policy)
+        if verdict is None:
+            return []
+        problems = verify(root, name, version) if verdict.outcome == "promote" else []
+        if problems:
+            transitions = reject(root, name, version, actor=actor, reason=f"{verdict.reason}; but it fails verification: {problems[0]}")
+        elif verdict.outcome == "promote":
+            transitions = promote(root, name, version, "production", actor=actor, reason=verdict.reason)
+        else:
+            transitions = reject(root, name, version, actor=actor, reason=verdict.reason)
+        _write_rollout(root, name, policy.model_copy(update={"canary_version": None}), actor)
+        return transitions
+
+
+def reject(root: Path, name: str, version: int, *, actor: str | None = None, reason: str | None = None) -> list[Transition]:
+    """Mark a candidate or canary version ``rolled_back``: it failed its rollout and is never promoted; the transitions made."""
+    if version not in versions(root, name):
+        raise UnknownModel(f"model '{name}' has no version {version}")
+    with _stage_book(root / name) as book:
+        before = book.stage(version)
+        if before not in ("candidate", "canary"):
+            raise ValueError(f"{name} v{version} is {before}; only candidate and canary versions can be rejected (use `rollback`)")
+        start = len(book.history)
+        book.move(version, "rolled_back", actor, reason)
+        return book.history[start:]
 
 
 def rollout_bucket(name: str, device_id: str) -> int:
@@ -396,6 +473,12 @@ def assigned_version(root: Path, name: str, device_id: str) -> tuple[int, Litera
         return policy.canary_version, "canary"
     production = current(root, name)
     return None if production is None else (production, "production")
+
+
+def _write_rollout(root: Path, name: str, rules: RolloutRules, actor: str | None) -> RolloutPolicy:
+    policy = RolloutPolicy.model_validate({**rules.model_dump(include=set(RolloutRules.model_fields)), "updated": datetime.now(UTC), "actor": actor})
+    replace_durably(root / name / ROLLOUT, canonical_json(policy.model_dump(mode="json")))
+    return policy
 
 
 def _previous_production(book: StageBook, failing: int) -> int:
@@ -471,8 +554,8 @@ def _copy(source: Path, target: Path) -> FileEntry:
 
 def _write_signed(directory: Path, manifest: Manifest, signer: Ed25519PrivateKey) -> None:
     raw = manifest.canonical_bytes()
-    _write_synced(directory / MANIFEST, raw)
-    _write_synced(directory / SIGNATURE, sign(raw, signer))
+    write_synced(directory / MANIFEST, raw)
+    write_synced(directory / SIGNATURE, sign(raw, signer))
 
 
 def _claim(staging: Path, target: Path) -> bool:
@@ -512,14 +595,6 @@ def _create_exclusive(path: Path, content: bytes, mode: int) -> None:
         temp.unlink()
 
 
-def _write_synced(path: Path, content: bytes) -> None:
-    with path.open("wb") as file:
-        file.write(content)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-
 def _read_book(model_dir: Path) -> StageBook:
     path = model_dir / STAGES
     return StageBook.model_validate_json(path.read_bytes()) if path.is_file() else StageBook()
@@ -528,10 +603,17 @@ def _read_book(model_dir: Path) -> StageBook:
 @contextmanager
 def _stage_book(model_dir: Path) -> Iterator[StageBook]:
     """The model's stage book, locked against other writers and saved atomically on success."""
-    with (model_dir / f".{STAGES}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(model_dir / f".{STAGES}.lock"):
         book = _read_book(model_dir)
         yield book
         replace_durably(model_dir / STAGES, canonical_json(book.model_dump(mode="json", by_alias=True)))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created if absent) while the block runs, against other threads and processes alike."""
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 

@@ -2,6 +2,8 @@
 
 A device enrolls once with an enrollment token an admin issued and gets an API key bound to
 its device id; with it, it may speak only for itself (an admin may speak for any device).
+The bodies devices send and get are the contract in :mod:`edgelake.device_api`. Each heartbeat's
+model reports are kept, and the rollout gate (:mod:`api.rollout_gate`) settles canaries on them.
 Results are forwarded to Kafka at least once: an id is remembered only after the broker
 acknowledged it, so a batch resent after a failure forwards only what was not yet delivered.
 """
@@ -9,12 +11,13 @@ acknowledged it, so a batch resent after a failure forwards only what was not ye
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path as PathParam, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from api import rollout_gate
 from api.auth import require
 from api.devices import BrokerUnavailable, Device, DeviceStore, EnrollmentRefused, Heartbeat, ResultForwarder
 from api.keys import ApiKey, KeyStore
@@ -22,6 +25,7 @@ from api.problems import PROBLEM_RESPONSES, Problem, documented
 from api.routers.models import registry_root_of, unknown_model_is_404
 from edgelake import signing
 from edgelake.contracts import EdgeInference
+from edgelake.device_api import AssignedVersion, Assignment, Enrollment, EnrollRequest, HeartbeatRequest
 from edgelake.settings import Settings
 from training import registry
 
@@ -52,42 +56,6 @@ class IssuedEnrollmentToken(BaseModel):
     expires: AwareDatetime
 
 
-class EnrollRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enrollment_token: str = Field(min_length=1, max_length=256)
-    device_name: str = Field(min_length=1, max_length=128)
-    hardware: dict[str, Any] = Field(default_factory=dict, description="Whatever the device reports about itself: CPU, accelerator, memory.")
-
-
-class Enrollment(BaseModel):
-    device_id: str
-    device_token: str = Field(description="The device's API key (role device, bound to device_id); shown this once.")
-    registry_public_key: str | None = Field(description="PEM Ed25519 key that signs model manifests, to pin; none before the first publish.")
-
-
-class HeartbeatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    models: dict[Annotated[str, Field(pattern=signing.ModelName.__metadata__[0].pattern)], Annotated[int, Field(ge=1)]] = Field(
-        default_factory=dict, description="Model name -> the version the device runs."
-    )
-    health: dict[str, Any] = Field(default_factory=dict, description="Free-form health: temperatures, free disk, error counts.")
-    events: list[dict[str, Any]] = Field(default_factory=list, max_length=100, description="Agent events since the last heartbeat.")
-
-
-class AssignedVersion(BaseModel):
-    version: int
-    track: Literal["canary", "production"]
-
-
-class Assignment(BaseModel):
-    """The version of each model a device should run."""
-
-    device_id: str
-    models: dict[str, AssignedVersion]
-
-
 class ResultBatch(BaseModel):
     """Results of one device; each event's ``device_id`` must be that device's."""
 
@@ -110,17 +78,11 @@ class ResultsAck(BaseModel):
     duplicates: list[str] = Field(description="Ids forwarded before (or repeated in the batch): acknowledged, not forwarded again.")
 
 
-class RolloutRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    canary_percent: int = Field(ge=0, le=100)
-    canary_version: int | None = Field(ge=1)
-
-
 class Rollout(BaseModel):
     name: str
     production: int | None
     policy: registry.RolloutPolicy
+    gate: rollout_gate.GateStatus | None = Field(description="How the canary fares with the gate; none when no canary is on.")
 
 
 @router.post(
@@ -169,9 +131,12 @@ def _device(request: Request, device_id: DeviceId, key: ApiKey = Depends(require
     "/{device_id}/heartbeat", summary="Report models and health; answers the versions to run", responses=documented(404, "No such device.")
 )
 def heartbeat(request: Request, body: HeartbeatRequest, device: Device = Depends(_device)) -> Assignment:
-    record = Heartbeat(time=datetime.now(UTC), models=body.models, health=body.health, events=body.events)
-    _store(request).record_heartbeat(device.id, record)
-    return _assignment(request, device.id)
+    before = _assignment(request, device.id)
+    record = Heartbeat(time=datetime.now(UTC), models=body.models, reports=body.reports, health=body.health, events=body.events)
+    store = _store(request)
+    store.record_heartbeat(device.id, record, {name: assigned.track for name, assigned in before.models.items()})
+    settled = rollout_gate.settle_all(store, registry_root_of(request))
+    return _assignment(request, device.id) if settled else before
 
 
 @router.get("/{device_id}/assignment", summary="The version of each model the device should run", responses=documented(404, "No such device."))
@@ -223,19 +188,34 @@ def results(request: Request, device: Device = Depends(_device), batch: ResultBa
     return ResultsAck(accepted=list(new), duplicates=duplicates)
 
 
-@rollout_router.get("/{name}/rollout", summary="A model's rollout policy", dependencies=[Depends(require("analyst", "device"))])
+@rollout_router.get(
+    "/{name}/rollout", summary="A model's rollout policy and how its canary fares with the gate", dependencies=[Depends(require("analyst", "device"))]
+)
 def get_rollout(request: Request, name: ModelName) -> Rollout:
-    root = registry_root_of(request)
     with unknown_model_is_404():
-        return Rollout(name=name, production=registry.current(root, name), policy=registry.rollout(root, name))
+        return _rollout(request, name)
 
 
-@rollout_router.put("/{name}/rollout", summary="Set a model's rollout policy (admin)")
-def put_rollout(request: Request, name: ModelName, body: RolloutRequest, key: ApiKey = Depends(require("admin"))) -> Rollout:
-    root = registry_root_of(request)
+@rollout_router.put(
+    "/{name}/rollout",
+    summary="Set a model's rollout policy and its gate (admin); a new canary starts gathering evidence from now",
+    responses=documented(409, "The canary version is past the canary stage: production, archived or rolled back."),
+)
+def put_rollout(request: Request, name: ModelName, body: registry.RolloutRules, key: ApiKey = Depends(require("admin"))) -> Rollout:
     with unknown_model_is_404():
-        policy = registry.set_rollout(root, name, body.canary_percent, body.canary_version, actor=key.id)
-        return Rollout(name=name, production=registry.current(root, name), policy=policy)
+        try:
+            registry.set_rollout(registry_root_of(request), name, body, actor=key.id)
+        except ValueError as error:
+            raise Problem(409, str(error), kind="rollout-refused", title="Rollout refused") from None
+        return _rollout(request, name)
+
+
+def _rollout(request: Request, name: str) -> Rollout:
+    root = registry_root_of(request)
+    return Rollout(
+        name=name, production=registry.current(root, name), policy=registry.rollout(root, name),
+        gate=rollout_gate.gate_status(_store(request), root, name),
+    )  # fmt: skip
 
 
 def _assignment(request: Request, device_id: str) -> Assignment:

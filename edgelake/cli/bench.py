@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
-from edgelake.cli.common import console, not_built, reported_errors
+from edgelake.cli.common import console, reported_errors
 from edgelake.settings import Settings
 
 app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
@@ -102,6 +103,25 @@ def api(
     report("api", result, as_json, record)
 
 
+@app.command("edge")
+def edge(
+    ctx: typer.Context,
+    model_dir: Optional[Path] = typer.Option(
+        None, "--model-dir", help="A directory with vision_float.tflite and vision_int8.tflite; default the production vision model."
+    ),
+    runs: int = typer.Option(100, "--runs", min=10, help="Timed invocations of each model on each frame."),
+    frames: int = typer.Option(500, "--frames", min=1, help="Frames the agent classifies (at 50 a second) while its memory is watched."),
+    as_json: bool = JSON_OPTION,
+    record: bool = RECORD_OPTION,
+) -> None:
+    """Per-frame latency of the int8 vision model against the float one, their size ratio, and a running agent's peak RSS."""
+    from bench import edge as bench_edge
+
+    with reported_errors():
+        result = bench_edge.run(ctx.obj, model_dir, runs, frames)
+    report("edge", result, as_json, record)
+
+
 def _rates(text: str) -> tuple[int, ...]:
     """``--rates``: comma-separated whole rates of at least 1 request/s."""
     try:
@@ -120,6 +140,3 @@ def report(name: str, result: dict[str, Any], as_json: bool, record: bool) -> No
     if record:
         record_result(name, result)
     print(json.dumps(result)) if as_json else console.print(result)
-
-
-not_built(app, "edge", "Edge inference latency, size and memory (issue #7).")

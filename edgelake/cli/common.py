@@ -1,4 +1,4 @@
-"""Helpers every command group shares: console, error reporting, placeholders for unbuilt groups."""
+"""Helpers every command group shares: console and error reporting."""
 
 from __future__ import annotations
 
@@ -34,17 +34,3 @@ def reported_errors() -> Iterator[None]:
     except USER_ERRORS as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False)
         raise typer.Exit(2) from None
-
-
-def not_built(app: typer.Typer, name: str, summary: str) -> None:
-    """Register a command group that exists in the design but is not built yet."""
-
-    def placeholder() -> None:
-        err_console.print(f"[yellow]edgelake {name}: not built yet.[/] {summary}")
-        raise typer.Exit(2)
-
-    app.command(
-        name,
-        help=f"(not built yet) {summary}",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(placeholder)

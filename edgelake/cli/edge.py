@@ -94,7 +94,7 @@ def fleet(
         )  # fmt: skip
         with Live(fleet_table([]), console=console, refresh_per_second=1, transient=False) as live:
             runs = run_fleet(options, lambda statuses: live.update(fleet_table(statuses)))
-    failed = [run for run in runs if run.returncode not in (0, -signal.SIGTERM)]
+    failed = [run for run in runs if run.returncode not in (0, 3)]  # 3: stopped with results still queued for the next run
     for run in failed:
         err_console.print(f"[red]{run.name} exited {run.returncode}[/]; see {options.state_root / run.name / 'agent.log'}", highlight=False)
     if failed:

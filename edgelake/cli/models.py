@@ -115,6 +115,69 @@ def rollback(
     _print_transitions(name, transitions)
 
 
+@app.command("rollout")
+def rollout(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    canary_percent: int | None = typer.Option(None, "--canary-percent", min=0, max=100, help="Share of devices on the canary."),
+    canary_version: int | None = typer.Option(None, "--canary-version", min=0, help="Version the canary devices run; 0: no canary."),
+    promote_after: int | None = typer.Option(None, "--promote-after", min=1, help="Healthy canary reports the gate needs."),
+    max_accuracy_drop: float | None = typer.Option(
+        None, "--max-accuracy-drop", min=0, max=1, help="How far below production's the canary's accuracy may be and still be promoted."
+    ),
+    min_labelled: int | None = typer.Option(None, "--min-labelled", min=1, help="Labelled inferences each side needs before comparing."),
+    deadline_s: float | None = typer.Option(None, "--deadline-s", help="Seconds the canary has to gather that evidence before it is rolled back."),
+) -> None:
+    """Show a model's rollout policy, its versions' stages and how the canary fares with the gate; with options, change the
+    policy in the local registry (what is not given stays) and start the canary's evidence afresh."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    options = {
+        "canary_percent": canary_percent, "canary_version": canary_version, "promote_after_reports": promote_after,
+        "max_accuracy_drop": max_accuracy_drop, "min_labelled": min_labelled, "deadline_s": deadline_s,
+    }  # fmt: skip
+    given = {field: value for field, value in options.items() if value is not None}
+    if given.get("canary_version") == 0:
+        given["canary_version"] = None
+    with reported_errors():
+        root = registry.registry_root(settings.lake_root)
+        policy = registry.rollout(root, name)
+        if given:
+            rules = registry.RolloutRules.model_validate({**policy.model_dump(include=set(registry.RolloutRules.model_fields)), **given})
+            policy = registry.set_rollout(root, name, rules, actor=os.environ.get("USER"))
+        stages = registry.versions(root, name)
+    canary = "no canary" if policy.canary_version is None else f"canary v{policy.canary_version} on {policy.canary_percent}% of devices"
+    since = "" if policy.updated is None else f" (since {policy.updated:%Y-%m-%d %H:%M:%S} UTC, by {policy.actor or 'unknown'})"
+    console.print(f"[bold]{name}[/]: {canary}{since}", highlight=False)
+    console.print(
+        f"gate: promote after {policy.promote_after_reports} healthy reports and {policy.min_labelled:,} labelled inferences a side, "
+        f"if at most {policy.max_accuracy_drop:g} below production's accuracy; roll back after {policy.deadline_s:g} s without",
+        highlight=False,
+    )
+    console.print("stages: " + ", ".join(f"v{version} {stage}" for version, stage in stages.items()), highlight=False)
+    _print_gate(settings, root, name)
+
+
+def _print_gate(settings: Settings, root: Path, name: str) -> None:
+    """The canary's evidence as the local device store holds it (the API's, when it runs on this data dir)."""
+    from api.devices import DeviceStore, devices_path
+    from api.rollout_gate import gate_status
+
+    path = devices_path(settings.data_dir)
+    gate = gate_status(DeviceStore(path), root, name) if path.is_file() else None
+    if gate is None:
+        return
+    for side, tally in (("canary", gate.canary), ("production", gate.production)):
+        accuracy = "-" if tally.accuracy is None else f"{tally.accuracy:.3f}"
+        console.print(
+            f"{side} {'(none)' if tally.version is None else f'v{tally.version}'}: {tally.healthy_reports} healthy, {tally.unhealthy_reports} unhealthy reports, "
+            f"{tally.labelled:,} labelled, accuracy {accuracy}",
+            highlight=False,
+        )
+    console.print(f"waiting for: {'; '.join(gate.missing) or 'nothing'} · {gate.deadline_s_left:.0f} s left", highlight=False)
+
+
 @app.command("verify")
 def verify(
     ctx: typer.Context,

@@ -145,7 +145,8 @@ def test_a_heartbeat_is_stored_listed_and_answered_with_the_assignment(fleet: Fl
     mine = next(d for d in listing.json() if d["id"] == fleet.device_id)
     assert mine["name"] == "gate-1" and mine["hardware"] == {"cpu": "a53"} and mine["enrolled"]
     beat = mine["last_heartbeat"]
-    assert beat["models"] == {"fraud": 1} and beat["health"] == {"temp_c": 51.5} and beat["events"] == [{"kind": "boot"}] and beat["time"]
+    assert beat["models"] == {"fraud": 1} and beat["health"] == {"temp_c": 51.5} and beat["time"]
+    assert [event["kind"] for event in beat["events"]] == ["boot"]
 
 
 def test_a_device_key_speaks_only_for_its_own_device(fleet: Fleet) -> None:

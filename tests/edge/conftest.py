@@ -122,8 +122,10 @@ class AgentProcess:
             self.process.wait()
 
 
-def start_agent(python: Path | str, cloud: Cloud, name: str, state_dir: Path, *options: str, token: str | None = None) -> AgentProcess:
-    """``python -m edge run`` as a device named ``name`` of ``cloud``, with JSON logs in ``state_dir/agent.log``."""
+def start_agent(
+    python: Path | str, cloud: Cloud, name: str, state_dir: Path, *options: str, token: str | None = None, env: Mapping[str, str] | None = None
+) -> AgentProcess:
+    """``python -m edge run`` as a device named ``name`` of ``cloud`` (``env`` added to its environment), with JSON logs in ``state_dir/agent.log``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     command = [
         str(python), "-m", "edge", "run", "--device-name", name, "--state-dir", str(state_dir), "--api-url", cloud.url,
@@ -134,6 +136,7 @@ def start_agent(python: Path | str, cloud: Cloud, name: str, state_dir: Path, *o
         "EDGELAKE_LOG_FORMAT": "json",
         "EDGELAKE_DATA_DIR": str(state_dir / "data"),  # nothing of the cloud's: the device has its own
         "EDGELAKE_FASHION_MNIST_DIR": str(cloud.settings.fashion_mnist_dir),
+        **(env or {}),
     }
     with (state_dir / "agent.out").open("wb") as out, (state_dir / "agent.log").open("ab") as log:
         process = subprocess.Popen(command, stdout=out, stderr=log, env=env, cwd=state_dir)

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from kafka import KafkaProducer
 
+from api.devices import DeviceStore, devices_path
 from edge.outbox import Outbox
 from edgelake.contracts import EdgeInference
 from edgelake.kafka import read_topic
@@ -59,6 +60,22 @@ def test_results_made_while_the_cloud_is_unreachable_reach_the_lake_exactly_once
     ids, frames = mine["event_id"].to_pylist(), mine["input_ref"].to_pylist()
     assert len(ids) == FRAMES and len(set(ids)) == FRAMES  # none lost, none twice
     assert sorted(frames) == [f"fashion-mnist/test/{n:05d}" for n in range(FRAMES)]  # one result per frame the camera gave
+
+
+def test_a_device_that_reaches_kafka_publishes_there_and_the_api_forwards_nothing(cloud: Cloud, vision_run, tmp_path: Path) -> None:
+    cloud.publish(vision_files(vision_run), vision_run.extra)
+    servers = cloud.settings.kafka_bootstrap_servers
+    agent = start_agent(
+        main_python(), cloud, "direct-1", tmp_path / "device", "--fps", "50", "--max-frames", "40",
+        env={"EDGELAKE_EDGE_KAFKA_BOOTSTRAP_SERVERS": servers, "EDGELAKE_TOPIC_PREFIX": cloud.settings.topic_prefix},
+    )  # fmt: skip
+    summary = agent.finish()
+
+    topic = cloud.settings.topic(EdgeInference.topic)
+    results = [EdgeInference.parse(record.value) for record in read_topic(servers, topic)]
+    ids = [result.event_id for result in results if result.device_id == summary["device_id"]]
+    assert summary["delivered"] == 40 and len(ids) == 40 and len(set(ids)) == 40
+    assert DeviceStore(devices_path(cloud.settings.data_dir)).forwarded(ids) == set()  # none went through the API
 
 
 def _delivered(cloud: Cloud) -> int:

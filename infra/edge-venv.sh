@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The two slim virtual environments an edge device would have, built from this checkout:
+# .venv-edge with `pip install '.[edge]'` (LiteRT, NumPy 2) and .venv-edge-tflite with
+# `pip install '.[edge-tflite]'` (tflite-runtime 2.14, NumPy 1). The project goes in as a
+# wheel, not editable, built from the files git would commit, so each venv proves the
+# packaging: the edge package imports with its extra alone, and no cloud stage comes along.
+# Idempotent: does nothing while pyproject.toml, the package sources and this script are
+# unchanged since each venv last passed its checks; a changed pyproject.toml makes them anew,
+# so that a dependency dropped from an extra cannot linger in them.
+# Usage: bash infra/edge-venv.sh   (PYTHON picks the interpreter, 3.11)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+packages=(edgelake ingest lake training edge api bench)  # [tool.setuptools.packages.find] in pyproject.toml
+heavy='tensorflow pyspark apache_beam deltalake pyarrow pandas'
+
+# The files a wheel is built from: tracked or new, not ignored, present.
+sources() {
+    git ls-files --cached --others --exclude-standard -- pyproject.toml README.md "${packages[@]}" |
+        sort -u | while IFS= read -r file; do [ -f "$file" ] && printf '%s\n' "$file"; done
+}
+
+# Imports every module of the edge package (its __main__ runs the agent, so only that is
+# left out) and the runtime, and fails if any cloud-side package is importable at all.
+check() {
+    local runtime="$1"
+    cat <<EOF
+import importlib, importlib.util, pkgutil
+import edge
+for module in pkgutil.walk_packages(edge.__path__, "edge."):
+    if not module.name.endswith(".__main__"):
+        importlib.import_module(module.name)
+importlib.import_module("$runtime.interpreter")
+present = [name for name in "$heavy".split() if importlib.util.find_spec(name)]
+assert not present, f"cloud packages installed beside the edge extra: {present}"
+EOF
+}
+
+stamp="$({ sources | xargs -d '\n' sha256sum; sha256sum infra/edge-venv.sh; } | sha256sum | cut -d' ' -f1)"
+dependencies="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+wheel_src=""
+trap '[ -z "$wheel_src" ] || rm -rf "$wheel_src"' EXIT
+
+for spec in "edge .venv-edge ai_edge_litert" "edge-tflite .venv-edge-tflite tflite_runtime"; do
+    read -r extra venv runtime <<<"$spec"
+    if [ "$(cat "$venv/.edgelake-stamp" 2>/dev/null)" = "$stamp" ]; then
+        continue
+    fi
+    if [ "$(cat "$venv/.edgelake-pyproject" 2>/dev/null)" != "$dependencies" ]; then
+        rm -rf "$venv"
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        # tflite-runtime 2.14 has wheels for CPython 3.8 to 3.11 only, and the project needs 3.11.
+        if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+            echo "the edge venvs need Python 3.11, not $("$python" --version 2>&1 | head -n 1) ($python): set PYTHON" >&2
+            exit 1
+        fi
+        "$python" -m venv "$venv"
+        echo '*' >"$venv/.gitignore"  # the venv ignores itself, as those of Python 3.13 do
+        echo "$dependencies" >"$venv/.edgelake-pyproject"
+    fi
+    if [ -z "$wheel_src" ]; then
+        # A copy, so that setuptools' build/ in the checkout cannot slip stale modules into the wheel.
+        wheel_src="$(mktemp -d -t edgelake-edge-wheel.XXXXXX)"
+        sources | tar -cf - -T - | tar -xf - -C "$wheel_src"
+    fi
+    rm -f "$venv/.edgelake-stamp"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel_src[$extra]"
+    (cd / && "$root/$venv/bin/python" -I -c "$(check "$runtime")" && "$root/$venv/bin/python" -I -m edge run --help >/dev/null)
+    "$venv/bin/edgelake" --help >/dev/null
+    echo "$stamp" >"$venv/.edgelake-stamp"
+    echo "edge venv ready at $venv ($extra extra)"
+done
