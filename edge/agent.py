@@ -145,10 +145,7 @@ class Agent:
             self.stop.set()
             cloud.join(timeout=30)
             self._heartbeat(client)  # the last counts and events
-            if isinstance(sink, FallbackSink):
-                for each in sink.sinks:
-                    if isinstance(each, KafkaSink):
-                        each.close()
+            sink.close()
             client.close()
         return self._summary()
 

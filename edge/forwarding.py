@@ -16,6 +16,7 @@ class ResultSink(Protocol):
     """Delivers results (EdgeInference JSON, in order) or raises CloudUnreachable; delivered means acknowledged."""
 
     def deliver(self, events: Sequence[bytes]) -> None: ...
+    def close(self) -> None: ...
 
 
 class ApiSink:
@@ -27,6 +28,9 @@ class ApiSink:
 
     def deliver(self, events: Sequence[bytes]) -> None:
         self.client.send_results(self.device_id, events)
+
+    def close(self) -> None:
+        """Nothing to close: the client belongs to the agent."""
 
 
 class KafkaSink:
@@ -80,4 +84,8 @@ class FallbackSink:
             except CloudUnreachable as error:
                 failures.append(f"{type(sink).__name__}: {error}")
         raise CloudUnreachable("; ".join(failures))
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
