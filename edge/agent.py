@@ -122,6 +122,8 @@ class Agent:
         self._report: ModelReport | None = None
         self._model: EdgeModel | None = None
         self._frames = 0
+        self._labelled = 0  # over the whole run, across versions
+        self._correct = 0
         self._delivered = 0
         self._reported_drops = 0
         self._started = time.monotonic()
@@ -235,6 +237,8 @@ class Agent:
         dropped = self.outbox.put(event.event_id, event.to_bytes())
         with self._lock:
             self._frames += 1
+            self._labelled += label is not None
+            self._correct += label is not None and label == prediction
             report = self._report_for(model)
             self._report = report.model_copy(update={
                 "inferences": report.inferences + 1,
@@ -390,6 +394,7 @@ class Agent:
             "queued": len(self.outbox),
             "dropped": self.outbox.dropped,
             "frames": self._frames,
+            "accuracy": round(self._correct / self._labelled, 4) if self._labelled else None,  # on labelled frames, this run
             "delivered": self._delivered,
             "runtime": None if model is None else model.runtime,
             "peak_rss_mb": peak_rss_mb(),

@@ -145,7 +145,7 @@ def serve_and_score(settings: Settings) -> None:
 
 def run_edge_fleet(settings: Settings) -> None:
     """Run a small fleet of edge agents against the API started before; land their results and ask the lake how they did."""
-    from edge.fleet import FleetOptions, run_fleet
+    from edge.fleet import FleetOptions, run_fleet, statuses
     from edgelake.cli.edge import fleet_table, issue_local_enrollment_token
     from edgelake.cli.sql import print_result
     from edgelake.contracts import EdgeInference
@@ -158,7 +158,7 @@ def run_edge_fleet(settings: Settings) -> None:
         max_frames=FLEET_FRAMES,
     )  # fmt: skip
     runs = run_fleet(options)
-    console.print(fleet_table([{**_status(run.summary), "device_name": run.name} for run in runs]))
+    console.print(fleet_table(statuses(options)))
     failed = [run.name for run in runs if run.returncode != 0]
     if failed:
         raise RuntimeError(f"edge agents {', '.join(failed)} failed; see their agent.log under {options.state_root}")
@@ -166,14 +166,6 @@ def run_edge_fleet(settings: Settings) -> None:
     console.print(f"edge results landed in silver: {totals.counts.get(EdgeInference.topic, {}).get('silver', 0):,}", highlight=False)
     console.print(FLEET_QUERY.strip(), style="dim", highlight=False)
     print_result(run_query(settings.lake_root, FLEET_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
-
-
-def _status(summary: dict[str, object] | None) -> dict[str, object]:
-    """A fleet table row from an agent's exit summary."""
-    summary = summary or {}
-    version = summary.get("model_version")
-    health = {key: summary.get(key) for key in ("frames", "delivered", "queued", "dropped")}
-    return {"models": {} if version is None else {"vision": version}, "health": health}
 
 
 def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, object]]:

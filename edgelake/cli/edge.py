@@ -112,20 +112,15 @@ def issue_local_enrollment_token(settings: Settings, devices: int, name: str) ->
 
 
 def fleet_table(statuses: list[dict[str, Any]]) -> Table:
-    """One row per device: its model version, results made, delivered and queued, dropped, and its last agent event."""
-    table = Table("device", "model", "frames", "delivered", "queued", "dropped", "accuracy (last beat)", "last event", title="edge fleet")
+    """One row per device, from its last heartbeat: model version, results made, delivered, queued and dropped, accuracy, runtime."""
+    table = Table("device", "model", "frames", "delivered", "queued", "dropped", "accuracy", "runtime", title="edge fleet")
     for status in statuses:
         health = status.get("health", {})
-        reports = status.get("reports", {})
-        report = next(iter(reports.values()), {})
-        accuracy = f"{report['correct'] / report['labelled']:.2f}" if report.get("labelled") else ""
-        events = status.get("events") or [{}]
-        last = events[-1]
-        event = f"{last.get('kind', '')} v{last.get('version')}" if last.get("kind") else ""
         models = ", ".join(f"{name} v{version}" for name, version in status.get("models", {}).items())
+        accuracy = "" if health.get("accuracy") is None else f"{health['accuracy']:.3f}"
         table.add_row(
-            status.get("device_name", "?"), models, str(health.get("frames", "")), str(health.get("delivered", "")),
-            str(health.get("queued", "")), str(health.get("dropped", "")), accuracy, event,
+            status.get("device_name", "?"), models, *(str(health.get(key, "")) for key in ("frames", "delivered", "queued", "dropped")),
+            accuracy, str(health.get("runtime") or ""),
         )  # fmt: skip
     return table
 
