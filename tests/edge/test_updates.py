@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import base64
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from api.devices import DeviceStore, devices_path
 from edgelake.contracts import EdgeInference
 from edgelake.kafka import read_topic
 from edgelake.signing import SIGNATURE
-from tests.edge.conftest import Cloud, color_model, edge_python, main_python, shifted_expectations, start_agent, vision_files, wait_for
+from tests.edge.conftest import VISION, Cloud, color_model, edge_python, main_python, shifted_expectations, start_agent, vision_files, wait_for
 
 RUNTIMES = {"project venv": None, "edge extra (LiteRT)": "litert", "tflite-runtime 2.14, numpy<2": "tflite_runtime"}
 
@@ -68,6 +70,9 @@ def test_the_agent_takes_good_versions_and_refuses_or_rolls_back_bad_ones(cloud:
     assert summary["model_version"] == good
     assert summary["events"]["update_refused"] == 2 and summary["events"]["smoke_test_failed"] == 1
     assert summary["events"]["rolled_back"] == 1 and summary["events"]["runtime_error"] >= 1
+    # Every refusal and the rollback reached the cloud in a heartbeat, as a failed report of its version.
+    failed = DeviceStore(devices_path(cloud.settings.data_dir)).reports(VISION, datetime(2000, 1, 1, tzinfo=UTC), unhealthy_only=True)
+    assert {report.version for report in failed} == {tampered, forged, failing_smoke, failing_at_run_time}
     results = [EdgeInference.parse(record.value) for record in read_topic(cloud.settings.kafka_bootstrap_servers, cloud.settings.topic(EdgeInference.topic))]
     mine = [result for result in results if result.device_id == summary["device_id"]]
     assert len(mine) == 150 and len({result.event_id for result in mine}) == 150
