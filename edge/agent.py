@@ -373,8 +373,8 @@ class Agent:
     def _set_model(self, model: EdgeModel | None) -> None:
         with self._lock:
             self._model = model
-            if model is not None and (self._report is None or self._report.version != model.version):
-                self._report = ModelReport(version=model.version)
+            if model is not None:
+                self._report_for(model)
 
     def _report_for(self, model: EdgeModel) -> ModelReport:
         """The running report for ``model``'s version (a new one when the version changed); call under the lock."""

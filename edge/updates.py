@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,16 +65,15 @@ class ModelSlot:
         self.installed = Installed.model_validate_json(path.read_bytes()) if path.is_file() else Installed()
 
     def load_active(self) -> EdgeModel | None:
-        """The active version, verified again (its files may have changed at rest); the previous one if it fails."""
-        for version in (self.installed.active, self.installed.previous):
-            if version is None:
-                continue
-            try:
-                return self._proven(self.directory / str(version), version)
-            except UpdateFailed as failure:
-                self._event(failure.kind, version, f"at start: {failure}")
-                self._save(Installed(active=None, previous=None, refused={**self.installed.refused, version: str(failure)}))
-        return None
+        """The active version, verified again (its files may have changed at rest); rolled back to the previous one if it fails."""
+        active = self.installed.active
+        if active is None:
+            return None
+        try:
+            return self._proven(self.directory / str(active), active)
+        except UpdateFailed as failure:
+            self._event(failure.kind, active, f"at start: {failure}")
+            return self.roll_back(f"at start: {failure}")
 
     def wants(self, version: int) -> bool:
         """Whether ``version`` is neither active nor refused before."""
@@ -126,7 +126,7 @@ class ModelSlot:
             fsync_directory(self.directory)
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
-        return load_model(target, model.manifest)
+        return replace(model, directory=target)  # the same files, renamed: the interpreter stays valid
 
     def _proven(self, directory: Path, version: int) -> EdgeModel:
         """The version in ``directory`` once it verifies against the pinned key and passes its smoke test."""

@@ -87,11 +87,6 @@ def cloud(noida_broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Cloud]:
         yield world
 
 
-def vision_files(run: VisionResult) -> dict[str, Path]:
-    """What a training run publishes: every file it wrote."""
-    return dict(run.files)
-
-
 @dataclass
 class AgentProcess:
     """An agent running as a process: its state dir, and its output once it ended."""

@@ -21,7 +21,7 @@ from edge.fleet import FleetOptions, run_fleet, statuses
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import ImageFrame
 from support import append_silver
-from tests.edge.conftest import VISION, cloud_world, vision_files
+from tests.edge.conftest import VISION, cloud_world
 from training import registry
 
 DEVICES = 20
@@ -56,9 +56,9 @@ def test_the_gate_promotes_a_better_canary_and_rolls_back_a_worse_one(
 ) -> None:
     weak, worse = weak_and_worse
     with cloud_world(tmp_path / "cloud", noida_broker.bootstrap_servers) as cloud:
-        production = cloud.publish(vision_files(weak), weak.extra)
-        better = cloud.publish(vision_files(vision_run), vision_run.extra, promote_to=None)
-        worst = cloud.publish(vision_files(worse), worse.extra, promote_to=None)
+        production = cloud.publish(weak.files, weak.extra)
+        better = cloud.publish(vision_run.files, vision_run.extra, promote_to=None)
+        worst = cloud.publish(worse.files, worse.extra, promote_to=None)
         _, admin_token = KeyStore(keys_path(cloud.settings.data_dir)).create("fleet test", "admin")
         admin = httpx2.Client(base_url=cloud.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30)
         options = FleetOptions(

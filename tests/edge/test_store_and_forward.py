@@ -15,7 +15,7 @@ from edgelake.contracts import EdgeInference
 from edgelake.kafka import read_topic
 from ingest.loop import IngestOptions, ingest
 from lake.tables import SILVER, table_uri
-from tests.edge.conftest import Cloud, main_python, start_agent, vision_files, wait_for
+from tests.edge.conftest import Cloud, main_python, start_agent, wait_for
 
 FPS = 10
 FRAMES = 900
@@ -23,7 +23,7 @@ OUTAGE_S = 60
 
 
 def test_results_made_while_the_cloud_is_unreachable_reach_the_lake_exactly_once(cloud: Cloud, vision_run, tmp_path: Path) -> None:
-    cloud.publish(vision_files(vision_run), vision_run.extra)
+    cloud.publish(vision_run.files, vision_run.extra)
     device = tmp_path / "device"
     agent = start_agent(main_python(), cloud, "offline-1", device, "--fps", str(FPS), "--heartbeat-s", "1", "--max-frames", str(FRAMES))
     try:
@@ -64,7 +64,7 @@ def test_results_made_while_the_cloud_is_unreachable_reach_the_lake_exactly_once
 
 
 def test_a_device_that_reaches_kafka_publishes_there_and_the_api_forwards_nothing(cloud: Cloud, vision_run, tmp_path: Path) -> None:
-    cloud.publish(vision_files(vision_run), vision_run.extra)
+    cloud.publish(vision_run.files, vision_run.extra)
     servers = cloud.settings.kafka_bootstrap_servers
     agent = start_agent(
         main_python(), cloud, "direct-1", tmp_path / "device", "--fps", "50", "--max-frames", "40",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,10 +18,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.devices import DeviceStore, devices_path
+from edge.runner import EdgeFiles
+from edge.updates import ModelSlot
 from edgelake.contracts import EdgeInference
+from edgelake.device_api import AgentEvent
 from edgelake.kafka import read_topic
 from edgelake.signing import SIGNATURE
-from tests.edge.conftest import VISION, Cloud, color_model, edge_python, main_python, shifted_expectations, start_agent, vision_files, wait_for
+from tests.edge.conftest import VISION, Cloud, color_model, edge_python, main_python, shifted_expectations, start_agent, wait_for
+from training import registry
 
 RUNTIMES = {"project venv": None, "edge extra (LiteRT)": "litert", "tflite-runtime 2.14, numpy<2": "tflite_runtime"}
 
@@ -35,7 +40,7 @@ def flip_one_byte(path: Path) -> None:
 @pytest.mark.parametrize("runtime", list(RUNTIMES.values()), ids=list(RUNTIMES))
 def test_the_agent_takes_good_versions_and_refuses_or_rolls_back_bad_ones(cloud: Cloud, vision_run, runtime: str | None, tmp_path: Path) -> None:
     python = main_python() if runtime is None else edge_python(runtime)
-    files, extra = vision_files(vision_run), vision_run.extra
+    files, extra = vision_run.files, vision_run.extra
     good = cloud.publish(files, extra)
     agent = start_agent(python, cloud, "ota-1", tmp_path / "device", "--fps", "20", "--heartbeat-s", "0.3", "--max-frames", "150")
     try:
@@ -86,3 +91,25 @@ def test_a_device_without_credentials_or_token_is_told_so(cloud: Cloud, tmp_path
     returncode = agent.process.wait(60)
     assert returncode == 2
     assert "refused the enrollment" in (tmp_path / "device" / "agent.log").read_text()
+
+
+def test_a_version_changed_at_rest_is_refused_at_start_and_the_previous_one_serves(vision_run, tmp_path: Path) -> None:
+    lake, keys = str(tmp_path / "lake"), tmp_path / "keys"
+    for _ in range(2):
+        registry.publish_run(lake, keys, VISION, vision_run.files, metrics={}, lineage={}, extra=vision_run.extra)
+    root = registry.registry_root(lake)
+    slot_dir = tmp_path / "device" / "models" / VISION
+    for version in (1, 2):  # what a device keeps of each version: the signed manifest and the files it runs
+        (slot_dir / str(version)).mkdir(parents=True)
+        for file in ("manifest.json", SIGNATURE, *EdgeFiles.of(registry.get(root, VISION, version).manifest).names()):
+            shutil.copy(root / VISION / str(version) / file, slot_dir / str(version) / file)
+    (slot_dir / "installed.json").write_text('{"active": 2, "previous": 1}')
+    flip_one_byte(slot_dir / "2" / vision_run.extra["edge_model"])
+    events: list[AgentEvent] = []
+
+    model = ModelSlot(slot_dir.parent, VISION, registry.registry_public_key(root), events.append).load_active()
+
+    assert model is not None and model.version == 1 and not model.smoke_test()
+    kept = ModelSlot(slot_dir.parent, VISION, registry.registry_public_key(root), events.append).installed  # as stored
+    assert kept.active == 1 and kept.previous is None and "sha256 differs" in kept.refused[2]
+    assert [(event.kind, event.version) for event in events] == [("update_refused", 2), ("rolled_back", 2)]
