@@ -190,7 +190,7 @@ def test_no_decision_before_the_reports_and_labels_are_in_and_the_gate_shows_its
     }  # fmt: skip  # the first round after the policy, canary devices still ran v1
     assert gate["production"]["version"] == 1 and gate["production"]["labelled"] == 3 * production * LABELLED
     assert gate["production"]["accuracy"] == 0.8 and gate["first_failure"] is None
-    assert gate["missing"] == [f"{2 * canary * LABELLED} of 100,000 labelled canary inferences", f"{3 * production * LABELLED} of 100,000 labelled production inferences"]
+    assert gate["missing"] == [f"{2 * canary * LABELLED:,} of 100,000 labelled canary inferences", f"{3 * production * LABELLED:,} of 100,000 labelled production inferences"]
     assert 800 < gate["deadline_s_left"] <= 900
 
 
