@@ -84,7 +84,7 @@ def run(settings: Settings, model_dir: Path | None, runs: int, agent_frames: int
 
 def production_dir(settings: Settings) -> Path:
     """The version directory of the production vision model in the settings' registry."""
-    root = registry.registry_root(settings.lake_root)
+    root = registry.registry_root(settings.lake_root, settings.registry_dir)
     advice = "run `edgelake train vision --promote-to production` or `make demo`, or pass --model-dir"
     if MODEL not in registry.models(root) or (version := registry.current(root, MODEL)) is None:
         raise FileNotFoundError(f"no production {MODEL} model in the registry at {root}: {advice}")

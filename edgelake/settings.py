@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     lake_root: str = Field(
         "./.edgelake/lake", description="Lake root: a path or any URI deltalake accepts (s3://, file://)."
     )
+    registry_dir: Path | None = Field(
+        None,
+        description="Model registry folder; default <lake_root>/models. A lake on object storage needs one: a filesystem every service mounts.",
+    )
     spark_master: str = Field("local[*]", description="Spark master for lake and training jobs: local[*] or a cluster URL.")
     sql_row_limit: int = Field(10_000, gt=0, description="Most rows a SQL query returns; more are cut off and flagged.")
     sql_timeout_s: float = Field(30.0, gt=0, description="Seconds a SQL query may run before it is abandoned.")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
+from deltalake.exceptions import CommitFailedError
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -87,7 +88,7 @@ def ingest(
             stop.wait(0.2)  # let a small batch fill up until max_wait_s
             continue
         started = time.monotonic()
-        counts = run_batch(servers, config, ranges, beam_options)
+        counts = _retrying_lake(lambda: run_batch(servers, config, ranges, beam_options))
         seconds = time.monotonic() - started
         waiting_since = time.monotonic()
         BATCH_SECONDS.observe(seconds)
@@ -105,6 +106,24 @@ def ingest(
         if options.compact_every and totals.batches % options.compact_every == 0:
             maintain(settings, options.topics)
     return totals
+
+
+def _retrying_lake(call: Callable[[], BatchCounts], max_stall_s: float = 120.0) -> BatchCounts:
+    """``call()``, tried again with backoff while the lake's storage fails, for up to ``max_stall_s``.
+
+    A batch can run again whole: each of its commits skips the offsets its table already holds.
+    """
+    started, delay = time.monotonic(), 1.0
+    while True:
+        try:
+            return call()
+        except (OSError, CommitFailedError) as error:  # object-store errors, or concurrent commits past delta-rs's retries
+            stalled = time.monotonic() - started
+            if stalled > max_stall_s:
+                raise
+            log.warning("lake write failed; running the batch again", extra={"stalled_s": round(stalled), "error": str(error)[:500]})
+            time.sleep(delay)
+            delay = min(15.0, delay * 2)
 
 
 def maintain(settings: Settings, topics: tuple[str, ...]) -> None:

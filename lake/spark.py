@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import urlparse
 from typing import TYPE_CHECKING
 
 from lake.catalog import open_table
@@ -18,7 +19,8 @@ def spark_session(master: str = "local[*]", app_name: str = "edgelake", shuffle_
     """A Spark session on ``master`` (any cluster URL works), in UTC, with this venv's Python on the workers.
 
     Delta Lake's Spark extension is enabled where delta-spark's jars are on the classpath
-    (a cluster set up for it); elsewhere tables are read from their active file lists.
+    (a cluster set up for it); elsewhere tables are read from their active file lists, or
+    through deltalake where Spark has no filesystem for the lake's storage (see :func:`read_table`).
     """
     from pyspark.sql import SparkSession
 
@@ -50,10 +52,24 @@ def has_delta(spark: SparkSession) -> bool:
     return True
 
 
+def has_filesystem(spark: SparkSession, uri: str) -> bool:
+    """Whether this session's Hadoop configuration has a filesystem for ``uri``'s scheme."""
+    scheme = urlparse(uri).scheme or "file"
+    jvm = spark._jvm  # type: ignore[union-attr]
+    try:
+        jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - py4j raises its own error type for an unknown scheme
+        return False
+    return True
+
+
 def read_table(spark: SparkSession, lake_root: str, name: str, version: int | None = None) -> DataFrame:
     """A consistent snapshot of a catalog table (at ``version``, or the latest), partition columns included.
 
-    Never the table's bare folder: it also holds files that later versions removed.
+    Never the table's bare folder: it also holds files that later versions removed. Where Spark
+    has no filesystem for the lake's storage (an ``s3://`` lake without hadoop-aws on the classpath,
+    as in a plain ``pip install pyspark``), the snapshot is read by deltalake on the driver and
+    handed to Spark as Arrow: right for a laptop's data, while a cluster brings hadoop-aws.
     """
     table = open_table(lake_root, name, version)
     if has_delta(spark):
@@ -65,6 +81,8 @@ def read_table(spark: SparkSession, lake_root: str, name: str, version: int | No
     schema = _spark_schema(spark, table)
     if not files:
         return spark.createDataFrame([], schema)
+    if not has_filesystem(spark, table.table_uri):
+        return spark.createDataFrame(table.to_pyarrow_table(), schema)
     frame = (
         spark.read.option("basePath", table.table_uri.rstrip("/"))
         .option("mergeSchema", "true")

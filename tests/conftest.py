@@ -1,5 +1,6 @@
-"""Shared fixtures: real brokers on loopback, settings isolated per test, the cached ULB data set, a small
-silver camera-frames table of real Fashion-MNIST frames and one vision model trained on it per session."""
+"""Shared fixtures: real brokers on loopback, settings isolated per test, the cached ULB data set, a local
+S3-compatible server for lakes on object storage, a small silver camera-frames table of real Fashion-MNIST
+frames and one vision model trained on it per session."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -95,6 +99,67 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """A local S3-compatible server; the standard AWS_* variables that deltalake reads point at it."""
+
+    endpoint: str
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def new_lake(self) -> str:
+        """The URI of a lake root in a fresh bucket."""
+        bucket = f"lake-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket)
+        return f"s3://{bucket}/lake"
+
+    def copy_lake(self, root: str, layers: tuple[str, ...] = ("bronze", "silver", "gold", "quarantine")) -> str:
+        """A fresh object-store lake holding every file of ``layers`` of the local lake at ``root``, byte for byte."""
+        lake = self.new_lake()
+        bucket, prefix = lake.removeprefix("s3://").split("/", 1)
+        client = self.client()
+        for path in Path(root).rglob("*"):
+            if path.is_file() and path.relative_to(root).parts[0] in layers:
+                client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root)}")
+        return lake
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """moto's S3 server (a dev dependency, from PyPI) on a free loopback port, for this process and its children."""
+    port, workdir = free_port(), tmp_path_factory.mktemp("s3")
+    with open(workdir / "moto.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    variables = {
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "edgelake-test", "AWS_SECRET_ACCESS_KEY": "edgelake-test",
+    }  # fmt: skip
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, f"moto_server exited: {(workdir / 'moto.log').read_text()}"
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, f"moto_server did not listen on port {port}"
+            time.sleep(0.1)
+        yield ObjectStore(endpoint)
+    finally:
+        process.terminate()
+        process.wait(10)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any test imports TensorFlow

@@ -1,6 +1,6 @@
 """The model registry in lake storage: signed, versioned models and their rollout stages.
 
-Layout under ``<lake_root>/models``::
+Layout under ``<lake_root>/models`` (or the ``registry_dir`` setting)::
 
     registry.pub                   PEM public key that signs every manifest
     <name>/stages.json             stage of each version + append-only history of transitions
@@ -15,8 +15,8 @@ promotion displaces from canary or production becomes ``archived``; ``rollback``
 previous production version back and marks the current one ``rolled_back``. A version put
 on canary by the rollout policy becomes ``canary``; the rollout gate settles it by promoting
 it to production or rejecting it (``rolled_back``). The stage and rollout files are
-local-filesystem only for now (atomic rename plus an flock), as are the lake roots
-accepted here.
+local-filesystem only (atomic rename plus an flock): a lake on object storage keeps its
+registry in a folder of its own that every service mounts (``registry_dir``).
 """
 
 from __future__ import annotations
@@ -153,18 +153,26 @@ class ModelVersion:
     manifest: Manifest
 
 
-def registry_root(lake_root: str) -> Path:
-    """The registry directory of a lake given as a local path or ``file://`` URI."""
-    return local_path(lake_root) / "models"
+def registry_root(lake_root: str, registry_dir: Path | None = None) -> Path:
+    """The registry directory: ``registry_dir`` if given, else ``models`` in a lake given as a local path or ``file://`` URI."""
+    if registry_dir is not None:
+        return registry_dir
+    lake = local_path(lake_root)
+    if lake is None:
+        raise ValueError(
+            f"the lake {lake_root} is on object storage and the model registry needs a filesystem: "
+            "set registry_dir (EDGELAKE_REGISTRY_DIR) to a folder every service mounts"
+        )
+    return lake / "models"
 
 
-def local_path(uri: str) -> Path:
-    """``uri`` as a local path; ValueError for object stores, which the registry does not support yet."""
+def local_path(uri: str) -> Path | None:
+    """``uri`` as a local path; None for an object store's URI."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return Path(parsed.path)
     if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
-        raise ValueError(f"the model registry supports local lake roots only for now, not {parsed.scheme}:// ({uri})")
+        return None
     return Path(uri)
 
 
@@ -175,8 +183,8 @@ def ensure_signing_key(key_dir: Path, lake_root: str) -> Ed25519PrivateKey:
     The public half is kept beside it as ``registry.pub`` for local verification.
     """
     key_dir = key_dir.resolve()
-    lake = local_path(lake_root).resolve()
-    if key_dir.is_relative_to(lake):
+    lake = local_path(lake_root)
+    if lake is not None and key_dir.is_relative_to(lake := lake.resolve()):
         raise ValueError(f"the signing key directory {key_dir} lies inside the lake {lake}; keep private keys out of the lake")
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_path = key_dir / PRIVATE_KEY
@@ -263,12 +271,14 @@ def publish_run(
     extra: Mapping[str, Any] | None = None,
     promote_to: Stage | None = None,
     reason: str | None = None,
+    registry_dir: Path | None = None,
 ) -> ModelVersion:
-    """Publish a training run's files signed with the registry's key (made on first use in ``key_dir``), then
+    """Publish a training run's files into the lake's registry (or ``registry_dir``), signed with the registry's key
+    (made on first use in ``key_dir``), then
     promote it to ``promote_to`` if given. Numeric metrics go to the manifest's metrics, the rest to ``extra["details"]``."""
     numbers = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     details = {key: value for key, value in metrics.items() if key not in numbers}
-    root = registry_root(lake_root)
+    root = registry_root(lake_root, registry_dir)
     version = publish(
         root, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake_root),
         feature_version=feature_version, extra={**(extra or {}), **({"details": details} if details else {})},

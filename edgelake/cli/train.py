@@ -126,7 +126,7 @@ def publish(
     return registry.publish_run(
         settings.lake_root, settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,
         feature_version=feature_version, extra=extra, promote_to=promote_to.value if promote_to else None,
-        reason="edgelake train --promote-to",
+        reason="edgelake train --promote-to", registry_dir=settings.registry_dir,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -87,6 +88,7 @@ def assert_exactly_once(settings: Settings, feed: Feed) -> None:
     bronze = table(settings, BRONZE[TOPIC])
     silver = table(settings, SILVER[TOPIC])
     quarantine = table(settings, QUARANTINE)
+    quarantine = quarantine.filter(pc.equal(quarantine["topic"], settings.topic(TOPIC)))
     produced = set().union(*feed.offsets.values())
 
     bronze_offsets = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist()))
@@ -108,14 +110,18 @@ def assert_exactly_once(settings: Settings, feed: Feed) -> None:
     assert sum(int(commit.get("duplicates", 0)) for commit in history) == len(duplicates)
 
 
-def test_a_batch_lands_in_bronze_silver_and_quarantine(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_a_batch_lands_in_bronze_silver_and_quarantine(noida_broker: EmbeddedBroker, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
     settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+    if storage == "s3":
+        settings = settings.model_copy(update={"lake_root": request.getfixturevalue("object_store").new_lake()})
     feed = produce_feed(settings, 3000)
     totals = ingest(settings, IngestOptions(topics=(TOPIC,), max_events=1000), once=True)
     assert totals.batches >= 3
     assert_exactly_once(settings, feed)
     again = ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
     assert again.batches == 0
+    assert (tmp_path / "lake").exists() == (storage == "local")
 
 
 def test_schema_evolution_adds_a_nullable_column(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -152,7 +158,7 @@ class Ingester:
         return self.log.read_text(errors="replace")[-2000:]
 
 
-def run_ingester(settings: Settings, *args: str) -> Ingester:
+def run_ingester(settings: Settings, *args: str, topic: str = TOPIC) -> Ingester:
     env = {
         **os.environ,
         "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -161,10 +167,30 @@ def run_ingester(settings: Settings, *args: str) -> Ingester:
         "EDGELAKE_DATA_DIR": str(settings.data_dir),
         "EDGELAKE_LOG_FORMAT": "json",
     }
-    command = [sys.executable, "-m", "edgelake", "ingest", "run", "--topics", TOPIC, *args]
+    command = [sys.executable, "-m", "edgelake", "ingest", "run", "--topics", topic, *args]
     log = Path(settings.data_dir) / f"ingester-{time.monotonic_ns()}.log"
     with log.open("wb") as stderr:
         return Ingester(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr), log)
+
+
+def test_two_ingesters_share_the_quarantine_table_on_object_storage(noida_broker: EmbeddedBroker, object_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """As in the compose stack: ingesters of disjoint topics, each committing small batches to the one quarantine table."""
+    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path).model_copy(update={"lake_root": object_store.new_lake()})
+    feed = produce_feed(settings, 360)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    bad_labels = [producer.send(settings.topic("fraud-labels"), b"not a label %d" % i) for i in range(90)]
+    producer.flush()
+    bad_offsets = {(sent.get(timeout=30).partition, sent.get(timeout=30).offset) for sent in bad_labels}
+    producer.close()
+    ingesters = [run_ingester(settings, "--once", "--max-events", str(size), topic=topic) for topic, size in ((TOPIC, 60), ("fraud-labels", 15))]
+    for ingester in ingesters:
+        assert ingester.process.wait(timeout=300) == 0, ingester.output()
+    assert_exactly_once(settings, feed)
+    quarantine = table(settings, QUARANTINE)
+    labels = quarantine.filter(pc.equal(quarantine["topic"], settings.topic("fraud-labels")))
+    assert set(zip(labels["partition"].to_pylist(), labels["offset"].to_pylist())) == bad_offsets and labels.num_rows == 90
+    commits = DeltaTable(table_uri(settings.lake_root, QUARANTINE)).history()
+    assert {commit.get("topic") for commit in commits} >= {settings.topic(TOPIC), settings.topic("fraud-labels")}
 
 
 @pytest.mark.chaos

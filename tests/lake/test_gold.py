@@ -36,7 +36,7 @@ class Silver:
     """A lake whose silver tables are appended to as ingest would: events split over topic
     partitions by key, at consecutive offsets in each."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | str) -> None:
         self.root = str(root)
         self.next_offset: dict[tuple[str, int], int] = defaultdict(int)
 
@@ -154,7 +154,7 @@ def ulb_lake(ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Silver:
     return lake
 
 
-def synthetic_lake(root: Path, count: int, labelled: int) -> Silver:
+def synthetic_lake(root: Path | str, count: int, labelled: int) -> Silver:
     lake = Silver(root)
     lake.append(list(synthetic.transactions(SYNTHETIC, count)))
     lake.append(list(synthetic.labels(SYNTHETIC, labelled)))
@@ -215,8 +215,10 @@ def test_card_features_and_fraud_rates_equal_pandas(spark, source: str, request:
         assert (features["distinct_merchants_7d"] < features["tx_count_7d"]).any()
 
 
-def test_card_features_and_fraud_rates_follow_new_and_late_silver_rows(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lake = synthetic_lake(tmp_path / "lake", 2400, 2000)
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_card_features_and_fraud_rates_follow_new_and_late_silver_rows(spark, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+    root = request.getfixturevalue("object_store").new_lake() if storage == "s3" else tmp_path / "lake"
+    lake = synthetic_lake(root, 2400, 2000)
     first = {r.table: r for r in gold.build_gold(spark, lake.root)}
     assert first["gold_card_features"].rows_in == 2400
 

@@ -8,20 +8,21 @@ import pytest
 from deltalake import write_deltalake
 
 from lake import catalog
-from lake.spark import has_delta, read_table
+from lake.spark import has_delta, has_filesystem, read_table
 from lake.tables import QUARANTINE, table_uri
 from support import quarantine_rows
 
 
-@pytest.fixture
-def lake_root(tmp_path: Path) -> str:
-    """Quarantine at version 0 (10 rows), 1 (a new column), 2 (compacted: the folder keeps removed files)."""
+@pytest.fixture(params=["local", "s3"])
+def lake_root(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """Quarantine at version 0 (10 rows), 1 (a new column), 2 (compacted: the folder keeps removed files);
+    on disk, and copied to object storage, where Spark (without hadoop-aws) has no filesystem."""
     root = str(tmp_path / "lake")
     uri = table_uri(root, QUARANTINE)
     write_deltalake(uri, quarantine_rows(0, 10), partition_by=["ingest_date"])
     write_deltalake(uri, quarantine_rows(10, 5, note="x"), mode="append", schema_mode="merge")
     catalog.optimize(root, "quarantine")
-    return root
+    return request.getfixturevalue("object_store").copy_lake(root) if request.param == "s3" else root
 
 
 def rows(frame) -> list[tuple]:  # type: ignore[no-untyped-def]
@@ -30,6 +31,7 @@ def rows(frame) -> list[tuple]:  # type: ignore[no-untyped-def]
 
 def test_read_table_is_the_current_snapshot_with_partition_and_evolved_columns(spark, lake_root: str) -> None:  # type: ignore[no-untyped-def]
     assert not has_delta(spark)  # the file-list path: no delta-spark jars here
+    assert has_filesystem(spark, lake_root) == (not lake_root.startswith("s3://"))
     frame = read_table(spark, lake_root, "quarantine")
     reference = catalog.open_table(lake_root, "quarantine").to_pyarrow_table()
     assert frame.columns == reference.column_names

@@ -55,13 +55,19 @@ def labels() -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Silver transactions in two versions (240 rows, then 300) and one version of labels for every third one."""
+def lake(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    """Silver transactions in two versions (240 rows, then 300) and one version of labels for every third one;
+    on disk, or (parametrized ``s3``) copied to object storage."""
     root = str(tmp_path_factory.mktemp("sql") / "lake")
     write_deltalake(table_uri(root, TRANSACTIONS), transactions(0, FIRST), partition_by=["event_date"])
     write_deltalake(table_uri(root, TRANSACTIONS), transactions(FIRST, MORE), mode="append")
     write_deltalake(table_uri(root, LABELS), labels(), partition_by=["event_date"])
+    if getattr(request, "param", "local") == "s3":
+        return request.getfixturevalue("object_store").copy_lake(root)
     return root
+
+
+BOTH_STORAGES = pytest.mark.parametrize("lake", ["local", "s3"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +182,7 @@ def test_check_statement_names_the_catalog_tables_read_not_ctes() -> None:
     assert check_statement("SELECT 1") == []
 
 
+@BOTH_STORAGES
 def test_aggregate_by_group(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, _ = frames
     result = run_query(
@@ -193,6 +200,7 @@ def test_aggregate_by_group(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]
     assert not result.truncated
 
 
+@BOTH_STORAGES
 def test_join_of_transactions_and_labels(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, lb = frames
     result = run_query(
@@ -211,6 +219,7 @@ def test_join_of_transactions_and_labels(lake: str, frames: tuple[pd.DataFrame, 
     assert result.tables == {"silver_fraud_labels": 0, "silver_transactions": 1}
 
 
+@BOTH_STORAGES
 def test_window_functions_rank_and_lag(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, _ = frames
     result = run_query(
@@ -258,6 +267,7 @@ def test_order_by_and_limit(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]
     assert not result.truncated
 
 
+@BOTH_STORAGES
 def test_time_travel_reads_an_older_version(lake: str) -> None:
     count = "SELECT count(*) AS n FROM silver_transactions"
     assert run_query(lake, count).table.to_pylist() == [{"n": FIRST + MORE}]
@@ -276,6 +286,7 @@ def test_time_travel_reads_an_older_version(lake: str) -> None:
         run_query(lake, count, as_of=7)
 
 
+@BOTH_STORAGES
 def test_row_limit_truncates_and_flags(lake: str) -> None:
     every = "SELECT * FROM silver_transactions"
     cut = run_query(lake, every, limit=50)
@@ -327,6 +338,7 @@ def edgelake_sql(lake: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgelake", "sql", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@BOTH_STORAGES
 def test_cli_json_output(lake: str) -> None:
     result = edgelake_sql(lake, "SELECT event_id, event_time, attributes FROM silver_transactions ORDER BY event_id LIMIT 2", "--format", "json")
     assert result.returncode == 0, result.stderr

@@ -22,7 +22,9 @@ import pytest
 
 from edgelake.contracts import FraudLabel, Transaction
 from ingest.sources import synthetic, ulb
+from lake.catalog import open_table
 from support import append_silver
+from training import registry
 from training.evaluation import best_f1_threshold, binary_metrics
 from training.features import INPUT_COLUMNS, INPUT_NAMES, INPUTS_VERSION
 from training.fraud import Examples, FraudConfig, FraudResult, build_model, labelled_transactions, split_by_time, train_fraud
@@ -179,6 +181,24 @@ def test_the_same_seed_gives_the_same_metrics(spark, fraud_lake: FraudLake, ulb_
     again = train_fraud(spark, fraud_lake.root, tmp_path, small())
     assert {k: v for k, v in again.metrics.items() if k not in TIMINGS} == {k: v for k, v in ulb_run.metrics.items() if k not in TIMINGS}
     assert again.lineage == ulb_run.lineage
+
+
+def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_registry_folder(  # type: ignore[no-untyped-def]
+    spark, fraud_lake: FraudLake, ulb_run: FraudResult, object_store, tmp_path: Path
+) -> None:
+    lake = object_store.copy_lake(fraud_lake.root, layers=("silver",))  # gold is built there, on object storage
+    again = train_fraud(spark, lake, tmp_path / "run", small())
+    assert {k: v for k, v in again.metrics.items() if k not in TIMINGS} == {k: v for k, v in ulb_run.metrics.items() if k not in TIMINGS}
+    assert again.lineage == ulb_run.lineage
+    assert open_table(lake, "gold_card_features").count() == open_table(fraud_lake.root, "gold_card_features").count()
+
+    with pytest.raises(ValueError, match="set registry_dir"):
+        registry.publish_run(lake, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
+    published = registry.publish_run(
+        lake, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage, registry_dir=tmp_path / "registry"
+    )
+    assert published.path == tmp_path / "registry" / "fraud" / "1"
+    assert registry.verify(tmp_path / "registry", "fraud", 1) == []
 
 
 def test_nothing_to_learn_is_a_clear_error(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

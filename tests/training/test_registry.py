@@ -190,10 +190,11 @@ def test_publish_refuses_a_signer_other_than_the_registrys(published: Lake, tmp_
     assert list(registry.versions(published.root, "fraud")) == [1, 2]
 
 
-def test_only_local_lake_roots_are_supported_for_now(tmp_path: Path) -> None:
+def test_a_lake_on_object_storage_keeps_its_registry_in_a_folder_of_its_own(tmp_path: Path) -> None:
     assert registry.registry_root(f"file://{tmp_path}/lake") == tmp_path / "lake" / "models"
-    with pytest.raises(ValueError, match="local lake roots only"):
+    with pytest.raises(ValueError, match="set registry_dir"):
         registry.registry_root("s3://bucket/lake")
+    assert registry.registry_root("s3://bucket/lake", tmp_path / "registry") == tmp_path / "registry"
 
 
 # --- keys ---------------------------------------------------------------------------------------

@@ -92,13 +92,16 @@ def test_saved_keras_model_reloads_with_the_same_outputs(vision_run, frames_lake
     assert reloaded.predict(x, verbose=0).shape == (50, 10)
 
 
-def test_same_seed_gives_the_same_metrics(vision_run, frames_lake, tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_same_seed_gives_the_same_metrics(vision_run, frames_lake, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
     from training.vision import train_vision
 
-    again = train_vision(frames_lake.root, tmp_path, device="cpu", epochs=2, batch_size=64, seed=0)
+    lake = request.getfixturevalue("object_store").copy_lake(frames_lake.root) if storage == "s3" else frames_lake.root
+    again = train_vision(lake, tmp_path, device="cpu", epochs=2, batch_size=64, seed=0)
 
     for name in ("accuracy", "int8_accuracy", "int8_agreement", "size_ratio"):
         assert again.metrics[name] == pytest.approx(vision_run.metrics[name], abs=0.002), name
+    assert again.lineage == vision_run.lineage
 
 
 def test_limit_trains_on_a_subset_and_evaluates_on_every_test_frame(frames_lake, tmp_path: Path) -> None:
