@@ -32,7 +32,7 @@ test: setup tflite-venv edge-venvs
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/edgelake bench produce --json
+	$(BIN)/edgelake bench all --out bench/results
 
 clean:
 	-$(BIN)/edgelake broker down

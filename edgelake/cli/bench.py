@@ -3,15 +3,57 @@
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.cli.common import USER_ERRORS, console, err_console, reported_errors
 from edgelake.settings import Settings
 
+if TYPE_CHECKING:
+    from bench.report import Outcome
+
 app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each benchmark measures: by default each command's defaults."""
+
+    produce_events: int = 100_000
+    ingest_events: int = 200_000
+    sql_rows: int = 1_000_000
+    sql_repeats: int = 5
+    train_rows: int = 200_000
+    train_images: int = 20_000
+    api_rates: tuple[int, ...] = (200, 500)
+    api_seconds: float = 10.0
+    edge_runs: int = 100
+    edge_frames: int = 500
+
+
+FULL = Sizes()
+# ``bench all --quick``: a few minutes on 2 cores, each still past its benchmark's start-up costs
+QUICK = Sizes(
+    produce_events=20_000, ingest_events=50_000, sql_rows=100_000, sql_repeats=3, train_rows=10_000, train_images=2_000,
+    api_rates=(500,), api_seconds=2.0, edge_runs=20, edge_frames=100,
+)  # fmt: skip
+# The vision model ``bench all`` trains for the edge benchmark where the registry has none.
+STAND_IN_FRAMES = {"train": 4000, "test": 1000}
+STAND_IN_EPOCHS = 2
+STAND_IN = (
+    f"a stand-in vision model trained for this run ({STAND_IN_FRAMES['train']:,} Fashion-MNIST frames, "
+    f"{STAND_IN_EPOCHS} epochs): the registry has no production vision model"
+)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
 RECORD_OPTION = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md.")
@@ -21,7 +63,7 @@ MASTER_OPTION = typer.Option(None, "--master", help="Spark master; default the s
 @app.command("produce")
 def produce(
     ctx: typer.Context,
-    events: int = typer.Option(100_000, "--events", min=1000, help="Events per measured run."),
+    events: int = typer.Option(FULL.produce_events, "--events", min=1000, help="Events per measured run."),
     as_json: bool = JSON_OPTION,
     record: bool = RECORD_OPTION,
 ) -> None:
@@ -37,7 +79,7 @@ def produce(
 @app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ingest(
     ctx: typer.Context,
-    events: int = typer.Option(200_000, "--events", min=1000, help="Events to produce and ingest."),
+    events: int = typer.Option(FULL.ingest_events, "--events", min=1000, help="Events to produce and ingest."),
     as_json: bool = JSON_OPTION,
     record: bool = RECORD_OPTION,
 ) -> None:
@@ -52,8 +94,8 @@ def ingest(
 @app.command("sql")
 def sql(
     ctx: typer.Context,
-    rows: int = typer.Option(1_000_000, "--rows", min=1000, help="Silver transactions (and as many labels) to query."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs of each query on each engine."),
+    rows: int = typer.Option(FULL.sql_rows, "--rows", min=1000, help="Silver transactions (and as many labels) to query."),
+    repeats: int = typer.Option(FULL.sql_repeats, "--repeats", min=1, help="Timed runs of each query on each engine."),
     master: str = MASTER_OPTION,
     as_json: bool = JSON_OPTION,
     record: bool = RECORD_OPTION,
@@ -70,8 +112,8 @@ def sql(
 @app.command("train")
 def train(
     ctx: typer.Context,
-    rows: int = typer.Option(200_000, "--rows", min=1000, help="Synthetic transactions for the feature job and the fraud model."),
-    images: int = typer.Option(20_000, "--images", min=100, help="Fashion-MNIST training frames for the vision model."),
+    rows: int = typer.Option(FULL.train_rows, "--rows", min=1000, help="Synthetic transactions for the feature job and the fraud model."),
+    images: int = typer.Option(FULL.train_images, "--images", min=100, help="Fashion-MNIST training frames for the vision model."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
     master: str = MASTER_OPTION,
     as_json: bool = JSON_OPTION,
@@ -89,8 +131,8 @@ def train(
 @app.command("api")
 def api(
     ctx: typer.Context,
-    rates: str = typer.Option("200,500", "--rates", help="Comma-separated request rates (req/s) to measure p50/p99 and errors at."),
-    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="Seconds of load at each rate."),
+    rates: str = typer.Option(",".join(map(str, FULL.api_rates)), "--rates", help="Comma-separated request rates (req/s) to measure p50/p99 and errors at."),
+    seconds: float = typer.Option(FULL.api_seconds, "--seconds", min=1.0, help="Seconds of load at each rate."),
     search: bool = typer.Option(True, "--search/--no-search", help="Also find each variant's sustainable rate and their ratio."),
     as_json: bool = JSON_OPTION,
     record: bool = RECORD_OPTION,
@@ -109,8 +151,8 @@ def edge(
     model_dir: Optional[Path] = typer.Option(
         None, "--model-dir", help="A directory with vision_float.tflite and vision_int8.tflite; default the production vision model."
     ),
-    runs: int = typer.Option(100, "--runs", min=10, help="Timed invocations of each model on each frame."),
-    frames: int = typer.Option(500, "--frames", min=1, help="Frames the agent classifies (at 50 a second) while its memory is watched."),
+    runs: int = typer.Option(FULL.edge_runs, "--runs", min=10, help="Timed invocations of each model on each frame."),
+    frames: int = typer.Option(FULL.edge_frames, "--frames", min=1, help="Frames the agent classifies (at 50 a second) while its memory is watched."),
     as_json: bool = JSON_OPTION,
     record: bool = RECORD_OPTION,
 ) -> None:
@@ -140,3 +182,159 @@ def report(name: str, result: dict[str, Any], as_json: bool, record: bool) -> No
     if record:
         record_result(name, result)
     print(json.dumps(result)) if as_json else console.print(result)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``bench all`` runs every benchmark with."""
+
+    settings: Settings
+    sizes: Sizes
+    model_dir: Path | None
+    scratch: Path
+
+
+def _produce(plan: Plan) -> dict[str, Any]:
+    from bench import produce as bench_produce
+
+    return bench_produce.run(plan.settings, plan.sizes.produce_events)
+
+
+def _ingest(plan: Plan) -> dict[str, Any]:
+    from bench import ingest as bench_ingest
+
+    return bench_ingest.run(plan.settings, plan.sizes.ingest_events)
+
+
+def _sql(plan: Plan) -> dict[str, Any]:
+    from bench import sql as bench_sql
+
+    return bench_sql.run(plan.sizes.sql_rows, plan.sizes.sql_repeats, plan.settings.spark_master)
+
+
+def _train(plan: Plan) -> dict[str, Any]:
+    from bench import train as bench_train
+
+    return bench_train.run(plan.settings, plan.sizes.train_rows, plan.sizes.train_images, plan.settings.spark_master)
+
+
+def _api(plan: Plan) -> dict[str, Any]:
+    from bench import api as bench_api
+
+    return bench_api.run(plan.settings, plan.sizes.api_rates, plan.sizes.api_seconds)
+
+
+def _edge(plan: Plan) -> dict[str, Any]:
+    """The edge benchmark on ``--model-dir``, else on the production vision model, else on a stand-in trained for this run."""
+    from bench import edge as bench_edge
+
+    runs, frames = plan.sizes.edge_runs, plan.sizes.edge_frames
+    if plan.model_dir is not None or _has_production_vision_model(plan.settings):
+        return bench_edge.run(plan.settings, plan.model_dir, runs, frames)
+    stand_in = _stand_in_vision_model(plan.settings, plan.scratch)
+    return {**bench_edge.run(plan.settings, stand_in, runs, frames), "model": STAND_IN}
+
+
+def _has_production_vision_model(settings: Settings) -> bool:
+    from bench.edge import production_dir
+
+    try:
+        production_dir(settings)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _stand_in_vision_model(settings: Settings, scratch: Path) -> Path:
+    """A small real vision model (float and int8 TFLite) trained on the first Fashion-MNIST frames; its directory."""
+    from bench.silver import write_silver
+    from ingest.sources.fashion_mnist import frames
+    from training.vision import train_vision
+
+    lake_root, model_dir = str(scratch / "vision-lake"), scratch / "vision"
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for split, count in STAND_IN_FRAMES.items():
+        write_silver(lake_root, frames(settings.fashion_mnist_dir, start, count=count, splits=(split,)))
+    train_vision(lake_root, model_dir, device="cpu", epochs=STAND_IN_EPOCHS, batch_size=64)
+    return model_dir
+
+
+# Every benchmark, in the order ``bench all`` runs them.
+RUNNERS: dict[str, Callable[[Plan], dict[str, Any]]] = {
+    "produce": _produce, "ingest": _ingest, "sql": _sql, "train": _train, "api": _api, "edge": _edge,
+}  # fmt: skip
+
+
+@app.command("all")
+def run_all(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Directory for results.json, report.md and the plots."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes, for every benchmark in a few minutes; default each command's defaults."),
+    only: Optional[str] = typer.Option(None, "--only", help=f"Comma-separated benchmarks to run, of {', '.join(RUNNERS)}; default all."),
+    model_dir: Optional[Path] = typer.Option(
+        None, "--model-dir", help="The edge benchmark's vision model directory; default the production vision model, else a stand-in trained for the run."
+    ),
+    record: bool = typer.Option(False, "--record", help="Append each benchmark's result to bench/RESULTS.md."),
+) -> None:
+    """Every benchmark in turn; then results.json, report.md (each headline figure against its baseline and goal) and plots in --out.
+
+    A failed benchmark is reported and the others still run; the command then exits 1.
+    """
+    from bench.report import write_report
+
+    names = _chosen(only)
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="edgelake-bench-all-") as scratch:
+        outcomes = _run_each(names, Plan(ctx.obj, QUICK if quick else FULL, model_dir, Path(scratch)), record)
+    with reported_errors():
+        written = write_report(outcomes, out, started, quick)
+    console.print(f"wrote {', '.join(path.name for path in written)} in {out}")
+    if failed := [outcome.name for outcome in outcomes if outcome.error is not None]:
+        err_console.print(f"[bold red]failed:[/] {', '.join(failed)} (see {out / 'report.md'})", highlight=False)
+        raise typer.Exit(1)
+
+
+def _chosen(only: str | None) -> list[str]:
+    """``--only``'s benchmarks (all without it), in the order ``bench all`` runs them."""
+    if only is None:
+        return list(RUNNERS)
+    names = {name.strip() for name in only.split(",")}
+    if unknown := sorted(names - set(RUNNERS)):
+        raise typer.BadParameter(f"no benchmark named {', '.join(map(repr, unknown))}; choose from {', '.join(RUNNERS)}", param_hint="--only")
+    return [name for name in RUNNERS if name in names]
+
+
+def _run_each(names: list[str], plan: Plan, record: bool) -> list[Outcome]:
+    """Run the benchmarks in turn, showing which one runs and for how long; each one's outcome."""
+    from bench.results import record_result
+
+    outcomes = []
+    with Progress(SpinnerColumn(finished_text="•"), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as progress:
+        for name in names:
+            task = progress.add_task(f"bench {name}", total=1)
+            outcome = _measured(name, plan)
+            status = "ok" if outcome.error is None else "[red]failed[/]"
+            progress.update(task, completed=1, description=f"bench {name}: {status}")
+            if record and outcome.result is not None:
+                record_result(name, outcome.result)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _measured(name: str, plan: Plan) -> Outcome:
+    """Run one benchmark: its result, or the error that stopped it, and its wall seconds."""
+    from bench.report import Outcome
+
+    started = time.perf_counter()
+    try:
+        result = RUNNERS[name](plan)
+    except USER_ERRORS as error:
+        return Outcome(name, _seconds_since(started), error=str(error))
+    except Exception as error:  # noqa: BLE001 - one benchmark's failure must not stop the others
+        log.exception("bench %s failed", name)
+        return Outcome(name, _seconds_since(started), error=f"{type(error).__name__}: {error}")
+    return Outcome(name, _seconds_since(started), result=result)
+
+
+def _seconds_since(started: float) -> float:
+    return round(time.perf_counter() - started, 1)
