@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,20 +79,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert binary, "redis-server is missing: run infra/system-packages.sh (Debian package redis-server)"
     port, workdir = free_port(), tmp_path_factory.mktemp("redis")
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    with open(workdir / "redis.log", "wb") as log:
+    with _server("redis-server", command, workdir, lambda: _answers(port, b"PING\r\n", b"+PONG")):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextmanager
+def _server(name: str, command: list[str], workdir: Path, ready: Callable[[], bool], timeout_s: float = 20) -> Iterator[None]:
+    """``command`` running in ``workdir`` (logging there) until the block ends, from when ``ready()``."""
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert process.poll() is None, f"redis-server exited: {(workdir / 'redis.log').read_text()}"
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            assert time.monotonic() < deadline, f"redis-server did not answer on port {port}"
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert process.poll() is None, f"{name} exited: {log_path.read_text()}"
+            assert time.monotonic() < deadline, f"{name} was not ready in {timeout_s:g} s: {log_path.read_text()[-2000:]}"
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield
     finally:
         process.terminate()
         try:
@@ -99,6 +103,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _answers(port: int, request: bytes, prefix: bytes) -> bool:
+    """Whether a server on loopback ``port`` answers ``request`` with ``prefix``."""
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(request)
+            return sock.recv(64).startswith(prefix)
+        except OSError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -132,9 +148,7 @@ class ObjectStore:
 @pytest.fixture(scope="session")
 def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
     """moto's S3 server (a dev dependency, from PyPI) on a free loopback port, for this process and its children."""
-    port, workdir = free_port(), tmp_path_factory.mktemp("s3")
-    with open(workdir / "moto.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     variables = {
         "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
@@ -142,19 +156,11 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
     }  # fmt: skip
     saved = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, f"moto_server exited: {(workdir / 'moto.log').read_text()}"
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, f"moto_server did not listen on port {port}"
-            time.sleep(0.1)
-        yield ObjectStore(endpoint)
+        with _server("moto_server", command, tmp_path_factory.mktemp("s3"), lambda: _answers(port, b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1")):
+            yield ObjectStore(endpoint)
     finally:
-        process.terminate()
-        process.wait(10)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
