@@ -44,17 +44,9 @@ class Sizes:
 FULL = Sizes()
 # ``bench all --quick``: a few minutes on 2 cores, each still past its benchmark's start-up costs
 QUICK = Sizes(
-    produce_events=20_000, ingest_events=50_000, sql_rows=100_000, sql_repeats=3, train_rows=10_000, train_images=2_000,
+    produce_events=20_000, ingest_events=100_000, sql_rows=100_000, sql_repeats=3, train_rows=50_000, train_images=5_000,
     api_rates=(500,), api_seconds=2.0, edge_runs=20, edge_frames=100,
 )  # fmt: skip
-# The vision model ``bench all`` trains for the edge benchmark where the registry has none.
-STAND_IN_FRAMES = {"train": 4000, "test": 1000}
-STAND_IN_EPOCHS = 2
-STAND_IN = (
-    f"a stand-in vision model trained for this run ({STAND_IN_FRAMES['train']:,} Fashion-MNIST frames, "
-    f"{STAND_IN_EPOCHS} epochs): the registry has no production vision model"
-)
-
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
 RECORD_OPTION = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md.")
 MASTER_OPTION = typer.Option(None, "--master", help="Spark master; default the spark_master setting.")
@@ -225,38 +217,9 @@ def _api(plan: Plan) -> dict[str, Any]:
 
 
 def _edge(plan: Plan) -> dict[str, Any]:
-    """The edge benchmark on ``--model-dir``, else on the production vision model, else on a stand-in trained for this run."""
     from bench import edge as bench_edge
 
-    runs, frames = plan.sizes.edge_runs, plan.sizes.edge_frames
-    if plan.model_dir is not None or _has_production_vision_model(plan.settings):
-        return bench_edge.run(plan.settings, plan.model_dir, runs, frames)
-    stand_in = _stand_in_vision_model(plan.settings, plan.scratch)
-    return {**bench_edge.run(plan.settings, stand_in, runs, frames), "model": STAND_IN}
-
-
-def _has_production_vision_model(settings: Settings) -> bool:
-    from bench.edge import production_dir
-
-    try:
-        production_dir(settings)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _stand_in_vision_model(settings: Settings, scratch: Path) -> Path:
-    """A small real vision model (float and int8 TFLite) trained on the first Fashion-MNIST frames; its directory."""
-    from bench.silver import write_silver
-    from ingest.sources.fashion_mnist import frames
-    from training.vision import train_vision
-
-    lake_root, model_dir = str(scratch / "vision-lake"), scratch / "vision"
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    for split, count in STAND_IN_FRAMES.items():
-        write_silver(lake_root, frames(settings.fashion_mnist_dir, start, count=count, splits=(split,)))
-    train_vision(lake_root, model_dir, device="cpu", epochs=STAND_IN_EPOCHS, batch_size=64)
-    return model_dir
+    return bench_edge.run_on_any_model(plan.settings, plan.model_dir, plan.sizes.edge_runs, plan.sizes.edge_frames, plan.scratch)
 
 
 # Every benchmark, in the order ``bench all`` runs them.
