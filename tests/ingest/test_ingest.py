@@ -290,3 +290,19 @@ def test_the_running_ingester_serves_prometheus_metrics(noida_broker: EmbeddedBr
     assert f'edgelake_ingest_events_total{{outcome="quarantined",topic="{TOPIC}"}} 10.0' in body
     assert 'edgelake_ingest_lag_events{partition="0",topic="' + settings.topic(TOPIC) + '"} 0.0' in body
     assert "edgelake_ingest_batch_seconds_count" in body
+
+
+def test_a_batch_runs_again_while_the_lake_storage_fails_and_the_error_surfaces_after_the_stall_limit() -> None:
+    from ingest.loop import _retrying_lake
+
+    failures = [OSError("Generic S3 error: connection refused"), OSError("Generic S3 error: end of file")]
+
+    def batch() -> dict[str, dict[str, int]]:
+        if failures:
+            raise failures.pop(0)
+        return {TOPIC: {"silver": 1}}
+
+    assert _retrying_lake(batch) == {TOPIC: {"silver": 1}} and not failures
+    failures.append(OSError("still down"))
+    with pytest.raises(OSError, match="still down"):
+        _retrying_lake(batch, max_stall_s=0)
