@@ -108,7 +108,7 @@ class Scorer:
     def __init__(self, settings: Settings, metrics: ScoreMetrics) -> None:
         self.settings = settings
         self._metrics = metrics
-        self._root = registry.registry_root(settings.lake_root, settings.registry_dir)
+        self._root = registry.registry_root_for(settings)
         self._history = card_history(settings)
         self._history_lock = threading.Lock()
         self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter

@@ -240,7 +240,7 @@ class KerasScorer(Scorer):
 
     def _load(self, version: int) -> ServedModel:
         super()._load(version)
-        directory = registry.registry_root(self.settings.lake_root, self.settings.registry_dir) / MODEL_NAME / str(version)
+        directory = registry.registry_root_for(self.settings) / MODEL_NAME / str(version)
         return _keras(version, directory / KERAS_FILE)
 
 

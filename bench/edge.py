@@ -123,7 +123,7 @@ def has_production_model(settings: Settings) -> bool:
 
 def production_dir(settings: Settings) -> Path:
     """The version directory of the production vision model in the settings' registry."""
-    root = registry.registry_root(settings.lake_root, settings.registry_dir)
+    root = registry.registry_root_for(settings)
     advice = "run `edgelake train vision --promote-to production` or `make demo`, or pass --model-dir"
     if MODEL not in registry.models(root) or (version := registry.current(root, MODEL)) is None:
         raise FileNotFoundError(f"no production {MODEL} model in the registry at {root}: {advice}")

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from cryptography.hazmat.primitives import serialization
@@ -55,6 +55,9 @@ from edgelake.signing import (
     sign,
     verify_files,
 )
+
+if TYPE_CHECKING:
+    from edgelake.settings import Settings
 
 Stage = Literal["candidate", "canary", "production", "archived", "rolled_back"]
 PROMOTION_ORDER: tuple[Stage, ...] = ("candidate", "canary", "production")
@@ -166,6 +169,11 @@ def registry_root(lake_root: str, registry_dir: Path | None = None) -> Path:
     return lake / "models"
 
 
+def registry_root_for(settings: Settings) -> Path:
+    """The registry directory the settings name: ``registry_dir``, else ``models`` in the lake."""
+    return registry_root(settings.lake_root, settings.registry_dir)
+
+
 def local_path(uri: str) -> Path | None:
     """``uri`` as a local path; None for an object store's URI."""
     parsed = urlparse(uri)
@@ -176,16 +184,16 @@ def local_path(uri: str) -> Path | None:
     return Path(uri)
 
 
-def ensure_signing_key(key_dir: Path, lake_root: str) -> Ed25519PrivateKey:
+def ensure_signing_key(key_dir: Path, lake_root: str, registry_dir: Path | None = None) -> Ed25519PrivateKey:
     """The registry's signing key, generated on first use into ``key_dir`` (mode 0600).
 
-    ``key_dir`` must lie outside the lake: whoever can read the lake must not be able to sign.
+    ``key_dir`` must lie outside the lake and the registry: whoever can read them must not be able to sign.
     The public half is kept beside it as ``registry.pub`` for local verification.
     """
     key_dir = key_dir.resolve()
-    lake = local_path(lake_root)
-    if lake is not None and key_dir.is_relative_to(lake := lake.resolve()):
-        raise ValueError(f"the signing key directory {key_dir} lies inside the lake {lake}; keep private keys out of the lake")
+    for shared, what in ((local_path(lake_root), "the lake"), (registry_dir, "the model registry")):
+        if shared is not None and key_dir.is_relative_to(shared := shared.resolve()):
+            raise ValueError(f"the signing key directory {key_dir} lies inside {what} {shared}; keep private keys out of {what}")
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_path = key_dir / PRIVATE_KEY
     if not private_path.exists():
@@ -280,7 +288,7 @@ def publish_run(
     details = {key: value for key, value in metrics.items() if key not in numbers}
     root = registry_root(lake_root, registry_dir)
     version = publish(
-        root, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake_root),
+        root, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake_root, registry_dir),
         feature_version=feature_version, extra={**(extra or {}), **({"details": details} if details else {})},
     )  # fmt: skip
     if promote_to is None:

@@ -130,7 +130,7 @@ def dashboard(request: Request) -> Dashboard:
     devices: DeviceStore = request.app.state.devices
     return Dashboard(
         generated=now, tables=list_tables(request), ingest=with_lag(ingest_states(settings.lake_root, now), request.app.state.topic_ends),
-        scores=score_stats(settings), models=model_cards(registry.registry_root(settings.lake_root, settings.registry_dir)), devices=devices.devices(),
+        scores=score_stats(settings), models=model_cards(registry.registry_root_for(settings)), devices=devices.devices(),
     )  # fmt: skip
 
 

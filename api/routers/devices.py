@@ -230,7 +230,7 @@ def _assignment(request: Request, device_id: str) -> Assignment:
 
 def _public_key_pem(settings: Settings) -> str | None:
     """The registry's published key, else the local signer's (nothing published yet), else None."""
-    for path in (registry.registry_root(settings.lake_root, settings.registry_dir) / registry.PUBLIC_KEY, settings.data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
+    for path in (registry.registry_root_for(settings) / registry.PUBLIC_KEY, settings.data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
         if path.is_file():
             return path.read_text()
     return None

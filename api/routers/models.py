@@ -138,7 +138,7 @@ def get_artifact(request: Request, name: ModelName, version: Version, file: str)
 def registry_root_of(request: Request) -> Path:
     """The model registry of the app's lake."""
     settings: Settings = request.app.state.settings
-    return registry.registry_root(settings.lake_root, settings.registry_dir)
+    return registry.registry_root_for(settings)
 
 
 def _version(request: Request, name: str, version: int) -> registry.ModelVersion:

@@ -32,7 +32,7 @@ def list_models(ctx: typer.Context) -> None:
 
     settings: Settings = ctx.obj
     with reported_errors():
-        root = registry.registry_root(settings.lake_root, settings.registry_dir)
+        root = registry.registry_root_for(settings)
         names = registry.models(root)
         if not names:
             console.print(f"no models in {root}", highlight=False)
@@ -56,7 +56,7 @@ def show(
 
     settings: Settings = ctx.obj
     with reported_errors():
-        model = registry.get(registry.registry_root(settings.lake_root, settings.registry_dir), name, version)
+        model = registry.get(registry.registry_root_for(settings), name, version)
     manifest = model.manifest
     if as_json:
         print(json.dumps({**manifest.model_dump(mode="json"), "stage": model.stage}, indent=2, sort_keys=True))
@@ -90,7 +90,7 @@ def promote(
     settings: Settings = ctx.obj
     with reported_errors():
         transitions = registry.promote(
-            registry.registry_root(settings.lake_root, settings.registry_dir), name, version, to,
+            registry.registry_root_for(settings), name, version, to,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
         )  # fmt: skip
     _print_transitions(name, transitions)
@@ -109,7 +109,7 @@ def rollback(
     settings: Settings = ctx.obj
     with reported_errors():
         transitions = registry.rollback(
-            registry.registry_root(settings.lake_root, settings.registry_dir), name,
+            registry.registry_root_for(settings), name,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
         )  # fmt: skip
     _print_transitions(name, transitions)
@@ -141,7 +141,7 @@ def rollout(
     if given.get("canary_version") == 0:
         given["canary_version"] = None
     with reported_errors():
-        root = registry.registry_root(settings.lake_root, settings.registry_dir)
+        root = registry.registry_root_for(settings)
         policy = registry.rollout(root, name)
         if given:
             rules = registry.RolloutRules.model_validate({**policy.model_dump(include=set(registry.RolloutRules.model_fields)), **given})
@@ -193,7 +193,7 @@ def verify(
     with reported_errors():
         if every and version is not None:
             raise ValueError("give --version or --all, not both")
-        root = registry.registry_root(settings.lake_root, settings.registry_dir)
+        root = registry.registry_root_for(settings)
         chosen = list(registry.versions(root, name)) if every else [version or registry.get(root, name).version]
         key = _trusted_key(settings, public_key)
         problems = {v: registry.verify(root, name, v, key) for v in chosen}

@@ -180,7 +180,7 @@ def test_two_ingesters_share_the_quarantine_table_on_object_storage(noida_broker
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     bad_labels = [producer.send(settings.topic("fraud-labels"), b"not a label %d" % i) for i in range(90)]
     producer.flush()
-    bad_offsets = {(sent.get(timeout=30).partition, sent.get(timeout=30).offset) for sent in bad_labels}
+    bad_offsets = {(metadata.partition, metadata.offset) for metadata in (sent.get(timeout=30) for sent in bad_labels)}
     producer.close()
     ingesters = [run_ingester(settings, "--once", "--max-events", str(size), topic=topic) for topic, size in ((TOPIC, 60), ("fraud-labels", 15))]
     for ingester in ingesters:

@@ -216,6 +216,12 @@ def test_a_key_dir_inside_the_lake_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "lake").exists()
 
 
+def test_a_key_dir_inside_a_registry_of_its_own_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="inside the model registry"):
+        registry.ensure_signing_key(tmp_path / "registry" / "keys", "s3://bucket/lake", tmp_path / "registry")
+    assert not (tmp_path / "registry").exists()
+
+
 # --- verification -------------------------------------------------------------------------------
 
 
