@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup system tflite-venv edge-venvs demo test bench clean
+.PHONY: setup system jars tflite-venv edge-venvs demo test bench clean
 
-setup: system $(INSTALLED)
+setup: system $(INSTALLED) jars
 
 system:
 	@bash infra/system-packages.sh
@@ -16,6 +16,10 @@ $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cloud,edge,dev]'
 	@touch $(INSTALLED)
+
+# Apache Kafka's jars, with Maven from the pinned poms under infra/jars, into the cache (once; a changed pom fetches again).
+jars: $(INSTALLED)
+	@$(BIN)/edgelake jars fetch
 
 # tflite-runtime 2.14 with numpy<2, beside the main venv: the tests run the int8 model in it too.
 tflite-venv:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient
 
-from edgelake.broker import EmbeddedBroker, bootstrap_servers, free_port
+from edgelake.broker import EmbeddedBroker, bootstrap_servers, free_ports
 from edgelake.contracts import EVENT_TYPES
 from edgelake.settings import Settings
 
@@ -18,12 +18,13 @@ from edgelake.settings import Settings
 @contextmanager
 def scratch_settings(settings: Settings) -> Iterator[Settings]:
     """``settings`` with fresh topics (created), a temporary lake and, where the embedded broker
-    is used, a private broker of the same kind; everything is removed afterwards."""
+    is used, a private Apache Kafka of the same size; everything is removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="edgelake-bench-") as scratch:
         updates: dict[str, object] = {"lake_root": str(Path(scratch) / "lake"), "topic_prefix": f"bench-{uuid.uuid4().hex[:8]}-"}
         broker = None
         if settings.embedded_broker:
-            broker = EmbeddedBroker(settings.broker_impl, free_port(), Path(scratch) / "broker")
+            nodes = settings.broker_count
+            broker = EmbeddedBroker(free_ports(2 * nodes), Path(scratch) / "broker", settings.jars_path.resolve(), nodes)
             updates["kafka_bootstrap_servers"] = broker.start().bootstrap_servers
         bench_settings = settings.model_copy(update=updates)
         try:
@@ -40,7 +41,7 @@ def _delete_topics(settings: Settings) -> None:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     try:
         admin.delete_topics([settings.topic(event.topic) for event in EVENT_TYPES])
-    except Exception:  # noqa: BLE001 - cleanup is best effort; some brokers cannot delete topics
+    except Exception:  # noqa: BLE001 - cleanup is best effort: a cluster may forbid deleting topics
         pass
     finally:
         admin.close()

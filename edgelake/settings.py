@@ -9,9 +9,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BrokerImpl = Literal["noida", "tansu"]
-
-
 class Settings(BaseSettings):
     """Every knob of edgelake in one place; each embedded default has a distributed twin."""
 
@@ -20,12 +17,15 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "", description="Comma-separated Kafka brokers; empty starts the embedded broker."
     )
-    broker_impl: BrokerImpl = Field("noida", description="Embedded broker implementation.")
-    broker_port: int = Field(19092, description="Loopback port of the embedded broker.")
+    broker_port: int = Field(19092, description="Loopback client port of the embedded broker's first node.")
+    broker_count: int = Field(
+        1, ge=1, le=9, description="Nodes of the embedded Apache Kafka cluster; 3 gives replicated topics (min.insync.replicas=2)."
+    )
     topic_prefix: str = Field("", description="Prefix added to every topic name.")
 
     data_dir: Path = Field(Path(".edgelake"), description="Local state: broker data, keys.")
-    cache_dir: Path | None = Field(None, description="Downloaded data sets; default <data_dir>/cache.")
+    cache_dir: Path | None = Field(None, description="Downloaded data sets and JVM jars; default <data_dir>/cache.")
+    jars_dir: Path | None = Field(None, description="JVM jars fetched with Maven by the install step; default <cache_dir>/jars.")
     lake_root: str = Field(
         "./.edgelake/lake", description="Lake root: a path or any URI deltalake accepts (s3://, file://)."
     )
@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         if self.cache_dir is None:
             self.cache_dir = self.data_dir / "cache"
         return self
+
+    @property
+    def jars_path(self) -> Path:
+        """Where the install step put the JVM jars (``edgelake jars fetch``)."""
+        assert self.cache_dir is not None
+        return self.jars_dir or self.cache_dir / "jars"
 
     def topic(self, name: str) -> str:
         """The broker-side name of a logical topic."""

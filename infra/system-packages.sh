@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Debian packages edgelake needs: a Java runtime (Spark), the Fashion-MNIST data set,
-# Chromium (the dashboard's test renders the page in headless Chromium) and redis-server
-# (the card histories shared by several API replicas; its tests start a real one).
+# Debian packages edgelake needs: Java 17 and Maven (Apache Kafka and Spark run on the JVM; Maven
+# fetches Kafka's jars from the pinned poms under infra/jars), the Fashion-MNIST data set, Chromium
+# (the dashboard's test renders the page in headless Chromium), redis-server (the card histories
+# shared by several API replicas; its tests start a real one) and kcat (an independent Kafka
+# client the interop tests produce with).
 set -euo pipefail
 
 missing=()
-command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+java_major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+[ "${java_major:-0}" -ge 17 ] 2>/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)

@@ -23,36 +23,23 @@ import pytest
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.contracts import ImageFrame
 from edgelake.settings import Settings
-from support import DATASET_CACHE, append_silver, isolated_settings
+from support import DATASET_CACHE, JARS_DIR, append_silver, embedded_kafka, isolated_settings
 
 if TYPE_CHECKING:
     from training.vision import VisionResult
 
 
-def _broker(impl: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(impl, free_port(), tmp_path_factory.mktemp(f"broker-{impl}"))  # type: ignore[arg-type]
-    broker.start()
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One Apache Kafka broker (KRaft) on loopback for the whole session; tests keep apart by topic prefix."""
+    broker = embedded_kafka(tmp_path_factory.mktemp("kafka"))
     yield broker
     broker.stop()
 
 
-@pytest.fixture(scope="session")
-def noida_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    yield from _broker("noida", tmp_path_factory)
-
-
-@pytest.fixture(scope="session", params=["noida", pytest.param("tansu", marks=pytest.mark.tansu)])
-def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """Each Kafka-compatible broker in turn; tests using it run once per broker."""
-    if request.param == "noida":
-        yield request.getfixturevalue("noida_broker")
-    else:
-        yield from _broker(request.param, tmp_path_factory)
-
-
 @pytest.fixture
-def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
-    return isolated_settings(broker.bootstrap_servers, tmp_path)
+def settings(kafka: EmbeddedBroker, tmp_path: Path) -> Settings:
+    return isolated_settings(kafka.bootstrap_servers, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +156,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any test imports TensorFlow
+os.environ["EDGELAKE_JARS_DIR"] = str(JARS_DIR)  # commands run with a data dir of their own still find Kafka's jars
 
 FRAMES_START = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from bench.silver import silver_rows
+from edgelake.broker import EmbeddedBroker, free_ports
 from edgelake.contracts import Event
 from edgelake.kafka import ensure_topics
 from edgelake.settings import Settings
@@ -20,6 +21,15 @@ from lake.tables import QUARANTINE, SILVER, table_uri
 REPO = Path(__file__).resolve().parents[1]
 # Data sets are fetched once and kept between runs (gitignored).
 DATASET_CACHE = Path(os.environ.get("EDGELAKE_TEST_CACHE", REPO / ".edgelake" / "cache"))
+JARS_DIR = Settings().jars_path.resolve()  # where `make setup` fetched the JVM jars
+
+
+def embedded_kafka(directory: Path, brokers: int = 1, start: bool = True) -> EmbeddedBroker:
+    """Apache Kafka with ``brokers`` nodes on free loopback ports, its state under ``directory``; started unless ``start`` is false."""
+    broker = EmbeddedBroker(free_ports(2 * brokers), directory, JARS_DIR, brokers)
+    if start:
+        broker.start()
+    return broker
 
 
 def isolated_settings(bootstrap_servers: str, data_dir: Path) -> Settings:

@@ -54,11 +54,11 @@ def table_rows(report: str) -> dict[tuple[str, str], list[str]]:
     return {(cells[0], cells[1]): cells for cells in rows if len(cells) == 8 and cells[0] != "benchmark"}
 
 
-def test_bench_all_quick_reports_every_headline_and_the_benchmark_that_failed(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_bench_all_quick_reports_every_headline_and_the_benchmark_that_failed(kafka: EmbeddedBroker, tmp_path: Path) -> None:
     out, no_model = tmp_path / "results", tmp_path / "no-model"
     no_model.mkdir()
     env = {
-        **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": noida_broker.bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}-",
+        **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}-",
         "EDGELAKE_DATA_DIR": str(tmp_path / "data"), "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"), "EDGELAKE_LOG_LEVEL": "WARNING",
     }  # fmt: skip
     command = [

@@ -26,9 +26,9 @@ def edgelake(*args: str, env: dict[str, str] | None = None, timeout: float = 600
 
 
 @pytest.fixture
-def env(noida_broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
+def env(kafka: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
     return {
-        "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": noida_broker.bootstrap_servers,
+        "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "EDGELAKE_TOPIC_PREFIX": f"cli{uuid.uuid4().hex[:8]}-",
         "EDGELAKE_DATA_DIR": str(tmp_path),
         "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from edgelake.cli import bench, broker, config, demo, edge, ingest, keys, lake, models, produce, schemas, serve, sql, train
+from edgelake.cli import bench, broker, config, demo, edge, ingest, jars, keys, lake, models, produce, schemas, serve, sql, train
 from edgelake.logs import configure_logging
 from edgelake.settings import Settings
 
@@ -28,6 +28,7 @@ def _root(ctx: typer.Context) -> None:
 
 app.add_typer(config.app, name="config")
 app.add_typer(broker.app, name="broker")
+app.add_typer(jars.app, name="jars")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(produce.app, name="produce")
 app.add_typer(ingest.app, name="ingest")

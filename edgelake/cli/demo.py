@@ -201,7 +201,7 @@ def _wait_for_scores(settings: Settings, count: int, timeout_s: float = 60.0) ->
 
     deadline = time.monotonic() + timeout_s
     servers = bootstrap_servers(settings)
-    while sum(1 for _ in read_topic(servers, settings.topic(FraudScore.topic), idle_s=0.5)) < count:
+    while sum(1 for _ in read_topic(servers, settings.topic(FraudScore.topic))) < count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"fewer than {count:,} score events reached {settings.topic(FraudScore.topic)} in {timeout_s:g} s")
         time.sleep(1.0)
@@ -221,7 +221,7 @@ def print_topic_summary(settings: Settings, servers: str) -> None:
     for logical, event_type in EVENT_BY_TOPIC.items():
         counts: Counter[str] = Counter()
         partitions: set[int] = set()
-        for record in read_topic(servers, settings.topic(logical), idle_s=1.0):
+        for record in read_topic(servers, settings.topic(logical)):
             partitions.add(record.partition)
             try:
                 event_type.parse(record.value)

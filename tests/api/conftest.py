@@ -95,7 +95,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 @pytest.fixture(scope="session")
-def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, noida_broker: EmbeddedBroker) -> Settings:  # type: ignore[no-untyped-def]
+def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> Settings:  # type: ignore[no-untyped-def]
     """Settings over a lake whose registry holds a trained fraud model in production, on fresh topics.
 
     Trained once per session (Spark and a small network): /v1/score's tests and the OpenAPI property run share it.
@@ -104,7 +104,7 @@ def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, noida_broker: Em
     from training.fraud import FraudConfig, train_fraud
 
     base = tmp_path_factory.mktemp("score")
-    settings = isolated_settings(noida_broker.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
+    settings = isolated_settings(kafka.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
     append_silver(settings.lake_root, list(synthetic.transactions(TRAINING, 3000)))
     append_silver(settings.lake_root, list(synthetic.labels(TRAINING, 3000)))
     result = train_fraud(spark, settings.lake_root, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))

@@ -92,19 +92,19 @@ def enroll_device(admin: httpx2.Client, anonymous: httpx2.Client) -> str:
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory, noida_broker: EmbeddedBroker) -> Iterator[Board]:
+def board(tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> Iterator[Board]:
     """A server over a lake of its own: silver transactions, ingest-committed fraud scores (with more records in
     their topic than committed: the lag), a model and a device."""
     base = tmp_path_factory.mktemp("dashboard")
     settings = Settings(
         data_dir=base / "data", lake_root=str(base / "lake"), sql_timeout_s=30,
-        kafka_bootstrap_servers=noida_broker.bootstrap_servers, topic_prefix=f"dash{uuid.uuid4().hex[:8]}-",
+        kafka_bootstrap_servers=kafka.bootstrap_servers, topic_prefix=f"dash{uuid.uuid4().hex[:8]}-",
     )  # fmt: skip
     append_silver(settings.lake_root, list(synthetic.transactions(synthetic.SyntheticConfig(seed=9, cards=5, merchants=5), TRANSACTIONS)))
     scores_topic = settings.topic(FraudScore.topic)
     commit_scores_as_ingest(settings.lake_root, fraud_scores(), scores_topic)
-    ensure_topics(settings, noida_broker.bootstrap_servers)
-    producer = KafkaProducer(**producer_config(noida_broker.bootstrap_servers))
+    ensure_topics(settings, kafka.bootstrap_servers)
+    producer = KafkaProducer(**producer_config(kafka.bootstrap_servers))
     for _ in range(SCORES_FIRST_OFFSET + SCORES + UNINGESTED):
         producer.send(scores_topic, value=b"{}", partition=SCORES_PARTITION)
     producer.flush()

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.devices import DeviceStore, ResultForwarder, devices_path
 from api.keys import ROLES, KeyStore, keys_path
-from edgelake.broker import EmbeddedBroker, free_port
+from edgelake.broker import EmbeddedBroker
 from edgelake.cli import app as cli
 from edgelake.contracts import EdgeInference
 from edgelake.kafka import read_topic
-from support import isolated_settings
+from support import embedded_kafka, isolated_settings
 from tests.api.conftest import publish_model, serving
 from tests.api.test_errors_and_auth import assert_problem
 from training import registry
@@ -58,9 +58,9 @@ def enroll(client: httpx2.Client, admin: httpx2.Client, name: str, **token_optio
 
 
 @pytest.fixture(scope="module")
-def fleet(noida_broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     base = tmp_path_factory.mktemp("devices")
-    settings = isolated_settings(noida_broker.bootstrap_servers, base / "data")
+    settings = isolated_settings(kafka.bootstrap_servers, base / "data")
     root = registry.registry_root(settings.lake_root)
     for run in ("run1", "run2"):
         publish_model(root, settings.lake_root, settings.data_dir, base / run)
@@ -83,7 +83,7 @@ def inference(device: str, event_id: str, **changes: Any) -> dict[str, Any]:
 
 def ids_on_topic(settings: Settings) -> list[str]:
     topic = settings.topic(EdgeInference.topic)
-    return [json.loads(record.value)["event_id"] for record in read_topic(settings.kafka_bootstrap_servers, topic, idle_s=0.5)]
+    return [json.loads(record.value)["event_id"] for record in read_topic(settings.kafka_bootstrap_servers, topic)]
 
 
 def test_enrollment_binds_a_device_key_and_hands_out_the_registry_key(fleet: Fleet) -> None:
@@ -255,8 +255,7 @@ def test_every_device_route_wants_a_key_of_its_role(fleet: Fleet, method: str, p
 
 
 def test_results_wait_out_a_broker_outage(tmp_path: Path) -> None:
-    broker = EmbeddedBroker("noida", free_port(), tmp_path / "broker")
-    broker.start()
+    broker = embedded_kafka(tmp_path / "broker")
     try:
         settings = isolated_settings(broker.bootstrap_servers, tmp_path / "data")
         store = KeyStore(keys_path(settings.data_dir))

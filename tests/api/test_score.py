@@ -76,7 +76,7 @@ def scores_on_topic(settings: Settings, expected: int, deadline_s: float = 30.0)
     """The topic's score events, read until ``expected`` are there or the deadline passes."""
     until = time.monotonic() + deadline_s
     while True:
-        events = [FraudScore.parse(r.value) for r in read_topic(settings.kafka_bootstrap_servers, settings.topic(FraudScore.topic), idle_s=0.5)]
+        events = [FraudScore.parse(r.value) for r in read_topic(settings.kafka_bootstrap_servers, settings.topic(FraudScore.topic))]
         if len(events) >= expected or time.monotonic() > until:
             return events
         time.sleep(0.5)

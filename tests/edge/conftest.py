@@ -82,8 +82,8 @@ def cloud_world(base: Path, bootstrap_servers: str) -> Iterator[Cloud]:
 
 
 @pytest.fixture
-def cloud(noida_broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Cloud]:
-    with cloud_world(tmp_path / "cloud", noida_broker.bootstrap_servers) as world:
+def cloud(kafka: EmbeddedBroker, tmp_path: Path) -> Iterator[Cloud]:
+    with cloud_world(tmp_path / "cloud", kafka.bootstrap_servers) as world:
         yield world
 
 

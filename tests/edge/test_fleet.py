@@ -52,10 +52,10 @@ def weak_and_worse(frames_lake, tmp_path_factory: pytest.TempPathFactory):  # ty
 
 
 def test_the_gate_promotes_a_better_canary_and_rolls_back_a_worse_one(
-    noida_broker: EmbeddedBroker, vision_run, weak_and_worse, tmp_path: Path
+    kafka: EmbeddedBroker, vision_run, weak_and_worse, tmp_path: Path
 ) -> None:
     weak, worse = weak_and_worse
-    with cloud_world(tmp_path / "cloud", noida_broker.bootstrap_servers) as cloud:
+    with cloud_world(tmp_path / "cloud", kafka.bootstrap_servers) as cloud:
         production = cloud.publish(weak.files, weak.extra)
         better = cloud.publish(vision_run.files, vision_run.extra, promote_to=None)
         worst = cloud.publish(worse.files, worse.extra, promote_to=None)

@@ -91,7 +91,7 @@ def _reported_delivered(device: Path) -> int:
 
 
 def _delivered(cloud: Cloud) -> int:
-    return sum(1 for _ in read_topic(cloud.settings.kafka_bootstrap_servers, cloud.settings.topic(EdgeInference.topic), idle_s=0.3))
+    return sum(1 for _ in read_topic(cloud.settings.kafka_bootstrap_servers, cloud.settings.topic(EdgeInference.topic)))
 
 
 def _queued(device: Path) -> int:

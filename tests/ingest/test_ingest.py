@@ -17,15 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
-from ingest.lake_writer import LakeWriter
 from ingest.loop import IngestOptions, ingest
 from ingest.sources.synthetic import SyntheticConfig, transactions
 from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
-from support import isolated_settings
+from support import embedded_kafka, isolated_settings
 
 TOPIC = "transactions"
 
@@ -111,8 +110,8 @@ def assert_exactly_once(settings: Settings, feed: Feed) -> None:
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
-def test_a_batch_lands_in_bronze_silver_and_quarantine(noida_broker: EmbeddedBroker, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+def test_a_batch_lands_in_bronze_silver_and_quarantine(kafka: EmbeddedBroker, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
     if storage == "s3":
         settings = settings.model_copy(update={"lake_root": request.getfixturevalue("object_store").new_lake()})
     feed = produce_feed(settings, 3000)
@@ -124,8 +123,8 @@ def test_a_batch_lands_in_bronze_silver_and_quarantine(noida_broker: EmbeddedBro
     assert (tmp_path / "lake").exists() == (storage == "local")
 
 
-def test_schema_evolution_adds_a_nullable_column(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+def test_schema_evolution_adds_a_nullable_column(kafka: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
     first, second, third = transactions(SyntheticConfig(seed=21), 3)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     topic = settings.topic(TOPIC)
@@ -173,9 +172,9 @@ def run_ingester(settings: Settings, *args: str, topic: str = TOPIC) -> Ingester
         return Ingester(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr), log)
 
 
-def test_two_ingesters_share_the_quarantine_table_on_object_storage(noida_broker: EmbeddedBroker, object_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_two_ingesters_share_the_quarantine_table_on_object_storage(kafka: EmbeddedBroker, object_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """As in the compose stack: ingesters of disjoint topics, each committing small batches to the one quarantine table."""
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path).model_copy(update={"lake_root": object_store.new_lake()})
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path).model_copy(update={"lake_root": object_store.new_lake()})
     feed = produce_feed(settings, 360)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     bad_labels = [producer.send(settings.topic("fraud-labels"), b"not a label %d" % i) for i in range(90)]
@@ -194,8 +193,8 @@ def test_two_ingesters_share_the_quarantine_table_on_object_storage(noida_broker
 
 
 @pytest.mark.chaos
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
     feed = produce_feed(settings, 50_000)
     rng = random.Random(5)
     kills = 0
@@ -216,42 +215,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(noida_broker: Em
     assert_exactly_once(settings, feed)
 
 
-@pytest.mark.chaos
-def test_offsets_of_transaction_markers_are_committed_and_once_ends(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    # A transactional producer leaves a commit marker after each transaction: an offset
-    # holding no record, which the ingester must step over rather than wait for.
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
-    events = list(transactions(SyntheticConfig(seed=21), 200))
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, transactional_id="edgelake-test")
-    producer.init_transactions()
-    for part in (events[:100], events[100:]):
-        producer.begin_transaction()
-        for tx in part:
-            producer.send(settings.topic(TOPIC), key=tx.key, value=tx.to_bytes())
-        producer.commit_transaction()
-    producer.close()
-
-    started = time.monotonic()
-    ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
-    assert time.monotonic() - started < 60
-
-    assert sorted(table(settings, SILVER[TOPIC])["event_id"].to_pylist()) == sorted(tx.event_id for tx in events)
-    writer = LakeWriter(settings.lake_root, "edgelake-ingest", settings.topic_prefix)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    partitions = [TopicPartition(settings.topic(TOPIC), p) for p in range(4)]
-    ends = consumer.end_offsets(partitions)
-    consumer.close()
-    records = table(settings, BRONZE[TOPIC]).group_by("partition").aggregate([("offset", "count")]).to_pylist()
-    assert sum(ends.values()) > len(events)  # the markers took offsets
-    for tp in partitions:
-        assert writer.next_offset(tp.topic, tp.partition) == ends[tp]
-    assert sum(row["offset_count"] for row in records) == len(events)
-    assert ingest(settings, IngestOptions(topics=(TOPIC,)), once=True).batches == 0
-
-
 def test_broker_outage_of_ten_seconds_is_waited_out(tmp_path: Path) -> None:
-    broker = EmbeddedBroker("noida", free_port(), tmp_path / "broker")
-    broker.start()
+    broker = embedded_kafka(tmp_path / "broker")
     try:
         settings = isolated_settings(broker.bootstrap_servers, tmp_path)
         feed = produce_feed(settings, 20_000, seed=12)
@@ -268,8 +233,8 @@ def test_broker_outage_of_ten_seconds_is_waited_out(tmp_path: Path) -> None:
         broker.stop()
 
 
-def test_the_running_ingester_serves_prometheus_metrics(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+def test_the_running_ingester_serves_prometheus_metrics(kafka: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
     feed = produce_feed(settings, 1000, seed=13)
     port = free_port()
     landed = f'edgelake_ingest_events_total{{outcome="silver",topic="{TOPIC}"}} {len(feed.valid_ids)}.0'

@@ -5,8 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import isolated_settings
-from edgelake.broker import EmbeddedBroker, free_port
+from support import embedded_kafka, isolated_settings
 from edgelake.contracts import EVENT_BY_TOPIC, Event, InvalidEvent, Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
@@ -27,7 +26,7 @@ FEEDS = [
 def read_back(settings: Settings, topic: str) -> Iterator[tuple[bytes | None, Event]]:
     """Every record of a logical topic, validated against its contract."""
     event_type = EVENT_BY_TOPIC[topic]
-    for record in read_topic(settings.kafka_bootstrap_servers, settings.topic(topic), idle_s=0.5):
+    for record in read_topic(settings.kafka_bootstrap_servers, settings.topic(topic)):
         yield record.key, event_type.parse(record.value)
 
 
@@ -89,8 +88,7 @@ def test_rate_limits_throughput(settings: Settings) -> None:
 
 
 def test_undeliverable_events_are_counted_as_failed(tmp_path) -> None:
-    broker = EmbeddedBroker("noida", free_port(), tmp_path / "broker")
-    broker.start()
+    broker = embedded_kafka(tmp_path / "broker")
     settings = isolated_settings(broker.bootstrap_servers, tmp_path)
     first, *rest = transactions(SyntheticConfig(seed=5), 3)
     producer = EventProducer(settings, broker.bootstrap_servers, delivery_timeout_ms=3000, request_timeout_ms=1000)

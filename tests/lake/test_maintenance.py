@@ -57,9 +57,9 @@ def data_files_on_disk(table_dir: str) -> set[Path]:
 
 
 def test_maintain_compacts_and_checkpoints_without_changing_the_data(
-    noida_broker: EmbeddedBroker, tmp_path: Path
+    kafka: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
     ids = produce(settings, 1200, 12, seed=41)
     totals = ingest(settings, IngestOptions(topics=(TOPIC,), max_events=200), once=True)
     assert totals.batches >= 6
@@ -94,8 +94,8 @@ def test_maintain_compacts_and_checkpoints_without_changing_the_data(
     assert len(final) == len(set(final)) and set(final) == ids | more
 
 
-def test_the_ingester_compacts_every_n_batches(noida_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path)
+def test_the_ingester_compacts_every_n_batches(kafka: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
     ids = produce(settings, 1000, 0, seed=43)
     totals = ingest(settings, IngestOptions(topics=(TOPIC,), max_events=200, compact_every=2), once=True)
     assert totals.batches >= 4
@@ -111,8 +111,8 @@ def test_the_ingester_compacts_every_n_batches(noida_broker: EmbeddedBroker, tmp
 
 
 @pytest.fixture(scope="module")
-def compacted(noida_broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path_factory.mktemp("vacuum"))
+def compacted(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path_factory.mktemp("vacuum"))
     produce(settings, 600, 6, seed=44)
     assert ingest(settings, IngestOptions(topics=(TOPIC,), max_events=150), once=True).batches >= 4
     maintain(settings, (TOPIC,))

@@ -78,8 +78,8 @@ class Lake:
 
 
 @pytest.fixture(scope="module")
-def lake(noida_broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Lake:
-    settings = isolated_settings(noida_broker.bootstrap_servers, tmp_path_factory.mktemp("readers"))
+def lake(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path_factory.mktemp("readers"))
     valid = list(transactions(SyntheticConfig(seed=31), VALID))
     bad_before = MALFORMED * 2 // 3
     options = IngestOptions(topics=(TOPIC,), max_events=400)
