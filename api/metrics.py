@@ -22,11 +22,12 @@ def request_histogram(registry: CollectorRegistry) -> Histogram:
 
 @dataclass(frozen=True)
 class ScoreMetrics:
-    """Scores by decision, the fraud model version in use and score events that never reached the broker."""
+    """Scores by decision, the fraud model version in use, and score events on their way to the broker or lost."""
 
     decisions: Counter
     model_version: Gauge
     unpublished: Counter
+    pending: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ScoreMetrics:
@@ -35,6 +36,10 @@ class ScoreMetrics:
             Gauge("edgelake_fraud_model_version", "Version of the production fraud model serving scores; 0 for none.", registry=registry),
             Counter(
                 "edgelake_fraud_score_events_unpublished", "Score events that could not be sent to the fraud-scores topic.", registry=registry
+            ),
+            Gauge(
+                "edgelake_fraud_score_events_pending", "Score events queued or in flight, not yet acknowledged by the fraud-scores topic.",
+                registry=registry,
             ),
         )
 

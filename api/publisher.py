@@ -1,8 +1,10 @@
 """Score events to the ``fraud-scores`` topic, sent from a background thread so a slow or absent broker never delays a score.
 
-The ``EventProducer`` is created on the first event, and again after a failure (at most
-every ``retry_s`` seconds). Events that cannot be sent — the broker unreachable, the
-queue full, a delivery failed — are dropped and counted in ``ScoreMetrics.unpublished``.
+Events wait in a bounded queue, then in the producer, until Kafka acknowledges them: a
+broker outage or a leader election delays them, and the idempotent producer's retries
+write each once. Events are lost only when the queue is full, when the producer gives up
+on them (its delivery timeout) or when they are still unsent at shutdown; those are
+counted in ``ScoreMetrics.unpublished``. Events queued or in flight are ``ScoreMetrics.pending``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Sequence
+
+from kafka.errors import KafkaError
 
 from api.metrics import ScoreMetrics
 from edgelake.broker import configured_servers
@@ -21,88 +24,99 @@ from ingest.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
+_STOP: Sequence[FraudScore] = ()
+
 
 class ScorePublisher:
     """Queues score events and sends them to the broker the settings name (the embedded one's port by default)."""
 
     def __init__(
-        self, settings: Settings, metrics: ScoreMetrics, *, queue_size: int = 100_000, retry_s: float = 30.0,
-        connect_timeout_s: float = 5.0, flush_timeout_s: float = 10.0,
+        self, settings: Settings, metrics: ScoreMetrics, *, queue_size: int = 100_000, retry_s: float = 5.0, connect_timeout_s: float = 5.0,
+        close_timeout_s: float = 10.0,
     ) -> None:  # fmt: skip
         self._settings = settings
         self._metrics = metrics
         self._queue: queue.Queue[Sequence[FraudScore]] = queue.Queue(queue_size)
+        self._queued = 0  # events in the queue (its items are batches)
         self._retry_s = retry_s
-        self._flush_timeout_s = flush_timeout_s
+        self._close_timeout_s = close_timeout_s
         self._connect_ms = int(connect_timeout_s * 1000)
         self._producer: EventProducer | None = None
-        self._retry_at = 0.0
+        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._lock = threading.Lock()
+        metrics.pending.set_function(self.pending)
 
     @property
     def bootstrap_servers(self) -> str:
         return configured_servers(self._settings)
 
+    def pending(self) -> int:
+        """Events queued or sent but not yet acknowledged."""
+        producer = self._producer
+        return self._queued + (producer.report.pending if producer is not None else 0)
+
     def publish(self, events: Sequence[FraudScore]) -> None:
         """Queue ``events`` for sending; never blocks, never raises."""
         if not events:
             return
-        self._start()
-        try:
-            self._queue.put_nowait(events)
-        except queue.Full:
-            self._metrics.unpublished.inc(len(events))
-
-    def _start(self) -> None:
-        with self._start_lock:
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fraud-score-publisher", daemon=True)
                 self._thread.start()
+            try:
+                self._queue.put_nowait(events)
+                self._queued += len(events)
+            except queue.Full:
+                self._metrics.unpublished.inc(len(events))
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Send what is queued (waiting at most ``timeout_s``), then close the producer."""
-        if self._thread is not None:
-            self._queue.put(())  # the stop mark, behind every queued batch
-            self._thread.join(timeout_s)
-        if self._producer is not None:
-            self._drop(self._producer)
+    def close(self) -> None:
+        """Send what is queued (waiting at most ``close_timeout_s``), close the producer, count what was left unsent."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(_STOP)  # behind every queued batch
+        if self._producer is None:
+            self._closing.set()  # never connected: don't wait for a broker at shutdown
+        thread.join(self._close_timeout_s)
+        self._closing.set()  # a thread still waiting for a broker gives up now
+        thread.join(self._retry_s + 1)
+        producer = self._producer
+        if producer is not None:
+            try:
+                producer.close(self._close_timeout_s)
+            except KafkaError as error:
+                log.warning("score events still unsent at shutdown: %s", error)
+        self._metrics.unpublished.inc(self.pending())
 
     def _run(self) -> None:
-        while events := self._queue.get():
-            self._send(events)
-
-    def _send(self, events: Sequence[FraudScore]) -> None:
-        producer = self._connected()
-        if producer is None:
-            self._metrics.unpublished.inc(len(events))
-            return
-        failed_before = producer.report.failed
-        try:
-            producer.send_many(events)
-            report = producer.flush(self._flush_timeout_s)
-        except Exception as error:  # any client failure: drop this producer and count the batch, never kill the thread
-            log.warning("score events not sent to %s: %s", self.bootstrap_servers, error)
-            self._metrics.unpublished.inc(len(events))
-            self._drop(producer)
-            return
-        self._metrics.unpublished.inc(report.failed - failed_before)
+        while (events := self._queue.get()) is not _STOP:
+            sent = 0
+            while sent < len(events):
+                producer = self._connected()
+                if producer is None:  # closing with no broker: close() counts what is still queued
+                    return
+                try:
+                    for event in events[sent:]:
+                        producer.send(event)
+                        sent += 1
+                        with self._lock:
+                            self._queued -= 1
+                except KafkaError as error:  # no metadata within max_block_ms, or the producer's buffer stayed full
+                    log.warning("score events waiting for %s: %s", self.bootstrap_servers, error)
+                    self._closing.wait(self._retry_s)
 
     def _connected(self) -> EventProducer | None:
-        if self._producer is None and time.monotonic() >= self._retry_at:
+        """The producer, created on first use and retried every ``retry_s`` until a broker answers; None once closing."""
+        while self._producer is None and not self._closing.is_set():
             try:
                 self._producer = EventProducer(
-                    self._settings, self.bootstrap_servers, bootstrap_timeout_ms=self._connect_ms, max_block_ms=self._connect_ms
-                )
-            except Exception as error:  # the client raises several kinds when no broker answers
+                    self._settings, self.bootstrap_servers, on_failure=lambda *_: self._metrics.unpublished.inc(),
+                    bootstrap_timeout_ms=self._connect_ms, max_block_ms=self._connect_ms,
+                )  # fmt: skip
+            except KafkaError as error:
                 log.warning("no broker for score events at %s (%s); retrying in %.0fs", self.bootstrap_servers, error, self._retry_s)
-                self._retry_at = time.monotonic() + self._retry_s
-        return self._producer
+                self._closing.wait(self._retry_s)
+        return None if self._closing.is_set() and self._producer is None else self._producer
 
-    def _drop(self, producer: EventProducer) -> None:
-        self._producer = None
-        self._retry_at = time.monotonic() + self._retry_s
-        try:
-            producer.close(0)
-        except Exception:  # closing a broken client may fail too; it is discarded either way
-            pass

@@ -21,7 +21,7 @@ class DeliveryReport:
     """What happened to the events given to a producer."""
 
     sent: int = 0
-    acknowledged: int = 0  # known at each flush
+    acknowledged: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     per_topic: dict[str, int] = field(default_factory=dict)
@@ -38,8 +38,12 @@ class EventProducer:
     whole batch if one event is invalid, so nothing is half-sent.
     """
 
-    def __init__(self, settings: Settings, bootstrap_servers: str, **kafka_overrides: Any) -> None:
+    def __init__(
+        self, settings: Settings, bootstrap_servers: str, on_failure: Callable[[str, KafkaError], None] | None = None, **kafka_overrides: Any
+    ) -> None:
+        """``on_failure(event_id, error)`` runs for each event the producer gives up on, on its I/O thread."""
         self._producer = KafkaProducer(**producer_config(bootstrap_servers, **kafka_overrides))
+        self._on_failure = on_failure
         self._topics = {event: settings.topic(event.topic) for event in EVENT_TYPES}
         self._lock = threading.Lock()
         self.report = DeliveryReport()
@@ -58,10 +62,6 @@ class EventProducer:
     def flush(self, timeout_s: float | None = None) -> DeliveryReport:
         """Wait for every sent event to be acknowledged or to fail (``KafkaTimeoutError`` after ``timeout_s``)."""
         self._producer.flush(timeout=timeout_s)
-        # kafka-python runs a record's errbacks before flush() sees its batch complete, so
-        # every sent event that has not failed by now was acknowledged.
-        with self._lock:
-            self.report.acknowledged = self.report.sent - self.report.failed
         return self.report
 
     def close(self, timeout_s: float | None = None) -> DeliveryReport:
@@ -80,13 +80,20 @@ class EventProducer:
         future = self._producer.send(topic, key=event.key, value=event.to_bytes())
         self.report.sent += 1
         self.report.per_topic[topic] = self.report.per_topic.get(topic, 0) + 1
+        future.add_callback(self._acknowledged)
         future.add_errback(self._failed, event.event_id)
+
+    def _acknowledged(self, _: object) -> None:
+        with self._lock:
+            self.report.acknowledged += 1
 
     def _failed(self, event_id: str, error: KafkaError) -> None:
         with self._lock:
             self.report.failed += 1
             if len(self.report.errors) < 100:
                 self.report.errors.append(f"{event_id}: {error}")
+        if self._on_failure is not None:
+            self._on_failure(event_id, error)
 
 
 def produce(
