@@ -309,6 +309,13 @@ def test_compose_parses_and_has_the_platform() -> None:
     assert sorted(host.split(":")[0] for host in bootstrap) == sorted(kafka)
 
 
+def test_compose_runs_the_kafka_the_tests_run() -> None:
+    pinned = re.search(r"<kafka.version>([^<]+)</kafka.version>", (INFRA / "jars" / "kafka" / "pom.xml").read_text())
+    assert pinned is not None
+    images = {service["image"] for service in load_compose()["services"].values() if str(service.get("image", "")).startswith("apache/kafka:")}
+    assert images == {f"apache/kafka:{pinned.group(1)}"}
+
+
 def test_compose_checks_pass() -> None:
     assert compose_problems(load_compose()) == []
 
