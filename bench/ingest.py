@@ -1,10 +1,12 @@
-"""Ingest throughput: the Beam pipeline into the lake against kafka-python fetching the same topic raw."""
+"""Ingest throughput: the Beam pipeline into the lake on ULB card transactions, against kafka-python and
+librdkafka (confluent-kafka) fetching the same topic raw."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import confluent_kafka
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.scratch import scratch_settings
@@ -12,16 +14,22 @@ from edgelake.contracts import Transaction
 from edgelake.kafka import consumer_config, producer_config
 from edgelake.settings import Settings
 from ingest.loop import IngestOptions, ingest
-from ingest.sources.synthetic import SyntheticConfig, transactions
+from ingest.sources import ulb
+
+ULB_ROWS = 284_807
 
 
 def run(settings: Settings, events: int, runner_args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Produce ``events`` transactions, time a raw fetch of them, then time ``ingest --once``."""
+    """Produce ``events`` ULB transactions, time raw fetches of them by both clients, then time ``ingest --once``."""
+    if events > ULB_ROWS:
+        raise ValueError(f"the ULB data set has {ULB_ROWS:,} transactions; asked for {events:,}")
+    csv = ulb.fetch_csv(settings.cache_dir)
     with scratch_settings(settings) as bench_settings:
         servers = bench_settings.kafka_bootstrap_servers
         topic = bench_settings.topic(Transaction.topic)
-        _fill(servers, topic, events)
-        raw_s = _raw_consume(servers, topic, events)
+        _fill(servers, topic, ulb.transactions(csv, settings.dataset_base_time, events))
+        kafka_python_s = _kafka_python_consume(servers, topic, events)
+        librdkafka_s = _librdkafka_consume(servers, topic, events)
         started = time.perf_counter()
         totals = ingest(bench_settings, IngestOptions(topics=(Transaction.topic,), runner_args=runner_args), once=True)
         ingest_s = time.perf_counter() - started
@@ -32,20 +40,22 @@ def run(settings: Settings, events: int, runner_args: tuple[str, ...] = ()) -> d
         "events": events,
         "seconds": round(ingest_s, 2),
         "events_per_s": round(events / ingest_s, 1),
-        "raw_consume_events_per_s": round(events / raw_s, 1),
-        "ratio": round(raw_s / ingest_s, 3),
+        "raw_consume_events_per_s": round(events / kafka_python_s, 1),
+        "raw_consume_confluent_events_per_s": round(events / librdkafka_s, 1),
+        "ratio": round(librdkafka_s / ingest_s, 3),
+        "ratio_to_kafka_python": round(kafka_python_s / ingest_s, 3),
     }
 
 
-def _fill(servers: str, topic: str, events: int) -> None:
+def _fill(servers: str, topic: str, feed: Any) -> None:
     producer = KafkaProducer(**producer_config(servers))
-    for tx in transactions(SyntheticConfig(seed=3), events):
+    for tx in feed:
         producer.send(topic, key=tx.key, value=tx.to_bytes())
     producer.flush()
     producer.close()
 
 
-def _raw_consume(servers: str, topic: str, events: int) -> float:
+def _kafka_python_consume(servers: str, topic: str, events: int) -> float:
     """Seconds for kafka-python to fetch every record of the topic, doing nothing with them."""
     consumer = KafkaConsumer(**consumer_config(servers))
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -55,6 +65,29 @@ def _raw_consume(servers: str, topic: str, events: int) -> float:
     seen = 0
     while seen < events:
         seen += sum(len(records) for records in consumer.poll(timeout_ms=1000, max_records=50_000).values())
+    seconds = time.perf_counter() - started
+    consumer.close()
+    return seconds
+
+
+def _librdkafka_consume(servers: str, topic: str, events: int) -> float:
+    """Seconds for librdkafka to fetch every record of the topic (each value taken as Python bytes, as any Python
+    reader must), all partitions at once, with kafka-python's fetch sizes."""
+    config = consumer_config(servers)
+    consumer = confluent_kafka.Consumer({
+        "bootstrap.servers": servers,
+        "group.id": "edgelake-bench",  # required by librdkafka; never joined (assign only)
+        "enable.auto.commit": False,
+        "isolation.level": config["isolation_level"],
+        "max.partition.fetch.bytes": config["max_partition_fetch_bytes"],
+        "fetch.max.bytes": config["fetch_max_bytes"],
+    })  # fmt: skip
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in sorted(partitions)])
+    started = time.perf_counter()
+    seen = 0
+    while seen < events:
+        seen += len([m.value() for m in consumer.consume(20_000, timeout=1.0) if m.error() is None])
     seconds = time.perf_counter() - started
     consumer.close()
     return seconds

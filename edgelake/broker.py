@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -319,19 +320,43 @@ def bootstrap_servers(settings: Settings) -> str:
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nobody listens on right now (see ``free_ports``)."""
+    return free_ports(1)
 
 
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive loopback ports nobody listens on right now."""
-    for _ in range(100):
-        first = free_port()
-        if first + count <= 65535 and not any(_port_in_use(first + i) for i in range(1, count)):
+    """The first of ``count`` consecutive loopback ports that can be bound right now.
+
+    They are picked below the kernel's ephemeral range: a port inside it can be taken as the local
+    end of some outgoing connection between this check and the server's own bind.
+    """
+    ephemeral_low = _ephemeral_port_low()
+    for _ in range(200):
+        first = random.randrange(_LOWEST_PICKED_PORT, ephemeral_low - count)
+        if all(_bindable(first + i) for i in range(count)):
             return first
-    raise BrokerUnavailable(f"no {count} consecutive free loopback ports found")
+    raise BrokerUnavailable(f"no {count} consecutive free loopback ports found below {ephemeral_low}")
+
+
+_LOWEST_PICKED_PORT = 10000
+
+
+def _ephemeral_port_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+    return max(low, _LOWEST_PICKED_PORT + 1000)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Kafka and uvicorn bind: a TIME_WAIT leftover is no obstacle
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def terminate_group(pid: int, timeout_s: float = 10.0) -> None:

@@ -35,24 +35,21 @@ class BrokerUnreachable(TimeoutError):
 
 
 def plan_ranges(
-    bootstrap_servers: str,
+    consumer: KafkaConsumer,
     topics: list[str],
     next_offset: Callable[[str, int], int | None],
     max_events: int,
 ) -> list[OffsetRange]:
     """The ranges to read now: from each partition's next offset (or its beginning) up to
-    its end, at most ``max_events`` in all, shared out so every partition advances."""
-    consumer = _consumer(bootstrap_servers)
-    try:
-        partitions = [
-            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return []
-        begin = consumer.beginning_offsets(partitions)
-        end = consumer.end_offsets(partitions)
-    finally:
-        consumer.close()
+    its end, at most ``max_events`` in all, shared out so every partition advances.
+
+    ``consumer`` (left open) answers the offset look-ups.
+    """
+    partitions = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not partitions:
+        return []
+    begin = consumer.beginning_offsets(partitions)
+    end = consumer.end_offsets(partitions)
     pending = []
     for tp in partitions:
         start = max(begin[tp], next_offset(tp.topic, tp.partition) or 0)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 from deltalake.exceptions import CommitFailedError
@@ -23,6 +24,7 @@ from lake.catalog import UnknownTable, optimize
 from lake.tables import BRONZE, QUARANTINE, SILVER
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVENTS = Counter("edgelake_ingest_events_total", "Events ingested, by topic and outcome", ["topic", "outcome"])
 LAG = Gauge("edgelake_ingest_lag_events", "Offsets not yet in the lake, per partition", ["topic", "partition"])
@@ -64,19 +66,30 @@ def ingest(
     stop: threading.Event | None = None,
 ) -> IngestTotals:
     """Ingest until ``stop`` is set, or with ``once`` up to the end offsets seen at start."""
+    offsets = OffsetsClient(bootstrap_servers(settings))
+    try:
+        return _ingest_batches(settings, options, once, stop or threading.Event(), offsets)
+    finally:
+        offsets.close()
+
+
+def _ingest_batches(settings: Settings, options: IngestOptions, once: bool, stop: threading.Event, offsets: OffsetsClient) -> IngestTotals:
+    """The loop of ``ingest``: plan, let a small batch fill up, run it, report."""
     servers = bootstrap_servers(settings)
     config = WriterConfig(settings.lake_root, options.pipeline, settings.topic_prefix)
     writer = config.writer()
     topics = [settings.topic(t) for t in options.topics]
-    targets = retrying(lambda: _end_offsets(servers, topics), "reading end offsets") if once else None
+    targets = retrying(lambda: offsets.call(lambda c: _end_offsets(c, topics)), "reading end offsets") if once else None
+    committed = CommittedOffsets(writer.next_offset)
     beam_options = pipeline_options(options.runner_args)
     totals = IngestTotals()
-    stop = stop or threading.Event()
     waiting_since = time.monotonic()
     avg_bytes = 1024.0
     while not stop.is_set():
         budget = max(1, min(options.max_events, int(options.max_bytes / avg_bytes)))
-        planned_ranges = retrying(lambda: plan_ranges(servers, topics, writer.next_offset, budget), "planning a batch")
+        planned_ranges = retrying(
+            lambda: offsets.call(lambda c: plan_ranges(c, topics, committed, budget)), "planning a batch"
+        )
         ranges = _clip(planned_ranges, targets)
         if not ranges:
             if once:
@@ -89,6 +102,7 @@ def ingest(
             continue
         started = time.monotonic()
         counts = _retrying_lake(lambda: run_batch(servers, config, ranges, beam_options))
+        committed.forget()
         seconds = time.monotonic() - started
         waiting_since = time.monotonic()
         BATCH_SECONDS.observe(seconds)
@@ -98,7 +112,7 @@ def ingest(
         totals.add(counts)
         read = sum(c.get("bronze", 0) for c in counts.values())
         avg_bytes = sum(c.get("bytes", 0) for c in counts.values()) / read if read else avg_bytes
-        _report_lag(servers, topics, writer.next_offset)
+        _report_lag(offsets, topics, committed)
         log.info(
             "batch committed",
             extra={"batch": totals.batches, "events": planned, "seconds": round(seconds, 2), "counts": counts},
@@ -137,13 +151,64 @@ def maintain(settings: Settings, topics: tuple[str, ...]) -> None:
         log.info("table compacted", extra={"table": spec.name, "metrics": metrics})
 
 
-def _end_offsets(servers: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    consumer = KafkaConsumer(**consumer_config(servers))
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(partitions).items()}
-    finally:
-        consumer.close()
+class CommittedOffsets:
+    """``LakeWriter.next_offset`` remembered per partition until ``forget()``, which the loop calls after each batch.
+
+    Asking the lake costs three Delta log refreshes per partition, which, twice a second, kept an idle
+    ingester at about 3% of a core. Only this loop's batches move these offsets (one ingester per pipeline
+    and partition); were another writer to move them anyway, a stale answer would only make the next batch
+    read offsets that its tables then skip.
+    """
+
+    def __init__(self, next_offset: Callable[[str, int], int | None]) -> None:
+        self._next_offset = next_offset
+        self._known: dict[tuple[str, int], int | None] = {}
+
+    def __call__(self, topic: str, partition: int) -> int | None:
+        key = (topic, partition)
+        if key not in self._known:
+            self._known[key] = self._next_offset(topic, partition)
+        return self._known[key]
+
+    def forget(self) -> None:
+        self._known.clear()
+
+
+class OffsetsClient:
+    """One long-lived consumer (no assignment, no group) for the loop's offset look-ups, opened on first use and
+    opened again after a broker error.
+
+    A new client for every plan, twice a second, cost an idle ingester about 4% of a core.
+    """
+
+    def __init__(self, servers: str, metadata_max_age_s: float = 30.0) -> None:
+        self._config = consumer_config(
+            servers, reconnect_backoff_ms=200, reconnect_backoff_max_ms=5000, metadata_max_age_ms=int(metadata_max_age_s * 1000)
+        )  # the metadata refresh is how partitions added to a topic show up in plans
+        self._consumer: KafkaConsumer | None = None
+
+    def call(self, ask: Callable[[KafkaConsumer], T]) -> T:
+        """``ask(consumer)``; a ``KafkaError`` it raises closes the client, to be opened afresh next time."""
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(**self._config)
+        try:
+            return ask(self._consumer)
+        except KafkaError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except KafkaError:
+                pass  # a broken client is discarded either way
+
+
+def _end_offsets(consumer: KafkaConsumer, topics: list[str]) -> dict[tuple[str, int], int]:
+    partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+    return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(partitions).items()}
 
 
 def _clip(ranges: list[OffsetRange], targets: dict[tuple[str, int], int] | None) -> list[OffsetRange]:
@@ -157,9 +222,9 @@ def _clip(ranges: list[OffsetRange], targets: dict[tuple[str, int], int] | None)
     return clipped
 
 
-def _report_lag(servers: str, topics: list[str], next_offset: Callable[[str, int], int | None]) -> None:
+def _report_lag(offsets: OffsetsClient, topics: list[str], next_offset: Callable[[str, int], int | None]) -> None:
     try:
-        ends = _end_offsets(servers, topics)
+        ends = offsets.call(lambda c: _end_offsets(c, topics))
     except KafkaError as error:  # the gauge is refreshed after the next batch
         log.warning("lag not measured", extra={"error": str(error)})
         return
