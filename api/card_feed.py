@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Literal
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from api.metrics import CardFeedMetrics
-from api.scoring import MAX_MAGNITUDE, Scorer
+from api.scoring import Scorer, unscorable
 from edgelake.broker import configured_servers
 from edgelake.contracts import InvalidEvent, Transaction
 from edgelake.kafka import broker_reachable, consumer_config
@@ -123,12 +124,13 @@ class CardFeed:
 
     def _feed(self, messages: Sequence[ConsumerRecord]) -> None:
         valid = []
+        now = datetime.now(UTC)
         for message in messages:
             try:
                 event = Transaction.parse(message.value)
             except InvalidEvent:
                 continue
-            if isinstance(event, Transaction) and abs(event.amount) <= MAX_MAGNITUDE:
+            if isinstance(event, Transaction) and not unscorable(event, now):
                 valid.append(event)
         self._scorer.record(valid)
         self._metrics.records.labels("fed").inc(len(valid))

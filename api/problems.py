@@ -7,7 +7,6 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -15,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:edgelake:problem:"
+MAX_ERRORS_LISTED = 100  # a 422's ``errors``: enough to fix a request, bounded whatever its size
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ def problem_response(
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers, media_type=MEDIA_TYPE)
 
 
+def _listed(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error as a 422 lists it: where, what kind, why; never the input, which can be huge or not JSON (NaN)."""
+    loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
+    return {"type": str(error.get("type", "value_error")), "loc": loc, "msg": str(error.get("msg", ""))}
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Answer raised Problems, HTTP errors (404, 405 …), validation errors and anything unexpected as problem+json."""
 
@@ -82,11 +88,13 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_invalid(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
-        errors = jsonable_encoder(error.errors(), custom_encoder={Exception: str})
-        count = len(errors)
-        return problem_response(
-            request, 422, f"the request has {count} invalid field{'' if count == 1 else 's'}", type_=TYPE_PREFIX + "invalid-request", errors=errors
-        )
+        found = error.errors()
+        count = len(found)
+        detail = f"the request has {count} invalid field{'' if count == 1 else 's'}"
+        if count > MAX_ERRORS_LISTED:
+            detail += f"; the first {MAX_ERRORS_LISTED} are listed"
+        errors = [_listed(e) for e in found[:MAX_ERRORS_LISTED]]
+        return problem_response(request, 422, detail, type_=TYPE_PREFIX + "invalid-request", errors=errors)
 
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -46,8 +47,29 @@ log = logging.getLogger(__name__)
 
 
 # The largest amount or attribute value scored: beyond it the card's window sums overflow (math.fsum raises) and the
-# model's float32 inputs become infinite. The contract admits any finite value; the scorer, and card histories, do not.
+# model's float32 inputs become infinite. The contract admits any finite value and any time; the scorer, and card
+# histories, do not (``unscorable``).
 MAX_MAGNITUDE = 1e15
+# Event times scored: from 1970 (earlier ones overflow the card windows near year 1) to a producer's plausible
+# clock skew ahead of now. A transaction dated far ahead would make a card's history look 7 days stale to every
+# later one, which then scores with empty velocity windows.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def unscorable(transaction: Transaction, now: datetime) -> list[tuple[tuple[str, ...], str]]:
+    """Why a transaction may not be scored nor enter a card's history: ``(field path, reason)`` for each field; empty if it may."""
+    problems = []
+    values = [(("amount",), transaction.amount)]
+    values += [(("attributes", name), transaction.attributes[name]) for name in ATTRIBUTES if name in transaction.attributes]
+    for field, value in values:
+        if abs(value) > MAX_MAGNITUDE:
+            problems.append((field, f"must be at most {MAX_MAGNITUDE:g} in magnitude to be scored"))
+    if transaction.event_time < EARLIEST_EVENT_TIME:
+        problems.append((("event_time",), f"must be {EARLIEST_EVENT_TIME:%Y-%m-%d} or later to be scored"))
+    elif transaction.event_time > now + MAX_CLOCK_SKEW:
+        problems.append((("event_time",), f"must be at most {MAX_CLOCK_SKEW.total_seconds():.0f} s ahead of the server's clock to be scored"))
+    return problems
 
 
 class ModelUnavailable(RuntimeError):

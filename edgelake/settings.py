@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     spark_master: str = Field("local[*]", description="Spark master for lake and training jobs: local[*] or a cluster URL.")
     sql_row_limit: int = Field(10_000, gt=0, description="Most rows a SQL query returns; more are cut off and flagged.")
+    sql_byte_limit: int = Field(
+        32 * 1024 * 1024, gt=0, description="About the most bytes of data a SQL query returns; rows past them are cut off and flagged."
+    )
     sql_timeout_s: float = Field(30.0, gt=0, description="Seconds a SQL query may run before it is abandoned.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the edgelake API.")
     score_review_threshold: float = Field(0.5, ge=0, le=1, description="Fraud score from which a transaction is sent to review.")

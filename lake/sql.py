@@ -99,6 +99,10 @@ _QUERY_STARTS = {TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN}
 _NOT_A_QUERY = "only a read-only query can run (SELECT, WITH … SELECT, UNION, INTERSECT, EXCEPT), not "
 _INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}  # control, format (zero-width, bidi), private, unassigned
 _PATHLIKE = re.compile(r"[/\\:.\s]")
+# DataFusion plans an expression tree recursively and in quadratic time: a sum of 1,000 terms took 1.2 s to
+# plan, 3,000 took 9 s and 15,000 overflowed the stack, killing the process. 200 levels plan in 0.06 s.
+MAX_DEPTH = 200
+MAX_NODES = 20_000
 
 
 def check_statement(sql: str) -> list[str]:
@@ -140,16 +144,20 @@ def run_query(
     *,
     as_of: dict[str, int] | int | None = None,
     limit: int = 10_000,
+    max_bytes: int = 32 * 1024 * 1024,
     timeout_s: float = 30.0,
 ) -> QueryResult:
-    """Run one checked read-only query over the lake; ``as_of`` is a version (one-table queries) or table -> version."""
-    if limit < 1 or timeout_s <= 0:
-        raise ValueError(f"limit must be at least 1 and timeout_s positive, not {limit} and {timeout_s}")
+    """Run one checked read-only query over the lake; ``as_of`` is a version (one-table queries) or table -> version.
+
+    At most ``limit`` rows and about ``max_bytes`` of Arrow data come back; rows past either are cut off (``truncated``).
+    """
+    if limit < 1 or max_bytes < 1 or timeout_s <= 0:
+        raise ValueError(f"limit and max_bytes must be at least 1 and timeout_s positive, not {limit}, {max_bytes} and {timeout_s}")
     started = time.monotonic()
     text, names = _checked(sql)
     versions = _versions(names, as_of)
     deadline = started + timeout_s
-    table, truncated, read = _in_worker(lambda: _read(lake_root, text, versions, limit, deadline), timeout_s)
+    table, truncated, read = _in_worker(lambda: _read(lake_root, text, versions, limit, max_bytes, deadline), timeout_s)
     return QueryResult(table, truncated, read, time.monotonic() - started)
 
 
@@ -181,8 +189,22 @@ def _check_ascii(sql: str, tokens: list[Token]) -> None:
             )
 
 
+def _check_size(query: exp.Query) -> None:
+    """Refuse a tree deeper than ``MAX_DEPTH`` or larger than ``MAX_NODES``."""
+    nodes, stack = 0, [(query, 1)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH:
+            raise RefusedStatement(f"the statement nests deeper than {MAX_DEPTH} levels (a sum of about {MAX_DEPTH} terms, say): split it up")
+        if nodes > MAX_NODES:
+            raise RefusedStatement(f"the statement has more than {MAX_NODES:,} parts: split it up")
+        stack.extend((child, depth + 1) for child in node.iter_expressions())
+
+
 def _check_tree(query: exp.Query) -> list[str]:
     """Refuse anything but reads of catalog tables, CTEs and subqueries; the catalog tables read."""
+    _check_size(query)
     ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
     tables: set[str] = set()
     for node in query.walk():
@@ -233,9 +255,10 @@ def _versions(names: list[str], as_of: dict[str, int] | int | None) -> dict[str,
 
 
 def _read(
-    lake_root: str, sql: str, versions: dict[str, int | None], limit: int, deadline: float
+    lake_root: str, sql: str, versions: dict[str, int | None], limit: int, max_bytes: int, deadline: float
 ) -> tuple[pa.Table, bool, dict[str, int]]:
-    """Up to ``limit`` rows of the query over the tables at their versions, checking the deadline between batches."""
+    """Up to ``limit`` rows and about ``max_bytes`` of the query over the tables at their versions, and whether
+    rows were cut off; the deadline is checked between batches."""
     builder = QueryBuilder()
     read: dict[str, int] = {}
     for name, version in versions.items():
@@ -243,15 +266,22 @@ def _read(
         builder.register(name, table)
         read[name] = table.version()
     batches: list[pa.RecordBatch] = []
-    rows = 0
+    rows = size = 0
+    cut = False
     try:
         with pa.RecordBatchReader.from_stream(builder.execute(sql)) as reader:
             schema = reader.schema
             for batch in reader:
                 if time.monotonic() > deadline:
                     raise QueryTimeout("the query ran past its deadline")
+                if size + batch.nbytes > max_bytes:  # keep the rows that fit, at the batch's mean row size
+                    fitting = int((max_bytes - size) / max(batch.nbytes / max(batch.num_rows, 1), 1))
+                    batches.append(batch.slice(0, fitting))
+                    cut = True
+                    break
                 batches.append(batch)
                 rows += batch.num_rows
+                size += batch.nbytes
                 if rows > limit:
                     break
     except QueryTimeout:
@@ -259,7 +289,7 @@ def _read(
     except BaseException as error:  # DataFusion's errors, including a pyo3 PanicException (a BaseException)
         raise QueryFailed(str(error)) from None
     result = pa.Table.from_batches(batches, schema)
-    return result.slice(0, limit), result.num_rows > limit, read
+    return result.slice(0, limit), cut or result.num_rows > limit, read
 
 
 def _in_worker(call: Callable[[], T], timeout_s: float) -> T:

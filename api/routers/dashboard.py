@@ -214,7 +214,7 @@ def score_stats(settings: Settings) -> ScoreStats | None:
 def _query(settings: Settings, sql: str) -> list[dict[str, Any]]:
     """The rows of one dashboard query, as Python values; a failure is a 500 problem naming the query."""
     try:
-        result = run_query(settings.lake_root, sql, limit=10_000, timeout_s=settings.sql_timeout_s)
+        result = run_query(settings.lake_root, sql, limit=10_000, max_bytes=settings.sql_byte_limit, timeout_s=settings.sql_timeout_s)
     except (QueryFailed, QueryTimeout) as error:
         raise Problem(500, f"the dashboard query over {SCORES_TABLE} failed: {error}", kind="dashboard-query-failed") from None
     return result.table.to_pylist()

@@ -124,11 +124,15 @@ def get_manifest(request: Request, name: ModelName, version: Version) -> Respons
 )
 def get_artifact(request: Request, name: ModelName, version: Version, file: str) -> FileResponse:
     model = _version(request, name, version)
+    unknown = Problem(404, f"{name} v{version} has no artifact '{file[:200]}'", kind="unknown-artifact", title="Unknown artifact")
+    # Only names the signed manifest lists (never touching the file system for others: a NUL byte, a 4 KB name),
+    # and never a path that leaves the version directory (a symlink).
     entry = model.manifest.files.get(file)
+    if entry is None:
+        raise unknown
     path = (model.path / file).resolve()
-    # Only names the signed manifest lists, and never a path that leaves the version directory (a symlink).
-    if entry is None or not path.is_relative_to(model.path.resolve()) or not path.is_file():
-        raise Problem(404, f"{name} v{version} has no artifact '{file}'", kind="unknown-artifact", title="Unknown artifact")
+    if not path.is_relative_to(model.path.resolve()) or not path.is_file():
+        raise unknown
     return FileResponse(
         path, media_type="application/octet-stream", filename=Path(file).name,
         headers={SHA256_HEADER: entry.sha256, SIGNATURE_HEADER: _signature(model.path)},

@@ -22,9 +22,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from api.auth import require
 from api.problems import PROBLEM_RESPONSES, Problem, documented
 from api.publisher import ScorePublisher
-from api.scoring import MAX_MAGNITUDE, MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer
+from api.scoring import MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer, unscorable
 from edgelake.contracts import FraudScore, Transaction
-from training.features import ATTRIBUTES
 
 MAX_BATCH = 1_000
 
@@ -91,14 +90,13 @@ def _validated(adapter: TypeAdapter[Any], body: bytes) -> Any:
 
 
 def _within_range(transactions: list[Transaction], *, batch: bool) -> None:
-    """A 422 naming each amount or ``V*`` attribute (the model's inputs) beyond ``MAX_MAGNITUDE``."""
-    errors = []
-    for index, t in enumerate(transactions):
-        where: tuple[str | int, ...] = ("body", index) if batch else ("body",)
-        fields = [(("amount",), t.amount), *((("attributes", name), t.attributes[name]) for name in ATTRIBUTES if name in t.attributes)]
-        for field, value in fields:
-            if abs(value) > MAX_MAGNITUDE:
-                errors.append({"type": "less_than_equal", "loc": (*where, *field), "msg": f"must be at most {MAX_MAGNITUDE:g} in magnitude to be scored"})
+    """A 422 naming each field that keeps a transaction from being scored (``unscorable``)."""
+    now = datetime.now(UTC)
+    errors = [
+        {"type": "value_error", "loc": (*(("body", index) if batch else ("body",)), *field), "msg": reason}
+        for index, t in enumerate(transactions)
+        for field, reason in unscorable(t, now)
+    ]
     if errors:
         raise RequestValidationError(errors)
 

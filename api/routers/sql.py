@@ -31,7 +31,7 @@ class SqlRequest(BaseModel):
 class SqlResult(BaseModel):
     columns: list[str]
     rows: list[dict[str, Any]] = Field(description="One object per row; times in ISO 8601, bytes in base64, decimals as strings.")
-    truncated: bool = Field(description="More rows existed than the limit; the rest were cut off.")
+    truncated: bool = Field(description="More rows existed than the row or byte limit; the rest were cut off.")
     tables: dict[str, int] = Field(description="Each catalog table read -> the version read.")
     elapsed_s: float
 
@@ -51,7 +51,9 @@ def run_sql(body: SqlRequest, request: Request) -> SqlResult:
     settings: Settings = request.app.state.settings
     limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
     try:
-        result = run_query(settings.lake_root, body.sql, as_of=body.as_of, limit=limit, timeout_s=settings.sql_timeout_s)
+        result = run_query(
+            settings.lake_root, body.sql, as_of=body.as_of, limit=limit, max_bytes=settings.sql_byte_limit, timeout_s=settings.sql_timeout_s
+        )
     except RefusedStatement as error:
         raise Problem(400, str(error), kind="refused-statement", title="Statement refused") from None
     except QueryFailed as error:

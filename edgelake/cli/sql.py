@@ -43,7 +43,7 @@ def sql(
     with reported_errors():
         result = run_query(
             settings.lake_root, statement, as_of=versions,
-            limit=limit or settings.sql_row_limit, timeout_s=timeout or settings.sql_timeout_s,
+            limit=limit or settings.sql_row_limit, max_bytes=settings.sql_byte_limit, timeout_s=timeout or settings.sql_timeout_s,
         )  # fmt: skip
     if output is Format.json:
         print(json.dumps(json_rows(result.table)))

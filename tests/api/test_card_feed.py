@@ -116,6 +116,12 @@ def test_the_topic_s_transactions_count_in_later_scores_once_each(server: httpx2
     wait_for(http, "edgelake_card_feed_records_total", 1, outcome="invalid")
     assert metric(http, "edgelake_card_feed_lag") == 0
 
+    # dated 9999 on the topic, it made the card's history look stale to every later transaction (zero velocity)
+    far_ahead = transaction("card-feed", 0, 1.0).model_copy(update={"event_time": datetime(9999, 12, 31, tzinfo=UTC)})
+    produce(feed_settings, far_ahead)
+    wait_for(http, "edgelake_card_feed_records_total", 2, outcome="invalid")
+    assert score(http, transaction("card-feed", 6, 70.0))["tx_count_1h"] == 7
+
 
 def test_without_a_broker_scoring_is_unaffected(serve: Serve, fraud_lake: Settings, token: str) -> None:
     settings = fraud_lake.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})

@@ -61,6 +61,9 @@ def test_the_manifest_comes_exactly_as_signed(deployment: Deployment) -> None:
         "/v1/models/fraud/1/artifacts/plots",
         "/v1/models/fraud/1/artifacts/..%2f..%2fstages.json",
         "/v1/models/fraud/1/artifacts/plots/..%2F..%2F..%2Fregistry.pub",
+        "/v1/models/fraud/1/artifacts/metrics.json%00",  # a NUL byte was a 500
+        "/v1/models/fraud/1/artifacts/%00",
+        "/v1/models/fraud/1/artifacts/" + "a" * 4096,
     ],
 )
 def test_unknown_models_versions_and_files_are_404_and_nothing_outside_the_manifest_is_served(deployment: Deployment, path: str) -> None:

@@ -184,6 +184,48 @@ def test_bad_input_is_a_422_problem_naming_the_field(lake: Settings, tokens, ser
     assert not_json.status_code == 422
 
 
+def raw_body(field: str, raw: str) -> bytes:
+    """An example's JSON with ``field`` set to ``raw``, as written (JSON's own encoders refuse NaN and 1e309)."""
+    return json.dumps(example(**{field: "<raw>"})).replace('"<raw>"', raw).encode()
+
+
+UNSCORABLE = [
+    (raw_body("amount", "NaN"), "amount"),
+    (raw_body("amount", "Infinity"), "amount"),
+    (raw_body("amount", "-Infinity"), "amount"),
+    (raw_body("amount", "1e309"), "amount"),  # parses as infinity
+    (raw_body("attributes", '{"V1": NaN}'), "attributes"),
+    (json.dumps(example(event_time="0001-01-01T00:00:00Z")).encode(), "event_time"),  # its card windows overflowed
+    (json.dumps(example(event_time="9999-12-31T00:00:00Z")).encode(), "event_time"),  # it blinded the card to later ones
+]
+
+
+def test_non_finite_numbers_and_far_event_times_are_422_problems_not_500(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+    card = f"card-{uuid.uuid4().hex[:8]}"
+    with client(serve, lake, tokens["producer"]) as http:
+        first = http.post("/v1/score", json=example(card_id=card, event_time="2025-06-01T12:00:00Z"))
+        responses = [http.post("/v1/score", content=content.replace(b"card-example", card.encode()), headers={"content-type": "application/json"}) for content, _ in UNSCORABLE]
+        later = http.post("/v1/score", json=example(card_id=card, event_time="2025-06-01T12:05:00Z"))
+    for (content, field), response in zip(UNSCORABLE, responses, strict=True):
+        assert response.status_code == 422, (content, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert any(field in map(str, error["loc"]) for error in problem["errors"]), problem
+        assert all("input" not in error for error in problem["errors"]), problem
+    assert first.status_code == later.status_code == 200
+    assert later.json()["features"]["tx_count_1h"] == 2  # the refused ones never entered the card's history
+
+
+def test_a_huge_invalid_body_gets_a_small_422(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+    items = [example(currency="euro") for _ in range(5_000)]  # 5,000 errors (and past the 1,000-item cap)
+    with client(serve, lake, tokens["producer"]) as http:
+        echoing = http.post("/v1/score", json=example(merchant_id="x" * 1_000_000))
+        many = http.post("/v1/score:batch", json=items)
+    assert echoing.status_code == 422 and len(echoing.content) < 10_000, len(echoing.content)
+    assert many.status_code == 422 and len(many.content) < 50_000, len(many.content)
+    assert len(many.json()["errors"]) <= 100
+
+
 def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
     tampered_root = tmp_path / "tampered-lake"

@@ -52,6 +52,19 @@ def test_the_limit_defaults_to_and_is_capped_by_the_server_setting(deployment: D
     assert len(too_many["rows"]) == deployment.settings.sql_row_limit
 
 
+def test_the_answer_is_bounded_in_bytes_and_a_statement_the_engine_cannot_take_is_refused(deployment: Deployment) -> None:
+    wide = "SELECT repeat('a', 50000) AS pad FROM silver_transactions"  # answered 500 MB at 10,000 rows before
+    deep = "SELECT " + "+".join(["1"] * 15_000) + " AS s"  # killed the server (a segfault in DataFusion)
+    with deployment.client("analyst") as client:
+        capped = client.post("/v1/sql", json={"sql": wide})
+        refused = client.post("/v1/sql", json={"sql": deep})
+        alive = client.post("/v1/sql", json={"sql": "SELECT 1 AS one"})
+    assert capped.status_code == 200 and capped.json()["truncated"]
+    assert len(capped.content) <= deployment.settings.sql_byte_limit * 1.1
+    assert refused.status_code == 400 and refused.json()["type"] == "urn:edgelake:problem:refused-statement"
+    assert alive.json()["rows"] == [{"one": 1}]
+
+
 @pytest.mark.parametrize(
     ("sql", "kind", "reason"),
     [

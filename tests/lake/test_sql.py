@@ -297,12 +297,36 @@ def test_row_limit_truncates_and_flags(lake: str) -> None:
     assert run_query(lake, every, limit=FIRST + MORE - 1).truncated
 
 
+def test_wide_rows_are_cut_off_at_the_byte_limit(lake: str) -> None:
+    # 300 rows of 50 KB each: 15 MB unbounded (the row cap alone let a 500 MB answer through)
+    wide = "SELECT event_id, repeat('a', 50000) AS pad FROM silver_transactions"
+    cut = run_query(lake, wide, max_bytes=1_000_000)
+    assert cut.truncated and 0 < cut.table.num_rows <= 20, cut.table.num_rows
+    whole = run_query(lake, wide, max_bytes=100_000_000)
+    assert (whole.table.num_rows, whole.truncated) == (FIRST + MORE, False)
+
+
+@pytest.mark.parametrize("terms", [250, 15_000])
+def test_statements_nested_too_deep_for_the_engine_are_refused_quickly(lake: str, terms: int) -> None:
+    # 15,000 terms overflowed DataFusion's stack and killed the process; 3,000 took 9 s to plan
+    started = time.monotonic()
+    with pytest.raises(RefusedStatement, match="nests deeper than 200 levels"):
+        run_query(lake, "SELECT " + "+".join(["1"] * terms) + " AS s")
+    assert time.monotonic() - started < 5
+    assert run_query(lake, "SELECT " + "+".join(["1"] * 150) + " AS s").table.to_pylist() == [{"s": 150}]
+
+
+def test_statements_with_too_many_parts_are_refused(lake: str) -> None:
+    with pytest.raises(RefusedStatement, match="more than 20,000 parts"):
+        run_query(lake, "SELECT " + ", ".join(f"{i} AS c{i}" for i in range(8_000)))
+
+
 def test_a_slow_query_times_out_and_its_stream_stops(lake: str) -> None:
     # 300^4 = 8.1 billion rows, streamed batch by batch; the worker stops at the first batch past the deadline.
     sql = "SELECT a.amount FROM silver_transactions a, silver_transactions b, silver_transactions c, silver_transactions d"
     started = time.monotonic()
     with pytest.raises(QueryTimeout, match="timeout of 0.05 s"):
-        run_query(lake, sql, limit=10**12, timeout_s=0.05)
+        run_query(lake, sql, limit=10**12, max_bytes=10**15, timeout_s=0.05)
     assert time.monotonic() - started < 2
     deadline = time.monotonic() + 5
     while any(thread.name == "edgelake-sql" for thread in threading.enumerate()) and time.monotonic() < deadline:
