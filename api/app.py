@@ -14,6 +14,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from api.body_limit import BodyLimitMiddleware
 from api.card_feed import CardFeed, Start
 from api.devices import DeviceStore, ResultForwarder, devices_path
 from api.keys import KeyStore, keys_path
@@ -81,6 +82,7 @@ def create_app(
     app.state.score_publisher = ScorePublisher(settings, score_metrics)
     feed_metrics = CardFeedMetrics.create(registry)
     app.state.card_feed = CardFeed(settings, app.state.scorer, feed_metrics, start=card_feed_start) if card_feed else None
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=request_histogram(registry))
     install_problem_handlers(app)
     routers = (health.router, sql.router, tables.router, models.router, score.router, devices.router, devices.rollout_router)

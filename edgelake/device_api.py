@@ -6,9 +6,10 @@ event contracts, this module needs nothing but pydantic.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from edgelake.signing import ModelName
 
@@ -27,6 +28,17 @@ FAILURE_KINDS: frozenset[str] = frozenset({"update_refused", "smoke_test_failed"
 Track = Literal["canary", "production"]
 MAX_VERSION = 2**31 - 1
 MAX_COUNT = 1_000_000_000  # per model and heartbeat
+MAX_FREE_FORM_BYTES = 16 * 1024  # a device's hardware or health, as JSON: stored, then served back to operators
+
+
+def _small(value: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(value, separators=(",", ":"), default=str))
+    if size > MAX_FREE_FORM_BYTES:
+        raise ValueError(f"takes {size:,} bytes as JSON; at most {MAX_FREE_FORM_BYTES:,} are kept")
+    return value
+
+
+FreeForm = Annotated[dict[str, Any], AfterValidator(_small)]
 
 
 class EnrollRequest(BaseModel):
@@ -34,7 +46,7 @@ class EnrollRequest(BaseModel):
 
     enrollment_token: str = Field(min_length=1, max_length=256)
     device_name: str = Field(min_length=1, max_length=128)
-    hardware: dict[str, Any] = Field(default_factory=dict, description="Whatever the device reports about itself: CPU, accelerator, memory.")
+    hardware: FreeForm = Field(default_factory=dict, description="Whatever the device reports about itself: CPU, accelerator, memory.")
 
 
 class Enrollment(BaseModel):
@@ -77,7 +89,7 @@ class HeartbeatRequest(BaseModel):
 
     models: dict[ModelName, Annotated[int, Field(ge=1)]] = Field(default_factory=dict, description="Model name -> the version the device runs.")
     reports: dict[ModelName, ModelReport] = Field(default_factory=dict, description="Model name -> how it did since the last heartbeat.")
-    health: dict[str, Any] = Field(default_factory=dict, description="Free-form health: temperatures, free disk, queue depth, memory.")
+    health: FreeForm = Field(default_factory=dict, description="Free-form health: temperatures, free disk, queue depth, memory.")
     events: list[AgentEvent] = Field(default_factory=list, max_length=100, description="Agent events since the last heartbeat.")
 
 

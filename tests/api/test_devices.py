@@ -224,6 +224,9 @@ def test_invalid_results_are_a_422_problem(fleet: Fleet, changes: dict[str, Any]
         ("/v1/devices/enrollment-tokens", {"uses": 0}, "uses"),
         ("/v1/devices/{id}/heartbeat", {"models": {"fraud": 0}}, "fraud"),
         ("/v1/devices/{id}/heartbeat", {"health": [1]}, "health"),
+        # 5 MB of either was stored and served back to operators
+        ("/v1/devices/enroll", {"enrollment_token": "x", "device_name": "d", "hardware": {"cpu": "x" * 1_000_000}}, "hardware"),
+        ("/v1/devices/{id}/heartbeat", {"health": {"note": "x" * 1_000_000}}, "health"),
     ],
 )
 def test_invalid_bodies_are_a_422_problem(fleet: Fleet, path: str, body: dict[str, Any], field: str) -> None:

@@ -226,6 +226,33 @@ def test_a_huge_invalid_body_gets_a_small_422(lake: Settings, tokens, serve) -> 
     assert len(many.json()["errors"]) <= 100
 
 
+def test_bodies_past_the_limit_are_413_problems_and_long_batches_are_refused_before_validation(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+    small = lake.model_copy(update={"api_max_body_bytes": 1_000_000})
+    big = b"[" + b",".join([json.dumps(example()).encode()] * 10_000) + b"]"  # ~2.2 MB
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts as it reads
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start : start + 64 * 1024]
+
+    many = json.dumps([{"event_id": "x"}] * 100_000).encode()  # 2 MB, 100,000 items
+    with client(serve, small, tokens["producer"]) as http:
+        declared = http.post("/v1/score:batch", content=big, headers={"content-type": "application/json"})
+        streamed = http.post("/v1/score:batch", content=chunks(), headers={"content-type": "application/json"})
+        sql = http.post("/v1/sql", content=b'{"sql": "' + b"x" * 2_000_000 + b'"}', headers={"content-type": "application/json"})
+        alive = http.post("/v1/score", json=example())
+    for response in (declared, streamed):
+        assert response.status_code == 413 and response.headers["content-type"] == "application/problem+json", response.text
+        assert "at most 1,000,000" in response.json()["detail"]
+    assert sql.status_code == 413
+    assert alive.status_code == 200
+    with client(serve, lake, tokens["producer"]) as http:
+        started = time.monotonic()
+        refused = http.post("/v1/score:batch", content=many, headers={"content-type": "application/json"})
+        seconds = time.monotonic() - started
+    assert refused.status_code == 422 and "at most 1,000 transactions a batch, not 100,000" in refused.text
+    assert seconds < 2, f"{seconds:.1f} s to refuse"
+
+
 def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
     tampered_root = tmp_path / "tampered-lake"
