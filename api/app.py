@@ -18,6 +18,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.card_feed import CardFeed, Start
 from api.devices import DeviceStore, ResultForwarder, devices_path
 from api.keys import KeyStore, keys_path
+from api.log_redaction import redact_access_log
 from api.metrics import CardFeedMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
 from api.problems import install_problem_handlers
 from api.publisher import ScorePublisher
@@ -69,6 +70,7 @@ def create_app(
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
+    redact_access_log()
     registry = CollectorRegistry()
     app.state.settings = settings
     app.state.keys = KeyStore(keys_path(settings.data_dir))

@@ -109,10 +109,24 @@ class Dashboard(BaseModel):
     devices: list[Device]
 
 
+# The page may be opened as /?key=…: no Referer may carry that address to the assets it loads, and the page runs
+# only its own script, in no one else's frame.
+PAGE_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
 @page_router.get("/", response_class=HTMLResponse)
 def page() -> HTMLResponse:
     """The dashboard's HTML; it fetches its data from /v1/dashboard with the key the user gives."""
-    return HTMLResponse(_asset("index.html"))
+    return HTMLResponse(_asset("index.html"), headers=PAGE_HEADERS)
 
 
 @page_router.get("/dashboard/{file}")
@@ -120,7 +134,7 @@ def asset(file: str) -> Response:
     """The page's script and style sheet."""
     if file not in STATIC:
         raise Problem(404, f"no dashboard file '{file}'", kind="not-found", title="Not found")
-    return Response(_asset(file), media_type=STATIC[file], headers={"Cache-Control": "no-cache"})
+    return Response(_asset(file), media_type=STATIC[file], headers={**PAGE_HEADERS, "Cache-Control": "no-cache"})
 
 
 @router.get("/dashboard", summary="What the dashboard at / shows: tables, ingest, scores, models, devices")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,7 +54,9 @@ def start_background(settings: Settings, host: str, port: int, workers: int = 1,
         return json.loads(pid_file.read_text())["url"]
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "edgelake", "serve", "--host", host, "--port", str(port), "--workers", str(workers)]
-    with (pid_file.parent / "server.log").open("ab") as log:
+    log_path = pid_file.parent / "server.log"
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:  # only its owner reads it
+        log_path.chmod(0o600)  # one written by an older version
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(json.dumps({"pid": process.pid, "url": url}))
     deadline = time.monotonic() + timeout_s

@@ -51,6 +51,10 @@ def test_serve_detached_runs_in_the_background_until_stopped(tmp_path: Path) -> 
     assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
     again = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=90)
     assert f"http://127.0.0.1:{port}" in again.stdout  # the running one, not a second server
+    key = "elk_" + "Zq9" * 14  # the shape of a key; the page is served to anyone, its data only to a key
+    page = httpx2.get(f"http://127.0.0.1:{port}/?key={key}", timeout=5)
+    assert page.status_code == 200 and page.headers["referrer-policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
 
     stopped = subprocess.run([*command, "--stop"], env=env, capture_output=True, text=True, timeout=60)
     assert "API server stopped" in stopped.stdout
@@ -60,3 +64,6 @@ def test_serve_detached_runs_in_the_background_until_stopped(tmp_path: Path) -> 
     except httpx2.TransportError:
         pass
     assert not (tmp_path / "api" / "server.pid").exists()
+    log = tmp_path / "api" / "server.log"
+    assert "GET /?key=[redacted]" in log.read_text() and key not in log.read_text()  # the live key was logged as sent
+    assert log.stat().st_mode & 0o777 == 0o600
