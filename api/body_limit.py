@@ -4,6 +4,7 @@ sent without one is refused as soon as it passes the cap."""
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import MEDIA_TYPE, ProblemDetail
@@ -22,7 +23,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _refuse(scope, send, self._detail(f"{int(declared):,} bytes"))
+            await _refuse(scope, receive, send, self._detail(f"{int(declared):,} bytes"))
             return
         received = 0
 
@@ -41,11 +42,9 @@ class BodyLimitMiddleware:
         return f"the request body has {size}; this server reads at most {self.max_bytes:,} (EDGELAKE_API_MAX_BODY_BYTES)"
 
 
-async def _refuse(scope: Scope, send: Send, detail: str) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
     problem = ProblemDetail(
         type="urn:edgelake:problem:body-too-large", title="Request body too large", status=413, detail=detail, instance=scope["path"]
     )
-    body = problem.model_dump_json(exclude_none=True).encode()
-    headers = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    response = JSONResponse(problem.model_dump(exclude_none=True), status_code=413, media_type=MEDIA_TYPE, headers={"Connection": "close"})
+    await response(scope, receive, send)
