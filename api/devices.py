@@ -95,10 +95,11 @@ class StoredReport(BaseModel):
 
 
 class ReportTotals(BaseModel):
-    """The reports of one model version on one track, pooled."""
+    """One device's reports of one model version on one track, pooled."""
 
     track: Track
     version: int
+    device_id: str
     reports: int
     healthy: int = Field(description="Reports with inferences, no errors and no failure event.")
     unhealthy: int = Field(description="Reports with errors or a failure event.")
@@ -199,10 +200,10 @@ class DeviceStore:
         return [StoredReport.model_validate(dict(zip(fields, row, strict=True))) for row in rows]
 
     def report_totals(self, model: str, since: datetime) -> list[ReportTotals]:
-        """The reports of ``model`` made at or after ``since``, pooled per track and version."""
+        """The reports of ``model`` made at or after ``since``, pooled per track, version and device."""
         query = f"""
-            SELECT track, version, COUNT(*), SUM({_HEALTHY}), SUM({_UNHEALTHY}), SUM(inferences), SUM(labelled), SUM(correct)
-            FROM model_reports WHERE model = ? AND time >= ? GROUP BY track, version ORDER BY track, version
+            SELECT track, version, device_id, COUNT(*), SUM({_HEALTHY}), SUM({_UNHEALTHY}), SUM(inferences), SUM(labelled), SUM(correct)
+            FROM model_reports WHERE model = ? AND time >= ? GROUP BY track, version, device_id ORDER BY track, version, device_id
         """
         with self._transaction() as db:
             rows = db.execute(query, (model, _timestamp(since))).fetchall()

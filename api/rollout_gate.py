@@ -6,7 +6,9 @@ canary version) and production's (devices on the production track running the pr
 version). One unhealthy canary report (errors, or a failure event for the canary version) rejects
 the canary at once. Once there are ``promote_after_reports`` healthy canary reports and
 ``min_labelled`` labelled inferences on each side, the canary is promoted to production when its
-accuracy is at most ``max_accuracy_drop`` below production's, else rejected. A canary still short
+accuracy is at most ``max_accuracy_drop`` below production's, else rejected. A side's accuracy is the
+median of its devices' accuracies: a device's counts are its own claims, and one claiming a billion
+labelled inferences must not decide for the fleet. A canary still short
 of that evidence after ``deadline_s`` is rejected. Verdicts are carried out under the registry's
 rollout lock on freshly read policy and evidence, so every server process may run the gate and a
 canary is settled once.
@@ -14,6 +16,7 @@ canary is settled once.
 
 from __future__ import annotations
 
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,18 +32,23 @@ _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 class Tally(BaseModel):
-    """One side of the comparison: the reports of one version on one track since the policy was set, pooled."""
+    """One side of the comparison: the reports of one version on one track since the policy was set, pooled, and
+    each reporting device's accuracy."""
 
     version: int | None = Field(description="The version; none on the production side when there is no production version.")
     healthy_reports: int = 0
     unhealthy_reports: int = 0
     labelled: int = 0
     correct: int = 0
+    device_accuracies: list[float] = Field(default_factory=list, description="Each device's correct over labelled inferences.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def accuracy(self) -> float | None:
-        """Correct over labelled inferences; none before any labelled one."""
+        """The median of the devices' accuracies, so that no device outweighs the others whatever counts it claims
+        (pooled correct over labelled where devices are not told apart); none before any labelled inference."""
+        if self.device_accuracies:
+            return statistics.median(self.device_accuracies)
         return self.correct / self.labelled if self.labelled else None
 
 
@@ -72,12 +80,14 @@ def judge(policy: RolloutPolicy, evidence: Evidence) -> CanaryVerdict | None:
         if evidence.elapsed_s >= policy.deadline_s:
             return CanaryVerdict("reject", f"not enough evidence after {policy.deadline_s:g} s: {'; '.join(missing)}")
         return None
-    canary_accuracy = canary.correct / canary.labelled  # min_labelled >= 1 on each side
+    canary_accuracy = canary.accuracy  # min_labelled >= 1 on each side
+    production_accuracy = production.accuracy
+    assert canary_accuracy is not None
     measured = f"canary v{canary.version} accuracy {canary_accuracy:.3f} on {canary.labelled:,} labelled"
     reports = f"{canary.healthy_reports} healthy reports"
     if production.version is None:
         return CanaryVerdict("promote", f"{measured}, {reports}; no production version to compare with")
-    production_accuracy = production.correct / production.labelled
+    assert production_accuracy is not None
     within = canary_accuracy >= production_accuracy - policy.max_accuracy_drop
     return CanaryVerdict(
         "promote" if within else "reject",
@@ -142,8 +152,9 @@ def gate_status(store: DeviceStore, root: Path, name: str) -> GateStatus | None:
 
 
 def _tally(totals: list[ReportTotals], track: Track, version: int | None) -> Tally:
-    mine = [t for t in totals if t.track == track and t.version == version]
+    mine = [t for t in totals if t.track == track and t.version == version]  # one per device
     return Tally(
         version=version, healthy_reports=sum(t.healthy for t in mine), unhealthy_reports=sum(t.unhealthy for t in mine),
         labelled=sum(t.labelled for t in mine), correct=sum(t.correct for t in mine),
+        device_accuracies=[t.correct / t.labelled for t in mine if t.labelled],
     )  # fmt: skip

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     spark_master: str = Field("local[*]", description="Spark master for lake and training jobs: local[*] or a cluster URL.")
     sql_row_limit: int = Field(10_000, gt=0, description="Most rows a SQL query returns; more are cut off and flagged.")
+    device_max_inferences_per_s: float = Field(
+        10_000.0, gt=0, description="Most inferences a second a device may claim; a heartbeat reporting more since its previous one is a 422."
+    )
     api_max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest request body the API reads; a larger one is a 413 (1,000 ULB transactions take ~1 MB)."
     )

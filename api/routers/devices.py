@@ -131,12 +131,29 @@ def _device(request: Request, device_id: DeviceId, key: ApiKey = Depends(require
     "/{device_id}/heartbeat", summary="Report models and health; answers the versions to run", responses=documented(404, "No such device.")
 )
 def heartbeat(request: Request, body: HeartbeatRequest, device: Device = Depends(_device)) -> Assignment:
+    now = datetime.now(UTC)
+    _plausible(request, body, device, now)
     before = _assignment(request, device.id)
-    record = Heartbeat(time=datetime.now(UTC), models=body.models, reports=body.reports, health=body.health, events=body.events)
+    record = Heartbeat(time=now, models=body.models, reports=body.reports, health=body.health, events=body.events)
     store = _store(request)
     store.record_heartbeat(device.id, record, {name: assigned.track for name, assigned in before.models.items()})
     settled = rollout_gate.settle_all(store, registry_root_of(request))
     return _assignment(request, device.id) if settled else before
+
+
+def _plausible(request: Request, body: HeartbeatRequest, device: Device, now: datetime) -> None:
+    """A 422 for reports claiming more inferences than the device could make since its previous heartbeat (or enrollment):
+    the rollout gate compares versions on them, and one device claimed 1e9 labelled inferences to sway it."""
+    settings: Settings = request.app.state.settings
+    previous = device.last_heartbeat.time if device.last_heartbeat is not None else device.enrolled
+    allowed = int(settings.device_max_inferences_per_s * max((now - previous).total_seconds(), 1.0))
+    errors = [
+        {"type": "value_error", "loc": ["body", "reports", name, "inferences"],
+         "msg": f"{report.inferences:,} inferences since the previous heartbeat; at most {allowed:,} are plausible"}
+        for name, report in body.reports.items() if report.inferences > allowed
+    ]  # fmt: skip
+    if errors:
+        raise RequestValidationError(errors)
 
 
 @router.get("/{device_id}/assignment", summary="The version of each model the device should run", responses=documented(404, "No such device."))

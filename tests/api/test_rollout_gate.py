@@ -145,6 +145,26 @@ def test_a_worse_canary_is_rolled_back_and_devices_return_to_production(fleet: G
     assert all(fleet.beat(unit) == {"version": 1, "track": "production"} for unit in fleet.devices)
 
 
+def test_a_device_claiming_implausible_counts_is_refused(fleet: GatedFleet) -> None:
+    liar = fleet.devices[0]
+    body = {"models": {MODEL: 1}, "reports": {MODEL: {"version": 1, "inferences": 10**9, "labelled": 10**9, "correct": 0}}}
+    answer = fleet.http.post(f"/v1/devices/{liar.id}/heartbeat", json=body, headers={"Authorization": f"Bearer {liar.token}"})
+    problem = assert_problem(answer, 422)
+    assert "1,000,000,000 inferences since the previous heartbeat" in problem["errors"][0]["msg"], problem
+
+
+def test_one_device_claiming_a_lot_does_not_decide_for_the_fleet(fleet: GatedFleet) -> None:
+    # before: a production device's 9,000 labelled inferences, none correct, sank production's pooled accuracy, so a worse
+    # canary was promoted; now each side's accuracy is the median of its devices'
+    fleet.set_gate()
+    liar = next(unit for unit in fleet.devices if unit not in fleet.canary())
+    fleet.beat(liar, {"version": 1, "inferences": 9_000, "labelled": 9_000, "correct": 0})
+    for _ in range(3):
+        fleet.round({1: 0.8, 2: 0.7})
+    assert fleet.stage(2) == "rolled_back" and registry.current(fleet.root, MODEL) == 1
+    assert "vs production v1 0.800" in (fleet.history(2)[-1].reason or "")
+
+
 @pytest.mark.parametrize(
     ("report", "events", "said"),
     [
@@ -186,7 +206,7 @@ def test_no_decision_before_the_reports_and_labels_are_in_and_the_gate_shows_its
     canary, production = len(fleet.canary()), len(fleet.devices) - len(fleet.canary())
     assert gate["canary"] == {
         "version": 2, "healthy_reports": 2 * canary, "unhealthy_reports": 0, "labelled": 2 * canary * LABELLED,
-        "correct": 2 * canary * 36, "accuracy": 0.9,
+        "correct": 2 * canary * 36, "accuracy": 0.9, "device_accuracies": [0.9] * canary,
     }  # fmt: skip  # the first round after the policy, canary devices still ran v1
     assert gate["production"]["version"] == 1 and gate["production"]["labelled"] == 3 * production * LABELLED
     assert gate["production"]["accuracy"] == 0.8 and gate["first_failure"] is None
