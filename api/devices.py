@@ -8,6 +8,7 @@ requests run on many threads. Enrollment tokens are kept only as sha256 hashes.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -26,6 +27,8 @@ from edgelake.contracts import EdgeInference
 from edgelake.device_api import FAILURE_KINDS, AgentEvent, ModelReport, Track
 from edgelake.settings import Settings
 from ingest.producer import EventProducer
+
+log = logging.getLogger(__name__)
 
 ENROLLMENT_PREFIX = "enr_"
 
@@ -307,7 +310,8 @@ class ResultForwarder:
                 report = producer.flush(self.timeout_s)
             except KafkaError as error:
                 self._discard()
-                raise BrokerUnavailable(f"{type(error).__name__}: {error}") from None
+                log.warning("results not forwarded: %r", error)
+                raise BrokerUnavailable(f"Kafka did not acknowledge the results within {self.timeout_s:g} s") from None
             if report.failed != failed:
                 self._discard()
                 raise BrokerUnavailable(report.errors[-1] if report.errors else "the broker refused the results")

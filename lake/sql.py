@@ -123,7 +123,7 @@ def _checked(sql: str) -> tuple[str, list[str]]:
     except ParseError as error:
         raise RefusedStatement(f"cannot parse the statement: {_parse_message(error)}") from None
     except (SqlglotError, RecursionError) as error:
-        raise RefusedStatement(f"cannot parse the statement: {error}") from None
+        raise RefusedStatement(f"cannot parse the statement: {_readable(str(error))}") from None
     if not statements:
         raise RefusedStatement("empty statement: give one SELECT or WITH … SELECT")
     if len(statements) > 1:
@@ -135,7 +135,7 @@ def _checked(sql: str) -> tuple[str, list[str]]:
     try:
         return query.sql(dialect, comments=False, unsupported_level=ErrorLevel.RAISE), tables
     except UnsupportedError as error:
-        raise RefusedStatement(f"the statement cannot be passed on to DataFusion as written: {error}") from None
+        raise RefusedStatement(f"the statement cannot be passed on to DataFusion as written: {_readable(str(error))}") from None
 
 
 def run_query(
@@ -313,9 +313,19 @@ def _in_worker(call: Callable[[], T], timeout_s: float) -> T:
 
 def _parse_message(error: ParseError) -> str:
     if not error.errors:
-        return str(error)
+        return _readable(str(error))
     first = error.errors[0]
-    return f"{first['description']} (line {first['line']}, column {first['col']})"
+    return f"{_readable(first['description'])} (line {first['line']}, column {first['col']})"
+
+
+_PARSER_CLASS = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
+_MISSING_PART = re.compile(r"Required keyword: '\w+' missing for (\w+)")
+
+
+def _readable(message: str) -> str:
+    """sqlglot's message in the statement's terms: no parser class names (``<class 'sqlglot.expressions.core.Glob'>``)."""
+    message = _PARSER_CLASS.sub(lambda found: found.group(1).upper(), message)
+    return _MISSING_PART.sub(lambda found: f"{found.group(1)} is missing an argument", message)
 
 
 def _describe(char: str) -> str:

@@ -157,6 +157,15 @@ def test_hostile_statements_are_refused_without_touching_the_lake(lake: str, sta
     assert not before["pwned"]
 
 
+@pytest.mark.parametrize("statement", ["SELECT * FROM glob('/*')", "SELECT glob('a')", "SELECT (1", "SELECT CAST(1 AS)"])
+def test_refusals_speak_of_the_statement_not_the_parser(statement: str) -> None:
+    with pytest.raises(RefusedStatement) as refused:
+        check_statement(statement)
+    message = str(refused.value)
+    assert "sqlglot" not in message and "<class" not in message and "expressions" not in message, message
+    assert "(line 1, column" in message, message
+
+
 def test_the_statement_run_is_the_one_checked_not_the_raw_text(lake: str) -> None:
     # Postgres reads ^ as power and '\' as a plain backslash; DataFusion alone would read ^ as XOR.
     result = run_query(lake, r"SELECT 2 ^ 3 AS p, 'a\' AS s, 'it''s' AS q /* ; DROP TABLE x */ -- and; a comment")
