@@ -27,6 +27,7 @@ from api.routers import dashboard, devices, health, models, score, sql, tables
 from api.routers.dashboard import TopicEnds
 from api.scoring import Scorer
 from edgelake.settings import Settings
+from lake.sql_pool import QueryPool
 
 TAGS = [
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics; no key needed."},
@@ -50,6 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         feed.close()
     app.state.score_publisher.close()
     app.state.forwarder.close()
+    app.state.sql_pool.close()
 
 
 def create_app(
@@ -79,6 +81,7 @@ def create_app(
     app.state.devices = DeviceStore(devices_path(settings.data_dir))
     app.state.forwarder = ResultForwarder(settings)
     app.state.topic_ends = TopicEnds(settings)
+    app.state.sql_pool = QueryPool(settings.sql_workers)
     score_metrics = ScoreMetrics.create(registry)
     app.state.scorer = Scorer(settings, score_metrics)
     app.state.score_publisher = ScorePublisher(settings, score_metrics)

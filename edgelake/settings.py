@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     sql_byte_limit: int = Field(
         32 * 1024 * 1024, gt=0, description="About the most bytes of data a SQL query returns; rows past them are cut off and flagged."
     )
-    sql_timeout_s: float = Field(30.0, gt=0, description="Seconds a SQL query may run before it is abandoned.")
+    sql_timeout_s: float = Field(30.0, gt=0, description="Seconds a SQL query may run before it is stopped.")
+    sql_workers: int = Field(2, gt=0, description="SQL queries the API runs at once, each in a worker process; more wait briefly, then get a 503.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the edgelake API.")
     score_review_threshold: float = Field(0.5, ge=0, le=1, description="Fraud score from which a transaction is sent to review.")
     score_decline_threshold: float = Field(0.9, ge=0, le=1, description="Fraud score from which a transaction is declined.")

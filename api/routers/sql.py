@@ -11,7 +11,8 @@ from api.auth import require
 from api.problems import PROBLEM_RESPONSES, Problem, documented
 from edgelake.settings import Settings
 from lake.catalog import UnknownTable
-from lake.sql import QueryFailed, QueryTimeout, RefusedStatement, json_rows, run_query
+from lake.sql import QueryFailed, QueryTimeout, RefusedStatement, json_rows
+from lake.sql_pool import QueryBusy, QueryPool
 
 router = APIRouter(prefix="/v1", tags=["sql"], dependencies=[Depends(require("analyst"))], responses=PROBLEM_RESPONSES)
 
@@ -42,7 +43,8 @@ class SqlResult(BaseModel):
     responses={
         **documented(400, "The statement was refused, or the engine could not run it."),
         **documented(404, "A table read at as_of has no such version, or has no data yet."),
-        **documented(504, "The query ran past the server's sql_timeout_s and was abandoned."),
+        **documented(503, "Every SQL worker is busy; try again after Retry-After."),
+        **documented(504, "The query ran past the server's sql_timeout_s and was stopped."),
     },
 )
 def run_sql(body: SqlRequest, request: Request) -> SqlResult:
@@ -51,7 +53,7 @@ def run_sql(body: SqlRequest, request: Request) -> SqlResult:
     settings: Settings = request.app.state.settings
     limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
     try:
-        result = run_query(
+        result = sql_pool(request).run_query(
             settings.lake_root, body.sql, as_of=body.as_of, limit=limit, max_bytes=settings.sql_byte_limit, timeout_s=settings.sql_timeout_s
         )
     except RefusedStatement as error:
@@ -60,6 +62,8 @@ def run_sql(body: SqlRequest, request: Request) -> SqlResult:
         raise Problem(400, str(error), kind="query-failed", title="Query failed") from None
     except QueryTimeout as error:
         raise Problem(504, str(error), kind="query-timeout", title="Query timed out") from None
+    except QueryBusy as error:
+        raise Problem(503, str(error), kind="sql-busy", title="SQL workers busy", headers={"Retry-After": "2"}) from None
     except UnknownTable as error:
         raise Problem(404, str(error), kind="unknown-table", title="Unknown table or version") from None
     rows = json_rows(result.table)
@@ -67,3 +71,9 @@ def run_sql(body: SqlRequest, request: Request) -> SqlResult:
         columns=list(rows[0]) if rows else result.table.column_names, rows=rows, truncated=result.truncated,
         tables=result.tables, elapsed_s=result.elapsed_s,
     )  # fmt: skip
+
+
+def sql_pool(request: Request) -> QueryPool:
+    """The app's SQL worker pool."""
+    pool: QueryPool = request.app.state.sql_pool
+    return pool

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -141,3 +143,26 @@ def test_a_query_past_the_timeout_is_a_504_problem(deployment: Deployment, serve
             response = client.post("/v1/sql", json={"sql": sql})
     assert response.status_code == 504 and response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "urn:edgelake:problem:query-timeout"
+
+
+def test_a_runaway_query_is_stopped_at_its_timeout_and_queries_beyond_the_workers_wait_their_turn(deployment: Deployment, serve: Serve) -> None:
+    # in-process, this query kept a core busy 65 s past its 504, and nothing bounded how many ran at once
+    forever = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) AS n FROM t"
+    settings = deployment.settings.model_copy(update={"sql_timeout_s": 3.0, "sql_workers": 1})
+    with serve(create_app(settings)) as url:
+        with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {deployment.tokens['analyst']}"}, timeout=30) as client:
+            assert client.post("/v1/sql", json={"sql": "SELECT 1 AS one"}).status_code == 200  # the worker is up
+            runaway: list[httpx2.Response] = []
+            thread = threading.Thread(target=lambda: runaway.append(client.post("/v1/sql", json={"sql": forever})))
+            started = time.monotonic()
+            thread.start()
+            time.sleep(1.0)
+            busy = client.post("/v1/sql", json={"sql": "SELECT 2 AS two"})
+            answered_meanwhile = client.get("/healthz")
+            thread.join()
+            seconds = time.monotonic() - started
+            after = client.post("/v1/sql", json={"sql": "SELECT 3 AS three"})
+    assert runaway[0].status_code == 504 and "it was stopped" in runaway[0].json()["detail"] and seconds < 6
+    assert busy.status_code == 503 and busy.json()["type"] == "urn:edgelake:problem:sql-busy" and busy.headers["retry-after"] == "2"
+    assert answered_meanwhile.status_code == 200
+    assert after.json()["rows"] == [{"three": 3}]
