@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -131,3 +132,40 @@ def test_bench_train_reports_feature_rows_and_training_samples_per_second(env: d
     }  # fmt: skip
     assert figures["feature_rows"] == 2000 and "CPU" in figures["device"]
     assert all(figures[key] > 0 for key in ("feature_rows_per_s", "feature_rows_per_s_one_core", "fraud_samples_per_s", "vision_samples_per_s"))
+
+
+def test_on_a_terminal_native_noise_goes_to_a_log_file_not_the_screen(tmp_path: Path) -> None:
+    # TensorFlow's absl lines and the JVM's start-up banner were printed over the demo's own output
+    env = {**os.environ, "EDGELAKE_DATA_DIR": str(tmp_path / "data"), "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "edgelake", "train", "fraud", "--epochs", "1", "--source", "synthetic"]
+    screen = _on_a_terminal(command, env)
+    native = (tmp_path / "data" / "logs" / "native.log").read_text()
+    assert "nothing to learn: table 'silver_transactions' has no data yet" in screen  # Spark ran, TensorFlow was loaded
+    for noise in ("log4j", "NativeCodeLoader", "absl", "oneDNN", "incubator"):
+        assert noise not in screen, f"{noise!r} on the terminal:\n{screen}"
+    assert "log4j" in native and "absl" in native, native
+
+
+def _on_a_terminal(command: list[str], env: dict[str, str], timeout_s: float = 300) -> str:
+    """What ``command`` shows on a pseudo-terminal (stdout and stderr both), once it exits."""
+    import pty
+    import select
+
+    main, child = pty.openpty()
+    process = subprocess.Popen(command, stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    shown, deadline = b"", time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if select.select([main], [], [], 1.0)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the terminal's last writer exited
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif process.poll() is not None:
+            break
+    process.wait(10)
+    os.close(main)
+    return shown.decode(errors="replace")

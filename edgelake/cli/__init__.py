@@ -5,10 +5,12 @@ Stage modules are imported inside the commands so that ``edgelake --help`` stays
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from edgelake.cli import bench, broker, config, demo, edge, ingest, jars, keys, lake, models, produce, schemas, serve, sql, train
-from edgelake.logs import configure_logging
+from edgelake.logs import configure_logging, divert_native_output
 from edgelake.settings import Settings
 
 app = typer.Typer(
@@ -19,9 +21,15 @@ app = typer.Typer(
 )
 
 
+# Commands that load TensorFlow, Spark or Beam, whose native code and JVMs write to the terminal on their own.
+NOISY_COMMANDS = {"demo", "train", "lake", "ingest", "bench"}
+
+
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     settings = Settings()
+    if ctx.invoked_subcommand in NOISY_COMMANDS and sys.stderr.isatty():
+        divert_native_output(settings.data_dir / "logs" / "native.log")
     configure_logging(settings)
     ctx.obj = settings
 
