@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from api.metrics import ScoreMetrics
 from api.redis_cards import RedisCardHistory
-from edgelake.contracts import Transaction
+from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Transaction
 from edgelake.settings import Settings
 from training import registry
 from training.features import ATTRIBUTES, INPUTS_VERSION, CardHistory, fraud_inputs
@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 # model's float32 inputs become infinite. The contract admits any finite value and any time; the scorer, and card
 # histories, do not (``unscorable``).
 MAX_MAGNITUDE = 1e15
-# Event times scored: from 1970 (earlier ones overflow the card windows near year 1) to a producer's plausible
-# clock skew ahead of now. A transaction dated far ahead would make a card's history look 7 days stale to every
-# later one, which then scores with empty velocity windows.
-EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def unscorable(transaction: Transaction, now: datetime) -> list[tuple[tuple[str, ...], str]]:
@@ -65,10 +60,12 @@ def unscorable(transaction: Transaction, now: datetime) -> list[tuple[tuple[str,
     for field, value in values:
         if abs(value) > MAX_MAGNITUDE:
             problems.append((field, f"must be at most {MAX_MAGNITUDE:g} in magnitude to be scored"))
+    # Ingest's window for event times: one dated near year 1 overflowed the card windows, and one dated far ahead
+    # made its card's history look 7 days stale to every later transaction, which then scored with empty windows.
     if transaction.event_time < EARLIEST_EVENT_TIME:
         problems.append((("event_time",), f"must be {EARLIEST_EVENT_TIME:%Y-%m-%d} or later to be scored"))
     elif transaction.event_time > now + MAX_CLOCK_SKEW:
-        problems.append((("event_time",), f"must be at most {MAX_CLOCK_SKEW.total_seconds():.0f} s ahead of the server's clock to be scored"))
+        problems.append((("event_time",), "must be at most a day ahead of the server's clock to be scored"))
     return problems
 
 

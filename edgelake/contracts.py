@@ -8,6 +8,7 @@ producers written in other languages.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -16,6 +17,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Channel = Literal["pos", "ecom", "atm", "moto", "unknown"]
+# The event times consumers accept (ingest's cleaning, the scorer's card histories): from 1990 to a producer's
+# plausible clock skew ahead of now. The contract itself admits any time; a consumer checks against its own "now".
+EARLIEST_EVENT_TIME = datetime(1990, 1, 1, tzinfo=UTC)
+MAX_CLOCK_SKEW = timedelta(days=1)
 
 
 class InvalidEvent(ValueError):

@@ -19,21 +19,19 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import pyarrow as pa
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from edgelake.contracts import Event, InvalidEvent
+from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Event, InvalidEvent
 from lake.tables import LINEAGE
 
 Stage = Literal["decode", "contract", "sanity", "schema"]
 Scalar = bool | int | float | str | None
 
-EARLIEST_EVENT_TIME = datetime(1990, 1, 1, tzinfo=UTC)
-MAX_CLOCK_SKEW = timedelta(days=1)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UPPER_CASED = frozenset({"currency", "country"})
 RESERVED = frozenset(field.name for field in LINEAGE)

@@ -31,8 +31,7 @@ import pyarrow.json as pj
 from pydantic import AllowInfNan, AwareDatetime
 from pydantic.fields import FieldInfo
 
-from edgelake.contracts import Event
-from ingest.clean import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW
+from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Event
 from lake.tables import TIMESTAMP, arrow_type, silver_table
 
 Kind = Literal["str", "int", "float", "bool", "datetime", "map"]
