@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from edgelake.cli import bench, broker, config, demo, edge, ingest, jars, keys, lake, models, produce, schemas, serve, sql, train
+from edgelake.cli import bench, broker, config, demo, edge, ingest, jars, keys, lake, models, produce, quarantine, schemas, serve, sql, train
 from edgelake.logs import configure_logging, divert_native_output
 from edgelake.settings import Settings
 
@@ -41,6 +41,7 @@ app.add_typer(schemas.app, name="schemas")
 app.add_typer(produce.app, name="produce")
 app.add_typer(ingest.app, name="ingest")
 app.add_typer(lake.app, name="lake")
+app.add_typer(quarantine.app, name="quarantine")
 app.add_typer(bench.app, name="bench")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
