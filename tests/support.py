@@ -44,6 +44,14 @@ def isolated_settings(bootstrap_servers: str, data_dir: Path) -> Settings:
     return settings
 
 
+def command_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """This process's environment with ``settings``' broker, topics, lake and data dir, for an ``edgelake`` command run as a process."""
+    return {
+        **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,
+        "EDGELAKE_LAKE_ROOT": settings.lake_root, "EDGELAKE_DATA_DIR": str(settings.data_dir), **extra,
+    }  # fmt: skip
+
+
 def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
     """Quarantine rows at offsets ``first``.., with ``extra`` columns new to the table."""
     now = datetime(2026, 1, 2, tzinfo=UTC)

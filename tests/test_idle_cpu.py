@@ -24,6 +24,7 @@ import httpx2
 
 from edgelake.broker import free_port
 from edgelake.settings import Settings
+from support import command_env
 from tests.edge.conftest import Cloud, main_python, start_agent, wait_for
 
 IDLE_S = 60.0
@@ -33,14 +34,7 @@ FPS = "0.01"
 
 
 def test_idle_api_ingester_and_agent_each_use_under_five_percent_of_a_core(settings: Settings, vision_run, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,
-        "EDGELAKE_LAKE_ROOT": settings.lake_root,
-        "EDGELAKE_DATA_DIR": str(settings.data_dir),
-        "EDGELAKE_LOG_FORMAT": "json",
-    }
+    env = command_env(settings, EDGELAKE_LOG_FORMAT="json")
     port = free_port()
     cloud = Cloud(settings, port, f"http://127.0.0.1:{port}", stop_api=lambda: None, start_api=lambda: None)
     version = cloud.publish(vision_run.files, vision_run.extra)

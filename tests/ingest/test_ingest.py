@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from edgelake.settings import Settings
 from ingest.loop import IngestOptions, ingest
 from ingest.sources.synthetic import SyntheticConfig, transactions
 from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
-from support import embedded_kafka, isolated_settings
+from support import command_env, embedded_kafka, isolated_settings
 
 TOPIC = "transactions"
 
@@ -158,14 +157,7 @@ class Ingester:
 
 
 def run_ingester(settings: Settings, *args: str, topic: str = TOPIC) -> Ingester:
-    env = {
-        **os.environ,
-        "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,
-        "EDGELAKE_LAKE_ROOT": settings.lake_root,
-        "EDGELAKE_DATA_DIR": str(settings.data_dir),
-        "EDGELAKE_LOG_FORMAT": "json",
-    }
+    env = command_env(settings, EDGELAKE_LOG_FORMAT="json")
     command = [sys.executable, "-m", "edgelake", "ingest", "run", "--topics", topic, *args]
     log = Path(settings.data_dir) / f"ingester-{time.monotonic_ns()}.log"
     with log.open("wb") as stderr:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from edgelake.settings import Settings
 from ingest.loop import IngestOptions, ingest
 from ingest.sources.synthetic import SyntheticConfig, transactions
 from lake.quarantine import QuarantineFilter, by_reason, quarantined
+from support import command_env
 
 
 def test_list_counts_refusals_per_reason_and_show_prints_the_record_as_it_arrived(settings: Settings) -> None:
@@ -50,10 +50,7 @@ def test_list_counts_refusals_per_reason_and_show_prints_the_record_as_it_arrive
 
 
 def _cli(settings: Settings, *args: str, status: int = 0) -> str:
-    env = {
-        **os.environ, "EDGELAKE_LAKE_ROOT": settings.lake_root, "EDGELAKE_DATA_DIR": str(settings.data_dir),
-        "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix, "COLUMNS": "250",
-    }  # fmt: skip
+    env = command_env(settings, COLUMNS="250")
     result = subprocess.run([sys.executable, "-m", "edgelake", "quarantine", *args], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == status, result.stderr
     return result.stdout + result.stderr
