@@ -35,11 +35,13 @@ def list_(
     if records:
         listing = Table("topic", "partition", "offset", "stage", "reason", "ingested", title=f"{rows.num_rows:,} quarantined records")
         for row in rows.slice(0, limit).to_pylist():
-            listing.add_row(row["topic"], str(row["partition"]), str(row["offset"]), row["stage"], row["reason"], f"{row['ingest_time']:%Y-%m-%d %H:%M:%S}")
+            when = f"{row['ingest_time']:%Y-%m-%d %H:%M:%S}"
+            listing.add_row(row["topic"], str(row["partition"]), str(row["offset"]), row["stage"], row["reason"], when)
     else:
         listing = Table("topic", "stage", "reason", "records", "first", "last", title=f"{rows.num_rows:,} quarantined records")
         for row in by_reason(rows).to_pylist():
-            listing.add_row(row["topic"], row["stage"], row["reason"], f"{row['records']:,}", f"{row['first']:%Y-%m-%d %H:%M}", f"{row['last']:%Y-%m-%d %H:%M}")
+            first, last = f"{row['first']:%Y-%m-%d %H:%M}", f"{row['last']:%Y-%m-%d %H:%M}"
+            listing.add_row(row["topic"], row["stage"], row["reason"], f"{row['records']:,}", first, last)
     console.print(listing)
 
 
