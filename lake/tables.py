@@ -96,6 +96,26 @@ QUARANTINE = TableSpec(
     "Records that could not become silver rows, with the stage and the reason.",
 )
 
+QUARANTINE_REPLAYS = TableSpec(
+    "quarantine_replays",
+    "quarantine",
+    pa.schema(
+        [
+            pa.field("topic", pa.string(), nullable=False),
+            pa.field("partition", pa.int32(), nullable=False),
+            pa.field("offset", pa.int64(), nullable=False),
+            pa.field("outcome", pa.string(), nullable=False),  # replayed, duplicate (already in silver) or refused
+            pa.field("silver_version", pa.int64()),  # the silver version holding the event (replayed, duplicate)
+            pa.field("stage", pa.string()),  # why it is still refused
+            pa.field("reason", pa.string()),
+            pa.field("replay_time", TIMESTAMP, nullable=False),
+            pa.field("replay_date", pa.date32(), nullable=False),
+        ]
+    ),
+    ("replay_date",),
+    "Each replay of a quarantined record (by topic, partition and offset): into silver, at which version, or still refused and why.",
+)
+
 GOLD_CARD_FEATURES = TableSpec(
     "gold_card_features",
     "gold",
@@ -187,7 +207,7 @@ def _arrow(annotation: object) -> pa.DataType:
 BRONZE = {event.topic: bronze_table(event.topic) for event in EVENT_TYPES}
 SILVER = {event.topic: silver_table(event) for event in EVENT_TYPES}
 CATALOG: dict[str, TableSpec] = {
-    spec.name: spec for spec in (*BRONZE.values(), *SILVER.values(), QUARANTINE, *GOLD.values())
+    spec.name: spec for spec in (*BRONZE.values(), *SILVER.values(), QUARANTINE, QUARANTINE_REPLAYS, *GOLD.values())
 }
 
 

@@ -45,6 +45,26 @@ def list_(
     console.print(listing)
 
 
+@app.command("replay")
+def replay(
+    ctx: typer.Context,
+    topic: Optional[str] = typer.Option(None, "--topic", help="A topic, by its event name (transactions) or its Kafka name."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Only reasons containing this text."),
+    since: Optional[datetime] = typer.Option(None, "--since", help="Only records ingested at or after this time (UTC)."),
+    batch: int = typer.Option(5_000, "--batch", min=1, help="Records per silver commit."),
+) -> None:
+    """Clean the selected quarantined records again (after a contract fix or a schema change); land those that pass in
+    silver, at most once each, and record every replay in quarantine_replays. Run one replay at a time."""
+    from ingest.replay import replay as replay_quarantined
+    from lake.quarantine import QuarantineFilter
+
+    settings: Settings = ctx.obj
+    which = QuarantineFilter(_kafka_topic(settings, topic), reason, since.replace(tzinfo=since.tzinfo or UTC) if since else None)
+    with reported_errors():
+        counts = replay_quarantined(settings.lake_root, settings.topic_prefix, which, batch)
+    console.print(f"replayed {counts.replayed:,} · already in silver {counts.duplicates:,} · still refused {counts.refused:,}", highlight=False)
+
+
 @app.command("show")
 def show(
     ctx: typer.Context,
