@@ -45,18 +45,19 @@ def test_serve_detached_runs_in_the_background_until_stopped(tmp_path: Path) -> 
     env = {**os.environ, "EDGELAKE_DATA_DIR": str(tmp_path), "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"), "COLUMNS": "200"}
     command = [sys.executable, "-m", "edgelake", "serve", "--host", "127.0.0.1", "--port", str(port)]
 
-    started = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=90)
-    assert started.returncode == 0, started.stderr
-    assert f"API server running at http://127.0.0.1:{port}" in started.stdout
-    assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-    again = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=90)
-    assert f"http://127.0.0.1:{port}" in again.stdout  # the running one, not a second server
     key = "elk_" + "Zq9" * 14  # the shape of a key; the page is served to anyone, its data only to a key
-    page = httpx2.get(f"http://127.0.0.1:{port}/?key={key}", timeout=5)
-    assert page.status_code == 200 and page.headers["referrer-policy"] == "no-referrer"
-    assert "frame-ancestors 'none'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
-
-    stopped = subprocess.run([*command, "--stop"], env=env, capture_output=True, text=True, timeout=60)
+    try:
+        started = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=90)
+        assert started.returncode == 0, started.stderr
+        assert f"API server running at http://127.0.0.1:{port}" in started.stdout
+        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        again = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=90)
+        assert f"http://127.0.0.1:{port}" in again.stdout  # the running one, not a second server
+        page = httpx2.get(f"http://127.0.0.1:{port}/?key={key}", timeout=5)
+        assert page.status_code == 200 and page.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
+    finally:  # a failed assertion must not leave the server running
+        stopped = subprocess.run([*command, "--stop"], env=env, capture_output=True, text=True, timeout=60)
     assert "API server stopped" in stopped.stdout
     try:
         httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
