@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
@@ -13,23 +13,29 @@ from edgelake.cli.common import console, reported_errors
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.settings import Settings
 
+if TYPE_CHECKING:
+    from lake.quarantine import QuarantineFilter
+
 app = typer.Typer(help="The records ingest refused, why, and each one as it arrived.", no_args_is_help=True)
+TOPIC_OPTION = typer.Option(None, "--topic", help="A topic, by its event name (transactions) or its Kafka name.")
+REASON_OPTION = typer.Option(None, "--reason", help="Only reasons containing this text.")
+SINCE_OPTION = typer.Option(None, "--since", help="Only records ingested at or after this time (UTC).")
 
 
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    topic: Optional[str] = typer.Option(None, "--topic", help="A topic, by its event name (transactions) or its Kafka name."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Only reasons containing this text."),
-    since: Optional[datetime] = typer.Option(None, "--since", help="Only records ingested at or after this time (UTC)."),
+    topic: Optional[str] = TOPIC_OPTION,
+    reason: Optional[str] = REASON_OPTION,
+    since: Optional[datetime] = SINCE_OPTION,
     records: bool = typer.Option(False, "--records", help="List the records themselves, not counts per reason."),
     limit: int = typer.Option(50, "--limit", min=1, help="Most records listed with --records."),
 ) -> None:
     """Quarantined records counted per topic, stage and reason (or, with --records, one by one)."""
-    from lake.quarantine import QuarantineFilter, by_reason, quarantined
+    from lake.quarantine import by_reason, quarantined
 
     settings: Settings = ctx.obj
-    which = QuarantineFilter(_kafka_topic(settings, topic), reason, since.replace(tzinfo=since.tzinfo or UTC) if since else None)
+    which = _filter(settings, topic, reason, since)
     with reported_errors():
         rows = quarantined(settings.lake_root, which)
     if records:
@@ -48,18 +54,17 @@ def list_(
 @app.command("replay")
 def replay(
     ctx: typer.Context,
-    topic: Optional[str] = typer.Option(None, "--topic", help="A topic, by its event name (transactions) or its Kafka name."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Only reasons containing this text."),
-    since: Optional[datetime] = typer.Option(None, "--since", help="Only records ingested at or after this time (UTC)."),
+    topic: Optional[str] = TOPIC_OPTION,
+    reason: Optional[str] = REASON_OPTION,
+    since: Optional[datetime] = SINCE_OPTION,
     batch: int = typer.Option(5_000, "--batch", min=1, help="Records per silver commit."),
 ) -> None:
     """Clean the selected quarantined records again (after a contract fix or a schema change); land those that pass in
     silver, at most once each, and record every replay in quarantine_replays. Run one replay at a time."""
     from ingest.replay import replay as replay_quarantined
-    from lake.quarantine import QuarantineFilter
 
     settings: Settings = ctx.obj
-    which = QuarantineFilter(_kafka_topic(settings, topic), reason, since.replace(tzinfo=since.tzinfo or UTC) if since else None)
+    which = _filter(settings, topic, reason, since)
     with reported_errors():
         counts = replay_quarantined(settings.lake_root, settings.topic_prefix, which, batch)
     console.print(f"replayed {counts.replayed:,} · already in silver {counts.duplicates:,} · still refused {counts.refused:,}", highlight=False)
@@ -88,6 +93,12 @@ def show(
     console.print(f"ingested {row['ingest_time']:%Y-%m-%d %H:%M:%S} UTC", highlight=False)
     console.print(f"key: {_shown(row['key'])}", highlight=False, markup=False)
     console.print(f"value: {_shown(row['value'])}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _filter(settings: Settings, topic: str | None, reason: str | None, since: datetime | None) -> QuarantineFilter:
+    from lake.quarantine import QuarantineFilter
+
+    return QuarantineFilter(_kafka_topic(settings, topic), reason, since.replace(tzinfo=since.tzinfo or UTC) if since else None)
 
 
 def _kafka_topic(settings: Settings, topic: str | None) -> str | None:
