@@ -151,14 +151,21 @@ def run_query(
 
     At most ``limit`` rows and about ``max_bytes`` of Arrow data come back; rows past either are cut off (``truncated``).
     """
-    if limit < 1 or max_bytes < 1 or timeout_s <= 0:
-        raise ValueError(f"limit and max_bytes must be at least 1 and timeout_s positive, not {limit}, {max_bytes} and {timeout_s}")
     started = time.monotonic()
-    text, names = _checked(sql)
-    versions = _versions(names, as_of)
+    text, versions = prepared(sql, as_of, limit, max_bytes, timeout_s)
     deadline = started + timeout_s
     table, truncated, read = _in_worker(lambda: _read(lake_root, text, versions, limit, max_bytes, deadline), timeout_s)
     return QueryResult(table, truncated, read, time.monotonic() - started)
+
+
+def prepared(
+    sql: str, as_of: dict[str, int] | int | None, limit: int, max_bytes: int, timeout_s: float
+) -> tuple[str, dict[str, int | None]]:
+    """The SQL to run and the version of each table it reads, once the statement and the limits are checked."""
+    if limit < 1 or max_bytes < 1 or timeout_s <= 0:
+        raise ValueError(f"limit and max_bytes must be at least 1 and timeout_s positive, not {limit}, {max_bytes} and {timeout_s}")
+    text, names = _checked(sql)
+    return text, _versions(names, as_of)
 
 
 def json_rows(table: pa.Table) -> list[dict[str, Any]]:

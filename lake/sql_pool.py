@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-from lake.sql import QueryFailed, QueryResult, QueryTimeout, _checked, _read, _versions
+from lake.sql import QueryFailed, QueryResult, QueryTimeout, _read, prepared
 
 _LENGTH = struct.Struct(">Q")
 
@@ -42,11 +42,8 @@ class QueryPool:
         max_bytes: int = 32 * 1024 * 1024, timeout_s: float = 30.0,
     ) -> QueryResult:  # fmt: skip
         """As :func:`lake.sql.run_query`, in a worker; ``QueryBusy`` when none frees up within the pool's wait."""
-        if limit < 1 or max_bytes < 1 or timeout_s <= 0:
-            raise ValueError(f"limit and max_bytes must be at least 1 and timeout_s positive, not {limit}, {max_bytes} and {timeout_s}")
         started = time.monotonic()
-        text, names = _checked(sql)  # refusals cost no worker
-        versions = _versions(names, as_of)
+        text, versions = prepared(sql, as_of, limit, max_bytes, timeout_s)  # refusals cost no worker
         if not self._slots.acquire(timeout=self._wait_s):
             raise QueryBusy("all SQL workers are busy; try again in a few seconds")
         try:
