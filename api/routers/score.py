@@ -72,14 +72,14 @@ def _body(adapter: TypeAdapter[Any]) -> dict[str, Any]:
 @router.post("/score", summary="Score one transaction", openapi_extra=_body(_ONE))
 async def score_one(request: Request) -> ScoreResult:
     transaction = _validated(_ONE, await request.body())
-    _within_range([transaction], batch=False)
+    _refuse_unscorable([transaction], batch=False)
     return (await run_in_threadpool(_score, request, [transaction]))[0]
 
 
 @router.post("/score:batch", summary=f"Score up to {MAX_BATCH:,} transactions, in order", openapi_extra=_body(_BATCH))
 async def score_batch(request: Request) -> BatchResult:
     transactions = _validated_batch(await request.body())
-    _within_range(transactions, batch=True)
+    _refuse_unscorable(transactions, batch=True)
     return BatchResult(scores=await run_in_threadpool(_score, request, transactions))
 
 
@@ -101,7 +101,7 @@ def _validated_batch(body: bytes) -> list[Transaction]:
     return _validated(_BATCH, body)
 
 
-def _within_range(transactions: list[Transaction], *, batch: bool) -> None:
+def _refuse_unscorable(transactions: list[Transaction], *, batch: bool) -> None:
     """A 422 naming each field that keeps a transaction from being scored (``unscorable``)."""
     now = datetime.now(UTC)
     errors = [
