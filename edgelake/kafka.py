@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.protocol.metadata import MetadataRequest
 
 from edgelake.contracts import EVENT_TYPES
 from edgelake.settings import Settings
@@ -127,17 +128,29 @@ def ensure_topics(settings: Settings, bootstrap_servers: str, timeout_s: float =
 
 
 def _wait_for_leaders(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:
-    """Wait until every partition of ``topics`` has a leader, so the first produce or read finds it."""
+    """Wait until every broker knows a leader for every partition of ``topics``, so the first produce or read finds it.
+
+    Each broker learns new topics from the metadata log on its own time; a client that
+    bootstraps from a broker that has not yet would be told the topic does not exist.
+    """
     deadline = time.monotonic() + timeout_s
     while topics:
-        described = admin.describe_topics(topics)
-        ready = {t["name"] for t in described if not t["error_code"] and t["partitions"] and all(p["leader_id"] >= 0 for p in t["partitions"])}
-        topics = [t for t in topics if t not in ready]
+        topics = sorted(admin._manager.run(_topics_some_broker_lacks, admin, topics))
         if not topics:
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics {', '.join(topics)} have no leader after {timeout_s:.0f}s")
         time.sleep(0.1)
+
+
+async def _topics_some_broker_lacks(admin: KafkaAdminClient, topics: list[str]) -> set[str]:
+    # kafka-python's admin only asks one broker for metadata; its own describe_log_dirs sends to each node like this.
+    request = MetadataRequest(topics=[MetadataRequest.MetadataRequestTopic(name=name) for name in topics], allow_auto_topic_creation=False)
+    lacking = set()
+    for broker in admin._manager.cluster.brokers():
+        response = (await admin._manager.send(request, node_id=broker.node_id)).to_dict()
+        lacking |= {t["name"] for t in response["topics"] if t["error_code"] or not t["partitions"] or any(p["leader_id"] < 0 for p in t["partitions"])}
+    return lacking
 
 
 def broker_reachable(bootstrap_servers: str) -> bool:
