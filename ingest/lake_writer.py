@@ -6,6 +6,11 @@ same atomic commit as the rows. A restart reads from the smallest next offset of
 three tables and each table skips the offsets its log already covers, so a crash at any
 instant neither loses nor duplicates a record. Silver also drops events whose
 ``event_id`` it already holds (duplicates), counting them in the commit's metadata.
+
+Commits are fenced: each one is made on the snapshot its rows were chosen on, so Delta's
+conflict check refuses it if another writer committed the same app transaction (the same
+topic-partition) since. Two ingesters of one pipeline on the same partitions therefore never
+both land an offset: the loser raises :class:`ConcurrentCommit` and plans again.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from edgelake.contracts import EVENT_BY_TOPIC
 from lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec, table_uri
+
+class ConcurrentCommit(Exception):
+    """Another writer committed some of a batch's offsets into a table first: the batch must be planned again."""
 
 
 @dataclass(frozen=True)
@@ -98,23 +106,29 @@ class LakeWriter:
         data: pa.Table,
         metadata: dict[str, str] | None = None,
     ) -> bool:
-        """Commit ``data`` with the batch's offsets; False if the table already holds the whole batch."""
-        versions = {p: o for p, o in batch.last_offsets.items() if (self._committed(table, batch.topic, p) or -1) < o}
+        """Commit ``data`` with the batch's offsets on ``table``, the snapshot it was chosen on; False if that holds the whole batch."""
+        committed = {p: self._committed(table, batch.topic, p) for p in batch.last_offsets}
+        versions = {p: o for p, o in batch.last_offsets.items() if committed[p] is None or committed[p] < o}
         if not versions:
             return False
         if table is None:
             self._create(spec)
-        write_deltalake(
-            table_uri(self.lake_root, spec),
-            data,
-            mode="append",
-            schema_mode="merge",
-            storage_options=self.storage_options,
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(self.app_id(batch.topic, p), o) for p, o in sorted(versions.items())],
-                custom_metadata={"pipeline": self.pipeline, "topic": batch.topic, **(metadata or {})},
-            ),
-        )
+            table = DeltaTable(table_uri(self.lake_root, spec), version=0, storage_options=self.storage_options)  # empty, as planned on
+        try:
+            write_deltalake(
+                table,
+                data,
+                mode="append",
+                schema_mode="merge",
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(self.app_id(batch.topic, p), o) for p, o in sorted(versions.items())],
+                    custom_metadata={"pipeline": self.pipeline, "topic": batch.topic, **(metadata or {})},
+                ),
+            )
+        except CommitFailedError as error:
+            raise ConcurrentCommit(
+                f"{spec.name}: another writer committed offsets of {batch.topic} partition(s) {sorted(versions)} first ({error})"
+            ) from error
         return True
 
     def _unwritten(self, spec: TableSpec, table: DeltaTable | None, topic: str, rows: pa.Table) -> pa.Table:

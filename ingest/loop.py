@@ -19,6 +19,7 @@ from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.kafka import consumer_config, retrying
 from edgelake.settings import Settings
 from ingest.kafka_source import OffsetRange, plan_ranges
+from ingest.lake_writer import ConcurrentCommit
 from ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
 from lake.catalog import UnknownTable, optimize
 from lake.tables import BRONZE, QUARANTINE, SILVER
@@ -101,7 +102,12 @@ def _ingest_batches(settings: Settings, options: IngestOptions, once: bool, stop
             stop.wait(0.2)  # let a small batch fill up until max_wait_s
             continue
         started = time.monotonic()
-        counts = _retrying_lake(lambda: run_batch(servers, config, ranges, beam_options))
+        try:
+            counts = _retrying_lake(lambda: run_batch(servers, config, ranges, beam_options))
+        except ConcurrentCommit as error:
+            log.info("another ingester committed part of this batch first; planning again", extra={"error": str(error)[:500]})
+            committed.forget()
+            continue
         committed.forget()
         seconds = time.monotonic() - started
         waiting_since = time.monotonic()
@@ -155,9 +161,9 @@ class CommittedOffsets:
     """``LakeWriter.next_offset`` remembered per partition until ``forget()``, which the loop calls after each batch.
 
     Asking the lake costs three Delta log refreshes per partition, which, twice a second, kept an idle
-    ingester at about 3% of a core. Only this loop's batches move these offsets (one ingester per pipeline
-    and partition); were another writer to move them anyway, a stale answer would only make the next batch
-    read offsets that its tables then skip.
+    ingester at about 3% of a core. Usually only this loop's batches move these offsets; were another ingester
+    of the pipeline to move them too, a stale answer would only make the next batch read offsets that its
+    tables then skip, or whose commit is fenced out and planned again.
     """
 
     def __init__(self, next_offset: Callable[[str, int], int | None]) -> None:

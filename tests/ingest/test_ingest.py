@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +56,8 @@ class Feed:
     offsets: dict[str, set[tuple[int, int]]]  # kind -> {(partition, offset)}
 
 
-def produce_feed(settings: Settings, events: int, seed: int = 11) -> Feed:
-    """``events`` records: ~98% valid, 1% malformed of many kinds, 1% exact duplicates, interleaved."""
+def produce_feed(settings: Settings, events: int, seed: int = 11, per_second: float | None = None) -> Feed:
+    """``events`` records: ~98% valid, 1% malformed of many kinds, 1% exact duplicates, interleaved; ``per_second`` paces them."""
     rng = random.Random(seed)
     valid = list(transactions(SyntheticConfig(seed=seed), int(events * 0.98)))
     payloads: list[tuple[str, bytes, bytes]] = [("valid", tx.key, tx.to_bytes()) for tx in valid]
@@ -67,7 +69,11 @@ def produce_feed(settings: Settings, events: int, seed: int = 11) -> Feed:
             at = payloads.index(("valid", source.key, source.to_bytes()))
             payloads.insert(rng.randrange(at + 1, len(payloads) + 1), ("duplicate", source.key, source.to_bytes()))
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5)
-    futures = [(kind, producer.send(settings.topic(TOPIC), key=key, value=value)) for kind, key, value in payloads]
+    futures, started = [], time.monotonic()
+    for n, (kind, key, value) in enumerate(payloads):
+        futures.append((kind, producer.send(settings.topic(TOPIC), key=key, value=value)))
+        if per_second and n % 100 == 0:
+            time.sleep(max(0.0, started + n / per_second - time.monotonic()))
     producer.flush()
     offsets: dict[str, set[tuple[int, int]]] = {"valid": set(), "malformed": set(), "duplicate": set()}
     for kind, future in futures:
@@ -205,6 +211,59 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka: EmbeddedB
     final.process.wait(timeout=600)
     assert final.process.returncode == 0, final.output()
     assert_exactly_once(settings, feed)
+
+
+@pytest.mark.chaos
+def test_two_ingesters_of_one_pipeline_frozen_and_killed_at_random_moments_land_each_record_once(kafka: EmbeddedBroker, tmp_path: Path) -> None:
+    """Started together by mistake on the same partitions, while 50,000 events arrive; each is, at random, SIGKILLed and
+    restarted, or frozen inside a commit until the other has committed the same offsets (a stalled "zombie" writer).
+    The fence keeps every table exactly once; without it the zombie's commits land twice."""
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
+    args = ("--max-events", "1000", "--max-wait", "0")
+    rng = random.Random(8)
+    with ThreadPoolExecutor(1) as producing:
+        feeding = producing.submit(produce_feed, settings, 50_000, per_second=1_000)
+        ingesters = [run_ingester(settings, *args) for _ in range(2)]
+        logs, frozen = [], 0
+        while not feeding.done() or frozen < 4:
+            victim = rng.randrange(2)
+            if ingesters[victim].process.poll() is not None:
+                pytest.fail(f"ingester exited early: {ingesters[victim].output()}")
+            if rng.random() < 0.7:
+                frozen += freeze_inside_a_commit(ingesters[victim].process, settings.lake_root, seconds=rng.uniform(5.0, 7.0))
+            else:
+                time.sleep(rng.uniform(0.5, 4.0))
+                ingesters[victim].process.send_signal(signal.SIGKILL)
+                ingesters[victim].process.wait()
+                logs.append(ingesters[victim].log)
+                ingesters[victim] = run_ingester(settings, *args)
+        feed = feeding.result()
+    for ingester in ingesters:
+        ingester.process.send_signal(signal.SIGKILL)
+        ingester.process.wait()
+        logs.append(ingester.log)
+    final = run_ingester(settings, "--once")
+    assert final.process.wait(timeout=600) == 0, final.output()
+    assert_exactly_once(settings, feed)
+    fenced_out = sum(log.read_text(errors="replace").count("planning again") for log in logs)
+    assert fenced_out > 0, "no commit was fenced out: the test did not make the two ingesters race"
+
+
+def freeze_inside_a_commit(process: subprocess.Popen[bytes], lake_root: str, seconds: float, within_s: float = 10.0) -> bool:
+    """SIGSTOP ``process`` as soon as it has a lake file open (it is inside a commit), for ``seconds``; whether it was caught."""
+    fds, deadline = Path(f"/proc/{process.pid}/fd"), time.monotonic() + within_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            open_files = [os.readlink(fd) for fd in fds.iterdir()]
+        except OSError:  # a descriptor closed while listed
+            continue
+        if any(name.startswith(lake_root) and name.endswith(".parquet") for name in open_files):
+            process.send_signal(signal.SIGSTOP)
+            time.sleep(seconds)
+            process.send_signal(signal.SIGCONT)
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def test_broker_outage_of_ten_seconds_is_waited_out(tmp_path: Path) -> None:
