@@ -90,7 +90,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=request_histogram(registry))
     install_problem_handlers(app)
-    routers = (health.router, sql.router, tables.router, models.router, score.router, devices.router, devices.rollout_router)
+    routers = (health.router, sql.router, tables.router, models.router, models.keys_router, score.router, devices.router, devices.rollout_router)
     for router in (*routers, dashboard.router, dashboard.page_router):
         app.include_router(router)
     return app

@@ -3,8 +3,10 @@
 The inference thread paces the camera, classifies each frame with the active model and
 queues the result in the outbox before counting it. The cloud thread sends a heartbeat
 every ``heartbeat_s`` (the model versions it runs, how each did since the last one, its
-health and agent events), applies the assignment it gets back (an over-the-air update or a
-return to a kept version), and drains the outbox in order whenever the cloud is reachable.
+health and agent events), catches up with the registry's key set when the assignment names a
+newer release (each release verified against the set trusted so far), applies the assignment
+(an over-the-air update or a return to a kept version), and drains the outbox in order
+whenever the cloud is reachable.
 A model that raises at run time is rolled back to the previous version on the spot.
 """
 
@@ -28,13 +30,13 @@ from edge.forwarding import ApiSink, FallbackSink, KafkaSink, ResultSink
 from edge.frames import Frame, camera
 from edge.outbox import Outbox
 from edge.runner import EdgeModel
-from edge.state import Credentials, load_credentials, save_credentials, state_dir
+from edge.state import Credentials, load_credentials, load_trusted_keys, save_credentials, save_trusted_keys, state_dir
 from edge.updates import ModelSlot, UpdateFailed
 from edgelake.contracts import EdgeInference
-from edgelake.device_api import AgentEvent, EnrollRequest, HeartbeatRequest, ModelReport
+from edgelake.device_api import AgentEvent, Assignment, EnrollRequest, HeartbeatRequest, ModelReport
 from edgelake.files import replace_durably
 from edgelake.settings import Settings
-from edgelake.signing import load_public_key, public_key_pem
+from edgelake.signing import KeySetRefused, follow, load_public_key, public_key_pem
 
 STATUS = "status.json"
 MAX_EVENTS = 100
@@ -126,6 +128,7 @@ class Agent:
         self._correct = 0
         self._delivered = 0
         self._reported_drops = 0
+        self._key_refusal: str | None = None  # the last key-set release refused, reported once
         self._started = time.monotonic()
 
     def run(self) -> AgentSummary:
@@ -133,7 +136,8 @@ class Agent:
         credentials = self._enrolled()
         client = CloudClient(credentials.api_url, credentials.device_token)
         self.credentials = credentials
-        self.slot = ModelSlot(self.directory / "models", self.options.model, credentials.pinned_key(), self._record)
+        self.trusted_keys = load_trusted_keys(self.directory, credentials)
+        self.slot = ModelSlot(self.directory / "models", self.options.model, self.trusted_keys, self._record)
         self.outbox = Outbox(self.directory / "outbox.sqlite", self.options.outbox_max)
         self._reported_drops = self.outbox.dropped
         self._set_model(self.slot.load_active())
@@ -321,9 +325,44 @@ class Agent:
             self._restore(report, events)
             return
         self._write_status(request)
+        self._catch_up_keys(assignment, client)
         assigned = assignment.models.get(self.options.model)
         if assigned is not None and not self.stop.is_set():
             self._update(assigned.version, client)
+
+    def _catch_up_keys(self, assignment: Assignment, client: CloudClient) -> None:
+        """Adopt, in order, each newer key-set release that follows the set trusted so far; re-check the active model after."""
+        trusted = self.trusted_keys
+        newest = assignment.key_set_sequence
+        if newest is None or newest <= trusted.sequence:
+            return
+        try:
+            releases = client.fetch_key_releases(trusted.sequence)
+        except (CloudUnreachable, CloudRefused) as error:
+            logger.info("key-set releases not fetched yet: %s", error)
+            return
+        adopted = trusted
+        for release in releases:
+            try:
+                adopted = follow(adopted, release)
+            except KeySetRefused as refused:
+                self._refuse_keys(str(refused))
+                break
+            save_trusted_keys(self.directory, release)
+            self._record(AgentEvent(kind="keys_adopted", time=datetime.now(UTC), detail=f"key-set release {adopted.sequence}"))
+        if adopted is trusted:
+            return
+        with self._slot_lock:
+            self.trusted_keys = self.slot.trusted = adopted
+            if self.slot.installed.active is not None:
+                self._set_model(self.slot.load_active())  # a model signed by a key revoked now is refused and rolled back
+
+    def _refuse_keys(self, reason: str) -> None:
+        if reason == self._key_refusal:
+            return
+        self._key_refusal = reason
+        logger.warning("key-set release refused: %s", reason)
+        self._record(AgentEvent(kind="keys_refused", time=datetime.now(UTC), detail=reason[:2000]))
 
     def _update(self, version: int, client: CloudClient) -> None:
         with self._slot_lock:

@@ -10,9 +10,9 @@ from typing import Any
 import httpx2
 from pydantic import BaseModel, ValidationError
 
-from edgelake.device_api import Assignment, Enrollment, EnrollRequest, HeartbeatRequest
+from edgelake.device_api import Assignment, Enrollment, EnrollRequest, HeartbeatRequest, KeyReleases
 from edgelake.files import write_synced
-from edgelake.signing import MANIFEST, SIGNATURE, Manifest
+from edgelake.signing import MANIFEST, SIGNATURE, KeySetRelease, Manifest
 
 SIGNATURE_HEADER = "X-Manifest-Signature"
 
@@ -56,6 +56,10 @@ class CloudClient:
         body = b'{"events":[' + b",".join(events) + b"]}"
         headers = {"Content-Type": "application/json"}
         return ResultsAck.model_validate(self._json("POST", f"/v1/devices/{device_id}/results", content=body, headers=headers))
+
+    def fetch_key_releases(self, after: int) -> list[KeySetRelease]:
+        """The registry's key-set releases numbered above ``after``, oldest first, not yet verified."""
+        return KeyReleases.model_validate(self._json("GET", "/v1/registry/keys", params={"after": after})).releases
 
     def fetch_manifest(self, name: str, version: int, into: Path) -> Manifest:
         """Write a version's manifest and its signature into ``into``, synced; the manifest as parsed, not yet verified."""

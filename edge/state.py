@@ -1,4 +1,4 @@
-"""What a device keeps between runs: its credentials and the registry key it pinned at enrollment."""
+"""What a device keeps between runs: its credentials, the registry key it pinned at enrollment and the key set it trusts now."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
 
 from edgelake.files import replace_durably
-from edgelake.signing import load_public_key
+from edgelake.signing import KeySet, KeySetRelease, load_public_key
 
 CREDENTIALS = "credentials.json"
+TRUSTED_KEYS = "trusted_keys.json"
 
 
 class Credentials(BaseModel):
@@ -51,3 +52,16 @@ def load_credentials(directory: Path) -> Credentials | None:
 def save_credentials(directory: Path, credentials: Credentials) -> None:
     """Store the credentials atomically, mode 0600."""
     replace_durably(state_dir(directory) / CREDENTIALS, credentials.model_dump_json(indent=2).encode(), mode=0o600)
+
+
+def load_trusted_keys(directory: Path, credentials: Credentials) -> KeySet:
+    """The key set the device adopted last; before any, the pinned key alone."""
+    path = directory / TRUSTED_KEYS
+    if path.is_file():
+        return KeySetRelease.model_validate_json(path.read_bytes()).parsed()
+    return KeySet.anchored(credentials.pinned_key())
+
+
+def save_trusted_keys(directory: Path, release: KeySetRelease) -> None:
+    """Keep ``release`` (already verified) as the key set to trust, atomically."""
+    replace_durably(state_dir(directory) / TRUSTED_KEYS, release.model_dump_json().encode(), mode=0o600)

@@ -1,4 +1,4 @@
-"""Over-the-air model updates: download aside, verify against the pinned key, smoke-test, swap atomically, roll back.
+"""Over-the-air model updates: download aside, verify against the trusted key set, smoke-test, swap atomically, roll back.
 
 Layout under ``<state_dir>/models/<name>/``::
 
@@ -20,14 +20,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, Field, ValidationError
 
 from edge.client import CloudClient
 from edge.runner import EdgeFiles, EdgeModel, NotAnEdgeModel, load_model
 from edgelake.device_api import AgentEvent, AgentEventKind
 from edgelake.files import fsync_directory, replace_durably
-from edgelake.signing import MANIFEST, Manifest, verify_files
+from edgelake.signing import MANIFEST, Manifest, Trusted, verify_files
 
 INSTALLED = "installed.json"
 
@@ -53,11 +52,11 @@ class UpdateFailed(Exception):
 class ModelSlot:
     """One model's versions on this device."""
 
-    def __init__(self, root: Path, name: str, key: Ed25519PublicKey, report: Report) -> None:
+    def __init__(self, root: Path, name: str, trusted: Trusted, report: Report) -> None:
         self.name = name
         self.directory = root / name
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._key = key
+        self.trusted = trusted
         self._report = report
         for stale in self.directory.glob(".incoming-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -129,13 +128,13 @@ class ModelSlot:
         return replace(model, directory=target)  # the same files, renamed: the interpreter stays valid
 
     def _proven(self, directory: Path, version: int) -> EdgeModel:
-        """The version in ``directory`` once it verifies against the pinned key and passes its smoke test."""
+        """The version in ``directory`` once it verifies against the trusted keys and passes its smoke test."""
         try:
             manifest = Manifest.model_validate_json((directory / MANIFEST).read_bytes())
             files = EdgeFiles.of(manifest)
         except (OSError, ValidationError, NotAnEdgeModel) as error:
             raise UpdateFailed("update_refused", f"unusable manifest: {error}") from None
-        problems = verify_files(directory, self._key, name=self.name, version=version, only=files.names())
+        problems = verify_files(directory, self.trusted, name=self.name, version=version, only=files.names())
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise UpdateFailed("update_refused", problems[0] + more)

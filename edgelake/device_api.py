@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from edgelake.signing import ModelName
+from edgelake.signing import KeySetRelease, ModelName
 
 AgentEventKind = Literal[
     "enrolled",
@@ -22,6 +22,8 @@ AgentEventKind = Literal[
     "rolled_back",  # a new version failed at run time: the previous one serves again
     "runtime_error",
     "results_dropped",  # the store-and-forward queue was full: the oldest results were dropped, counted
+    "keys_adopted",  # a newer release of the registry's key set verified and is trusted from now on
+    "keys_refused",  # a key-set release did not follow the trusted set: the device keeps trusting the set it has
 ]
 # Kinds that mean the version named in the event failed on the device; the cloud's rollout gate rolls back a canary on one.
 FAILURE_KINDS: frozenset[str] = frozenset({"update_refused", "smoke_test_failed", "rolled_back", "runtime_error"})
@@ -103,3 +105,12 @@ class Assignment(BaseModel):
 
     device_id: str
     models: dict[str, AssignedVersion]
+    key_set_sequence: int | None = Field(
+        None, ge=1, description="The newest release of the registry's key set (GET /v1/registry/keys); none before the first rotation."
+    )
+
+
+class KeyReleases(BaseModel):
+    """The registry's key-set releases after the one a device trusts, oldest first."""
+
+    releases: list[KeySetRelease]

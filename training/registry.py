@@ -2,7 +2,9 @@
 
 Layout under ``<lake_root>/models`` (or the ``registry_dir`` setting)::
 
-    registry.pub                   PEM public key that signs every manifest
+    registry.pub                   PEM anchor key: the first signing key, the one devices pin at enrollment
+    keys/<sequence>.json           the key-set chain after the anchor: each release lists every signing key with its
+                                   validity and revocation, signed by a valid key of the release before and by every key it adds
     <name>/stages.json             stage of each version + append-only history of transitions
     <name>/rollout.json            rollout policy: which share of devices runs which canary version, and its gate
     <name>/<version>/manifest.json canonical JSON: files with sha256 and size, metrics, lineage
@@ -17,6 +19,11 @@ on canary by the rollout policy becomes ``canary``; the rollout gate settles it 
 it to production or rejecting it (``rolled_back``). The stage and rollout files are
 local-filesystem only (atomic rename plus an flock): a lake on object storage keeps its
 registry in a folder of its own that every service mounts (``registry_dir``).
+
+The private keys live outside the lake, in the key dir (``<data_dir>/keys``): ``registry.key``
+(the anchor's), ``<fingerprint>.key`` for each key a rotation made, and ``current`` naming the
+one that signs new versions (absent: ``registry.key``). ``rotate`` makes a new current key and
+releases a bridge key set signed by both; ``revoke`` releases a set in which a key is revoked.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
@@ -46,10 +53,16 @@ from edgelake.signing import (
     SIGNATURE,
     ArtifactName,
     FileEntry,
+    KeySet,
+    KeySetRefused,
+    KeySetRelease,
     Manifest,
     ModelName,
+    TrustedKey,
     canonical_json,
     fingerprint,
+    follow,
+    follow_chain,
     load_public_key,
     public_key_pem,
     sign,
@@ -64,6 +77,8 @@ PROMOTION_ORDER: tuple[Stage, ...] = ("candidate", "canary", "production")
 KEYS_DIR = "keys"  # under the data dir, never in the lake
 PUBLIC_KEY = "registry.pub"
 PRIVATE_KEY = "registry.key"
+CURRENT_KEY = "current"  # in the key dir: the fingerprint of the key that signs new versions
+KEY_SETS = "keys"  # in the registry: the key-set chain, <sequence>.json
 STAGES = "stages.json"
 ROLLOUT = "rollout.json"
 
@@ -185,10 +200,10 @@ def local_path(uri: str) -> Path | None:
 
 
 def ensure_signing_key(key_dir: Path, lake_root: str, registry_dir: Path | None = None) -> Ed25519PrivateKey:
-    """The registry's signing key, generated on first use into ``key_dir`` (mode 0600).
+    """The key that signs new versions: the one ``current`` names, else ``registry.key``, generated on first use (mode 0600).
 
     ``key_dir`` must lie outside the lake and the registry: whoever can read them must not be able to sign.
-    The public half is kept beside it as ``registry.pub`` for local verification.
+    The first key's public half is kept beside it as ``registry.pub`` for local verification.
     """
     key_dir = key_dir.resolve()
     for shared, what in ((local_path(lake_root), "the lake"), (registry_dir, "the model registry")):
@@ -197,15 +212,144 @@ def ensure_signing_key(key_dir: Path, lake_root: str, registry_dir: Path | None 
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_path = key_dir / PRIVATE_KEY
     if not private_path.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        _create_exclusive(private_path, pem, mode=0o600)  # a concurrent first use may win; its key is then used
-    key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
+        _create_exclusive(private_path, _private_pem(Ed25519PrivateKey.generate()), mode=0o600)  # a concurrent first use may win
+    first = _load_private_key(private_path)
+    _create_exclusive(key_dir / PUBLIC_KEY, public_key_pem(first.public_key()), mode=0o644)
+    current = key_dir / CURRENT_KEY
+    return _load_private_key(key_dir / f"{current.read_text().strip()}.key") if current.is_file() else first
+
+
+def current_fingerprint(key_dir: Path) -> str | None:
+    """The fingerprint of the key that signs new versions; None when the key dir holds none."""
+    current, first = key_dir / CURRENT_KEY, key_dir / PRIVATE_KEY
+    if current.is_file():
+        return current.read_text().strip()
+    return fingerprint(_load_private_key(first).public_key()) if first.is_file() else None
+
+
+def signing_keys(key_dir: Path) -> dict[str, Ed25519PrivateKey]:
+    """Every private key the key dir holds, by fingerprint."""
+    paths = sorted(key_dir.glob("*.key")) if key_dir.is_dir() else []
+    keys = [_load_private_key(path) for path in paths]
+    return {fingerprint(key.public_key()): key for key in keys}
+
+
+def _load_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{private_path} is not an Ed25519 private key")
-    _create_exclusive(key_dir / PUBLIC_KEY, public_key_pem(key.public_key()), mode=0o644)
+        raise ValueError(f"{path} is not an Ed25519 private key")
     return key
+
+
+def _private_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def key_releases(root: Path, after: int = 0) -> list[KeySetRelease]:
+    """The key-set releases numbered above ``after``, in order (not verified)."""
+    directory = root / KEY_SETS
+    numbers = sorted(int(path.stem) for path in directory.glob("*.json") if path.stem.isdigit()) if directory.is_dir() else []
+    return [KeySetRelease.model_validate_json((directory / f"{number}.json").read_bytes()) for number in numbers if number > after]
+
+
+def key_set_sequence(root: Path) -> int | None:
+    """The number of the newest key-set release; None before the first rotation."""
+    directory = root / KEY_SETS
+    return max((int(path.stem) for path in directory.glob("*.json") if path.stem.isdigit()), default=None) if directory.is_dir() else None
+
+
+def key_set(root: Path, anchor: Ed25519PublicKey | None = None) -> KeySet:
+    """The registry's key set, verified release by release from ``anchor`` (by default the published ``registry.pub``).
+
+    KeySetRefused names the first release that does not follow.
+    """
+    return follow_chain(KeySet.anchored(anchor or registry_public_key(root)), key_releases(root))
+
+
+def rotate(key_dir: Path, lake_root: str, registry_dir: Path | None = None, valid_days: int | None = None) -> KeySet:
+    """Make a new signing key current and release the bridge key set, signed by the old key and the new one.
+
+    The old key stays trusted for what it signed until now and signs nothing newer; the new one
+    is valid from now, for ``valid_days`` when given.
+    """
+    root = registry_root(lake_root, registry_dir)
+    old = ensure_signing_key(key_dir, lake_root, registry_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _publish_public_key(root, old.public_key())
+    new = Ed25519PrivateKey.generate()
+    now = datetime.now(UTC)
+    retiring = fingerprint(old.public_key())
+    with _locked(root / f".{KEY_SETS}.lock"):
+        trusted = key_set(root)
+        kept = [
+            key.model_copy(update={"not_after": now}) if key.fingerprint == retiring and (key.not_after is None or key.not_after > now) else key
+            for key in trusted.keys
+        ]
+        added = TrustedKey.of(new.public_key(), not_before=now, not_after=None if valid_days is None else now + timedelta(days=valid_days))
+        _create_exclusive(key_dir.resolve() / f"{added.fingerprint}.key", _private_pem(new), mode=0o600)
+        released = _release(root, trusted, [*kept, added], [old, new], now)
+    replace_durably(key_dir.resolve() / CURRENT_KEY, added.fingerprint.encode(), mode=0o600)
+    return released
+
+
+def revoke(key_dir: Path, lake_root: str, key: str, registry_dir: Path | None = None) -> KeySet:
+    """Release a key set in which ``key`` (a fingerprint or a unique prefix of one) is revoked, signed by the current key.
+
+    Refused for the last valid key and for the current signing key (rotate first).
+    """
+    root = registry_root(lake_root, registry_dir)
+    signer = ensure_signing_key(key_dir, lake_root, registry_dir)
+    now = datetime.now(UTC)
+    with _locked(root / f".{KEY_SETS}.lock"):
+        trusted = key_set(root)
+        target = _one_key(trusted, key)
+        if target.revoked_at is not None:
+            raise ValueError(f"key {target.fingerprint[:16]} was revoked already, at {target.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        if not [other for other in trusted.keys if other.fingerprint != target.fingerprint and other.refusal_at(now) is None]:
+            raise ValueError(f"refusing to revoke key {target.fingerprint[:16]}: it is the last valid key (rotate first)")
+        if target.fingerprint == fingerprint(signer.public_key()):
+            raise ValueError(f"key {target.fingerprint[:16]} is the current signing key; rotate first (`edgelake models keys rotate`), then revoke it")
+        keys = [other.model_copy(update={"revoked_at": now}) if other is target else other for other in trusted.keys]
+        return _release(root, trusted, keys, [signer], now)
+
+
+def signed_by(root: Path, key_fingerprint: str) -> list[tuple[str, int]]:
+    """Every published (model, version) whose manifest names this signing key."""
+    return [
+        (name, version)
+        for name in models(root)
+        for version in versions(root, name)
+        if _manifest_key(root / name / str(version)) == key_fingerprint
+    ]
+
+
+def _manifest_key(version_dir: Path) -> str | None:
+    try:
+        return Manifest.model_validate_json((version_dir / MANIFEST).read_bytes()).key_fingerprint
+    except (OSError, ValidationError):
+        return None
+
+
+def _one_key(trusted: KeySet, key: str) -> TrustedKey:
+    matches = [candidate for candidate in trusted.keys if candidate.fingerprint.startswith(key.lower())] if len(key) >= 8 else []
+    if len(matches) != 1:
+        known = ", ".join(candidate.fingerprint[:16] for candidate in trusted.keys)
+        what = "names no key" if not matches else "names several keys"
+        raise LookupError(f"'{key}' {what} of the registry's key set (give at least 8 hex digits of one of: {known})")
+    return matches[0]
+
+
+def _release(root: Path, trusted: KeySet, keys: list[TrustedKey], signers: list[Ed25519PrivateKey], now: datetime) -> KeySet:
+    """Sign and publish the key set after ``trusted`` holding ``keys``, once it verifies as a device would check it."""
+    release = KeySetRelease.signed(KeySet(sequence=trusted.sequence + 1, created=now, keys=tuple(keys)), signers)
+    released = follow(trusted, release)
+    directory = root / KEY_SETS
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{released.sequence}.json"
+    if path.exists():
+        raise RuntimeError(f"key-set release {released.sequence} appeared meanwhile ({path}); try again")
+    _create_exclusive(path, canonical_json(release.model_dump(mode="json")), mode=0o644)
+    return released
 
 
 def local_public_key(key_dir: Path) -> Ed25519PublicKey | None:
@@ -265,6 +409,23 @@ def publish(
     with _stage_book(model_dir) as book:
         book.move(manifest.version, "candidate", actor=None, reason="published")
     return ModelVersion(name, manifest.version, "candidate", model_dir / str(manifest.version), manifest)
+
+
+def resign(root: Path, name: str, version: int, signer: Ed25519PrivateKey) -> ModelVersion:
+    """Publish ``version`` of ``name`` again as its next version, signed by ``signer``: how production moves off a key before it is revoked.
+
+    The version must verify first; its artifacts, metrics, lineage and feature version carry over
+    (``extra.resigned_from`` names the source). The new version starts as a ``candidate``.
+    """
+    problems = verify(root, name, version)
+    if problems:
+        raise ValueError(f"refusing to re-sign {name} v{version}: it fails verification: {problems[0]}")
+    source = get(root, name, version)
+    manifest = source.manifest
+    return publish(
+        root, name, {file: source.path / file for file in manifest.files}, metrics=manifest.metrics, lineage=manifest.lineage,
+        signer=signer, feature_version=manifest.feature_version, extra={**manifest.extra, "resigned_from": version},
+    )  # fmt: skip
 
 
 def publish_run(
@@ -338,14 +499,17 @@ def get(root: Path, name: str, version: int | None = None) -> ModelVersion:
 
 
 def verify(root: Path, name: str, version: int, public_key: Ed25519PublicKey | None = None) -> list[str]:
-    """Every problem with version ``version`` of ``name``; empty when it is intact and signed.
+    """Every problem with version ``version`` of ``name``; empty when it is intact and signed by a valid key.
 
-    ``public_key`` is the trusted (pinned) key; by default the one published in the registry.
+    ``public_key`` is the trusted (pinned) anchor of the key-set chain; by default the one published in the registry.
     """
     if version not in versions(root, name):
         raise UnknownModel(f"model '{name}' has no version {version}")
-    key = public_key or registry_public_key(root)
-    return verify_files(root / name / str(version), key, name=name, version=version)
+    try:
+        trusted = key_set(root, public_key)
+    except KeySetRefused as refused:
+        return [f"the registry's key set does not verify: {refused}"]
+    return verify_files(root / name / str(version), trusted, name=name, version=version)
 
 
 def promote(
@@ -589,15 +753,17 @@ def _claim(staging: Path, target: Path) -> bool:
 
 
 def _publish_public_key(root: Path, public_key: Ed25519PublicKey) -> None:
-    """Publish the signer's public key; refuse a signer other than the registry's."""
+    """Publish the signer's public key as the anchor on first use; refuse a signer the registry's key set does not hold valid now."""
     path = root / PUBLIC_KEY
     _create_exclusive(path, public_key_pem(public_key), mode=0o644)
-    published = load_public_key(path.read_bytes())
-    if fingerprint(published) != fingerprint(public_key):
-        raise ValueError(
-            f"this registry is signed by key {fingerprint(published)[:16]} ({path}), "
-            f"not by this signer's {fingerprint(public_key)[:16]}"
-        )
+    trusted = key_set(root)
+    signer = trusted.get(fingerprint(public_key))
+    if signer is None:
+        keys = ", ".join(key.fingerprint[:16] for key in trusted.unrevoked())
+        raise ValueError(f"this registry is signed by key {keys} ({root / KEY_SETS if trusted.sequence else path}), not by this signer's {fingerprint(public_key)[:16]}")
+    refusal = signer.refusal_at(datetime.now(UTC))
+    if refusal is not None:
+        raise ValueError(f"refusing to sign with this key: {refusal} (`edgelake models keys list` shows the valid ones)")
 
 
 def _create_exclusive(path: Path, content: bytes, mode: int) -> None:

@@ -128,8 +128,9 @@ def _device(request: Request, device_id: DeviceId, key: ApiKey = Depends(require
 
 
 @router.post(
-    "/{device_id}/heartbeat", summary="Report models and health; answers the versions to run", responses=documented(404, "No such device.")
-)
+    "/{device_id}/heartbeat", summary="Report models and health; answers the versions to run",
+    responses=documented(404, "No such device."), response_model_exclude_none=True,
+)  # fmt: skip
 def heartbeat(request: Request, body: HeartbeatRequest, device: Device = Depends(_device)) -> Assignment:
     now = datetime.now(UTC)
     _plausible(request, body, device, now)
@@ -156,7 +157,10 @@ def _plausible(request: Request, body: HeartbeatRequest, device: Device, now: da
         raise RequestValidationError(errors)
 
 
-@router.get("/{device_id}/assignment", summary="The version of each model the device should run", responses=documented(404, "No such device."))
+@router.get(
+    "/{device_id}/assignment", summary="The version of each model the device should run",
+    responses=documented(404, "No such device."), response_model_exclude_none=True,
+)  # fmt: skip
 def assignment(request: Request, device: Device = Depends(_device)) -> Assignment:
     return _assignment(request, device.id)
 
@@ -242,7 +246,7 @@ def _assignment(request: Request, device_id: str) -> Assignment:
         assigned = registry.assigned_version(root, name, device_id)
         if assigned is not None:
             models[name] = AssignedVersion(version=assigned[0], track=assigned[1])
-    return Assignment(device_id=device_id, models=models)
+    return Assignment(device_id=device_id, models=models, key_set_sequence=registry.key_set_sequence(root))
 
 
 def _public_key_pem(settings: Settings) -> str | None:

@@ -1,7 +1,9 @@
-"""``/v1/models``: the signed model registry, its versions, stages and artifacts for devices to download.
+"""``/v1/models``: the signed model registry, its versions, stages and artifacts for devices to download;
+``/v1/registry/keys``: the chain of key-set releases that says which keys sign them.
 
 Only files the version's manifest lists are served, each with the sha256 the signed manifest
-pins and the manifest's signature, so a device can verify what it got against a pinned key.
+pins and the manifest's signature, so a device can verify what it got against the key set
+it trusts, which it extends by verifying each newer release against the one before.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.problems import PROBLEM_RESPONSES, Problem, documented
+from edgelake.device_api import MAX_VERSION, KeyReleases
 from edgelake.settings import Settings
 from edgelake import signing
 from edgelake.signing import MANIFEST, SIGNATURE, FileEntry
@@ -28,6 +31,10 @@ router = APIRouter(
     prefix="/v1/models", tags=["models"], dependencies=[Depends(require("analyst", "device"))],
     responses={**PROBLEM_RESPONSES, **documented(404, "No such model, version or file.")},
 )  # fmt: skip
+
+keys_router = APIRouter(
+    prefix="/v1/registry", tags=["models"], dependencies=[Depends(require("analyst", "device"))], responses=PROBLEM_RESPONSES
+)
 
 ModelName = Annotated[str, PathParam(pattern=signing.ModelName.__metadata__[0].pattern, description="The model's registry name.")]
 Version = Annotated[int, PathParam(ge=1, description="A published version number.")]
@@ -137,6 +144,13 @@ def get_artifact(request: Request, name: ModelName, version: Version, file: str)
         path, media_type="application/octet-stream", filename=Path(file).name,
         headers={SHA256_HEADER: entry.sha256, SIGNATURE_HEADER: _signature(model.path)},
     )  # fmt: skip
+
+
+@keys_router.get("/keys", summary="The key-set releases after a sequence number, oldest first; verify each against the one before")
+def key_releases(
+    request: Request, after: int = Query(0, ge=0, le=MAX_VERSION, description="The release the caller trusts already; 0: the anchor key alone.")
+) -> KeyReleases:
+    return KeyReleases(releases=registry.key_releases(registry_root_of(request), after))
 
 
 def registry_root_of(request: Request) -> Path:

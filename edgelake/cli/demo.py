@@ -30,6 +30,7 @@ ORDER BY fraud_pct DESC NULLS LAST, merchant_category
 
 FLEET_DEVICES = 5
 FLEET_FRAMES = 200  # results per device
+ROTATION_FRAMES = 150  # results per device while the fleet follows a key rotation
 # How the fleet's devices did on their labelled frames, from the lake.
 FLEET_QUERY = """
 SELECT device_id, model_version, count(*) AS results,
@@ -104,6 +105,11 @@ def demo(
             run_edge_fleet(settings)
         else:
             console.print("skipped under --limit: the fleet needs the trained vision model", style="yellow")
+        console.rule("[bold]9. rotate the signing key: production re-signed, the fleet follows without re-enrollment, the old key revoked")
+        if limit is None:
+            rotate_signing_key(settings)
+        else:
+            console.print("skipped under --limit: there is no model to re-sign", style="yellow")
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
 
@@ -166,6 +172,44 @@ def run_edge_fleet(settings: Settings) -> None:
     console.print(f"edge results landed in silver: {totals.counts.get(EdgeInference.topic, {}).get('silver', 0):,}", highlight=False)
     console.print(FLEET_QUERY.strip(), style="dim", highlight=False)
     print_result(run_query(settings.lake_root, FLEET_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
+
+
+def rotate_signing_key(settings: Settings) -> None:
+    """Rotate the registry's key, re-sign and promote every production version with the new one, run the fleet
+    again (its agents adopt the new key set and install the re-signed vision model), then revoke the old key."""
+    from edge.fleet import FleetOptions, run_fleet, statuses
+    from edgelake.cli.edge import fleet_table
+    from edgelake.signing import KeySetRelease
+    from edge.state import TRUSTED_KEYS
+    from training import registry
+
+    key_dir, root = settings.data_dir / registry.KEYS_DIR, registry.registry_root_for(settings)
+    old = registry.current_fingerprint(key_dir)
+    released = registry.rotate(key_dir, settings.lake_root, settings.registry_dir)
+    signer = registry.ensure_signing_key(key_dir, settings.lake_root, settings.registry_dir)
+    console.print(f"key set release {released.sequence}: signing key {released.keys[-1].fingerprint[:16]} replaces {str(old)[:16]}", highlight=False)
+    for name in registry.models(root):
+        production = registry.current(root, name)
+        if production is not None:
+            resigned = registry.resign(root, name, production, signer)
+            registry.promote(root, name, resigned.version, "production", actor="demo", reason="re-signed by the new key")
+            console.print(f"{name}: v{production} re-signed as v{resigned.version}, now in production", highlight=False)
+    options = FleetOptions(
+        devices=FLEET_DEVICES, state_root=settings.data_dir / "fleet", api_url=settings.api_url, name_prefix="demo-edge",
+        enrollment_token="", fps=10.0, heartbeat_s=1.0, max_frames=ROTATION_FRAMES,
+    )  # fmt: skip
+    run_fleet(options)
+    console.print(fleet_table(statuses(options)))
+    trusting = [
+        KeySetRelease.model_validate_json(path.read_bytes()).parsed().sequence
+        for path in sorted(options.state_root.glob(f"*/{TRUSTED_KEYS}"))
+    ]  # fmt: skip
+    console.print(f"devices trusting key set release {released.sequence}: {trusting.count(released.sequence)} of {FLEET_DEVICES}", highlight=False)
+    revoked = registry.revoke(key_dir, settings.lake_root, str(old), settings.registry_dir)
+    console.print(
+        f"key set release {revoked.sequence}: key {str(old)[:16]} revoked; the versions it signed are refused from the devices' next heartbeat",
+        highlight=False,
+    )
 
 
 def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, object]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,15 @@ from edgelake.settings import Settings
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from edgelake.signing import TrustedKey
     from training.registry import Transition
 
 app = typer.Typer(help="The signed model registry: versions, stages, promotion, rollback, verification.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="The registry's signing keys: list them, rotate to a new one (devices follow without re-enrollment), revoke one.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 
 PUBLIC_KEY_OPTION = typer.Option(
     None, "--public-key", help="Trusted PEM public key; default: the local one beside the signing key in the data dir."
@@ -206,6 +213,95 @@ def verify(
             console.print(f"{name} v{v}: verified", highlight=False)
     if any(problems.values()):
         raise typer.Exit(1)
+
+
+@app.command("resign")
+def resign(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    version: int | None = typer.Option(None, "--version", min=1, help="The version to re-sign; default: the production one."),
+) -> None:
+    """Publish a version again, signed by the current key, as a new candidate (after a rotation, before revoking the old key)."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        root = registry.registry_root_for(settings)
+        source = registry.get(root, name, version).version
+        signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root, settings.registry_dir)
+        published = registry.resign(root, name, source, signer)
+    console.print(
+        f"{name} v{published.version}: v{source} signed by key {published.manifest.key_fingerprint[:16]}, a candidate "
+        f"(promote it with `edgelake models promote {name} {published.version} --to production`)",
+        highlight=False,
+    )
+
+
+@keys_app.command("list")
+def list_keys(ctx: typer.Context) -> None:
+    """Every key of the registry's key set: its status, validity, revocation and whether its private key is here."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    key_dir = settings.data_dir / registry.KEYS_DIR
+    with reported_errors():
+        trusted = registry.key_set(registry.registry_root_for(settings), registry.local_public_key(key_dir))
+        held = registry.signing_keys(key_dir)
+        signer = registry.current_fingerprint(key_dir)
+    console.print(f"key set release {trusted.sequence}" + ("" if trusted.sequence else " (the anchor key alone, never rotated)"), highlight=False)
+    listing = Table("fingerprint", "status", "valid", "revoked (UTC)", "private key here")
+    now = datetime.now(UTC)
+    for key in trusted.keys:
+        revoked = "" if key.revoked_at is None else f"{key.revoked_at:%Y-%m-%d %H:%M:%S}"
+        listing.add_row(key.fingerprint[:16], _status(key, signer, now), key.period(), revoked, "yes" if key.fingerprint in held else "no")
+    console.print(listing)
+
+
+@keys_app.command("rotate")
+def rotate_key(
+    ctx: typer.Context,
+    valid_days: int | None = typer.Option(None, "--valid-days", min=1, help="Days the new key may sign; default: until rotated or revoked."),
+) -> None:
+    """Make a new signing key current and release a bridge key set signed by the old key and the new one."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, settings.lake_root, settings.registry_dir, valid_days)
+    new = trusted.keys[-1]
+    console.print(f"key set release {trusted.sequence}: new signing key {new.fingerprint[:16]}, valid {new.period()}", highlight=False)
+    console.print(
+        "the previous key stays trusted for the versions it signed and signs nothing newer; "
+        "devices adopt the new set on their next heartbeat, without re-enrollment",
+        highlight=False,
+    )
+
+
+@keys_app.command("revoke")
+def revoke_key(ctx: typer.Context, key: str = typer.Argument(..., help="Fingerprint of the key, or its first 8+ hex digits.")) -> None:
+    """Release a key set in which the key is revoked: devices refuse every version it signed from their next heartbeat."""
+    from training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        root = registry.registry_root_for(settings)
+        trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, settings.lake_root, key, settings.registry_dir)
+        revoked = next(candidate for candidate in trusted.keys if candidate.fingerprint.startswith(key.lower()))
+        orphaned = registry.signed_by(root, revoked.fingerprint)
+    console.print(f"key set release {trusted.sequence}: key {revoked.fingerprint[:16]} revoked", highlight=False)
+    listed = ", ".join(f"{name} v{version}" for name, version in orphaned[:10]) + (" …" if len(orphaned) > 10 else "")
+    console.print(f"{len(orphaned)} published version(s) signed by it will be refused" + (f": {listed}" if orphaned else ""), highlight=False)
+
+
+def _status(key: TrustedKey, signer: str | None, now: datetime) -> str:
+    """What the key does now, in a word or two."""
+    if key.revoked_at is not None:
+        return "[red]revoked[/]"
+    if key.not_before is not None and now < key.not_before:
+        return "not yet valid"
+    if key.not_after is not None and now > key.not_after:
+        return "retired"
+    return "[bold green]current signer[/]" if key.fingerprint == signer else "valid"
 
 
 def _trusted_key(settings: Settings, path: Path | None) -> Ed25519PublicKey | None:

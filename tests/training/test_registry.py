@@ -18,7 +18,20 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgelake.signing import MANIFEST, SIGNATURE, canonical_json, fingerprint, load_public_key, public_key_pem, sign, verify_files
+from edgelake.signing import (
+    MANIFEST,
+    SIGNATURE,
+    KeySet,
+    KeySetRefused,
+    KeySetRelease,
+    TrustedKey,
+    canonical_json,
+    fingerprint,
+    load_public_key,
+    public_key_pem,
+    sign,
+    verify_files,
+)
 from training import registry
 
 FRAUD_METRICS = {"auprc": 0.81, "roc_auc": 0.97, "recall_at_1pct_fpr": 0.74}
@@ -526,3 +539,98 @@ def test_cli_errors_exit_2_with_one_line(two_models: Lake, args: list[str], mess
     result = edgelake(two_models, *args)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- key rotation and revocation ----------------------------------------------------------------
+
+
+def keys_dir(lake: Lake) -> Path:
+    return lake.data_dir / registry.KEYS_DIR
+
+
+def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_verifying(published: Lake, tmp_path: Path) -> None:
+    rotated = registry.rotate(keys_dir(published), published.lake_root, valid_days=30)
+    first, second = rotated.keys
+    assert rotated.sequence == 1 and first.fingerprint == fingerprint(published.key.public_key())
+    new_key = registry.ensure_signing_key(keys_dir(published), published.lake_root)
+    assert fingerprint(new_key.public_key()) == second.fingerprint == registry.current_fingerprint(keys_dir(published))
+    assert stat.S_IMODE((keys_dir(published) / f"{second.fingerprint}.key").stat().st_mode) == 0o600
+    third = publish(published, tmp_path, "c", signer=new_key)
+    assert third.manifest.key_fingerprint == second.fingerprint
+    pinned = published.key.public_key()  # the anchor a device pinned before the rotation
+    assert [registry.verify(published.root, "fraud", v, pinned) for v in (1, 2, 3)] == [[], [], []]
+    with pytest.raises(ValueError, match="refusing to sign with this key: key .* is valid since always until"):
+        publish(published, tmp_path, "d", signer=published.key)  # the retired key signs nothing newer
+
+
+def test_revocation_makes_every_version_the_key_signed_fail_verification(published: Lake, tmp_path: Path) -> None:
+    old = fingerprint(published.key.public_key())
+    with pytest.raises(ValueError, match="it is the last valid key"):
+        registry.revoke(keys_dir(published), published.lake_root, old)
+    registry.rotate(keys_dir(published), published.lake_root)
+    new = registry.current_fingerprint(keys_dir(published))
+    assert new is not None
+    with pytest.raises(ValueError, match="it is the last valid key"):
+        registry.revoke(keys_dir(published), published.lake_root, new[:12])
+    revoked = registry.revoke(keys_dir(published), published.lake_root, old[:12])
+    assert revoked.sequence == 2 and revoked.keys[0].revoked_at is not None
+    assert registry.signed_by(published.root, old) == [("fraud", 1), ("fraud", 2)]
+    problems = registry.verify(published.root, "fraud", 1)
+    assert len(problems) == 1 and f"key {old[:16]} was revoked at" in problems[0]
+    with pytest.raises(ValueError, match="fails verification"):
+        registry.promote(published.root, "fraud", 1)
+    with pytest.raises(ValueError, match="revoked already"):
+        registry.revoke(keys_dir(published), published.lake_root, old)
+    with pytest.raises(LookupError, match="names no key"):
+        registry.revoke(keys_dir(published), published.lake_root, "00000000")
+
+
+def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signed_it(published: Lake) -> None:
+    old = fingerprint(published.key.public_key())
+    registry.rotate(keys_dir(published), published.lake_root)
+    signer = registry.ensure_signing_key(keys_dir(published), published.lake_root)
+    resigned = registry.resign(published.root, "fraud", 2, signer)
+    source = registry.get(published.root, "fraud", 2).manifest
+    assert resigned.version == 3 and resigned.stage == "candidate"
+    assert resigned.manifest.key_fingerprint == fingerprint(signer.public_key()) != old
+    assert (resigned.manifest.files, resigned.manifest.metrics, resigned.manifest.lineage) == (source.files, source.metrics, source.lineage)
+    assert resigned.manifest.extra["resigned_from"] == 2
+    registry.revoke(keys_dir(published), published.lake_root, old)
+    assert registry.verify(published.root, "fraud", 3) == [] and registry.verify(published.root, "fraud", 2) != []
+    with pytest.raises(ValueError, match="refusing to re-sign fraud v2: it fails verification"):
+        registry.resign(published.root, "fraud", 2, signer)
+
+
+def test_a_forged_key_set_release_in_the_registry_fails_every_verification_closed(published: Lake) -> None:
+    intruder = Ed25519PrivateKey.generate()
+    trusted = registry.key_set(published.root)
+    forged = KeySetRelease.signed(
+        KeySet(sequence=1, created=trusted.created, keys=(*trusted.keys, TrustedKey.of(intruder.public_key()))), [intruder]
+    )
+    (published.root / registry.KEY_SETS).mkdir()
+    (published.root / registry.KEY_SETS / "1.json").write_bytes(canonical_json(forged.model_dump(mode="json")))
+    [problem] = registry.verify(published.root, "fraud", 1)
+    assert problem.startswith("the registry's key set does not verify: key-set release 1 is not signed by a valid key of release 0")
+    with pytest.raises(KeySetRefused):
+        registry.rotate(keys_dir(published), published.lake_root)
+
+
+def test_cli_keys_list_rotate_and_revoke(two_models: Lake) -> None:
+    old = fingerprint(two_models.key.public_key())[:16]
+    listing = edgelake(two_models, "keys", "list")
+    assert listing.returncode == 0 and "key set release 0" in listing.stdout and "current signer" in listing.stdout
+    refused = edgelake(two_models, "keys", "revoke", old)
+    assert refused.returncode == 2 and "it is the last valid key" in refused.stderr
+    rotated = edgelake(two_models, "keys", "rotate", "--valid-days", "30")
+    assert rotated.returncode == 0 and "key set release 1: new signing key" in rotated.stdout
+    resigned = edgelake(two_models, "resign", "vision", "--version", "1")
+    assert resigned.returncode == 0 and "vision v2: v1 signed by key" in resigned.stdout, resigned.stderr
+    revoked = edgelake(two_models, "keys", "revoke", old)
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"key set release 2: key {old} revoked" in revoked.stdout and "3 published version(s) signed by it will be refused" in revoked.stdout
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in edgelake(two_models, "keys", "list").stdout.splitlines() if "│" in line}
+    assert rows[old] == "revoked" and list(rows.values()).count("current signer") == 1
+    verify = edgelake(two_models, "verify", "fraud", "--all")
+    assert verify.returncode == 1 and "was revoked at" in verify.stdout
+    verify = edgelake(two_models, "verify", "vision", "--all")
+    assert "vision v1:" in verify.stdout and "vision v2: verified" in verify.stdout

@@ -1,0 +1,113 @@
+"""Signing-key rotation and revocation with real agent processes, a real API server and real TFLite models.
+
+A device enrolled under the first key follows a rotation without re-enrollment or reinstall,
+refuses a version signed by a revoked key and a forged key-set release, and a device that was
+offline through rotation and revocation catches up by walking the chain when it starts again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.state import CREDENTIALS, TRUSTED_KEYS
+from edgelake.signing import MANIFEST, SIGNATURE, KeySet, KeySetRelease, Manifest, TrustedKey, canonical_json, fingerprint, sign
+from tests.edge.conftest import VISION, AgentProcess, Cloud, main_python, start_agent, wait_for
+from training import registry
+
+
+def trusted_sequence(agent: AgentProcess) -> int:
+    path = agent.state_dir / TRUSTED_KEYS
+    return KeySetRelease.model_validate_json(path.read_bytes()).parsed().sequence if path.is_file() else 0
+
+
+def key_dir(cloud: Cloud) -> Path:
+    return cloud.settings.data_dir / registry.KEYS_DIR
+
+
+def forge_production(cloud: Cloud, copy_of: int, signer: Ed25519PrivateKey, created_like: int) -> int:
+    """A new version copied from ``copy_of``, signed by ``signer`` and dated like ``created_like``, put in production behind
+    the registry's back (an attacker holding the key and write access to the lake); its number."""
+    version = max(registry.versions(cloud.root, VISION)) + 1
+    target = cloud.version_dir(version)
+    target.mkdir()
+    source = registry.get(cloud.root, VISION, copy_of).manifest
+    for file in source.files:
+        (target / file).parent.mkdir(parents=True, exist_ok=True)
+        (target / file).write_bytes((cloud.version_dir(copy_of) / file).read_bytes())
+    created = registry.get(cloud.root, VISION, created_like).manifest.created
+    manifest = Manifest.model_validate({**source.model_dump(), "version": version, "created": created, "key_fingerprint": fingerprint(signer.public_key())})
+    (target / MANIFEST).write_bytes(manifest.canonical_bytes())
+    (target / SIGNATURE).write_bytes(sign(manifest.canonical_bytes(), signer))
+    stages = cloud.root / VISION / registry.STAGES
+    book = registry.StageBook.model_validate_json(stages.read_bytes())
+    book.move(version, "production", actor="intruder", reason="forged")
+    stages.write_bytes(canonical_json(book.model_dump(mode="json", by_alias=True)))
+    return version
+
+
+def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(cloud: Cloud, vision_run, tmp_path: Path) -> None:
+    files, extra = vision_run.files, vision_run.extra
+    first = cloud.publish(files, extra)
+    old_key = registry.ensure_signing_key(key_dir(cloud), cloud.settings.lake_root)
+    agent = start_agent(main_python(), cloud, "rotating", tmp_path / "device", "--fps", "20", "--heartbeat-s", "0.3")
+    try:
+        wait_for(lambda: agent.active() == first, f"v{first} active", agent=agent)
+        credentials = (agent.state_dir / CREDENTIALS).read_bytes()
+
+        registry.rotate(key_dir(cloud), cloud.settings.lake_root)
+        second = cloud.publish(files, extra)
+        assert registry.get(cloud.root, VISION, second).manifest.key_fingerprint != fingerprint(old_key.public_key())
+        wait_for(lambda: agent.active() == second, f"v{second}, signed by the new key, active", agent=agent)
+        assert trusted_sequence(agent) == 1
+        assert (agent.state_dir / CREDENTIALS).read_bytes() == credentials  # no re-enrollment
+        assert agent.process.poll() is None  # the same process: no reinstall, no restart
+
+        registry.revoke(key_dir(cloud), cloud.settings.lake_root, fingerprint(old_key.public_key()))
+        wait_for(lambda: trusted_sequence(agent) == 2, "the revocation adopted", agent=agent)
+        forged = forge_production(cloud, second, old_key, created_like=first)  # dated while the old key was valid
+        wait_for(lambda: str(forged) in agent.installed().get("refused", {}), f"v{forged}, signed by the revoked key, refused", agent=agent)
+        assert "was revoked at" in agent.installed()["refused"][str(forged)]
+        assert agent.active() == second
+        assert "was revoked at" in registry.verify(cloud.root, VISION, forged)[0]  # and `edgelake models verify` says so
+
+        intruder = Ed25519PrivateKey.generate()
+        trusted = registry.key_set(cloud.root)
+        forged_keys = KeySet(sequence=3, created=trusted.created, keys=(*trusted.keys, TrustedKey.of(intruder.public_key())))
+        release = KeySetRelease.signed(forged_keys, [old_key, intruder])  # the revoked key vouching for the intruder's
+        (cloud.root / registry.KEY_SETS / "3.json").write_bytes(canonical_json(release.model_dump(mode="json")))
+        log = agent.state_dir / "agent.log"
+        wait_for(lambda: "key-set release refused" in log.read_text(), "the forged key-set release refused", agent=agent)
+        assert "key-set release 3 is not signed by a valid key of release 2" in log.read_text()
+        assert trusted_sequence(agent) == 2 and agent.active() == second
+    finally:
+        agent.kill()
+
+
+def test_a_device_offline_through_rotation_and_revocation_catches_up(cloud: Cloud, vision_run, tmp_path: Path) -> None:
+    files, extra = vision_run.files, vision_run.extra
+    first = cloud.publish(files, extra)
+    old_key = registry.ensure_signing_key(key_dir(cloud), cloud.settings.lake_root)
+    agent = start_agent(main_python(), cloud, "offline", tmp_path / "device", "--fps", "20", "--heartbeat-s", "0.3")
+    try:
+        wait_for(lambda: agent.active() == first, f"v{first} active", agent=agent)
+    finally:
+        agent.kill()
+    credentials = (agent.state_dir / CREDENTIALS).read_bytes()
+
+    registry.rotate(key_dir(cloud), cloud.settings.lake_root)
+    second = cloud.publish(files, extra)
+    registry.revoke(key_dir(cloud), cloud.settings.lake_root, fingerprint(old_key.public_key()))
+
+    again = start_agent(main_python(), cloud, "offline", agent.state_dir, "--fps", "20", "--heartbeat-s", "0.3")
+    try:
+        wait_for(lambda: again.active() == second, f"v{second}, signed by the new key, active after catching up", agent=again)
+        assert trusted_sequence(again) == 2
+        assert "was revoked at" in again.installed()["refused"][str(first)]  # the installed old version is refused now
+        assert (again.state_dir / CREDENTIALS).read_bytes() == credentials
+        events = [json.loads(line) for line in (again.state_dir / "agent.log").read_text().splitlines() if line.startswith("{")]
+        assert sum(event.get("msg", "").startswith("keys_adopted") for event in events) == 2
+    finally:
+        again.kill()
