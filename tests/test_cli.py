@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgelake.broker import EmbeddedBroker
+from edgelake.cli.common import metric_text
 from support import DATASET_CACHE
 
 GROUPS = ["broker", "produce", "ingest", "lake", "sql", "train", "models", "serve", "edge", "bench"]
@@ -169,3 +170,7 @@ def _on_a_terminal(command: list[str], env: dict[str, str], timeout_s: float = 3
     process.wait(10)
     os.close(main)
     return shown.decode(errors="replace")
+
+
+def test_model_metrics_print_counts_as_integers_and_scores_to_four_decimals() -> None:
+    assert [metric_text(v) for v in (85443.0, 114216.0, 0.915123, 3.7474259, 0.0)] == ["85,443", "114,216", "0.9151", "3.7474", "0"]

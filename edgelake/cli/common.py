@@ -34,3 +34,8 @@ def reported_errors() -> Iterator[None]:
     except USER_ERRORS as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def metric_text(value: float) -> str:
+    """A model metric for people: counts and byte sizes as integers, scores to four decimals."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4f}"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, err_console, reported_errors
+from edgelake.cli.common import console, err_console, metric_text, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def show(
     console.print("lineage: " + (", ".join(f"{table}@v{v}" for table, v in sorted(manifest.lineage.items())) or "none"), highlight=False)
     metrics = Table("metric", "value")
     for metric, value in sorted(manifest.metrics.items()):
-        metrics.add_row(metric, f"{value:.4f}")
+        metrics.add_row(metric, metric_text(value))
     console.print(metrics)
     files = Table("file", "bytes", "sha256")
     for file, entry in sorted(manifest.files.items()):
@@ -329,7 +329,7 @@ def _summary(root: Path, name: str, version: int) -> tuple[str, str]:
         manifest = registry.get(root, name, version).manifest
     except ValueError:
         return "", "[red]manifest unreadable: run `edgelake models verify`[/]"
-    metrics = ", ".join(f"{metric}={value:.4f}" for metric, value in sorted(manifest.metrics.items()))
+    metrics = ", ".join(f"{metric}={metric_text(value)}" for metric, value in sorted(manifest.metrics.items()))
     return f"{manifest.created:%Y-%m-%d %H:%M:%S}", metrics
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.cli.common import console, metric_text, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
@@ -137,5 +137,5 @@ def print_published(version: ModelVersion) -> None:
     console.print("trained on " + ", ".join(f"{table}@v{v}" for table, v in sorted(manifest.lineage.items())), highlight=False)
     listing = Table("metric", "value", title=f"{version.name} v{version.version}")
     for metric, value in sorted(manifest.metrics.items()):
-        listing.add_row(metric, f"{value:,.4f}")
+        listing.add_row(metric, metric_text(value))
     console.print(listing)
