@@ -33,6 +33,7 @@ demo: setup
 	$(BIN)/edgelake demo
 
 test: setup tflite-venv edge-venvs
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: setup

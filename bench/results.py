@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,6 @@ def machine() -> str:
 
 def record_result(name: str, result: dict[str, Any]) -> None:
     """Append one row to the results table."""
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
     with RESULTS.open("a") as out:
         out.write(f"| {date} | {name} | {machine()} | `{json.dumps(result)}` |\n")

@@ -250,7 +250,8 @@ class Agent:
                 "correct": report.correct + (label is not None and label == prediction),
             })  # fmt: skip
         if dropped:
-            self._record(AgentEvent(kind="results_dropped", time=datetime.now(UTC), count=dropped, detail="the outbox was full; the oldest results were dropped"))
+            detail = "the outbox was full; the oldest results were dropped"
+            self._record(AgentEvent(kind="results_dropped", time=datetime.now(UTC), count=dropped, detail=detail))
         self._queued.set()
 
     def _runtime_error(self, model: EdgeModel, error: Exception) -> EdgeModel | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
 
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         Path("/usr/share/datasets/fashion-mnist"), description="Debian dataset-fashion-mnist files."
     )
     dataset_base_time: datetime = Field(
-        datetime(2013, 9, 1, tzinfo=timezone.utc),
+        datetime(2013, 9, 1, tzinfo=UTC),
         description="Event time of offset 0 for data sets that only carry relative time (ULB, Shuttle).",
     )
 

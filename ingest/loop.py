@@ -89,7 +89,7 @@ def _ingest_batches(settings: Settings, options: IngestOptions, once: bool, stop
     while not stop.is_set():
         budget = max(1, min(options.max_events, int(options.max_bytes / avg_bytes)))
         planned_ranges = retrying(
-            lambda: offsets.call(lambda c: plan_ranges(c, topics, committed, budget)), "planning a batch"
+            lambda: offsets.call(lambda c: plan_ranges(c, topics, committed, budget)), "planning a batch"  # noqa: B023 (called at once)
         )
         ranges = _clip(planned_ranges, targets)
         if not ranges:
@@ -103,7 +103,7 @@ def _ingest_batches(settings: Settings, options: IngestOptions, once: bool, stop
             continue
         started = time.monotonic()
         try:
-            counts = _retrying_lake(lambda: run_batch(servers, config, ranges, beam_options))
+            counts = _retrying_lake(lambda: run_batch(servers, config, ranges, beam_options))  # noqa: B023 (called at once)
         except ConcurrentCommit as error:
             log.info("another ingester committed part of this batch first; planning again", extra={"error": str(error)[:500]})
             committed.forget()

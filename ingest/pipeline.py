@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import apache_beam as beam
@@ -72,7 +72,7 @@ def run_batch(servers: str, config: WriterConfig, ranges: list[OffsetRange], opt
         p
         | "offset ranges" >> beam.Create(ranges)
         | "spread" >> beam.Reshuffle()
-        | "ingest" >> beam.ParDo(IngestRange(servers, config, datetime.now(timezone.utc)))
+        | "ingest" >> beam.ParDo(IngestRange(servers, config, datetime.now(UTC)))
     )
     result = p.run()
     result.wait_until_finish()
@@ -134,7 +134,7 @@ def classify(
     The columnar fast lane takes the records that pass every check as sent; ``clean_record``
     decides the rest one by one.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     accepted = lane.accept(values, now) if lane is not None else None
     rest = accepted.rest if accepted is not None else list(range(len(values)))
     raw = bronze.take(pa.array(rest, pa.int64())).to_pylist()

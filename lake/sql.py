@@ -177,7 +177,7 @@ def json_rows(table: pa.Table) -> list[dict[str, Any]]:
         seen[name] += 1
         names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     columns = [column.to_pylist(maps_as_pydicts="lossy") for column in table.columns]
-    return [dict(zip(names, map(_json_value, values))) for values in zip(*columns)]
+    return [dict(zip(names, map(_json_value, values), strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _check_invisible(sql: str) -> None:

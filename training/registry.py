@@ -760,7 +760,8 @@ def _publish_public_key(root: Path, public_key: Ed25519PublicKey) -> None:
     signer = trusted.get(fingerprint(public_key))
     if signer is None:
         keys = ", ".join(key.fingerprint[:16] for key in trusted.unrevoked())
-        raise ValueError(f"this registry is signed by key {keys} ({root / KEY_SETS if trusted.sequence else path}), not by this signer's {fingerprint(public_key)[:16]}")
+        where = root / KEY_SETS if trusted.sequence else path
+        raise ValueError(f"this registry is signed by key {keys} ({where}), not by this signer's {fingerprint(public_key)[:16]}")
     refusal = signer.refusal_at(datetime.now(UTC))
     if refusal is not None:
         raise ValueError(f"refusing to sign with this key: {refusal} (`edgelake models keys list` shows the valid ones)")

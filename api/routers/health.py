@@ -50,7 +50,7 @@ def healthz() -> Health:
     "to get 503 without a model.",
     responses=documented(503, "The lake root cannot be reached, or no fraud model is loaded and `require=fraud_model` was given."),
 )
-def readyz(request: Request, require: Annotated[list[Literal["fraud_model"]], Query()] = []) -> Readiness:
+def readyz(request: Request, require: Annotated[list[Literal["fraud_model"]], Query()] = []) -> Readiness:  # noqa: B006 (FastAPI builds a new list per request)
     settings: Settings = request.app.state.settings
     try:
         filesystem, path = fs.FileSystem.from_uri(_uri(settings.lake_root))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -140,7 +140,7 @@ def api(
 @app.command("edge")
 def edge(
     ctx: typer.Context,
-    model_dir: Optional[Path] = typer.Option(
+    model_dir: Path | None = typer.Option(
         None, "--model-dir", help="A directory with vision_float.tflite and vision_int8.tflite; default the production vision model."
     ),
     runs: int = typer.Option(FULL.edge_runs, "--runs", min=10, help="Timed invocations of each model on each frame."),
@@ -233,8 +233,8 @@ def run_all(
     ctx: typer.Context,
     out: Path = typer.Option(Path("bench/results"), "--out", help="Directory for results.json, report.md and the plots."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes, for every benchmark in a few minutes; default each command's defaults."),
-    only: Optional[str] = typer.Option(None, "--only", help=f"Comma-separated benchmarks to run, of {', '.join(RUNNERS)}; default all."),
-    model_dir: Optional[Path] = typer.Option(
+    only: str | None = typer.Option(None, "--only", help=f"Comma-separated benchmarks to run, of {', '.join(RUNNERS)}; default all."),
+    model_dir: Path | None = typer.Option(
         None, "--model-dir", help="The edge benchmark's vision model directory; default the production vision model, else a stand-in trained for the run."
     ),
     record: bool = typer.Option(False, "--record", help="Append each benchmark's result to bench/RESULTS.md."),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -16,7 +15,7 @@ from edgelake.settings import Settings
 app = typer.Typer(help="Start, stop and inspect the embedded Apache Kafka broker.", no_args_is_help=True)
 
 
-def _broker(ctx: typer.Context, brokers: Optional[int], port: Optional[int]) -> tuple[Settings, EmbeddedBroker]:
+def _broker(ctx: typer.Context, brokers: int | None, port: int | None) -> tuple[Settings, EmbeddedBroker]:
     settings: Settings = ctx.obj
     update = {key: value for key, value in (("broker_count", brokers), ("broker_port", port)) if value is not None}
     settings = settings.model_copy(update=update)
@@ -29,7 +28,7 @@ PortOption = typer.Option(None, "--port", help="Client port of the first node (d
 
 
 @app.command("up")
-def up(ctx: typer.Context, brokers: Optional[int] = BrokersOption, port: Optional[int] = PortOption) -> None:
+def up(ctx: typer.Context, brokers: int | None = BrokersOption, port: int | None = PortOption) -> None:
     """Start Apache Kafka on loopback (KRaft, each node broker and controller), wait until it answers and create the topics."""
     with reported_errors():
         settings, broker = _broker(ctx, brokers, port)
@@ -49,14 +48,14 @@ def up(ctx: typer.Context, brokers: Optional[int] = BrokersOption, port: Optiona
 
 
 @app.command("down")
-def down(ctx: typer.Context, brokers: Optional[int] = BrokersOption) -> None:
+def down(ctx: typer.Context, brokers: int | None = BrokersOption) -> None:
     """Stop the broker; its data is kept."""
     _, broker = _broker(ctx, brokers, None)
     console.print("Apache Kafka stopped" if broker.stop() else "Apache Kafka was not running")
 
 
 @app.command("status")
-def status(ctx: typer.Context, brokers: Optional[int] = BrokersOption) -> None:
+def status(ctx: typer.Context, brokers: int | None = BrokersOption) -> None:
     """Whether every node runs and answers; exits 1 when one does not."""
     settings, broker = _broker(ctx, brokers, None)
     if not settings.embedded_broker:

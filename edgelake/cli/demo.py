@@ -6,7 +6,6 @@ import json
 import statistics
 import time
 from collections import Counter
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -57,7 +56,7 @@ DEMO_FEEDS = (
 
 def demo(
     ctx: typer.Context,
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many events per feed."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many events per feed."),
 ) -> None:
     """Start the embedded broker, produce every real data set, read each topic back, land it in the lake,
     build the gold tables with Spark, answer an example SQL query over them, train and publish both models, score transactions through the API,

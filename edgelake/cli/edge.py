@@ -9,7 +9,7 @@ import json
 import signal
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.live import Live
@@ -27,16 +27,16 @@ FramesOption = typer.Option("fashion-mnist", "--frames", help="Camera: 'fashion-
 def run(
     ctx: typer.Context,
     device_name: str = typer.Option(..., "--device-name", help="The device's name, reported at enrollment."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Credentials, models and queue; default <data_dir>/edge/<name>."),
-    api_url: Optional[str] = typer.Option(None, "--api-url", help="The edgelake API; default the api_url setting."),
-    enrollment_token: Optional[str] = typer.Option(None, "--enrollment-token", help="Spent on the first run to enroll."),
-    registry_key: Optional[Path] = typer.Option(None, "--registry-key", help="PEM key to pin instead of the one handed out at enrollment."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="Credentials, models and queue; default <data_dir>/edge/<name>."),
+    api_url: str | None = typer.Option(None, "--api-url", help="The edgelake API; default the api_url setting."),
+    enrollment_token: str | None = typer.Option(None, "--enrollment-token", help="Spent on the first run to enroll."),
+    registry_key: Path | None = typer.Option(None, "--registry-key", help="PEM key to pin instead of the one handed out at enrollment."),
     model: str = typer.Option("vision", "--model", help="The registry model the camera frames go through."),
     frames: str = FramesOption,
     frame_offset: int = typer.Option(0, "--frame-offset", min=0, help="Fashion-MNIST image to start from."),
-    fps: Optional[float] = typer.Option(None, "--fps", min=0.01, help="Frames a second; default the edge_frames_per_s setting."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many results, once they are delivered."),
-    heartbeat_s: Optional[float] = typer.Option(None, "--heartbeat-s", min=0.1, help="Seconds between heartbeats."),
+    fps: float | None = typer.Option(None, "--fps", min=0.01, help="Frames a second; default the edge_frames_per_s setting."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after this many results, once they are delivered."),
+    heartbeat_s: float | None = typer.Option(None, "--heartbeat-s", min=0.1, help="Seconds between heartbeats."),
     drain_timeout_s: float = typer.Option(120.0, "--drain-timeout-s", min=0, help="How long to wait at the end for queued results to be delivered."),
 ) -> None:
     """Run one device agent until --max-frames results are delivered, or until stopped (Ctrl-C, SIGTERM).
@@ -68,17 +68,17 @@ def run(
 def fleet(
     ctx: typer.Context,
     devices: int = typer.Option(20, "--devices", min=1, max=500, help="How many agents to run as processes."),
-    state_root: Optional[Path] = typer.Option(None, "--state-root", help="One state dir per device under it; default <data_dir>/fleet."),
-    api_url: Optional[str] = typer.Option(None, "--api-url", help="The edgelake API; default the api_url setting."),
-    enrollment_token: Optional[str] = typer.Option(
+    state_root: Path | None = typer.Option(None, "--state-root", help="One state dir per device under it; default <data_dir>/fleet."),
+    api_url: str | None = typer.Option(None, "--api-url", help="The edgelake API; default the api_url setting."),
+    enrollment_token: str | None = typer.Option(
         None, "--enrollment-token", help="Good for every device; by default one is issued from this machine's data dir."
     ),
     name_prefix: str = typer.Option("edge", "--name-prefix", help="Devices are named PREFIX-00, PREFIX-01, ..."),
     frames: str = FramesOption,
     fps: float = typer.Option(5.0, "--fps", min=0.01, help="Frames a second per device."),
     heartbeat_s: float = typer.Option(2.0, "--heartbeat-s", min=0.1, help="Seconds between each device's heartbeats."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Results per device; then each agent stops."),
-    duration_s: Optional[float] = typer.Option(None, "--duration-s", min=1, help="Stop every agent after this many seconds."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Results per device; then each agent stops."),
+    duration_s: float | None = typer.Option(None, "--duration-s", min=1, help="Stop every agent after this many seconds."),
 ) -> None:
     """Run a fleet of agents on this machine and show each device's model, results and queue as they go."""
     from edge.fleet import FleetOptions, run_fleet

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -27,7 +26,7 @@ def run(
     max_events: int = typer.Option(250_000, "--max-events", min=1, help="Most events in one micro-batch."),
     max_bytes: int = typer.Option(256 * 1024 * 1024, "--max-bytes", min=1024, help="Most bytes in one micro-batch."),
     max_wait: float = typer.Option(2.0, "--max-wait", min=0, help="Seconds a partial micro-batch may wait to fill."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
 ) -> None:
     """Run the ingester: Kafka -> bronze, silver and quarantine tables. Extra arguments go to Beam."""
     from ingest.loop import IngestOptions, ingest

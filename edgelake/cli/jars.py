@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ app = typer.Typer(help="Fetch the JVM jars (Apache Kafka) with Maven from the pi
 
 
 @app.command("fetch")
-def fetch(ctx: typer.Context, names: Optional[list[str]] = typer.Argument(None, help="Jar sets to fetch (default: all).")) -> None:
+def fetch(ctx: typer.Context, names: list[str] | None = typer.Argument(None, help="Jar sets to fetch (default: all).")) -> None:
     """Copy each jar set's dependencies into EDGELAKE_JARS_DIR once; a changed pom fetches again."""
     settings: Settings = ctx.obj
     with reported_errors():

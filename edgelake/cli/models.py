@@ -177,8 +177,9 @@ def _print_gate(settings: Settings, root: Path, name: str) -> None:
         return
     for side, tally in (("canary", gate.canary), ("production", gate.production)):
         accuracy = "-" if tally.accuracy is None else f"{tally.accuracy:.3f}"
+        version = "(none)" if tally.version is None else f"v{tally.version}"
         console.print(
-            f"{side} {'(none)' if tally.version is None else f'v{tally.version}'}: {tally.healthy_reports} healthy, {tally.unhealthy_reports} unhealthy reports, "
+            f"{side} {version}: {tally.healthy_reports} healthy, {tally.unhealthy_reports} unhealthy reports, "
             f"{tally.labelled:,} labelled, accuracy {accuracy}",
             highlight=False,
         )

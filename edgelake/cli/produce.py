@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -79,12 +79,12 @@ def _register(kind: Kind, summary: str, sources: str) -> None:
     def command(
         ctx: typer.Context,
         source: str = typer.Option(..., "--source", "-s", help=f"One of: {sources}."),
-        count: Optional[int] = typer.Option(None, "--count", "-n", min=0, help="How many events (default: all)."),
+        count: int | None = typer.Option(None, "--count", "-n", min=0, help="How many events (default: all)."),
         rate: float = typer.Option(0.0, "--rate", min=0, help="Events per second; 0 = as fast as possible."),
-        path: Optional[Path] = typer.Option(None, "--path", help="Input file, or a local copy of the data set."),
+        path: Path | None = typer.Option(None, "--path", help="Input file, or a local copy of the data set."),
         mapping: list[str] = typer.Option([], "--map", help="FIELD=COLUMN[,FIELD=COLUMN...] for the file source."),
         seed: int = typer.Option(7, "--seed", help="Seed of the synthetic generator and label delays."),
-        devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Simulated devices to deal events to."),
+        devices: int | None = typer.Option(None, "--devices", min=1, help="Simulated devices to deal events to."),
     ) -> None:
         from ingest.sources import SourceOptions
         from ingest.sources.tabular_file import parse_mapping

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -25,9 +25,9 @@ SINCE_OPTION = typer.Option(None, "--since", help="Only records ingested at or a
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    topic: Optional[str] = TOPIC_OPTION,
-    reason: Optional[str] = REASON_OPTION,
-    since: Optional[datetime] = SINCE_OPTION,
+    topic: str | None = TOPIC_OPTION,
+    reason: str | None = REASON_OPTION,
+    since: datetime | None = SINCE_OPTION,
     records: bool = typer.Option(False, "--records", help="List the records themselves, not counts per reason."),
     limit: int = typer.Option(50, "--limit", min=1, help="Most records listed with --records."),
 ) -> None:
@@ -54,9 +54,9 @@ def list_(
 @app.command("replay")
 def replay(
     ctx: typer.Context,
-    topic: Optional[str] = TOPIC_OPTION,
-    reason: Optional[str] = REASON_OPTION,
-    since: Optional[datetime] = SINCE_OPTION,
+    topic: str | None = TOPIC_OPTION,
+    reason: str | None = REASON_OPTION,
+    since: datetime | None = SINCE_OPTION,
     batch: int = typer.Option(5_000, "--batch", min=1, help="Records per silver commit."),
 ) -> None:
     """Clean the selected quarantined records again (after a contract fix or a schema change); land those that pass in

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlparse
 
 import typer
@@ -20,8 +19,8 @@ from edgelake.settings import Settings
 
 def serve(
     ctx: typer.Context,
-    host: Optional[str] = typer.Option(None, "--host", help="Interface to listen on; default the host of the api_url setting."),
-    port: Optional[int] = typer.Option(None, "--port", min=0, max=65535, help="Port; default the port of the api_url setting."),
+    host: str | None = typer.Option(None, "--host", help="Interface to listen on; default the host of the api_url setting."),
+    port: int | None = typer.Option(None, "--port", min=0, max=65535, help="Port; default the port of the api_url setting."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (metrics and rate limits are per worker)."),
     detach: bool = typer.Option(False, "--detach", help="Run in the background (pid and log in <data_dir>/api/); stop with --stop."),
     stop: bool = typer.Option(False, "--stop", help="Stop the server started with --detach."),

@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -29,11 +29,11 @@ def sql(
     ctx: typer.Context,
     statement: str = typer.Argument(..., help="One SELECT (or WITH … SELECT) over catalog tables."),
     output: Format = typer.Option(Format.table, "--format", help="table for people; csv or json on stdout for programs."),
-    as_of: Optional[list[str]] = typer.Option(
+    as_of: list[str] | None = typer.Option(
         None, "--as-of", metavar="VERSION | TABLE=VERSION", help="VERSION for a one-table query, or TABLE=VERSION (repeatable) to read older versions."
     ),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most rows to return; default the sql_row_limit setting."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, help="Seconds before the query is abandoned; default the sql_timeout_s setting."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Most rows to return; default the sql_row_limit setting."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.001, help="Seconds before the query is abandoned; default the sql_timeout_s setting."),
 ) -> None:
     """Run one read-only query over the lake's tables: no writes, no files, only catalog tables."""
     from lake.sql import json_rows, run_query
@@ -60,7 +60,7 @@ def sql(
 def print_result(result: QueryResult) -> None:
     """The rows as a table, then a footer with the row count, the table versions read and the time."""
     listing = Table(*result.table.column_names)
-    for values in zip(*(column.to_pylist() for column in result.table.columns)):
+    for values in zip(*(column.to_pylist() for column in result.table.columns), strict=True):
         listing.add_row(*(Text("null", style="dim") if value is None else Text(str(value)) for value in values))
     console.print(listing)
     read = ", ".join(f"{name}@{version}" for name, version in result.tables.items()) or "none"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -48,12 +48,12 @@ PROMOTE_OPTION = typer.Option(None, "--promote-to", help="Also promote the new v
 def fraud(
     ctx: typer.Context,
     source: Source = typer.Option(Source.ulb, "--source", help="Which transactions to learn from, by the source that produced them."),
-    cutoff: Optional[datetime] = typer.Option(None, "--cutoff", help="Only labels known by this time (UTC ISO 8601); default now."),
+    cutoff: datetime | None = typer.Option(None, "--cutoff", help="Only labels known by this time (UTC ISO 8601); default now."),
     epochs: int = typer.Option(20, "--epochs", min=1),
     device: Device = DEVICE_OPTION,
     seed: int = SEED_OPTION,
-    master: Optional[str] = typer.Option(None, "--master", help="Spark master for the feature job; default the spark_master setting."),
-    promote_to: Optional[Stage] = PROMOTE_OPTION,
+    master: str | None = typer.Option(None, "--master", help="Spark master for the feature job; default the spark_master setting."),
+    promote_to: Stage | None = PROMOTE_OPTION,
 ) -> None:
     """Build features with Spark, train the fraud model on the earlier transactions, test it on the later ones, publish it."""
     from datetime import UTC
@@ -73,11 +73,11 @@ def fraud(
 @app.command("vision")
 def vision(
     ctx: typer.Context,
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the measured setting in training/vision.py."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on at most this many frames (a seeded subset)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Default: the measured setting in training/vision.py."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Train on at most this many frames (a seeded subset)."),
     device: Device = DEVICE_OPTION,
     seed: int = SEED_OPTION,
-    promote_to: Optional[Stage] = PROMOTE_OPTION,
+    promote_to: Stage | None = PROMOTE_OPTION,
 ) -> None:
     """Train the CNN on the lake's camera frames, quantize it to int8 TFLite, evaluate both, publish them."""
     settings: Settings = ctx.obj

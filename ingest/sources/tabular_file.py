@@ -9,7 +9,7 @@ seconds after ``base_time``. A missing ``event_id`` becomes ``<file stem>-<row>`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any, get_args
 
@@ -118,7 +118,7 @@ def _records(path: Path, count: int | None) -> Iterator[dict[str, Any]]:
 def _plain(value: Any) -> Any:
     """Naive datetimes are taken as UTC."""
     if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -141,7 +141,7 @@ def _event_time(value: Any, base_time: datetime) -> Any:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             return value  # left for the contract to refuse with the field's name
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return value
 
 

@@ -92,7 +92,10 @@ def test_every_v1_route_refuses_no_key_a_forged_one_and_a_revoked_one(server: Se
 
 @pytest.mark.parametrize(
     "name",
-    ["..%2f..%2fstages.json", "%2e%2e%2f%2e%2e%2fstages.json", "%2Fetc%2Fpasswd", "metrics.json%00.png", "%00", "a" * 4096, "plots%2f..%2f..%2f..%2fregistry.pub"],
+    [
+        "..%2f..%2fstages.json", "%2e%2e%2f%2e%2e%2fstages.json", "%2Fetc%2Fpasswd", "metrics.json%00.png", "%00", "a" * 4096,
+        "plots%2f..%2f..%2f..%2fregistry.pub",
+    ],
 )
 def test_artifact_names_reach_nothing_outside_the_manifest(server: Server, deployment: Deployment, name: str) -> None:
     headers = {"Authorization": f"Bearer {deployment.tokens['device']}"}
@@ -121,8 +124,9 @@ def test_huge_bodies_are_413_and_the_server_stays_small(server: Server, deployme
 def test_deeply_nested_json_is_a_4xx(server: Server, deployment: Deployment) -> None:
     nested = "[" * 100_000 + "]" * 100_000
     with httpx2.Client(base_url=server.url, timeout=30) as http:
-        sql = http.post("/v1/sql", content=f'{{"sql": {nested}}}', headers={"Authorization": f"Bearer {deployment.tokens['analyst']}", "content-type": "application/json"})
-        score = http.post("/v1/score:batch", content=nested, headers={"Authorization": f"Bearer {deployment.tokens['producer']}", "content-type": "application/json"})
+        as_json = {"content-type": "application/json"}
+        sql = http.post("/v1/sql", content=f'{{"sql": {nested}}}', headers={"Authorization": f"Bearer {deployment.tokens['analyst']}", **as_json})
+        score = http.post("/v1/score:batch", content=nested, headers={"Authorization": f"Bearer {deployment.tokens['producer']}", **as_json})
         attributes = http.post(
             "/v1/score", content=json.dumps({"attributes": "<x>"}).replace('"<x>"', "{" + '"a": {' * 5_000 + "}" * 5_001),
             headers={"Authorization": f"Bearer {deployment.tokens['producer']}", "content-type": "application/json"},

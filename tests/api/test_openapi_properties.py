@@ -111,7 +111,8 @@ def test_amounts_too_large_to_score_are_a_422_not_a_500(target: Target) -> None:
         attribute = http.post("/v1/score", json={**base, "event_id": "huge-v1", "amount": 1.0, "attributes": {"V1": 1e300}})
         batch = http.post("/v1/score:batch", json=[{**base, "event_id": "ok", "amount": 1.0}, {**base, "event_id": "huge-b", "amount": 1e16}])
         fine = http.post("/v1/score", json={**base, "event_id": "fine", "amount": 1e15})
-    for response, loc in ((huge[0], ["body", "amount"]), (huge[1], ["body", "amount"]), (attribute, ["body", "attributes", "V1"]), (batch, ["body", 1, "amount"])):
+    expected = ((huge[0], ["body", "amount"]), (huge[1], ["body", "amount"]), (attribute, ["body", "attributes", "V1"]), (batch, ["body", 1, "amount"]))
+    for response, loc in expected:
         assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, response.text
         assert [e["loc"] for e in response.json()["errors"]] == [loc]
     assert fine.status_code == 200 and fine.json()["features"]["tx_count_1h"] == 1, fine.text

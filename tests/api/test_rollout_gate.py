@@ -116,7 +116,7 @@ def fleet(tmp_path: Path) -> Iterator[GatedFleet]:
 def test_a_better_canary_is_promoted_once_and_every_device_moves_to_it(fleet: GatedFleet) -> None:
     assert fleet.set_gate()["policy"]["canary_version"] == 2
     assert fleet.stage(2) == "canary"
-    for rounds in range(1, 4):  # 1: canary devices install v2; 2, 3: 6 healthy canary reports and 200+ labelled a side
+    for _ in range(3):  # 1: canary devices install v2; 2, 3: 6 healthy canary reports and 200+ labelled a side
         fleet.round({1: 0.8, 2: 0.9})
         if registry.current(fleet.root, MODEL) == 2:
             break
@@ -168,7 +168,11 @@ def test_one_device_claiming_a_lot_does_not_decide_for_the_fleet(fleet: GatedFle
 @pytest.mark.parametrize(
     ("report", "events", "said"),
     [
-        ({"version": 1, "inferences": 50}, [{"kind": "smoke_test_failed", "model": MODEL, "version": 2, "detail": "outputs differ"}], "smoke_test_failed: outputs differ"),
+        (
+            {"version": 1, "inferences": 50},
+            [{"kind": "smoke_test_failed", "model": MODEL, "version": 2, "detail": "outputs differ"}],
+            "smoke_test_failed: outputs differ",
+        ),
         ({"version": 2, "inferences": 50, "errors": 3}, [], "3 errors in 50 inferences"),
     ],
     ids=["smoke-test-failed", "errors"],
@@ -210,7 +214,10 @@ def test_no_decision_before_the_reports_and_labels_are_in_and_the_gate_shows_its
     }  # fmt: skip  # the first round after the policy, canary devices still ran v1
     assert gate["production"]["version"] == 1 and gate["production"]["labelled"] == 3 * production * LABELLED
     assert gate["production"]["accuracy"] == 0.8 and gate["first_failure"] is None
-    assert gate["missing"] == [f"{2 * canary * LABELLED:,} of 100,000 labelled canary inferences", f"{3 * production * LABELLED:,} of 100,000 labelled production inferences"]
+    assert gate["missing"] == [
+        f"{2 * canary * LABELLED:,} of 100,000 labelled canary inferences",
+        f"{3 * production * LABELLED:,} of 100,000 labelled production inferences",
+    ]
     assert 800 < gate["deadline_s_left"] <= 900
 
 

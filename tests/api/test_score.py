@@ -204,7 +204,8 @@ def test_non_finite_numbers_and_far_event_times_are_422_problems_not_500(lake: S
     card = f"card-{uuid.uuid4().hex[:8]}"
     with client(serve, lake, tokens["producer"]) as http:
         first = http.post("/v1/score", json=example(card_id=card, event_time="2025-06-01T12:00:00Z"))
-        responses = [http.post("/v1/score", content=content.replace(b"card-example", card.encode()), headers={"content-type": "application/json"}) for content, _ in UNSCORABLE]
+        as_json = {"content-type": "application/json"}
+        responses = [http.post("/v1/score", content=content.replace(b"card-example", card.encode()), headers=as_json) for content, _ in UNSCORABLE]
         later = http.post("/v1/score", json=example(card_id=card, event_time="2025-06-01T12:05:00Z"))
     for (content, field), response in zip(UNSCORABLE, responses, strict=True):
         assert response.status_code == 422, (content, response.text)

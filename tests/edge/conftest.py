@@ -24,7 +24,7 @@ from tests.api.conftest import serving
 from training import registry
 
 if TYPE_CHECKING:
-    from training.vision import VisionResult
+    pass
 
 VISION = "vision"
 

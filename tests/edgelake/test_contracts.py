@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 
@@ -17,7 +17,7 @@ from edgelake.contracts import (
     export_json_schemas,
 )
 
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 EXAMPLES: dict[type[Event], dict] = {
     Transaction: dict(
         event_id="tx-1", event_time=NOW, card_id="c1", merchant_id="m1", merchant_category="grocery",

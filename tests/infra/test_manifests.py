@@ -498,7 +498,8 @@ def test_k8s_workloads() -> None:
     hpa = docs[("HorizontalPodAutoscaler", "edgelake-api")]["spec"]
     assert {metric["type"] for metric in hpa["metrics"]} == {"Resource", "Pods"}
     assert hpa["minReplicas"] >= 2
-    assert docs[("PodDisruptionBudget", "edgelake-api")]["spec"]["selector"]["matchLabels"] == docs[("Deployment", "edgelake-api")]["spec"]["selector"]["matchLabels"]
+    budget, deployment = docs[("PodDisruptionBudget", "edgelake-api")], docs[("Deployment", "edgelake-api")]
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     job = docs[("Job", "edgelake-train-fraud")]
     (train,) = containers(job)
     assert train["resources"]["limits"]["nvidia.com/gpu"] >= 1

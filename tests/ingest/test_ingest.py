@@ -95,7 +95,7 @@ def assert_exactly_once(settings: Settings, feed: Feed) -> None:
     quarantine = quarantine.filter(pc.equal(quarantine["topic"], settings.topic(TOPIC)))
     produced = set().union(*feed.offsets.values())
 
-    bronze_offsets = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist()))
+    bronze_offsets = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist(), strict=True))
     assert len(bronze_offsets) == len(set(bronze_offsets)) == len(produced)
     assert set(bronze_offsets) == produced
 
@@ -103,8 +103,8 @@ def assert_exactly_once(settings: Settings, feed: Feed) -> None:
     assert len(silver_ids) == len(set(silver_ids)), "an event id appears twice in silver"
     assert set(silver_ids) == feed.valid_ids
 
-    silver_offsets = set(zip(silver["_partition"].to_pylist(), silver["_offset"].to_pylist()))
-    quarantine_offsets = list(zip(quarantine["partition"].to_pylist(), quarantine["offset"].to_pylist()))
+    silver_offsets = set(zip(silver["_partition"].to_pylist(), silver["_offset"].to_pylist(), strict=True))
+    quarantine_offsets = list(zip(quarantine["partition"].to_pylist(), quarantine["offset"].to_pylist(), strict=True))
     assert len(quarantine_offsets) == len(set(quarantine_offsets))
     assert set(quarantine_offsets) == feed.offsets["malformed"]
     assert all(quarantine["reason"].to_pylist()) and set(quarantine["stage"].to_pylist()) >= {"decode", "contract"}
@@ -143,7 +143,7 @@ def test_schema_evolution_adds_a_nullable_column(kafka: EmbeddedBroker, tmp_path
     ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
     silver = table(settings, SILVER[TOPIC]).sort_by("event_id")
     assert silver.schema.field("loyalty_tier").type == pa.string()
-    assert dict(zip(silver["event_id"].to_pylist(), silver["loyalty_tier"].to_pylist())) == {
+    assert dict(zip(silver["event_id"].to_pylist(), silver["loyalty_tier"].to_pylist(), strict=True)) == {
         first.event_id: None,
         second.event_id: "gold",
     }
@@ -185,7 +185,7 @@ def test_two_ingesters_share_the_quarantine_table_on_object_storage(kafka: Embed
     assert_exactly_once(settings, feed)
     quarantine = table(settings, QUARANTINE)
     labels = quarantine.filter(pc.equal(quarantine["topic"], settings.topic("fraud-labels")))
-    assert set(zip(labels["partition"].to_pylist(), labels["offset"].to_pylist())) == bad_offsets and labels.num_rows == 90
+    assert set(zip(labels["partition"].to_pylist(), labels["offset"].to_pylist(), strict=True)) == bad_offsets and labels.num_rows == 90
     commits = DeltaTable(table_uri(settings.lake_root, QUARANTINE)).history()
     assert {commit.get("topic") for commit in commits} >= {settings.topic(TOPIC), settings.topic("fraud-labels")}
 

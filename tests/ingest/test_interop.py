@@ -63,7 +63,9 @@ def test_librdkafka_reads_back_what_edgelake_produce_sent_byte_for_byte(settings
     assert produced.returncode == 0, produced.stderr
 
     topic = settings.topic(Transaction.topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "unused", "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "unused", "enable.auto.commit": False, "isolation.level": "read_committed"}
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}

@@ -36,7 +36,7 @@ def lineage(lake_root: str) -> dict[str, list[tuple[int, int]]]:
     rows = {}
     for spec, (partition, offset) in columns.items():
         table = DeltaTable(table_uri(lake_root, spec)).to_pyarrow_table(columns=[partition, offset])
-        rows[spec.name] = sorted(zip(table[partition].to_pylist(), table[offset].to_pylist()))
+        rows[spec.name] = sorted(zip(table[partition].to_pylist(), table[offset].to_pylist(), strict=True))
     return rows
 
 

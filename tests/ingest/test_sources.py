@@ -1,7 +1,7 @@
 """Sources read the real data sets faithfully and refuse what they cannot read."""
 
 import csv
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from itertools import islice
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ from ingest.sources.fashion_mnist import frames
 from ingest.sources.shuttle import readings
 from ingest.sources.tabular_file import MappingError, events, parse_mapping
 
-BASE = datetime(2013, 9, 1, tzinfo=timezone.utc)
+BASE = datetime(2013, 9, 1, tzinfo=UTC)
 
 
 def test_ulb_rows_become_transactions_with_pca_attributes(ulb_csv) -> None:
@@ -23,7 +23,7 @@ def test_ulb_rows_become_transactions_with_pca_attributes(ulb_csv) -> None:
         rows = list(islice(csv.DictReader(handle), 3))
     txs = list(ulb.transactions(ulb_csv, BASE, count=3))
     assert [t.event_id for t in txs] == ["ulb-tx-000000", "ulb-tx-000001", "ulb-tx-000002"]
-    for row, tx in zip(rows, txs):
+    for row, tx in zip(rows, txs, strict=True):
         assert tx.amount == float(row["Amount"])
         assert tx.event_time == BASE + timedelta(seconds=float(row["Time"]))
         assert set(tx.attributes) == {f"V{i}" for i in range(1, 29)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_event_ids_are_deterministic(feed: list[tuple[Transaction, FraudLabel]])
 
 def test_event_time_non_decreasing(feed: list[tuple[Transaction, FraudLabel]]) -> None:
     times = [tx.event_time for tx, _ in feed]
-    assert all(a <= b for a, b in zip(times, times[1:]))
+    assert all(a <= b for a, b in pairwise(times))
     assert times[0] >= CONFIG.start
 
 

@@ -24,7 +24,7 @@ from edgelake.contracts import Event, FraudLabel, IoTReading, Transaction
 from ingest.sources import shuttle, synthetic, ulb
 from lake import gold
 from lake.catalog import history, open_table
-from lake.features import CARD_FEATURES, DISTINCT_MERCHANT_WINDOWS, FEATURE_VERSION, WINDOWS
+from lake.features import DISTINCT_MERCHANT_WINDOWS, FEATURE_VERSION, WINDOWS
 from lake.tables import GOLD, SILVER
 from support import append_silver
 

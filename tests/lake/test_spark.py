@@ -35,7 +35,7 @@ def test_read_table_is_the_current_snapshot_with_partition_and_evolved_columns(s
     frame = read_table(spark, lake_root, "quarantine")
     reference = catalog.open_table(lake_root, "quarantine").to_pyarrow_table()
     assert frame.columns == reference.column_names
-    expected = sorted(zip(reference["offset"].to_pylist(), reference["ingest_date"].to_pylist(), reference["note"].to_pylist()))
+    expected = sorted(zip(reference["offset"].to_pylist(), reference["ingest_date"].to_pylist(), reference["note"].to_pylist(), strict=True))
     assert rows(frame) == expected
     assert len(expected) == 15
 

@@ -68,7 +68,10 @@ def point_in_time_cases() -> tuple[list[Transaction], list[FraudLabel]]:
     ]  # fmt: skip
     labels = [
         FraudLabel(event_id="pit-late-label", event_time=CUTOFF + timedelta(hours=1), transaction_id="pit-late", card_id="pit-card-late", is_fraud=True),
-        FraudLabel(event_id="pit-flip-legit", event_time=CUTOFF - timedelta(days=1), transaction_id="pit-flip", card_id="pit-card-flip", is_fraud=False, source="analyst"),
+        FraudLabel(
+            event_id="pit-flip-legit", event_time=CUTOFF - timedelta(days=1), transaction_id="pit-flip", card_id="pit-card-flip", is_fraud=False,
+            source="analyst",
+        ),
         FraudLabel(event_id="pit-flip-fraud", event_time=CUTOFF + timedelta(days=1), transaction_id="pit-flip", card_id="pit-card-flip", is_fraud=True),
     ]  # fmt: skip
     return transactions, labels
