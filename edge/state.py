@@ -54,12 +54,15 @@ def save_credentials(directory: Path, credentials: Credentials) -> None:
     replace_durably(state_dir(directory) / CREDENTIALS, credentials.model_dump_json(indent=2).encode(), mode=0o600)
 
 
+def adopted_key_set(directory: Path) -> KeySet | None:
+    """The key-set release the device adopted last; None before any."""
+    path = directory / TRUSTED_KEYS
+    return KeySetRelease.model_validate_json(path.read_bytes()).parsed() if path.is_file() else None
+
+
 def load_trusted_keys(directory: Path, credentials: Credentials) -> KeySet:
     """The key set the device adopted last; before any, the pinned key alone."""
-    path = directory / TRUSTED_KEYS
-    if path.is_file():
-        return KeySetRelease.model_validate_json(path.read_bytes()).parsed()
-    return KeySet.anchored(credentials.pinned_key())
+    return adopted_key_set(directory) or KeySet.anchored(credentials.pinned_key())
 
 
 def save_trusted_keys(directory: Path, release: KeySetRelease) -> None:

@@ -6,6 +6,7 @@ import json
 import statistics
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -14,6 +15,9 @@ from edgelake.cli.common import console, reported_errors
 from edgelake.cli.produce import print_deliveries, run_producer
 from edgelake.contracts import EVENT_BY_TOPIC, FraudScore, InvalidEvent
 from edgelake.settings import Settings
+
+if TYPE_CHECKING:
+    from edge.fleet import FleetOptions
 
 # The example analysts' query the demo answers over the gold tables it built.
 EXAMPLE_QUERY = """
@@ -150,36 +154,41 @@ def serve_and_score(settings: Settings) -> None:
 
 def run_edge_fleet(settings: Settings) -> None:
     """Run a small fleet of edge agents against the API started before; land their results and ask the lake how they did."""
-    from edge.fleet import FleetOptions, run_fleet, statuses
-    from edgelake.cli.edge import fleet_table, issue_local_enrollment_token
+    from edgelake.cli.edge import issue_local_enrollment_token
     from edgelake.cli.sql import print_result
     from edgelake.contracts import EdgeInference
     from ingest.loop import IngestOptions, ingest
     from lake.sql import run_query
 
-    options = FleetOptions(
-        devices=FLEET_DEVICES, state_root=settings.data_dir / "fleet", api_url=settings.api_url, name_prefix="demo-edge",
-        enrollment_token=issue_local_enrollment_token(settings, FLEET_DEVICES, "demo-edge"), fps=10.0, heartbeat_s=1.0,
-        max_frames=FLEET_FRAMES,
-    )  # fmt: skip
-    runs = run_fleet(options)
-    console.print(fleet_table(statuses(options)))
-    failed = [run.name for run in runs if run.returncode != 0]
-    if failed:
-        raise RuntimeError(f"edge agents {', '.join(failed)} failed; see their agent.log under {options.state_root}")
+    _run_fleet(settings, issue_local_enrollment_token(settings, FLEET_DEVICES, "demo-edge"), FLEET_FRAMES)
     totals = ingest(settings, IngestOptions(topics=(EdgeInference.topic,)), once=True)
     console.print(f"edge results landed in silver: {totals.counts.get(EdgeInference.topic, {}).get('silver', 0):,}", highlight=False)
     console.print(FLEET_QUERY.strip(), style="dim", highlight=False)
     print_result(run_query(settings.lake_root, FLEET_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
 
 
+def _run_fleet(settings: Settings, enrollment_token: str, max_frames: int) -> FleetOptions:
+    """Run the demo's fleet of agents until each made ``max_frames`` results, print their statuses; fail if an agent failed."""
+    from edge.fleet import FleetOptions, run_fleet, statuses
+    from edgelake.cli.edge import fleet_table
+
+    options = FleetOptions(
+        devices=FLEET_DEVICES, state_root=settings.data_dir / "fleet", api_url=settings.api_url, name_prefix="demo-edge",
+        enrollment_token=enrollment_token, fps=10.0, heartbeat_s=1.0, max_frames=max_frames,
+    )  # fmt: skip
+    runs = run_fleet(options)
+    console.print(fleet_table(statuses(options)))
+    failed = [run.name for run in runs if run.returncode != 0]
+    if failed:
+        raise RuntimeError(f"edge agents {', '.join(failed)} failed; see their agent.log under {options.state_root}")
+    return options
+
+
 def rotate_signing_key(settings: Settings) -> None:
     """Rotate the registry's key, re-sign and promote every production version with the new one, run the fleet
     again (its agents adopt the new key set and install the re-signed vision model), then revoke the old key."""
-    from edge.fleet import FleetOptions, run_fleet, statuses
-    from edgelake.cli.edge import fleet_table
-    from edgelake.signing import KeySetRelease
-    from edge.state import TRUSTED_KEYS
+    from edge.fleet import device_names
+    from edge.state import adopted_key_set
     from training import registry
 
     key_dir, root = settings.data_dir / registry.KEYS_DIR, registry.registry_root_for(settings)
@@ -193,17 +202,10 @@ def rotate_signing_key(settings: Settings) -> None:
             resigned = registry.resign(root, name, production, signer)
             registry.promote(root, name, resigned.version, "production", actor="demo", reason="re-signed by the new key")
             console.print(f"{name}: v{production} re-signed as v{resigned.version}, now in production", highlight=False)
-    options = FleetOptions(
-        devices=FLEET_DEVICES, state_root=settings.data_dir / "fleet", api_url=settings.api_url, name_prefix="demo-edge",
-        enrollment_token="", fps=10.0, heartbeat_s=1.0, max_frames=ROTATION_FRAMES,
-    )  # fmt: skip
-    run_fleet(options)
-    console.print(fleet_table(statuses(options)))
-    trusting = [
-        KeySetRelease.model_validate_json(path.read_bytes()).parsed().sequence
-        for path in sorted(options.state_root.glob(f"*/{TRUSTED_KEYS}"))
-    ]  # fmt: skip
-    console.print(f"devices trusting key set release {released.sequence}: {trusting.count(released.sequence)} of {FLEET_DEVICES}", highlight=False)
+    options = _run_fleet(settings, "", ROTATION_FRAMES)  # enrolled already: no token
+    adopted = [adopted_key_set(options.state_root / name) for name in device_names(options)]
+    trusting = sum(1 for key_set in adopted if key_set is not None and key_set.sequence == released.sequence)
+    console.print(f"devices trusting key set release {released.sequence}: {trusting} of {FLEET_DEVICES}", highlight=False)
     revoked = registry.revoke(key_dir, settings.lake_root, str(old), settings.registry_dir)
     console.print(
         f"key set release {revoked.sequence}: key {str(old)[:16]} revoked; the versions it signed are refused from the devices' next heartbeat",

@@ -12,15 +12,28 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.state import CREDENTIALS, TRUSTED_KEYS
+from edge.state import CREDENTIALS, adopted_key_set
 from edgelake.signing import MANIFEST, SIGNATURE, KeySet, KeySetRelease, Manifest, TrustedKey, canonical_json, fingerprint, sign
 from tests.edge.conftest import VISION, AgentProcess, Cloud, main_python, start_agent, wait_for
 from training import registry
 
 
 def trusted_sequence(agent: AgentProcess) -> int:
-    path = agent.state_dir / TRUSTED_KEYS
-    return KeySetRelease.model_validate_json(path.read_bytes()).parsed().sequence if path.is_file() else 0
+    adopted = adopted_key_set(agent.state_dir)
+    return 0 if adopted is None else adopted.sequence
+
+
+def running_the_first_version(cloud: Cloud, vision_run, name: str, directory: Path) -> tuple[int, Ed25519PrivateKey, AgentProcess]:  # type: ignore[no-untyped-def]
+    """A first version published (signed by the registry's first key) and active on a new agent: its number, that key, the agent."""
+    first = cloud.publish(vision_run.files, vision_run.extra)
+    old_key = registry.ensure_signing_key(key_dir(cloud), cloud.settings.lake_root)
+    agent = start_agent(main_python(), cloud, name, directory, "--fps", "20", "--heartbeat-s", "0.3")
+    try:
+        wait_for(lambda: agent.active() == first, f"v{first} active", agent=agent)
+    except BaseException:
+        agent.kill()
+        raise
+    return first, old_key, agent
 
 
 def key_dir(cloud: Cloud) -> Path:
@@ -50,11 +63,8 @@ def forge_production(cloud: Cloud, copy_of: int, signer: Ed25519PrivateKey, crea
 
 def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(cloud: Cloud, vision_run, tmp_path: Path) -> None:
     files, extra = vision_run.files, vision_run.extra
-    first = cloud.publish(files, extra)
-    old_key = registry.ensure_signing_key(key_dir(cloud), cloud.settings.lake_root)
-    agent = start_agent(main_python(), cloud, "rotating", tmp_path / "device", "--fps", "20", "--heartbeat-s", "0.3")
+    first, old_key, agent = running_the_first_version(cloud, vision_run, "rotating", tmp_path / "device")
     try:
-        wait_for(lambda: agent.active() == first, f"v{first} active", agent=agent)
         credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
         registry.rotate(key_dir(cloud), cloud.settings.lake_root)
@@ -88,13 +98,8 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
 
 def test_a_device_offline_through_rotation_and_revocation_catches_up(cloud: Cloud, vision_run, tmp_path: Path) -> None:
     files, extra = vision_run.files, vision_run.extra
-    first = cloud.publish(files, extra)
-    old_key = registry.ensure_signing_key(key_dir(cloud), cloud.settings.lake_root)
-    agent = start_agent(main_python(), cloud, "offline", tmp_path / "device", "--fps", "20", "--heartbeat-s", "0.3")
-    try:
-        wait_for(lambda: agent.active() == first, f"v{first} active", agent=agent)
-    finally:
-        agent.kill()
+    first, old_key, agent = running_the_first_version(cloud, vision_run, "offline", tmp_path / "device")
+    agent.kill()
     credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
     registry.rotate(key_dir(cloud), cloud.settings.lake_root)
