@@ -14,7 +14,7 @@ system:
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cloud,edge,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cloud,dev]'
 	@touch $(INSTALLED)
 
 # Apache Kafka's jars, with Maven from the pinned poms under infra/jars, into the cache (once; a changed pom fetches again).
@@ -25,7 +25,7 @@ jars: $(INSTALLED)
 tflite-venv:
 	@PYTHON=$(PYTHON) bash infra/tflite-runtime-venv.sh
 
-# .venv-edge and .venv-edge-tflite: the project's wheel with one edge extra each, and nothing of the cloud side.
+# .venv-edge and .venv-edge-tflite: the edgelake-edge wheel (infra/edge-dist) with one runtime each, and nothing of the cloud side.
 edge-venvs:
 	@PYTHON=$(PYTHON) bash infra/edge-venv.sh
 
@@ -34,6 +34,7 @@ demo: setup
 
 test: setup tflite-venv edge-venvs
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python -m pytest
 
 bench: setup

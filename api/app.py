@@ -14,20 +14,20 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api.body_limit import BodyLimitMiddleware
-from api.card_feed import CardFeed, Start
-from api.devices import DeviceStore, ResultForwarder, devices_path
-from api.keys import KeyStore, keys_path
-from api.log_redaction import redact_access_log
-from api.metrics import CardFeedMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
-from api.problems import install_problem_handlers
-from api.publisher import ScorePublisher
-from api.ratelimit import RateLimiter
-from api.routers import dashboard, devices, health, models, score, sql, tables
-from api.routers.dashboard import TopicEnds
-from api.scoring import Scorer
+from edgelake.api.body_limit import BodyLimitMiddleware
+from edgelake.api.card_feed import CardFeed, Start
+from edgelake.api.devices import DeviceStore, ResultForwarder, devices_path
+from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.log_redaction import redact_access_log
+from edgelake.api.metrics import CardFeedMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
+from edgelake.api.problems import install_problem_handlers
+from edgelake.api.publisher import ScorePublisher
+from edgelake.api.ratelimit import RateLimiter
+from edgelake.api.routers import dashboard, devices, health, models, score, sql, tables
+from edgelake.api.routers.dashboard import TopicEnds
+from edgelake.api.scoring import Scorer
 from edgelake.settings import Settings
-from lake.sql_pool import QueryPool
+from edgelake.lake.sql_pool import QueryPool
 
 TAGS = [
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics; no key needed."},

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from api.keys import ApiKey, KeyStore, Role
-from api.problems import Problem
-from api.ratelimit import RateLimiter, retry_after
+from edgelake.api.keys import ApiKey, KeyStore, Role
+from edgelake.api.problems import Problem
+from edgelake.api.ratelimit import RateLimiter, retry_after
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer elk_…`, a key from `edgelake keys create`.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same key in an `X-API-Key` header.")

@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import MEDIA_TYPE, ProblemDetail
+from edgelake.api.problems import MEDIA_TYPE, ProblemDetail
 
 
 class BodyLimitMiddleware:

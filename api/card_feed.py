@@ -29,8 +29,8 @@ from typing import Literal
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from api.metrics import CardFeedMetrics
-from api.scoring import Scorer, unscorable
+from edgelake.api.metrics import CardFeedMetrics
+from edgelake.api.scoring import Scorer, unscorable
 from edgelake.broker import configured_servers
 from edgelake.contracts import InvalidEvent, Transaction
 from edgelake.kafka import broker_reachable, consumer_config

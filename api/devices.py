@@ -21,12 +21,12 @@ from typing import Any
 from kafka.errors import KafkaError
 from pydantic import AwareDatetime, BaseModel, Field
 
-from api.keys import token_hash
+from edgelake.api.keys import token_hash
 from edgelake.broker import configured_servers
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import FAILURE_KINDS, AgentEvent, ModelReport, Track
 from edgelake.settings import Settings
-from ingest.producer import EventProducer
+from edgelake.ingest.producer import EventProducer
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from api.keys import TOKEN_PREFIX
+from edgelake.api.keys import TOKEN_PREFIX
 
 _QUERY_SECRET = re.compile(r"([?&](?:key|api_key|token)=)[^&\s\"]+")
 _TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]+")

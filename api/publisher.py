@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 from kafka.errors import KafkaError
 
-from api.metrics import ScoreMetrics
+from edgelake.api.metrics import ScoreMetrics
 from edgelake.broker import configured_servers
 from edgelake.contracts import FraudScore
 from edgelake.settings import Settings
-from ingest.producer import EventProducer
+from edgelake.ingest.producer import EventProducer
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lake.features import WINDOWS
-from training.features import card_features
+from edgelake.lake.features import WINDOWS
+from edgelake.training.features import card_features
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

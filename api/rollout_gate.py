@@ -22,10 +22,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
-from api.devices import DeviceStore, ReportTotals
+from edgelake.api.devices import DeviceStore, ReportTotals
 from edgelake.device_api import Track
-from training import registry
-from training.registry import CanaryVerdict, RolloutPolicy, Transition
+from edgelake.training import registry
+from edgelake.training.registry import CanaryVerdict, RolloutPolicy, Transition
 
 ACTOR = "rollout-gate"
 _EPOCH = datetime.fromtimestamp(0, UTC)

@@ -29,12 +29,12 @@ from typing import Literal
 import numpy as np
 from redis.exceptions import RedisError
 
-from api.metrics import ScoreMetrics
-from api.redis_cards import RedisCardHistory
+from edgelake.api.metrics import ScoreMetrics
+from edgelake.api.redis_cards import RedisCardHistory
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Transaction
 from edgelake.settings import Settings
-from training import registry
-from training.features import ATTRIBUTES, INPUTS_VERSION, CardHistory, fraud_inputs
+from edgelake.training import registry
+from edgelake.training.features import ATTRIBUTES, INPUTS_VERSION, CardHistory, fraud_inputs
 
 MODEL_NAME = "fraud"
 TFLITE_FILE = f"{MODEL_NAME}.tflite"

@@ -43,12 +43,12 @@ import numpy as np
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api.app import create_app
-from api.metrics import ScoreMetrics
-from api.scoring import KERAS_FILE, MODEL_NAME, Scorer, ServedModel, _keras
+from edgelake.api.app import create_app
+from edgelake.api.metrics import ScoreMetrics
+from edgelake.api.scoring import KERAS_FILE, MODEL_NAME, Scorer, ServedModel, _keras
 from edgelake.broker import free_port
 from edgelake.settings import Settings
-from training import registry
+from edgelake.training import registry
 
 RATES = (200, 500)
 SECONDS = 10.0
@@ -102,11 +102,11 @@ def run(settings: Settings, rates: tuple[int, ...] = RATES, seconds: float = SEC
 
 def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     """Settings over a new lake whose registry serves a fraud model trained on it, and a producer key's token."""
-    from api.keys import KeyStore, keys_path
-    from bench.silver import write_silver
-    from ingest.sources.synthetic import SyntheticConfig, labels, transactions
-    from lake.spark import spark_session
-    from training.fraud import FraudConfig, train_fraud
+    from edgelake.api.keys import KeyStore, keys_path
+    from edgelake.bench.silver import write_silver
+    from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
+    from edgelake.lake.spark import spark_session
+    from edgelake.training.fraud import FraudConfig, train_fraud
 
     world = settings.model_copy(
         update={
@@ -178,7 +178,7 @@ class Server:
 
     def __enter__(self) -> Server:
         command = [
-            sys.executable, "-m", "uvicorn", f"bench.api:{self.variant}_app", "--factory", "--host", "127.0.0.1", "--port", str(self.port),
+            sys.executable, "-m", "uvicorn", f"edgelake.bench.api:{self.variant}_app", "--factory", "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", "1", "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
         with self.log.open("w") as log:
@@ -248,7 +248,7 @@ class Feed:
     """Ready HTTP/1.1 requests for ``/v1/score``, each a new transaction of the synthetic feed, in event-time order."""
 
     def __init__(self, port: int, token: str) -> None:
-        from ingest.sources.synthetic import SyntheticConfig, transactions
+        from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 
         self._head = (
             f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"

@@ -34,15 +34,15 @@ from typing import Any
 import numpy as np
 import uvicorn
 
-from api.app import create_app
-from api.devices import DeviceStore, devices_path
-from bench.scratch import scratch_settings
+from edgelake.api.app import create_app
+from edgelake.api.devices import DeviceStore, devices_path
+from edgelake.bench.scratch import scratch_settings
 from edgelake.broker import free_port
 from edgelake.fashion_mnist import SIDE, read_split
 from edgelake.interpreters import Interpreter, latency_ms, load_interpreter, predict, runtime_name
 from edgelake.settings import Settings
-from training import registry
-from training.vision import FLOAT_TFLITE, INT8_TFLITE, SAMPLES_FILE
+from edgelake.training import registry
+from edgelake.training.vision import FLOAT_TFLITE, INT8_TFLITE, SAMPLES_FILE
 
 MODEL = "vision"
 FRAMES = 10  # test frames each model is timed on
@@ -101,9 +101,9 @@ STAND_IN = (
 
 def stand_in_model(settings: Settings, scratch: Path) -> Path:
     """A small real vision model (float and int8 TFLite) trained on the first Fashion-MNIST frames; its directory."""
-    from bench.silver import write_silver
-    from ingest.sources.fashion_mnist import frames
-    from training.vision import train_vision
+    from edgelake.bench.silver import write_silver
+    from edgelake.ingest.sources.fashion_mnist import frames
+    from edgelake.training.vision import train_vision
 
     lake_root, model_dir = str(scratch / "vision-lake"), scratch / "vision"
     start = datetime(2024, 1, 1, tzinfo=UTC)
@@ -151,7 +151,7 @@ def agent_peak_rss_mb(settings: Settings, int8_model: Path, samples: np.ndarray,
         _, token = DeviceStore(devices_path(world.data_dir)).issue_token("bench edge agent", uses=1, expires_in_s=3600)
         with serving(world) as url:
             command = [
-                sys.executable, "-m", "edge", "run", "--device-name", f"bench-{uuid.uuid4().hex[:6]}", "--api-url", url,
+                sys.executable, "-m", "edgelake.edge", "run", "--device-name", f"bench-{uuid.uuid4().hex[:6]}", "--api-url", url,
                 "--enrollment-token", token, "--state-dir", str(Path(work) / "agent"), "--frames", "fashion-mnist",
                 "--fps", str(FPS), "--max-frames", str(frames), "--heartbeat-s", str(HEARTBEAT_S),
             ]  # fmt: skip

@@ -9,12 +9,12 @@ from typing import Any
 import confluent_kafka
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from bench.scratch import scratch_settings
+from edgelake.bench.scratch import scratch_settings
 from edgelake.contracts import Transaction
 from edgelake.kafka import consumer_config, producer_config
 from edgelake.settings import Settings
-from ingest.loop import IngestOptions, ingest
-from ingest.sources import ulb
+from edgelake.ingest.loop import IngestOptions, ingest
+from edgelake.ingest.sources import ulb
 
 ULB_ROWS = 284_807
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from bench.scratch import scratch_settings
+from edgelake.bench.scratch import scratch_settings
 from edgelake.contracts import Transaction
 from edgelake.kafka import producer_config
 from edgelake.settings import Settings
-from ingest.producer import EventProducer, produce
-from ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.ingest.producer import EventProducer, produce
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 
 def run(settings: Settings, events: int) -> dict[str, Any]:
     """Best of three runs each, alternating raw, API, API, raw, raw, API so that drift favours neither."""

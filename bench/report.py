@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench.results import machine
+from edgelake.bench.results import machine
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

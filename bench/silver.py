@@ -10,10 +10,10 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from edgelake.contracts import Event
-from ingest.columnar import columnar_contract
-from ingest.kafka_source import Fetched, OffsetRange
-from ingest.pipeline import bronze_rows, classify
-from lake.tables import SILVER, table_uri
+from edgelake.ingest.columnar import columnar_contract
+from edgelake.ingest.kafka_source import Fetched, OffsetRange
+from edgelake.ingest.pipeline import bronze_rows, classify
+from edgelake.lake.tables import SILVER, table_uri
 
 BATCH = 50_000
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from bench.silver import write_silver
-from ingest.sources.synthetic import SyntheticConfig, labels, transactions
-from lake.spark import read_table, spark_session
-from lake.sql import run_query
+from edgelake.bench.silver import write_silver
+from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
+from edgelake.lake.spark import read_table, spark_session
+from edgelake.lake.sql import run_query
 
 QUERIES = {
     "aggregate": """

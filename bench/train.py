@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.silver import write_silver
+from edgelake.bench.silver import write_silver
 from edgelake.settings import Settings
-from ingest.sources.fashion_mnist import frames
-from ingest.sources.synthetic import SyntheticConfig, labels, transactions
+from edgelake.ingest.sources.fashion_mnist import frames
+from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
 
 FRAUD_EPOCHS = 3
 VISION_EPOCHS = 1
@@ -25,10 +25,10 @@ TEST_IMAGES = 1000  # evaluation is not timed, but the vision run needs test fra
 
 def run(settings: Settings, rows: int, images: int, master: str, device: str = "auto") -> dict[str, Any]:
     """Time the feature job on ``rows`` synthetic transactions, then train both models briefly."""
-    from lake.gold import build_card_features
-    from lake.spark import spark_session
-    from training.fraud import FraudConfig, train_fraud
-    from training.vision import train_vision
+    from edgelake.lake.gold import build_card_features
+    from edgelake.lake.spark import spark_session
+    from edgelake.training.fraud import FraudConfig, train_fraud
+    from edgelake.training.vision import train_vision
 
     with tempfile.TemporaryDirectory(prefix="edgelake-bench-train-") as scratch:
         lakes = {key: str(Path(scratch) / key / "lake") for key in ("warm-up", "parallel", "serial")}

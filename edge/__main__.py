@@ -1,5 +1,5 @@
-"""``python -m edge``: the same commands as ``edgelake edge``."""
+"""``python -m edgelake.edge``: the same commands as ``edgelake-edge``."""
 
-from edgelake.cli.edge import main
+from edgelake.edge.cli import main
 
 main()

@@ -25,13 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from edge.client import CloudClient, CloudRefused, CloudUnreachable
-from edge.forwarding import ApiSink, FallbackSink, KafkaSink, ResultSink
-from edge.frames import Frame, camera
-from edge.outbox import Outbox
-from edge.runner import EdgeModel
-from edge.state import Credentials, load_credentials, load_trusted_keys, save_credentials, save_trusted_keys, state_dir
-from edge.updates import ModelSlot, UpdateFailed
+from edgelake.edge.client import CloudClient, CloudRefused, CloudUnreachable
+from edgelake.edge.forwarding import ApiSink, FallbackSink, KafkaSink, ResultSink
+from edgelake.edge.frames import Frame, camera
+from edgelake.edge.outbox import Outbox
+from edgelake.edge.runner import EdgeModel
+from edgelake.edge.state import Credentials, load_credentials, load_trusted_keys, save_credentials, save_trusted_keys, state_dir
+from edgelake.edge.updates import ModelSlot, UpdateFailed
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import AgentEvent, Assignment, EnrollRequest, HeartbeatRequest, ModelReport
 from edgelake.files import replace_durably

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.agent import STATUS
+from edgelake.edge.agent import STATUS
 
 FRAMES_APART = 500  # each device's camera starts this many Fashion-MNIST images after the previous one's
 
@@ -87,7 +87,7 @@ def _start(options: FleetOptions, index: int, name: str) -> subprocess.Popen[byt
     directory = options.state_root / name
     directory.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "edge", "run", "--device-name", name, "--state-dir", str(directory), "--api-url", options.api_url,
+        sys.executable, "-m", "edgelake.edge", "run", "--device-name", name, "--state-dir", str(directory), "--api-url", options.api_url,
         "--enrollment-token", options.enrollment_token, "--frames", options.frames, "--frame-offset", str(index * FRAMES_APART),
         "--fps", str(options.fps), "--heartbeat-s", str(options.heartbeat_s),
         *(["--max-frames", str(options.max_frames)] if options.max_frames is not None else []),

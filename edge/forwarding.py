@@ -8,7 +8,7 @@ from typing import Protocol
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from edge.client import CloudClient, CloudUnreachable
+from edgelake.edge.client import CloudClient, CloudUnreachable
 from edgelake.kafka import producer_config
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from edge.client import CloudClient
-from edge.runner import EdgeFiles, EdgeModel, NotAnEdgeModel, load_model
+from edgelake.edge.client import CloudClient
+from edgelake.edge.runner import EdgeFiles, EdgeModel, NotAnEdgeModel, load_model
 from edgelake.device_api import AgentEvent, AgentEventKind
 from edgelake.files import fsync_directory, replace_durably
 from edgelake.signing import MANIFEST, Manifest, Trusted, verify_files

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgelake.errors import UserError
 from edgelake.jars import classpath
 from edgelake.kafka import ensure_topics, wait_until_ready
 from edgelake.settings import Settings
@@ -30,7 +31,7 @@ HEAP_MB = 1024  # per node: ample for loopback loads; a three-node cluster takes
 MAX_NODES = 9
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(UserError, RuntimeError):
     """Java or Kafka's jars are missing, a port is taken, or the broker did not come up."""
 
 

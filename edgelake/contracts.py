@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgelake.errors import UserError
+
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Channel = Literal["pos", "ecom", "atm", "moto", "unknown"]
@@ -23,7 +25,7 @@ EARLIEST_EVENT_TIME = datetime(1990, 1, 1, tzinfo=UTC)
 MAX_CLOCK_SKEW = timedelta(days=1)
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(UserError, ValueError):
     """An event that does not satisfy its contract; ``field`` names the first offending field."""
 
     def __init__(self, event_type: str, field: str, message: str) -> None:

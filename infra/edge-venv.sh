@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
 # The two slim virtual environments an edge device would have, built from this checkout:
-# .venv-edge with `pip install '.[edge]'` (LiteRT, NumPy 2) and .venv-edge-tflite with
-# `pip install '.[edge-tflite]'` (tflite-runtime 2.14, NumPy 1). The project goes in as a
-# wheel, not editable, built from the files git would commit, so each venv proves the
-# packaging: the edge package imports with its extra alone, and no cloud stage comes along.
-# Idempotent: does nothing while pyproject.toml, the package sources and this script are
-# unchanged since each venv last passed its checks; a changed pyproject.toml makes them anew,
-# so that a dependency dropped from an extra cannot linger in them.
+# .venv-edge with `pip install 'infra/edge-dist[litert]'` (LiteRT, NumPy 2) and .venv-edge-tflite
+# with `pip install 'infra/edge-dist[tflite]'` (tflite-runtime 2.14, NumPy 1): the edgelake-edge
+# distribution, the core the agent needs and edgelake.edge. It goes in as a wheel, not editable,
+# built from the files git would commit, so each venv proves the packaging: the edge package
+# imports with its extra alone, and no cloud stage or library comes along.
+# Idempotent: does nothing while infra/edge-dist/pyproject.toml, the package sources and this
+# script are unchanged since each venv last passed its checks; a changed pyproject.toml makes
+# them anew, so that a dependency dropped from an extra cannot linger in them.
 # Usage: bash infra/edge-venv.sh   (PYTHON picks the interpreter, 3.11)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-packages=(edgelake ingest lake training edge api bench)  # [tool.setuptools.packages.find] in pyproject.toml
-heavy='tensorflow pyspark apache_beam deltalake pyarrow pandas'
+sources_of_the_wheel=(infra/edge-dist edgelake edge)  # infra/edge-dist/edgelake's entries link into edgelake/ and edge/
+heavy='tensorflow pyspark apache_beam deltalake pyarrow pandas edgelake.api edgelake.lake edgelake.training edgelake.ingest edgelake.bench edgelake.cli'
 
 # The files a wheel is built from: tracked or new, not ignored, present.
 sources() {
-    git ls-files --cached --others --exclude-standard -- pyproject.toml README.md "${packages[@]}" |
-        sort -u | while IFS= read -r file; do [ -f "$file" ] && printf '%s\n' "$file"; done
+    git ls-files --cached --others --exclude-standard -- "${sources_of_the_wheel[@]}" |
+        sort -u | while IFS= read -r file; do [ -e "$file" ] && printf '%s\n' "$file"; done
 }
 
 # Imports every module of the edge package (its __main__ runs the agent, so only that is
@@ -28,22 +29,27 @@ check() {
     local runtime="$1"
     cat <<EOF
 import importlib, importlib.util, pkgutil
-import edge
-for module in pkgutil.walk_packages(edge.__path__, "edge."):
+import edgelake.edge
+for module in pkgutil.walk_packages(edgelake.edge.__path__, "edgelake.edge."):
     if not module.name.endswith(".__main__"):
         importlib.import_module(module.name)
 importlib.import_module("$runtime.interpreter")
-present = [name for name in "$heavy".split() if importlib.util.find_spec(name)]
+def importable(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+present = [name for name in "$heavy".split() if importable(name)]
 assert not present, f"cloud packages installed beside the edge extra: {present}"
 EOF
 }
 
-stamp="$({ sources | xargs -d '\n' sha256sum; sha256sum infra/edge-venv.sh; } | sha256sum | cut -d' ' -f1)"
-dependencies="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+stamp="$({ sources | while IFS= read -r file; do [ -d "$file" ] || sha256sum "$file"; done; sha256sum infra/edge-venv.sh; } | sha256sum | cut -d' ' -f1)"
+dependencies="$(sha256sum infra/edge-dist/pyproject.toml | cut -d' ' -f1)"
 wheel_src=""
 trap '[ -z "$wheel_src" ] || rm -rf "$wheel_src"' EXIT
 
-for spec in "edge .venv-edge ai_edge_litert" "edge-tflite .venv-edge-tflite tflite_runtime"; do
+for spec in "litert .venv-edge ai_edge_litert" "tflite .venv-edge-tflite tflite_runtime"; do
     read -r extra venv runtime <<<"$spec"
     if [ "$(cat "$venv/.edgelake-stamp" 2>/dev/null)" = "$stamp" ]; then
         continue
@@ -67,9 +73,9 @@ for spec in "edge .venv-edge ai_edge_litert" "edge-tflite .venv-edge-tflite tfli
         sources | tar -cf - -T - | tar -xf - -C "$wheel_src"
     fi
     rm -f "$venv/.edgelake-stamp"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel_src[$extra]"
-    (cd / && "$root/$venv/bin/python" -I -c "$(check "$runtime")" && "$root/$venv/bin/python" -I -m edge run --help >/dev/null)
-    "$venv/bin/edgelake" --help >/dev/null
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel_src/infra/edge-dist[$extra]"
+    (cd / && "$root/$venv/bin/python" -I -c "$(check "$runtime")" && "$root/$venv/bin/python" -I -m edgelake.edge run --help >/dev/null)
+    "$venv/bin/edgelake-edge" --help >/dev/null
     echo "$stamp" >"$venv/.edgelake-stamp"
     echo "edge venv ready at $venv ($extra extra)"
 done

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Event, InvalidEvent
-from lake.tables import LINEAGE
+from edgelake.lake.tables import LINEAGE
 
 Stage = Literal["decode", "contract", "sanity", "schema"]
 Scalar = bool | int | float | str | None

@@ -32,7 +32,7 @@ from pydantic import AllowInfNan, AwareDatetime
 from pydantic.fields import FieldInfo
 
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Event
-from lake.tables import TIMESTAMP, arrow_type, silver_table
+from edgelake.lake.tables import TIMESTAMP, arrow_type, silver_table
 
 Kind = Literal["str", "int", "float", "bool", "datetime", "map"]
 Check = Callable[[pa.Array], pa.Array]  # values -> where they pass (null where the value is null)

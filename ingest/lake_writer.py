@@ -26,7 +26,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from edgelake.contracts import EVENT_BY_TOPIC
-from lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec, table_uri
+from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec, table_uri
 
 class ConcurrentCommit(Exception):
     """Another writer committed some of a batch's offsets into a table first: the batch must be planned again."""

@@ -18,11 +18,11 @@ from edgelake.broker import bootstrap_servers
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.kafka import consumer_config, retrying
 from edgelake.settings import Settings
-from ingest.kafka_source import OffsetRange, plan_ranges
-from ingest.lake_writer import ConcurrentCommit
-from ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
-from lake.catalog import UnknownTable, optimize
-from lake.tables import BRONZE, QUARANTINE, SILVER
+from edgelake.ingest.kafka_source import OffsetRange, plan_ranges
+from edgelake.ingest.lake_writer import ConcurrentCommit
+from edgelake.ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
+from edgelake.lake.catalog import UnknownTable, optimize
+from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -24,11 +24,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from edgelake.contracts import EVENT_BY_TOPIC, Event
-from ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
-from ingest.columnar import ColumnarContract, columnar_contract
-from ingest.kafka_source import Fetched, OffsetRange, read_range
-from ingest.lake_writer import CommitResult, LakeWriter, TopicBatch
-from lake.tables import BRONZE_SCHEMA, QUARANTINE, TIMESTAMP
+from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
+from edgelake.ingest.columnar import ColumnarContract, columnar_contract
+from edgelake.ingest.kafka_source import Fetched, OffsetRange, read_range
+from edgelake.ingest.lake_writer import CommitResult, LakeWriter, TopicBatch
+from edgelake.lake.tables import BRONZE_SCHEMA, QUARANTINE, TIMESTAMP
 
 METRICS_NAMESPACE = "edgelake.ingest"
 OUTCOMES = ("bronze", "silver", "quarantined", "duplicates")

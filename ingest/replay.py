@@ -20,10 +20,10 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from edgelake.contracts import EVENT_BY_TOPIC
-from ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
-from ingest.lake_writer import SilverIds
-from lake.quarantine import QuarantineFilter, quarantined
-from lake.tables import QUARANTINE_REPLAYS, SILVER, TableSpec, table_uri
+from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
+from edgelake.ingest.lake_writer import SilverIds
+from edgelake.lake.quarantine import QuarantineFilter, quarantined
+from edgelake.lake.tables import QUARANTINE_REPLAYS, SILVER, TableSpec, table_uri
 
 DONE = ("replayed", "duplicate")
 

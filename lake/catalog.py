@@ -10,7 +10,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from lake.tables import CATALOG, TableSpec, table_uri
+from edgelake.lake.tables import CATALOG, TableSpec, table_uri
 
 
 # What ingest and gold builds write into their commits' metadata.

@@ -29,10 +29,10 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from edgelake.contracts import FraudLabel, IoTReading
 from edgelake.contracts import Transaction as CardTransaction
-from lake.catalog import UnknownTable, open_table
-from lake.features import CARD_FEATURES, FEATURE_VERSION, CardFeature
-from lake.spark import read_table
-from lake.tables import GOLD_CARD_FEATURES, GOLD_DEVICE_HEALTH, GOLD_FRAUD_RATES, SILVER, TableSpec, table_uri
+from edgelake.lake.catalog import UnknownTable, open_table
+from edgelake.lake.features import CARD_FEATURES, FEATURE_VERSION, CardFeature
+from edgelake.lake.spark import read_table
+from edgelake.lake.tables import GOLD_CARD_FEATURES, GOLD_DEVICE_HEALTH, GOLD_FRAUD_RATES, SILVER, TableSpec, table_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession, WindowSpec

@@ -8,8 +8,8 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake.catalog import open_table
-from lake.tables import QUARANTINE
+from edgelake.lake.catalog import open_table
+from edgelake.lake.tables import QUARANTINE
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import sys
 from urllib.parse import urlparse
 from typing import TYPE_CHECKING
 
-from lake.catalog import open_table
+from edgelake.lake.catalog import open_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

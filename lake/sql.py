@@ -43,8 +43,8 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, SqlglotError, UnsupportedError
 from sqlglot.tokens import Token, TokenType
 
-from lake.catalog import open_table
-from lake.tables import CATALOG
+from edgelake.lake.catalog import open_table
+from edgelake.lake.tables import CATALOG
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-from lake.sql import QueryFailed, QueryResult, QueryTimeout, _read, prepared
+from edgelake.lake.sql import QueryFailed, QueryResult, QueryTimeout, _read, prepared
 
 _LENGTH = struct.Struct(">Q")
 
@@ -89,7 +89,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "lake.sql_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "edgelake.lake.sql_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
 
     def ask(self, request: tuple[Any, ...], timeout_s: float) -> Any:

@@ -17,7 +17,7 @@ from pydantic import AwareDatetime
 from pydantic.fields import FieldInfo
 
 from edgelake.contracts import EVENT_TYPES, Event
-from lake.features import CARD_FEATURES
+from edgelake.lake.features import CARD_FEATURES
 
 Layer = Literal["bronze", "silver", "gold", "quarantine"]
 TIMESTAMP = pa.timestamp("us", tz="UTC")

@@ -26,7 +26,7 @@ from edgelake.settings import Settings
 from support import DATASET_CACHE, JARS_DIR, append_silver, embedded_kafka, isolated_settings
 
 if TYPE_CHECKING:
-    from training.vision import VisionResult
+    from edgelake.training.vision import VisionResult
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def settings(kafka: EmbeddedBroker, tmp_path: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def ulb_csv() -> Path:
-    from ingest.sources import ulb
+    from edgelake.ingest.sources import ulb
 
     return ulb.fetch_csv(DATASET_CACHE)
 
@@ -52,7 +52,7 @@ def ulb_csv() -> Path:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     """One local Spark session for every test that needs one (each start costs seconds)."""
-    from lake.spark import spark_session
+    from edgelake.lake.spark import spark_session
 
     session = spark_session("local[2]", "edgelake-tests", shuffle_partitions=2)
     yield session
@@ -184,7 +184,7 @@ def unusable_frames() -> list[ImageFrame]:
 @pytest.fixture(scope="session")
 def frames_lake(tmp_path_factory: pytest.TempPathFactory) -> FramesLake:
     """The first 4,000 train and 1,000 test frames of Fashion-MNIST, then the unusable ones."""
-    from ingest.sources.fashion_mnist import frames
+    from edgelake.ingest.sources.fashion_mnist import frames
 
     lake = FramesLake(str(tmp_path_factory.mktemp("vision") / "lake"), train=4000, test=1000, unusable=3)
     directory = Settings().fashion_mnist_dir
@@ -197,7 +197,7 @@ def frames_lake(tmp_path_factory: pytest.TempPathFactory) -> FramesLake:
 @pytest.fixture(scope="session")
 def vision_run(frames_lake: FramesLake, tmp_path_factory: pytest.TempPathFactory) -> VisionResult:
     """The vision model trained for 2 epochs on ``frames_lake`` (a few seconds on two CPU cores)."""
-    from training.vision import train_vision
+    from edgelake.training.vision import train_vision
 
     return train_vision(frames_lake.root, tmp_path_factory.mktemp("vision-out"), device="cpu", epochs=2, batch_size=64, seed=0)
 

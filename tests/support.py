@@ -11,12 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from bench.silver import silver_rows
+from edgelake.bench.silver import silver_rows
 from edgelake.broker import EmbeddedBroker, free_ports
 from edgelake.contracts import Event
 from edgelake.kafka import ensure_topics
 from edgelake.settings import Settings
-from lake.tables import QUARANTINE, SILVER, table_uri
+from edgelake.lake.tables import QUARANTINE, SILVER, table_uri
 
 REPO = Path(__file__).resolve().parents[1]
 # Data sets are fetched once and kept between runs (gitignored).

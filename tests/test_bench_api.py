@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.api import MAX_RATE, sustainable_rate
+from edgelake.bench.api import MAX_RATE, sustainable_rate
 
 
 def test_bench_api_reports_latency_and_errors_of_both_variants(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.report import BENCHMARKS, Outcome, write_report
+from edgelake.bench.report import BENCHMARKS, Outcome, write_report
 from edgelake.broker import EmbeddedBroker
 from edgelake.cli.bench import RUNNERS
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgelake.broker import EmbeddedBroker
-from edgelake.cli.common import metric_text
+from edgelake.console import metric_text
 from support import DATASET_CACHE
 
 GROUPS = ["broker", "produce", "ingest", "lake", "sql", "train", "models", "serve", "edge", "bench"]

@@ -20,7 +20,7 @@ from typing import Any, get_args
 import numpy as np
 
 from edgelake.contracts import Channel
-from lake.features import CARD_FEATURES, FEATURE_VERSION, WINDOWS
+from edgelake.lake.features import CARD_FEATURES, FEATURE_VERSION, WINDOWS
 
 ATTRIBUTES = tuple(f"V{i}" for i in range(1, 29))  # the ULB data set's PCA components; 0 where absent
 CHANNELS: tuple[str, ...] = get_args(Channel)

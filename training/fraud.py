@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lake.catalog import UnknownTable, open_table
-from lake.features import CARD_FEATURES
-from training.devices import Device, set_seeds, training_strategy
-from training.evaluation import best_f1_threshold, binary_metrics, write_plots
-from training.features import ATTRIBUTES, INPUT_NAMES, INPUTS_VERSION, fraud_inputs
+from edgelake.lake.catalog import UnknownTable, open_table
+from edgelake.lake.features import CARD_FEATURES
+from edgelake.training.devices import Device, set_seeds, training_strategy
+from edgelake.training.evaluation import best_f1_threshold, binary_metrics, write_plots
+from edgelake.training.features import ATTRIBUTES, INPUT_NAMES, INPUTS_VERSION, fraud_inputs
 
 if TYPE_CHECKING:
     import keras
@@ -83,8 +83,8 @@ def labelled_transactions(spark: SparkSession, lake_root: str, config: FraudConf
 
     Also the lake table versions read. Gold card features are brought up to date first.
     """
-    from lake.gold import build_card_features
-    from lake.spark import read_table
+    from edgelake.lake.gold import build_card_features
+    from edgelake.lake.spark import read_table
 
     if config.source not in SOURCES:
         raise ValueError(f"unknown source '{config.source}'; choose one of {', '.join(SOURCES)}")
@@ -185,7 +185,7 @@ def train_fraud(spark: SparkSession, lake_root: str, out_dir: Path, config: Frau
     import keras
 
     from edgelake.interpreters import load_interpreter, predict
-    from training.tflite import float_tflite
+    from edgelake.training.tflite import float_tflite
 
     started = time.perf_counter()
     frame, lineage = labelled_transactions(spark, lake_root, config)

@@ -40,10 +40,10 @@ from keras import layers
 
 from edgelake.fashion_mnist import CLASSES
 from edgelake.interpreters import latency_ms, load_interpreter, predict
-from lake.catalog import open_table
-from training.devices import Device, set_seeds, training_strategy
-from training.plots import confusion_matrix, confusion_matrix_png
-from training.tflite import float_tflite, quantize_int8
+from edgelake.lake.catalog import open_table
+from edgelake.training.devices import Device, set_seeds, training_strategy
+from edgelake.training.plots import confusion_matrix, confusion_matrix_png
+from edgelake.training.tflite import float_tflite, quantize_int8
 
 TABLE = "silver_camera_frames"
 SHAPE = (28, 28, 1)

@@ -25,18 +25,18 @@ from fastapi.responses import HTMLResponse, Response
 from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
-from api.auth import require
-from api.devices import Device, DeviceStore
-from api.problems import PROBLEM_RESPONSES, Problem
-from api.routers.tables import TableSummary, list_tables
+from edgelake.api.auth import require
+from edgelake.api.devices import Device, DeviceStore
+from edgelake.api.problems import PROBLEM_RESPONSES, Problem
+from edgelake.api.routers.tables import TableSummary, list_tables
 from edgelake.broker import configured_servers
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.kafka import broker_reachable, end_offsets
 from edgelake.settings import Settings
-from lake.sql import QueryFailed, QueryTimeout, run_query
-from lake.tables import SILVER, table_uri
-from training import registry
-from training.registry import Stage
+from edgelake.lake.sql import QueryFailed, QueryTimeout, run_query
+from edgelake.lake.tables import SILVER, table_uri
+from edgelake.training import registry
+from edgelake.training.registry import Stage
 
 SCORES_TABLE = SILVER["fraud-scores"].name
 HISTOGRAM_BINS = 10
@@ -273,4 +273,4 @@ def model_cards(root: Path) -> list[ModelCard]:
 
 
 def _asset(name: str) -> bytes:
-    return files("api.dashboard").joinpath(name).read_bytes()
+    return files("edgelake.api.dashboard").joinpath(name).read_bytes()

@@ -17,17 +17,17 @@ from fastapi import APIRouter, Depends, Path as PathParam, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from api import rollout_gate
-from api.auth import require
-from api.devices import BrokerUnavailable, Device, DeviceStore, EnrollmentRefused, Heartbeat, ResultForwarder
-from api.keys import ApiKey, KeyStore
-from api.problems import PROBLEM_RESPONSES, Problem, documented
-from api.routers.models import registry_root_of, unknown_model_is_404
+from edgelake.api import rollout_gate
+from edgelake.api.auth import require
+from edgelake.api.devices import BrokerUnavailable, Device, DeviceStore, EnrollmentRefused, Heartbeat, ResultForwarder
+from edgelake.api.keys import ApiKey, KeyStore
+from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
+from edgelake.api.routers.models import registry_root_of, unknown_model_is_404
 from edgelake import signing
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import AssignedVersion, Assignment, Enrollment, EnrollRequest, HeartbeatRequest
 from edgelake.settings import Settings
-from training import registry
+from edgelake.training import registry
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=PROBLEM_RESPONSES)
 rollout_router = APIRouter(

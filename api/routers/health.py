@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pyarrow import fs
 from pydantic import BaseModel, Field
 
-from api.problems import Problem, documented
-from api.scoring import Scorer
+from edgelake.api.problems import Problem, documented
+from edgelake.api.scoring import Scorer
 from edgelake.settings import Settings
 
 router = APIRouter(tags=["health"])

@@ -18,14 +18,14 @@ from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
-from api.auth import require
-from api.problems import PROBLEM_RESPONSES, Problem, documented
+from edgelake.api.auth import require
+from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
 from edgelake.device_api import MAX_VERSION, KeyReleases
 from edgelake.settings import Settings
 from edgelake import signing
 from edgelake.signing import MANIFEST, SIGNATURE, FileEntry
-from training import registry
-from training.registry import Stage
+from edgelake.training import registry
+from edgelake.training.registry import Stage
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], dependencies=[Depends(require("analyst", "device"))],

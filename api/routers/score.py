@@ -20,10 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic_core import from_json
 
-from api.auth import require
-from api.problems import PROBLEM_RESPONSES, Problem, documented
-from api.publisher import ScorePublisher
-from api.scoring import MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer, unscorable
+from edgelake.api.auth import require
+from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
+from edgelake.api.publisher import ScorePublisher
+from edgelake.api.scoring import MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer, unscorable
 from edgelake.contracts import FraudScore, Transaction
 
 MAX_BATCH = 1_000

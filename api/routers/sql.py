@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from api.auth import require
-from api.problems import PROBLEM_RESPONSES, Problem, documented
+from edgelake.api.auth import require
+from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
 from edgelake.settings import Settings
-from lake.catalog import UnknownTable
-from lake.sql import QueryFailed, QueryTimeout, RefusedStatement, json_rows
-from lake.sql_pool import QueryBusy, QueryPool
+from edgelake.lake.catalog import UnknownTable
+from edgelake.lake.sql import QueryFailed, QueryTimeout, RefusedStatement, json_rows
+from edgelake.lake.sql_pool import QueryBusy, QueryPool
 
 router = APIRouter(prefix="/v1", tags=["sql"], dependencies=[Depends(require("analyst"))], responses=PROBLEM_RESPONSES)
 

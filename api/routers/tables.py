@@ -9,11 +9,11 @@ from deltalake import DeltaTable
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from api.auth import require
-from api.problems import PROBLEM_RESPONSES, Problem, documented
+from edgelake.api.auth import require
+from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
 from edgelake.settings import Settings
-from lake import catalog
-from lake.tables import CATALOG, Layer, TableSpec, table_uri
+from edgelake.lake import catalog
+from edgelake.lake.tables import CATALOG, Layer, TableSpec, table_uri
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"], dependencies=[Depends(require("analyst"))], responses=PROBLEM_RESPONSES)
 

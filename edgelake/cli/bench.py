@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edgelake.cli.common import USER_ERRORS, console, err_console, reported_errors
+from edgelake.console import console, err_console, reported_errors
+from edgelake.errors import USER_ERRORS
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
-    from bench.report import Outcome
+    from edgelake.bench.report import Outcome
 
 app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def produce(
     record: bool = RECORD_OPTION,
 ) -> None:
     """The producer API (validated events) against raw kafka-python sends of pre-serialized bytes."""
-    from bench import produce as bench_produce
+    from edgelake.bench import produce as bench_produce
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -76,7 +77,7 @@ def ingest(
     record: bool = RECORD_OPTION,
 ) -> None:
     """``ingest --once`` into a fresh lake against kafka-python fetching the same topic raw. Extra arguments go to Beam."""
-    from bench import ingest as bench_ingest
+    from edgelake.bench import ingest as bench_ingest
 
     with reported_errors():
         result = bench_ingest.run(ctx.obj, events, tuple(ctx.args))
@@ -93,7 +94,7 @@ def sql(
     record: bool = RECORD_OPTION,
 ) -> None:
     """Three analytical queries (aggregate, join, window) through ``edgelake sql``'s engine against Spark SQL."""
-    from bench import sql as bench_sql
+    from edgelake.bench import sql as bench_sql
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -112,7 +113,7 @@ def train(
     record: bool = RECORD_OPTION,
 ) -> None:
     """Rows/s of the Spark card-feature job (against one core) and samples/s of each model's training on this device."""
-    from bench import train as bench_train
+    from edgelake.bench import train as bench_train
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -130,7 +131,7 @@ def api(
     record: bool = RECORD_OPTION,
 ) -> None:
     """/v1/score on a real uvicorn server, loaded open loop at fixed rates, against Keras ``model.predict`` per request."""
-    from bench import api as bench_api
+    from edgelake.bench import api as bench_api
 
     with reported_errors():
         result = bench_api.run(ctx.obj, _rates(rates), seconds, search)
@@ -149,7 +150,7 @@ def edge(
     record: bool = RECORD_OPTION,
 ) -> None:
     """Per-frame latency of the int8 vision model against the float one, their size ratio, and a running agent's peak RSS."""
-    from bench import edge as bench_edge
+    from edgelake.bench import edge as bench_edge
 
     with reported_errors():
         result = bench_edge.run(ctx.obj, model_dir, runs, frames)
@@ -169,7 +170,7 @@ def _rates(text: str) -> tuple[int, ...]:
 
 def report(name: str, result: dict[str, Any], as_json: bool, record: bool) -> None:
     """Print a benchmark's result (as one JSON line with ``as_json``) and, with ``record``, append it to bench/RESULTS.md."""
-    from bench.results import record_result
+    from edgelake.bench.results import record_result
 
     if record:
         record_result(name, result)
@@ -187,37 +188,37 @@ class Plan:
 
 
 def _produce(plan: Plan) -> dict[str, Any]:
-    from bench import produce as bench_produce
+    from edgelake.bench import produce as bench_produce
 
     return bench_produce.run(plan.settings, plan.sizes.produce_events)
 
 
 def _ingest(plan: Plan) -> dict[str, Any]:
-    from bench import ingest as bench_ingest
+    from edgelake.bench import ingest as bench_ingest
 
     return bench_ingest.run(plan.settings, plan.sizes.ingest_events)
 
 
 def _sql(plan: Plan) -> dict[str, Any]:
-    from bench import sql as bench_sql
+    from edgelake.bench import sql as bench_sql
 
     return bench_sql.run(plan.sizes.sql_rows, plan.sizes.sql_repeats, plan.settings.spark_master)
 
 
 def _train(plan: Plan) -> dict[str, Any]:
-    from bench import train as bench_train
+    from edgelake.bench import train as bench_train
 
     return bench_train.run(plan.settings, plan.sizes.train_rows, plan.sizes.train_images, plan.settings.spark_master)
 
 
 def _api(plan: Plan) -> dict[str, Any]:
-    from bench import api as bench_api
+    from edgelake.bench import api as bench_api
 
     return bench_api.run(plan.settings, plan.sizes.api_rates, plan.sizes.api_seconds)
 
 
 def _edge(plan: Plan) -> dict[str, Any]:
-    from bench import edge as bench_edge
+    from edgelake.bench import edge as bench_edge
 
     return bench_edge.run_on_any_model(plan.settings, plan.model_dir, plan.sizes.edge_runs, plan.sizes.edge_frames, plan.scratch)
 
@@ -243,7 +244,7 @@ def run_all(
 
     A failed benchmark is reported and the others still run; the command then exits 1.
     """
-    from bench.report import write_report
+    from edgelake.bench.report import write_report
 
     names = _chosen(only)
     started = datetime.now(UTC)
@@ -269,7 +270,7 @@ def _chosen(only: str | None) -> list[str]:
 
 def _run_each(names: list[str], plan: Plan, record: bool) -> list[Outcome]:
     """Run the benchmarks in turn, showing which one runs and for how long; each one's outcome."""
-    from bench.results import record_result
+    from edgelake.bench.results import record_result
 
     outcomes = []
     with Progress(SpinnerColumn(finished_text="•"), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as progress:
@@ -286,7 +287,7 @@ def _run_each(names: list[str], plan: Plan, record: bool) -> list[Outcome]:
 
 def _measured(name: str, plan: Plan) -> Outcome:
     """Run one benchmark: its result, or the error that stopped it, and its wall seconds."""
-    from bench.report import Outcome
+    from edgelake.bench.report import Outcome
 
     started = time.perf_counter()
     try:

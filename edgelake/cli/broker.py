@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from edgelake.broker import EmbeddedBroker
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.contracts import EVENT_TYPES
 from edgelake.kafka import ensure_topics
 from edgelake.settings import Settings

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console
+from edgelake.console import console
 from edgelake.settings import Settings
 
 app = typer.Typer(help="Show the effective settings (environment variables prefixed EDGELAKE_).", no_args_is_help=True)

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.cli.produce import print_deliveries, run_producer
 from edgelake.contracts import EVENT_BY_TOPIC, FraudScore, InvalidEvent
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
-    from edge.fleet import FleetOptions
+    from edgelake.edge.fleet import FleetOptions
 
 # The example analysts' query the demo answers over the gold tables it built.
 EXAMPLE_QUERY = """
@@ -69,9 +69,9 @@ def demo(
     from edgelake.cli.ingest import print_table_counts
     from edgelake.cli.lake import run_build_gold
     from edgelake.cli.sql import print_result
-    from lake.sql import run_query
-    from ingest.loop import IngestOptions, ingest
-    from ingest.sources import SourceOptions
+    from edgelake.lake.sql import run_query
+    from edgelake.ingest.loop import IngestOptions, ingest
+    from edgelake.ingest.sources import SourceOptions
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -120,7 +120,7 @@ def demo(
 def train_models(settings: Settings) -> None:
     """Train both models on the full data sets in the lake and put them into production."""
     from edgelake.cli.train import Stage, print_published, train_and_publish_fraud, train_and_publish_vision
-    from training.fraud import FraudConfig
+    from edgelake.training.fraud import FraudConfig
 
     print_published(train_and_publish_fraud(settings, FraudConfig(source="ulb"), settings.spark_master, Stage.production))
     print_published(train_and_publish_vision(settings, None, None, "auto", 1, Stage.production))
@@ -131,9 +131,9 @@ def serve_and_score(settings: Settings) -> None:
     scores it produced, and print the decisions and the dashboard's address."""
     from urllib.parse import urlparse
 
-    from api.keys import KeyStore, keys_path
+    from edgelake.api.keys import KeyStore, keys_path
     from edgelake.cli.serve import start_background
-    from ingest.loop import IngestOptions, ingest
+    from edgelake.ingest.loop import IngestOptions, ingest
 
     address = urlparse(settings.api_url)
     url = start_background(settings, address.hostname or "127.0.0.1", address.port or 8000)
@@ -157,8 +157,8 @@ def run_edge_fleet(settings: Settings) -> None:
     from edgelake.cli.edge import issue_local_enrollment_token
     from edgelake.cli.sql import print_result
     from edgelake.contracts import EdgeInference
-    from ingest.loop import IngestOptions, ingest
-    from lake.sql import run_query
+    from edgelake.ingest.loop import IngestOptions, ingest
+    from edgelake.lake.sql import run_query
 
     _run_fleet(settings, issue_local_enrollment_token(settings, FLEET_DEVICES, "demo-edge"), FLEET_FRAMES)
     totals = ingest(settings, IngestOptions(topics=(EdgeInference.topic,)), once=True)
@@ -169,7 +169,7 @@ def run_edge_fleet(settings: Settings) -> None:
 
 def _run_fleet(settings: Settings, enrollment_token: str, max_frames: int) -> FleetOptions:
     """Run the demo's fleet of agents until each made ``max_frames`` results, print their statuses; fail if an agent failed."""
-    from edge.fleet import FleetOptions, run_fleet, statuses
+    from edgelake.edge.fleet import FleetOptions, run_fleet, statuses
     from edgelake.cli.edge import fleet_table
 
     options = FleetOptions(
@@ -187,9 +187,9 @@ def _run_fleet(settings: Settings, enrollment_token: str, max_frames: int) -> Fl
 def rotate_signing_key(settings: Settings) -> None:
     """Rotate the registry's key, re-sign and promote every production version with the new one, run the fleet
     again (its agents adopt the new key set and install the re-signed vision model), then revoke the old key."""
-    from edge.fleet import device_names
-    from edge.state import adopted_key_set
-    from training import registry
+    from edgelake.edge.fleet import device_names
+    from edgelake.edge.state import adopted_key_set
+    from edgelake.training import registry
 
     key_dir, root = settings.data_dir / registry.KEYS_DIR, registry.registry_root_for(settings)
     old = registry.current_fingerprint(key_dir)
@@ -217,7 +217,7 @@ def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, o
     """The last ``count`` ULB transactions (the part the fraud model was tested on), as JSON objects."""
     from collections import deque
 
-    from ingest.sources import ulb
+    from edgelake.ingest.sources import ulb
 
     latest = deque(ulb.transactions(ulb.fetch_csv(settings.cache_dir), settings.dataset_base_time), maxlen=count)
     return [json.loads(transaction.to_bytes()) for transaction in latest]

@@ -8,7 +8,7 @@ import threading
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.settings import Settings
 
 app = typer.Typer(help="Land Kafka topics in the Delta Lake with Beam, exactly once.", no_args_is_help=True)
@@ -29,7 +29,7 @@ def run(
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
 ) -> None:
     """Run the ingester: Kafka -> bronze, silver and quarantine tables. Extra arguments go to Beam."""
-    from ingest.loop import IngestOptions, ingest
+    from edgelake.ingest.loop import IngestOptions, ingest
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -61,8 +61,8 @@ def run(
 
 def print_table_counts(settings: Settings, topics: tuple[str, ...], counts: dict[str, dict[str, int]]) -> None:
     """This run's counts beside the rows each table holds now."""
-    from lake.tables import BRONZE, QUARANTINE, SILVER
-    from lake.tables import row_count
+    from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER
+    from edgelake.lake.tables import row_count
 
     table = Table("topic", "read", "silver", "quarantined", "duplicates", "bronze rows", "silver rows", title="ingest")
     for topic in topics:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.jars import fetch as fetch_jars
 from edgelake.jars import jar_sets
 from edgelake.settings import Settings

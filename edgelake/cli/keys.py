@@ -8,8 +8,8 @@ from typing import cast
 import typer
 from rich.table import Table
 
-from api.keys import ROLES, Role
-from edgelake.cli.common import console, err_console, reported_errors
+from edgelake.api.keys import ROLES, Role
+from edgelake.console import console, err_console, reported_errors
 from edgelake.settings import Settings
 
 RoleChoice = Enum("RoleChoice", {role: role for role in ROLES}, type=str)  # type: ignore[misc]
@@ -24,7 +24,7 @@ def create(
     role: RoleChoice = typer.Option(..., "--role", help="What the key may do; admin may do everything."),
 ) -> None:
     """Create a key and print it; this is the only time it is shown."""
-    from api.keys import KeyStore, keys_path
+    from edgelake.api.keys import KeyStore, keys_path
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -36,7 +36,7 @@ def create(
 @app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key: id, name, role, creation time and whether it is revoked."""
-    from api.keys import KeyStore, keys_path
+    from edgelake.api.keys import KeyStore, keys_path
 
     settings: Settings = ctx.obj
     listing = Table("id", "name", "role", "created (UTC)", "revoked")
@@ -48,7 +48,7 @@ def list_keys(ctx: typer.Context) -> None:
 @app.command("revoke")
 def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id, from `edgelake keys list`.")) -> None:
     """Revoke a key; running servers refuse it from their next request."""
-    from api.keys import KeyStore, keys_path
+    from edgelake.api.keys import KeyStore, keys_path
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -64,7 +64,7 @@ def enrollment_token(
     expires_in_s: int = typer.Option(86_400, "--expires-in-s", min=1, help="Seconds until it expires."),
 ) -> None:
     """Issue a token devices enroll with (`POST /v1/devices/enroll`); it is shown this once."""
-    from api.devices import DeviceStore, devices_path
+    from edgelake.api.devices import DeviceStore, devices_path
 
     settings: Settings = ctx.obj
     with reported_errors():

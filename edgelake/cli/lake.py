@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.settings import Settings
 
 app = typer.Typer(help="The lake's tables and their maintenance.", no_args_is_help=True)
@@ -16,7 +16,7 @@ MIN_RETENTION_HOURS = 168  # files younger than a week may still be read by a ru
 @app.command("tables")
 def tables(ctx: typer.Context) -> None:
     """Every catalog table with its location and row count."""
-    from lake.tables import CATALOG, row_count, table_uri
+    from edgelake.lake.tables import CATALOG, row_count, table_uri
 
     settings: Settings = ctx.obj
     listing = Table("table", "layer", "rows", "partitioned by", "uri")
@@ -29,7 +29,7 @@ def tables(ctx: typer.Context) -> None:
 @app.command("describe")
 def describe(ctx: typer.Context, table: str = typer.Argument(..., help="Catalog table name.")) -> None:
     """A table's definition, current version, size and columns (evolved ones included)."""
-    from lake import catalog
+    from edgelake.lake import catalog
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -54,7 +54,7 @@ def history(
     limit: int = typer.Option(20, "--limit", min=1, help="Newest commits to show."),
 ) -> None:
     """A table's commits, newest first: each version's time, operation and what it did."""
-    from lake import catalog
+    from edgelake.lake import catalog
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -74,7 +74,7 @@ def optimize(
     ctx: typer.Context, table: str = typer.Argument(..., help="Catalog table name, or 'all'.")
 ) -> None:
     """Compact a table's small files and write a checkpoint (the ingester does this every N batches)."""
-    from lake import catalog
+    from edgelake.lake import catalog
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -97,8 +97,8 @@ def build_gold(
 
 def run_build_gold(settings: Settings, master: str) -> None:
     """Build gold on ``master``, showing progress, and print what each table's build did."""
-    from lake import gold
-    from lake.spark import spark_session
+    from edgelake.lake import gold
+    from edgelake.lake.spark import spark_session
 
     with console.status(f"starting Spark on {master}…") as status:
         spark = spark_session(master, "edgelake-build-gold")
@@ -120,7 +120,7 @@ def vacuum(
     """Delete data files no longer referenced by the table, older than the retention."""
     from deltalake import DeltaTable
 
-    from lake.tables import CATALOG, table_uri
+    from edgelake.lake.tables import CATALOG, table_uri
 
     settings: Settings = ctx.obj
     with reported_errors():

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, err_console, metric_text, reported_errors
+from edgelake.console import console, err_console, metric_text, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from edgelake.signing import TrustedKey
-    from training.registry import Transition
+    from edgelake.training.registry import Transition
 
 app = typer.Typer(help="The signed model registry: versions, stages, promotion, rollback, verification.", no_args_is_help=True)
 keys_app = typer.Typer(
@@ -35,7 +35,7 @@ PUBLIC_KEY_OPTION = typer.Option(
 @app.command("list")
 def list_models(ctx: typer.Context) -> None:
     """Every model's versions with their stage, creation time and metrics."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -59,7 +59,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and stage as one JSON object."),
 ) -> None:
     """A version's manifest: files with sha256, metrics, lineage, feature version, signing key."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -92,7 +92,7 @@ def promote(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Move a verified version forward: candidate -> canary -> production (the one it replaces is archived)."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -111,7 +111,7 @@ def rollback(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Put the previous production version back into production; the current one becomes rolled_back."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -137,7 +137,7 @@ def rollout(
 ) -> None:
     """Show a model's rollout policy, its versions' stages and how the canary fares with the gate; with options, change the
     policy in the local registry (what is not given stays) and start the canary's evidence afresh."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     options = {
@@ -168,8 +168,8 @@ def rollout(
 
 def _print_gate(settings: Settings, root: Path, name: str) -> None:
     """The canary's evidence as the local device store holds it (the API's, when it runs on this data dir)."""
-    from api.devices import DeviceStore, devices_path
-    from api.rollout_gate import gate_status
+    from edgelake.api.devices import DeviceStore, devices_path
+    from edgelake.api.rollout_gate import gate_status
 
     path = devices_path(settings.data_dir)
     gate = gate_status(DeviceStore(path), root, name) if path.is_file() else None
@@ -195,7 +195,7 @@ def verify(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Check every artifact's size and sha256 and the manifest's signature; exit 1 on any problem."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -223,7 +223,7 @@ def resign(
     version: int | None = typer.Option(None, "--version", min=1, help="The version to re-sign; default: the production one."),
 ) -> None:
     """Publish a version again, signed by the current key, as a new candidate (after a rotation, before revoking the old key)."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -241,7 +241,7 @@ def resign(
 @keys_app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key of the registry's key set: its status, validity, revocation and whether its private key is here."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     key_dir = settings.data_dir / registry.KEYS_DIR
@@ -264,7 +264,7 @@ def rotate_key(
     valid_days: int | None = typer.Option(None, "--valid-days", min=1, help="Days the new key may sign; default: until rotated or revoked."),
 ) -> None:
     """Make a new signing key current and release a bridge key set signed by the old key and the new one."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -281,7 +281,7 @@ def rotate_key(
 @keys_app.command("revoke")
 def revoke_key(ctx: typer.Context, key: str = typer.Argument(..., help="Fingerprint of the key, or its first 8+ hex digits.")) -> None:
     """Release a key set in which the key is revoked: devices refuse every version it signed from their next heartbeat."""
-    from training import registry
+    from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -308,7 +308,7 @@ def _status(key: TrustedKey, signer: str | None, now: datetime) -> str:
 def _trusted_key(settings: Settings, path: Path | None) -> Ed25519PublicKey | None:
     """The key to verify against: the given file, else the local one, else None (the lake's own, with a warning)."""
     from edgelake.signing import load_public_key
-    from training.registry import KEYS_DIR, local_public_key
+    from edgelake.training.registry import KEYS_DIR, local_public_key
 
     if path is not None:
         return load_public_key(path.read_bytes())
@@ -324,7 +324,7 @@ def _trusted_key(settings: Settings, path: Path | None) -> Ed25519PublicKey | No
 
 def _summary(root: Path, name: str, version: int) -> tuple[str, str]:
     """A version's creation time and metrics for the listing; a note instead when its manifest is unreadable."""
-    from training import registry
+    from edgelake.training import registry
 
     try:
         manifest = registry.get(root, name, version).manifest

@@ -11,11 +11,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
-    from ingest.sources import Kind, SourceOptions
+    from edgelake.ingest.sources import Kind, SourceOptions
 
 app = typer.Typer(help="Produce events into Kafka from real data sets, a generator or your own files.", no_args_is_help=True)
 
@@ -44,8 +44,8 @@ class Delivery:
 def run_producer(settings: Settings, kind: Kind, source: str, options: SourceOptions, rate: float = 0.0) -> Delivery:
     """Produce one source into its topic with a progress bar."""
     from edgelake.broker import bootstrap_servers
-    from ingest.producer import EventProducer, produce
-    from ingest.sources import expected_count, source_events
+    from edgelake.ingest.producer import EventProducer, produce
+    from edgelake.ingest.sources import expected_count, source_events
 
     if source == "file":  # a user's file is validated whole before anything is sent
         for _ in source_events(kind, source, options, settings):
@@ -86,8 +86,8 @@ def _register(kind: Kind, summary: str, sources: str) -> None:
         seed: int = typer.Option(7, "--seed", help="Seed of the synthetic generator and label delays."),
         devices: int | None = typer.Option(None, "--devices", min=1, help="Simulated devices to deal events to."),
     ) -> None:
-        from ingest.sources import SourceOptions
-        from ingest.sources.tabular_file import parse_mapping
+        from edgelake.ingest.sources import SourceOptions
+        from edgelake.ingest.sources.tabular_file import parse_mapping
 
         with reported_errors():
             options = SourceOptions(count, seed, path, parse_mapping(mapping), devices)

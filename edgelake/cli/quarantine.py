@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
-    from lake.quarantine import QuarantineFilter
+    from edgelake.lake.quarantine import QuarantineFilter
 
 app = typer.Typer(help="The records ingest refused, why, and each one as it arrived.", no_args_is_help=True)
 TOPIC_OPTION = typer.Option(None, "--topic", help="A topic, by its event name (transactions) or its Kafka name.")
@@ -32,7 +32,7 @@ def list_(
     limit: int = typer.Option(50, "--limit", min=1, help="Most records listed with --records."),
 ) -> None:
     """Quarantined records counted per topic, stage and reason (or, with --records, one by one)."""
-    from lake.quarantine import by_reason, quarantined
+    from edgelake.lake.quarantine import by_reason, quarantined
 
     settings: Settings = ctx.obj
     which = _filter(settings, topic, reason, since)
@@ -61,7 +61,7 @@ def replay(
 ) -> None:
     """Clean the selected quarantined records again (after a contract fix or a schema change); land those that pass in
     silver, at most once each, and record every replay in quarantine_replays. Run one replay at a time."""
-    from ingest.replay import replay as replay_quarantined
+    from edgelake.ingest.replay import replay as replay_quarantined
 
     settings: Settings = ctx.obj
     which = _filter(settings, topic, reason, since)
@@ -78,7 +78,7 @@ def show(
     offset: int = typer.Argument(..., min=0),
 ) -> None:
     """One quarantined record as it arrived: its key and value, the stage that refused it and why."""
-    from lake.quarantine import QuarantineFilter, quarantined
+    from edgelake.lake.quarantine import QuarantineFilter, quarantined
 
     settings: Settings = ctx.obj
     kafka_topic = _kafka_topic(settings, topic)
@@ -96,7 +96,7 @@ def show(
 
 
 def _filter(settings: Settings, topic: str | None, reason: str | None, since: datetime | None) -> QuarantineFilter:
-    from lake.quarantine import QuarantineFilter
+    from edgelake.lake.quarantine import QuarantineFilter
 
     return QuarantineFilter(_kafka_topic(settings, topic), reason, since.replace(tzinfo=since.tzinfo or UTC) if since else None)
 

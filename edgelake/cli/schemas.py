@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgelake.cli.common import console
+from edgelake.console import console
 from edgelake.contracts import export_json_schemas
 
 app = typer.Typer(help="Export the event contracts as JSON Schema.", no_args_is_help=True)

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import typer
 
 from edgelake.broker import process_alive, terminate_group
-from edgelake.cli.common import console, reported_errors
+from edgelake.console import console, reported_errors
 from edgelake.settings import Settings
 
 
@@ -39,7 +39,7 @@ def serve(
             import uvicorn
 
             uvicorn.run(
-                "api.app:app_from_env", factory=True, workers=workers, host=host, port=port, log_level=settings.log_level.lower()
+                "edgelake.api.app:app_from_env", factory=True, workers=workers, host=host, port=port, log_level=settings.log_level.lower()
             )
 
 

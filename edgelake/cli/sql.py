@@ -12,11 +12,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from edgelake.cli.common import console, err_console, reported_errors
+from edgelake.console import console, err_console, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
-    from lake.sql import QueryResult
+    from edgelake.lake.sql import QueryResult
 
 
 class Format(str, Enum):
@@ -36,7 +36,7 @@ def sql(
     timeout: float | None = typer.Option(None, "--timeout", min=0.001, help="Seconds before the query is abandoned; default the sql_timeout_s setting."),
 ) -> None:
     """Run one read-only query over the lake's tables: no writes, no files, only catalog tables."""
-    from lake.sql import json_rows, run_query
+    from edgelake.lake.sql import json_rows, run_query
 
     settings: Settings = ctx.obj
     versions = _as_of(as_of or [])

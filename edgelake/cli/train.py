@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from edgelake.cli.common import console, metric_text, reported_errors
+from edgelake.console import console, metric_text, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
-    from training.fraud import FraudConfig
-    from training.registry import ModelVersion
+    from edgelake.training.fraud import FraudConfig
+    from edgelake.training.registry import ModelVersion
 
 app = typer.Typer(help="Train the fraud and vision models from the lake and publish them to the registry.", no_args_is_help=True)
 
@@ -58,7 +58,7 @@ def fraud(
     """Build features with Spark, train the fraud model on the earlier transactions, test it on the later ones, publish it."""
     from datetime import UTC
 
-    from training.fraud import FraudConfig
+    from edgelake.training.fraud import FraudConfig
 
     settings: Settings = ctx.obj
     config = FraudConfig(
@@ -88,8 +88,8 @@ def vision(
 
 def train_and_publish_fraud(settings: Settings, config: FraudConfig, master: str, promote_to: Stage | None) -> ModelVersion:
     """Train the fraud model with Spark on ``master`` and publish it."""
-    from lake.spark import spark_session
-    from training.fraud import train_fraud
+    from edgelake.lake.spark import spark_session
+    from edgelake.training.fraud import train_fraud
 
     with tempfile.TemporaryDirectory(prefix="edgelake-train-fraud-") as out:
         with console.status(f"building features with Spark on {master} and training the fraud model…"):
@@ -102,7 +102,7 @@ def train_and_publish_vision(
     settings: Settings, epochs: int | None, limit: int | None, device: str, seed: int, promote_to: Stage | None
 ) -> ModelVersion:
     """Train and quantize the vision model and publish it."""
-    from training.vision import EPOCHS, train_vision
+    from edgelake.training.vision import EPOCHS, train_vision
 
     with tempfile.TemporaryDirectory(prefix="edgelake-train-vision-") as out:
         with console.status("training the vision model and quantizing it to int8…"):
@@ -121,7 +121,7 @@ def publish(
     extra: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
     """Sign and publish a run's files into the settings' lake, promoting them if asked."""
-    from training import registry
+    from edgelake.training import registry
 
     return registry.publish_run(
         settings.lake_root, settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,

@@ -38,14 +38,14 @@ def source_events(kind: Kind, source: str, options: SourceOptions, settings: Set
         raise ValueError(f"source '{source}' does not produce {kind}; choose one of: {', '.join(SOURCES[kind])}")
     start = settings.dataset_base_time
     if source == "ulb":
-        from ingest.sources import ulb
+        from edgelake.ingest.sources import ulb
 
         path = options.path or ulb.fetch_csv(settings.cache_dir)
         if kind == "transactions":
             return ulb.transactions(path, start, options.count)
         return ulb.labels(path, start, options.count, options.seed)
     if source == "synthetic":
-        from ingest.sources import synthetic
+        from edgelake.ingest.sources import synthetic
 
         config = synthetic.SyntheticConfig(seed=options.seed)
         count = options.count or SYNTHETIC_COUNT
@@ -53,14 +53,14 @@ def source_events(kind: Kind, source: str, options: SourceOptions, settings: Set
             return synthetic.transactions(config, count)
         return synthetic.labels(config, count)
     if source == "shuttle":
-        from ingest.sources import shuttle
+        from edgelake.ingest.sources import shuttle
 
         return shuttle.readings(start, options.count, options.devices or 8)
     if source == "fashion-mnist":
-        from ingest.sources import fashion_mnist
+        from edgelake.ingest.sources import fashion_mnist
 
         return fashion_mnist.frames(settings.fashion_mnist_dir, start, options.count, options.devices or 8)
-    from ingest.sources import tabular_file
+    from edgelake.ingest.sources import tabular_file
 
     if options.path is None:
         raise ValueError("the file source needs --path")

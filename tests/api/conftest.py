@@ -13,13 +13,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from api.app import create_app
-from api.keys import ROLES, KeyStore, keys_path
+from edgelake.api.app import create_app
+from edgelake.api.keys import ROLES, KeyStore, keys_path
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
-from ingest.sources import synthetic
+from edgelake.ingest.sources import synthetic
 from support import append_silver, isolated_settings
-from training import registry
+from edgelake.training import registry
 
 SYNTHETIC = synthetic.SyntheticConfig(seed=5, cards=20, merchants=30)
 TRAINING = synthetic.SyntheticConfig(seed=3, cards=80, merchants=60, fraud_rate=0.06)
@@ -101,7 +101,7 @@ def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedB
     Trained once per session (Spark and a small network): /v1/score's tests and the OpenAPI property run share it.
     Treat the lake as read-only; copy it to change it.
     """
-    from training.fraud import FraudConfig, train_fraud
+    from edgelake.training.fraud import FraudConfig, train_fraud
 
     base = tmp_path_factory.mktemp("score")
     settings = isolated_settings(kafka.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})

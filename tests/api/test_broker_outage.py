@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from api.app import create_app
-from api.keys import KeyStore, keys_path
+from edgelake.api.app import create_app
+from edgelake.api.keys import KeyStore, keys_path
 from edgelake.contracts import FraudScore
 from edgelake.kafka import ensure_topics, read_topic
 from edgelake.settings import Settings

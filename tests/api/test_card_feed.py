@@ -19,13 +19,13 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
-from api.keys import KeyStore, keys_path
+from edgelake.api.app import create_app
+from edgelake.api.keys import KeyStore, keys_path
 from edgelake.broker import free_port
 from edgelake.contracts import Transaction
 from edgelake.kafka import ensure_topics
 from edgelake.settings import Settings
-from ingest.producer import EventProducer
+from edgelake.ingest.producer import EventProducer
 from tests.api.conftest import Serve
 
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)

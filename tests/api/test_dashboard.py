@@ -16,19 +16,19 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from kafka import KafkaProducer
 
-from api.app import create_app
-from api.keys import ROLES, KeyStore, keys_path
-from bench.silver import silver_rows
+from edgelake.api.app import create_app
+from edgelake.api.keys import ROLES, KeyStore, keys_path
+from edgelake.bench.silver import silver_rows
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import FraudScore
 from edgelake.kafka import ensure_topics, producer_config
 from edgelake.settings import Settings
-from ingest.sources import synthetic
-from lake.tables import SILVER, table_uri
+from edgelake.ingest.sources import synthetic
+from edgelake.lake.tables import SILVER, table_uri
 from support import append_silver
 from tests.api.conftest import publish_model, serving
 from tests.api.test_errors_and_auth import assert_problem
-from training import registry
+from edgelake.training import registry
 
 SCORES = 30  # one every 6 minutes from 10:00: three hour buckets of 10, and 3 scores in each of the 10 score bins
 FIRST_SCORE = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)

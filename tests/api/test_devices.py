@@ -13,9 +13,9 @@ import httpx2
 import pytest
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.devices import DeviceStore, ResultForwarder, devices_path
-from api.keys import ROLES, KeyStore, keys_path
+from edgelake.api.app import create_app
+from edgelake.api.devices import DeviceStore, ResultForwarder, devices_path
+from edgelake.api.keys import ROLES, KeyStore, keys_path
 from edgelake.broker import EmbeddedBroker
 from edgelake.cli import app as cli
 from edgelake.contracts import EdgeInference
@@ -23,7 +23,7 @@ from edgelake.kafka import read_topic
 from support import embedded_kafka, isolated_settings
 from tests.api.conftest import publish_model, serving
 from tests.api.test_errors_and_auth import assert_problem
-from training import registry
+from edgelake.training import registry
 
 if TYPE_CHECKING:
     from edgelake.settings import Settings
@@ -107,7 +107,7 @@ def test_a_used_up_expired_or_bogus_enrollment_token_is_refused(fleet: Fleet) ->
         assert [r.status_code for r in attempts] == [201, 401, 201, 201, 401]
         assert "used up" in assert_problem(attempts[1], 401)["detail"]
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("api.devices.datetime", _Later)
+            patch.setattr("edgelake.api.devices.datetime", _Later)
             late = client.post("/v1/devices/enroll", json={"enrollment_token": expired, "device_name": "d"})
         assert "expired" in assert_problem(late, 401)["detail"]
         bogus = client.post("/v1/devices/enroll", json={"enrollment_token": "enr_bogus", "device_name": "d"})

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import pytest
 
-from api.app import create_app
-from api.keys import KeyStore, keys_path
+from edgelake.api.app import create_app
+from edgelake.api.keys import KeyStore, keys_path
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:

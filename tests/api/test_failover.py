@@ -21,16 +21,16 @@ from deltalake import DeltaTable
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from api.app import create_app
-from api.keys import KeyStore, keys_path
+from edgelake.api.app import create_app
+from edgelake.api.keys import KeyStore, keys_path
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import FraudScore, Transaction
 from edgelake.settings import Settings
-from ingest.producer import EventProducer, produce
-from ingest.sources import synthetic
-from lake.tables import SILVER, table_uri
+from edgelake.ingest.producer import EventProducer, produce
+from edgelake.ingest.sources import synthetic
+from edgelake.lake.tables import SILVER, table_uri
 from support import embedded_kafka, isolated_settings
-from training import registry
+from edgelake.training import registry
 
 EVENTS = 50_000
 PRODUCE_RATE = 700  # events/s: the run outlasts the kills

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import httpx2
 import pytest
 
-from api.keys import KeyStore, keys_path
+from edgelake.api.keys import KeyStore, keys_path
 from edgelake.broker import EmbeddedBroker, free_port
 from tests.api.test_errors_and_auth import assert_problem
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import httpx2
 from typer.testing import CliRunner
 
-from api.app import create_app
+from edgelake.api.app import create_app
 from edgelake.cli import app
 from edgelake.settings import Settings
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from edgelake.signing import MANIFEST, SIGNATURE
-from training import registry
+from edgelake.training import registry
 
 if TYPE_CHECKING:
     from tests.api.conftest import Deployment

@@ -21,8 +21,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from api.app import create_app
-from api.keys import KeyStore, keys_path
+from edgelake.api.app import create_app
+from edgelake.api.keys import KeyStore, keys_path
 from edgelake.settings import Settings
 from support import isolated_settings
 from tests.api.conftest import serving

@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from api.redis_cards import RedisCardHistory
+from edgelake.api.redis_cards import RedisCardHistory
 from edgelake.contracts import Transaction
-from ingest.sources import synthetic
-from lake.features import CARD_FEATURES, WINDOWS
-from training.features import CardHistory
+from edgelake.ingest.sources import synthetic
+from edgelake.lake.features import CARD_FEATURES, WINDOWS
+from edgelake.training.features import CardHistory
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 TIE = START + timedelta(days=2, hours=3)
@@ -174,8 +174,8 @@ def test_a_card_s_keys_expire(client: redis.Redis) -> None:
 def test_the_scorer_keeps_card_state_in_redis_when_the_settings_say_so(redis_server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from prometheus_client import CollectorRegistry
 
-    from api.metrics import ScoreMetrics
-    from api.scoring import CardStateUnavailable, Scorer, card_history
+    from edgelake.api.metrics import ScoreMetrics
+    from edgelake.api.scoring import CardStateUnavailable, Scorer, card_history
     from edgelake.settings import Settings
 
     assert isinstance(card_history(Settings(data_dir=tmp_path)), CardHistory)

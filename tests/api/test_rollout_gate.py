@@ -14,16 +14,16 @@ import httpx2
 import pytest
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.devices import DeviceStore, devices_path
-from api.keys import KeyStore, keys_path
-from api.rollout_gate import Evidence, Tally, judge
+from edgelake.api.app import create_app
+from edgelake.api.devices import DeviceStore, devices_path
+from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.rollout_gate import Evidence, Tally, judge
 from edgelake.cli import app as cli
 from edgelake.settings import Settings
 from tests.api.conftest import publish_model, serving
 from tests.api.test_devices import enroll
 from tests.api.test_errors_and_auth import assert_problem
-from training import registry
+from edgelake.training import registry
 
 MODEL = "fraud"
 LABELLED = 40  # per report

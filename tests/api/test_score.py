@@ -23,18 +23,18 @@ from typing import Any
 import httpx2
 import pytest
 
-from api.app import create_app
-from api.keys import ROLES, KeyStore, keys_path
-from api.scoring import decide
+from edgelake.api.app import create_app
+from edgelake.api.keys import ROLES, KeyStore, keys_path
+from edgelake.api.scoring import decide
 from edgelake.broker import free_port
 from edgelake.contracts import FraudScore, Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
-from ingest.loop import IngestOptions, ingest
-from ingest.sources import synthetic
-from lake.features import CARD_FEATURES
+from edgelake.ingest.loop import IngestOptions, ingest
+from edgelake.ingest.sources import synthetic
+from edgelake.lake.features import CARD_FEATURES
 from support import append_silver, isolated_settings
-from training import registry
+from edgelake.training import registry
 
 REPLAY = synthetic.SyntheticConfig(seed=11, cards=16, merchants=30, start=datetime(2025, 3, 1, tzinfo=UTC))
 REPLAY_COUNT = 1_000
@@ -90,8 +90,8 @@ def same(batch: Any, online: Any) -> bool:
 
 
 def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(spark, lake: Settings, tokens, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from lake.catalog import open_table
-    from lake.gold import build_card_features
+    from edgelake.lake.catalog import open_table
+    from edgelake.lake.gold import build_card_features
 
     replay = sorted(synthetic.transactions(REPLAY, REPLAY_COUNT), key=lambda t: (t.event_time, t.event_id))
     instants = {(t.card_id, t.event_time) for t in replay}

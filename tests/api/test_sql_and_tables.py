@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import httpx2
 import pytest
 
-from api.app import create_app
-from lake.tables import CATALOG
+from edgelake.api.app import create_app
+from edgelake.lake.tables import CATALOG
 
 if TYPE_CHECKING:
     from tests.api.conftest import Deployment, Serve

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from api.app import create_app
-from api.devices import DeviceStore, devices_path
+from edgelake.api.app import create_app
+from edgelake.api.devices import DeviceStore, devices_path
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
 from support import REPO, isolated_settings
 from tests.api.conftest import serving
-from training import registry
+from edgelake.training import registry
 
 if TYPE_CHECKING:
     pass
@@ -123,7 +123,7 @@ def start_agent(
     """``python -m edge run`` as a device named ``name`` of ``cloud`` (``env`` added to its environment), with JSON logs in ``state_dir/agent.log``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        str(python), "-m", "edge", "run", "--device-name", name, "--state-dir", str(state_dir), "--api-url", cloud.url,
+        str(python), "-m", "edgelake.edge", "run", "--device-name", name, "--state-dir", str(state_dir), "--api-url", cloud.url,
         "--enrollment-token", token or cloud.enrollment_token(), *options,
     ]  # fmt: skip
     env = {
@@ -181,7 +181,7 @@ def color_model(directory: Path) -> tuple[dict[str, Path], dict[str, Any]]:
 
     from edgelake.fashion_mnist import CLASSES
     from edgelake.interpreters import load_interpreter, predict
-    from training.tflite import float_tflite
+    from edgelake.training.tflite import float_tflite
 
     directory.mkdir(parents=True, exist_ok=True)
     model = keras.Sequential([keras.Input((28, 28, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])

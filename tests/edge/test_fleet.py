@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from api.keys import KeyStore, keys_path
-from edge.fleet import FleetOptions, run_fleet, statuses
+from edgelake.api.keys import KeyStore, keys_path
+from edgelake.edge.fleet import FleetOptions, run_fleet, statuses
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import ImageFrame
 from support import append_silver
 from tests.edge.conftest import VISION, cloud_world
-from training import registry
+from edgelake.training import registry
 
 DEVICES = 20
 GATE = {"canary_percent": 30, "promote_after_reports": 5, "min_labelled": 150, "max_accuracy_drop": 0.05, "deadline_s": 240}
@@ -32,7 +32,7 @@ DECISION_BOUND_S = 120  # from setting the canary to the gate's decision
 @pytest.fixture(scope="module")
 def weak_and_worse(frames_lake, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The weak production model and the deliberately worse one."""
-    from training.vision import load_frames, train_vision
+    from edgelake.training.vision import load_frames, train_vision
 
     weak = train_vision(frames_lake.root, tmp_path_factory.mktemp("weak"), device="cpu", epochs=1, batch_size=64, seed=1, limit=500)
     frames = load_frames(frames_lake.root)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.frames import camera, folder_frames
+from edgelake.edge.frames import camera, folder_frames
 from edgelake.settings import Settings
 
 

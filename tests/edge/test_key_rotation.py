@@ -12,10 +12,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.state import CREDENTIALS, adopted_key_set
+from edgelake.edge.state import CREDENTIALS, adopted_key_set
 from edgelake.signing import MANIFEST, SIGNATURE, KeySet, KeySetRelease, Manifest, TrustedKey, canonical_json, fingerprint, sign
 from tests.edge.conftest import VISION, AgentProcess, Cloud, main_python, start_agent, wait_for
-from training import registry
+from edgelake.training import registry
 
 
 def trusted_sequence(agent: AgentProcess) -> int:

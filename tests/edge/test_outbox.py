@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.outbox import Outbox
+from edgelake.edge.outbox import Outbox
 
 
 def test_results_come_back_in_order_and_leave_only_when_acknowledged(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from kafka import KafkaProducer
 
-from api.devices import DeviceStore, devices_path
-from edge.agent import STATUS
-from edge.outbox import Outbox
+from edgelake.api.devices import DeviceStore, devices_path
+from edgelake.edge.agent import STATUS
+from edgelake.edge.outbox import Outbox
 from edgelake.contracts import EdgeInference
 from edgelake.kafka import read_topic
-from ingest.loop import IngestOptions, ingest
-from lake.tables import SILVER, table_uri
+from edgelake.ingest.loop import IngestOptions, ingest
+from edgelake.lake.tables import SILVER, table_uri
 from tests.edge.conftest import Cloud, main_python, start_agent, wait_for
 
 FPS = 10

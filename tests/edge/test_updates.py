@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from api.devices import DeviceStore, devices_path
-from edge.runner import EdgeFiles
-from edge.updates import ModelSlot
+from edgelake.api.devices import DeviceStore, devices_path
+from edgelake.edge.runner import EdgeFiles
+from edgelake.edge.updates import ModelSlot
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import AgentEvent
 from edgelake.kafka import read_topic
 from edgelake.signing import SIGNATURE
 from tests.edge.conftest import VISION, Cloud, color_model, edge_python, main_python, shifted_expectations, start_agent, wait_for
-from training import registry
+from edgelake.training import registry
 
 RUNTIMES = {"project venv": None, "edge extra (LiteRT)": "litert", "tflite-runtime 2.14, numpy<2": "tflite_runtime"}
 

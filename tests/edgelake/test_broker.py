@@ -10,8 +10,8 @@ from edgelake.broker import BrokerUnavailable, EmbeddedBroker, bootstrap_servers
 from edgelake.contracts import EVENT_TYPES, Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
-from ingest.producer import EventProducer, produce
-from ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.ingest.producer import EventProducer, produce
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 from support import JARS_DIR, embedded_kafka
 
 

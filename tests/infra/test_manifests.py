@@ -330,8 +330,9 @@ def test_compose_edgelake_commands_parse() -> None:
         entrypoint = exec_form(instructions["ENTRYPOINT"])
         command = service.get("command") or exec_form(instructions["CMD"])
         argv = [*entrypoint, *(resolve_compose_defaults(str(part)) for part in command)]
-        assert argv[0] == "edgelake", name
-        problems += cli_problems(argv[1:], f"compose service {name}")
+        assert argv[0] in ("edgelake", "edgelake-edge"), name
+        device_commands = ["edge"] if argv[0] == "edgelake-edge" else []  # the device's CLI is `edgelake edge`'s commands
+        problems += cli_problems([*device_commands, *argv[1:]], f"compose service {name}")
     assert problems == []
 
 
@@ -373,7 +374,7 @@ def test_dockerfile(image: str) -> None:
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}, f"{image} must run as a non-root user"
     assert "HEALTHCHECK" in keywords, f"{image}: no HEALTHCHECK (say HEALTHCHECK NONE where the exit status is the health)"
-    assert exec_form(dict(instructions)["ENTRYPOINT"])[0] == "edgelake"
+    assert exec_form(dict(instructions)["ENTRYPOINT"])[0] == ("edgelake-edge" if image == "edge" else "edgelake")
     problems = env_problems(dockerfile_env(path), f"{path.name} ENV")
     assert problems == []
 
@@ -394,10 +395,10 @@ def test_healthchecks_name_real_scripts_and_routes() -> None:
     assert '"/healthz"' in (ROOT / "api/routers/health.py").read_text()
 
 
-def test_edge_image_installs_the_edge_extra_only() -> None:
+def test_edge_image_installs_the_edge_distribution_only() -> None:
     text = dockerfile("edge").read_text()
-    assert "ARG EDGE_EXTRA=edge" in text and 'pip install ".[${EDGE_EXTRA}]"' in text
-    assert "[cloud]" not in text
+    assert "ARG EDGE_EXTRA=litert" in text and 'pip install "./infra/edge-dist[${EDGE_EXTRA}]"' in text
+    assert "[cloud]" not in text and "COPY api" not in text and "COPY pyproject.toml" not in text
     # Multi-arch: nothing in it may depend on the build or target architecture.
     assert not re.search(r"TARGETARCH|TARGETPLATFORM|amd64|x86_64|aarch64|arm64v8|--platform", text.split("FROM", 1)[1])
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from edgelake.contracts import Event, ImageFrame, IoTReading, Transaction
-from ingest.clean import Rejection, clean_record, rows_to_arrow
-from lake.tables import SILVER
+from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow
+from edgelake.lake.tables import SILVER
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 TX_SCHEMA = SILVER["transactions"].schema

@@ -18,10 +18,10 @@ import pytest
 from pydantic import Field
 
 from edgelake.contracts import EdgeInference, Event, FraudLabel, ImageFrame, IoTReading, Transaction
-from ingest.clean import Rejection, clean_record
-from ingest.columnar import columnar_contract
-from ingest.sources import shuttle, synthetic, ulb
-from lake.tables import SILVER
+from edgelake.ingest.clean import Rejection, clean_record
+from edgelake.ingest.columnar import columnar_contract
+from edgelake.ingest.sources import shuttle, synthetic, ulb
+from edgelake.lake.tables import SILVER
 
 NOW = datetime.now(UTC)
 BASE = datetime(2013, 9, 1, tzinfo=UTC)

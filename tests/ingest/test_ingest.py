@@ -22,9 +22,9 @@ from kafka import KafkaProducer
 
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
-from ingest.loop import IngestOptions, ingest
-from ingest.sources.synthetic import SyntheticConfig, transactions
-from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
+from edgelake.ingest.loop import IngestOptions, ingest
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
 from support import command_env, embedded_kafka, isolated_settings
 
 TOPIC = "transactions"
@@ -309,7 +309,7 @@ def test_the_running_ingester_serves_prometheus_metrics(kafka: EmbeddedBroker, t
 
 
 def test_a_batch_runs_again_while_the_lake_storage_fails_and_the_error_surfaces_after_the_stall_limit() -> None:
-    from ingest.loop import _retrying_lake
+    from edgelake.ingest.loop import _retrying_lake
 
     failures = [OSError("Generic S3 error: connection refused"), OSError("Generic S3 error: end of file")]
 

@@ -16,10 +16,10 @@ from deltalake import DeltaTable
 
 from edgelake.contracts import FraudLabel, IoTReading, Transaction
 from edgelake.settings import Settings
-from ingest.loop import IngestOptions, ingest
-from ingest.sources import SourceOptions, source_events
-from ingest.sources.synthetic import SyntheticConfig, labels, transactions
-from lake.tables import SILVER, table_uri
+from edgelake.ingest.loop import IngestOptions, ingest
+from edgelake.ingest.sources import SourceOptions, source_events
+from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
+from edgelake.lake.tables import SILVER, table_uri
 from support import DATASET_CACHE
 
 

@@ -17,12 +17,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from edgelake.contracts import Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
-from ingest.kafka_source import OffsetRange, read_range
-from ingest.lake_writer import LakeWriter
-from ingest.loop import IngestOptions, ingest
-from ingest.producer import EventProducer
-from ingest.sources.synthetic import SyntheticConfig, transactions
-from lake.tables import BRONZE, SILVER, table_uri
+from edgelake.ingest.kafka_source import OffsetRange, read_range
+from edgelake.ingest.lake_writer import LakeWriter
+from edgelake.ingest.loop import IngestOptions, ingest
+from edgelake.ingest.producer import EventProducer
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.tables import BRONZE, SILVER, table_uri
 from support import embedded_kafka, isolated_settings
 
 TOPIC = "transactions"

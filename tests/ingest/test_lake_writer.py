@@ -10,11 +10,11 @@ import pytest
 from deltalake import DeltaTable
 
 from edgelake.contracts import Transaction
-from ingest.kafka_source import Fetched, OffsetRange
-from ingest.lake_writer import ConcurrentCommit, LakeWriter, TopicBatch
-from ingest.pipeline import bronze_rows, classify, merged
-from ingest.sources.synthetic import SyntheticConfig, transactions
-from lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
+from edgelake.ingest.kafka_source import Fetched, OffsetRange
+from edgelake.ingest.lake_writer import ConcurrentCommit, LakeWriter, TopicBatch
+from edgelake.ingest.pipeline import bronze_rows, classify, merged
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
 
 TOPIC = "transactions"
 

@@ -9,9 +9,9 @@ from support import embedded_kafka, isolated_settings
 from edgelake.contracts import EVENT_BY_TOPIC, Event, InvalidEvent, Transaction
 from edgelake.kafka import read_topic
 from edgelake.settings import Settings
-from ingest.producer import EventProducer, produce
-from ingest.sources import SourceOptions, source_events
-from ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.ingest.producer import EventProducer, produce
+from edgelake.ingest.sources import SourceOptions, source_events
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 
 FEEDS = [
     ("transactions", "ulb"),

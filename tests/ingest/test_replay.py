@@ -16,9 +16,9 @@ from deltalake import DeltaTable, write_deltalake
 
 from edgelake.contracts import Transaction
 from edgelake.settings import Settings
-from ingest.replay import replay
-from ingest.sources.synthetic import SyntheticConfig, transactions
-from lake.tables import QUARANTINE, QUARANTINE_REPLAYS, SILVER, table_uri
+from edgelake.ingest.replay import replay
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.tables import QUARANTINE, QUARANTINE_REPLAYS, SILVER, table_uri
 from support import append_silver, command_env
 
 VALID, BROKEN, ALREADY = 20_000, 50, 100

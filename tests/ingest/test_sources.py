@@ -10,10 +10,10 @@ import pytest
 
 from edgelake.contracts import IoTReading, Transaction
 from edgelake.settings import Settings
-from ingest.sources import SourceOptions, expected_count, source_events, ulb
-from ingest.sources.fashion_mnist import frames
-from ingest.sources.shuttle import readings
-from ingest.sources.tabular_file import MappingError, events, parse_mapping
+from edgelake.ingest.sources import SourceOptions, expected_count, source_events, ulb
+from edgelake.ingest.sources.fashion_mnist import frames
+from edgelake.ingest.sources.shuttle import readings
+from edgelake.ingest.sources.tabular_file import MappingError, events, parse_mapping
 
 BASE = datetime(2013, 9, 1, tzinfo=UTC)
 

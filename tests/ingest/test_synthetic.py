@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from edgelake.contracts import FraudLabel, Transaction
-from ingest.sources.synthetic import SyntheticConfig, labels, transactions
+from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
 
 COUNT = 20_000
 CONFIG = SyntheticConfig()

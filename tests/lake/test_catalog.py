@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from deltalake import CommitProperties, write_deltalake
 
-from lake import catalog
-from lake.tables import QUARANTINE, table_uri
+from edgelake.lake import catalog
+from edgelake.lake.tables import QUARANTINE, table_uri
 from support import quarantine_rows
 
 

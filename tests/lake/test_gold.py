@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from edgelake.cli import app
 from edgelake.contracts import Event, FraudLabel, IoTReading, Transaction
-from ingest.sources import shuttle, synthetic, ulb
-from lake import gold
-from lake.catalog import history, open_table
-from lake.features import DISTINCT_MERCHANT_WINDOWS, FEATURE_VERSION, WINDOWS
-from lake.tables import GOLD, SILVER
+from edgelake.ingest.sources import shuttle, synthetic, ulb
+from edgelake.lake import gold
+from edgelake.lake.catalog import history, open_table
+from edgelake.lake.features import DISTINCT_MERCHANT_WINDOWS, FEATURE_VERSION, WINDOWS
+from edgelake.lake.tables import GOLD, SILVER
 from support import append_silver
 
 SYNTHETIC = synthetic.SyntheticConfig(seed=11, cards=60, merchants=80, fraud_rate=0.05)
@@ -323,7 +323,7 @@ def test_cli_builds_gold_and_lists_the_gold_tables(spark, tmp_path: Path, monkey
     monkeypatch.setenv("EDGELAKE_LAKE_ROOT", lake.root)
     monkeypatch.setenv("COLUMNS", "250")
     masters = []
-    monkeypatch.setattr("lake.spark.spark_session", lambda master, app_name: masters.append(master) or spark)
+    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name: masters.append(master) or spark)
     runner = CliRunner()
 
     built = runner.invoke(app, ["lake", "build-gold", "--master", "local[1]"])

@@ -11,9 +11,9 @@ from kafka import KafkaProducer
 
 from edgelake.contracts import Transaction
 from edgelake.settings import Settings
-from ingest.loop import IngestOptions, ingest
-from ingest.sources.synthetic import SyntheticConfig, transactions
-from lake.quarantine import QuarantineFilter, by_reason, quarantined
+from edgelake.ingest.loop import IngestOptions, ingest
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.quarantine import QuarantineFilter, by_reason, quarantined
 from support import command_env
 
 

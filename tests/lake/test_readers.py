@@ -22,10 +22,10 @@ from kafka import KafkaProducer
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import Transaction
 from edgelake.settings import Settings
-from ingest.loop import IngestOptions, ingest, maintain
-from ingest.producer import EventProducer
-from ingest.sources.synthetic import SyntheticConfig, transactions
-from lake.tables import QUARANTINE, SILVER, table_uri
+from edgelake.ingest.loop import IngestOptions, ingest, maintain
+from edgelake.ingest.producer import EventProducer
+from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.tables import QUARANTINE, SILVER, table_uri
 from support import isolated_settings
 
 TOPIC = "transactions"

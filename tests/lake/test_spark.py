@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from deltalake import write_deltalake
 
-from lake import catalog
-from lake.spark import has_delta, has_filesystem, read_table
-from lake.tables import QUARANTINE, table_uri
+from edgelake.lake import catalog
+from edgelake.lake.spark import has_delta, has_filesystem, read_table
+from edgelake.lake.tables import QUARANTINE, table_uri
 from support import quarantine_rows
 
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from lake.catalog import UnknownTable
-from lake.sql import QueryFailed, QueryTimeout, RefusedStatement, check_statement, json_rows, run_query
-from lake.tables import SILVER, table_uri
+from edgelake.lake.catalog import UnknownTable
+from edgelake.lake.sql import QueryFailed, QueryTimeout, RefusedStatement, check_statement, json_rows, run_query
+from edgelake.lake.tables import SILVER, table_uri
 
 TRANSACTIONS, LABELS = SILVER["transactions"], SILVER["fraud-labels"]
 FIRST, MORE = 240, 60  # transactions in version 0, and appended as version 1

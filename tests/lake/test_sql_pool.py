@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lake.sql import QueryFailed, QueryTimeout, RefusedStatement, run_query
-from lake.sql_pool import QueryBusy, QueryPool
+from edgelake.lake.sql import QueryFailed, QueryTimeout, RefusedStatement, run_query
+from edgelake.lake.sql_pool import QueryBusy, QueryPool
 from tests.lake.test_sql import FIRST, MORE, lake  # noqa: F401  (the fixture)
 
 FOREVER = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) AS n FROM t"
@@ -89,7 +89,7 @@ def _workers() -> list[int]:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid() and b"lake.sql_pool" in command:
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid() and b"edgelake.lake.sql_pool" in command:
                 found.append(int(entry.name))
     return found
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bench.edge import production_dir
+from edgelake.bench.edge import production_dir
 from edgelake.settings import Settings
-from training import registry
+from edgelake.training import registry
 
 if TYPE_CHECKING:
-    from training.vision import VisionResult
+    from edgelake.training.vision import VisionResult
 
 
 def test_bench_edge_reports_latency_size_and_agent_memory(vision_run: VisionResult, tmp_path: Path) -> None:

@@ -24,11 +24,11 @@ import pandas as pd
 import pytest
 
 from edgelake.contracts import Transaction
-from ingest.sources import synthetic, ulb
-from lake.catalog import open_table
-from lake.features import CARD_FEATURES, WINDOWS
+from edgelake.ingest.sources import synthetic, ulb
+from edgelake.lake.catalog import open_table
+from edgelake.lake.features import CARD_FEATURES, WINDOWS
 from support import append_silver
-from training.features import ATTRIBUTES, CHANNELS, INPUT_COLUMNS, INPUT_NAMES, CardHistory, fraud_inputs
+from edgelake.training.features import ATTRIBUTES, CHANNELS, INPUT_COLUMNS, INPUT_NAMES, CardHistory, fraud_inputs
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 TIE = START + timedelta(days=2, hours=3)  # the instant of the "ties" card's three same-instant transactions
@@ -73,9 +73,9 @@ class Parity(NamedTuple):
 
 @pytest.fixture(scope="module")
 def parity(spark, ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Parity:  # type: ignore[no-untyped-def]
-    from lake.gold import build_card_features
-    from lake.spark import read_table
-    from training.fraud import transaction_inputs
+    from edgelake.lake.gold import build_card_features
+    from edgelake.lake.spark import read_table
+    from edgelake.training.fraud import transaction_inputs
 
     lake = str(tmp_path_factory.mktemp("parity") / "lake")
     synthetic_part = list(synthetic.transactions(SYNTHETIC, 600))

@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 
 from edgelake.contracts import FraudLabel, Transaction
-from ingest.sources import synthetic, ulb
-from lake.catalog import open_table
+from edgelake.ingest.sources import synthetic, ulb
+from edgelake.lake.catalog import open_table
 from support import append_silver
-from training import registry
-from training.evaluation import best_f1_threshold, binary_metrics
-from training.features import INPUT_COLUMNS, INPUT_NAMES, INPUTS_VERSION
-from training.fraud import Examples, FraudConfig, FraudResult, build_model, labelled_transactions, split_by_time, train_fraud
+from edgelake.training import registry
+from edgelake.training.evaluation import best_f1_threshold, binary_metrics
+from edgelake.training.features import INPUT_COLUMNS, INPUT_NAMES, INPUTS_VERSION
+from edgelake.training.fraud import Examples, FraudConfig, FraudResult, build_model, labelled_transactions, split_by_time, train_fraud
 
 ULB_START = datetime(2013, 9, 1, tzinfo=UTC)
 LEGIT_EVERY = 100

@@ -32,7 +32,7 @@ from edgelake.signing import (
     sign,
     verify_files,
 )
-from training import registry
+from edgelake.training import registry
 
 FRAUD_METRICS = {"auprc": 0.81, "roc_auc": 0.97, "recall_at_1pct_fpr": 0.74}
 VISION_METRICS = {"accuracy": 0.9, "int8_accuracy": 0.89, "size_ratio": 3.9, "int8_agreement": 0.98}

@@ -40,7 +40,7 @@ print(json.dumps(names))
 @pytest.fixture(scope="module")
 def x_test(frames_lake) -> np.ndarray:
     """The test frames of ``frames_lake``."""
-    from training.vision import load_frames
+    from edgelake.training.vision import load_frames
 
     return load_frames(frames_lake.root).x_test
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgelake.cli import app
-from ingest.sources import synthetic
+from edgelake.ingest.sources import synthetic
 from support import append_silver
 
 FRAUD_METRICS = {"auprc", "roc_auc", "recall_at_1pct_fpr", "precision_at_threshold", "recall_at_threshold"}
@@ -22,7 +22,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> CliRunner:  #
     """The CLI with a data dir of its own (for the signing key) and the session's Spark."""
     monkeypatch.setenv("EDGELAKE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr("lake.spark.spark_session", lambda master, app_name: spark)
+    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name: spark)
     return CliRunner()
 
 

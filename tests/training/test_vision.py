@@ -16,10 +16,10 @@ VISION_METRICS = {"accuracy", "int8_accuracy", "int8_agreement", "size_ratio", "
 
 
 def test_load_frames_decodes_each_split_and_skips_unusable_frames(frames_lake, caplog: pytest.LogCaptureFixture) -> None:
-    from ingest.sources.fashion_mnist import frames
-    from training.vision import load_frames
+    from edgelake.ingest.sources.fashion_mnist import frames
+    from edgelake.training.vision import load_frames
 
-    with caplog.at_level(logging.WARNING, logger="training.vision"):
+    with caplog.at_level(logging.WARNING, logger="edgelake.training.vision"):
         x_train, y_train, x_test, y_test, lineage = load_frames(frames_lake.root)
 
     assert lineage == {"silver_camera_frames": 3}
@@ -32,7 +32,7 @@ def test_load_frames_decodes_each_split_and_skips_unusable_frames(frames_lake, c
 
 
 def test_load_frames_reads_the_version_asked_for(frames_lake) -> None:
-    from training.vision import load_frames
+    from edgelake.training.vision import load_frames
 
     x_train, _, x_test, _, lineage = load_frames(frames_lake.root, version=1)
 
@@ -58,7 +58,7 @@ def test_vision_model_learns_and_its_int8_twin_agrees_at_a_quarter_of_the_size(v
 
 def test_int8_model_has_int8_input_and_output_and_batches_give_the_same_outputs(vision_run, frames_lake) -> None:
     from edgelake.interpreters import load_interpreter, predict
-    from training.vision import load_frames
+    from edgelake.training.vision import load_frames
 
     interpreter = load_interpreter(vision_run.files["vision_int8.tflite"])
     x = load_frames(frames_lake.root).x_test[:100]
@@ -82,7 +82,7 @@ def test_samples_carry_the_int8_models_own_classes(vision_run) -> None:
 def test_saved_keras_model_reloads_with_the_same_outputs(vision_run, frames_lake) -> None:
     import keras
 
-    from training.vision import load_frames
+    from edgelake.training.vision import load_frames
 
     x = load_frames(frames_lake.root).x_test[:50]
     reloaded = keras.models.load_model(vision_run.files["vision.keras"])
@@ -94,7 +94,7 @@ def test_saved_keras_model_reloads_with_the_same_outputs(vision_run, frames_lake
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_same_seed_gives_the_same_metrics(vision_run, frames_lake, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
-    from training.vision import train_vision
+    from edgelake.training.vision import train_vision
 
     lake = request.getfixturevalue("object_store").copy_lake(frames_lake.root) if storage == "s3" else frames_lake.root
     again = train_vision(lake, tmp_path, device="cpu", epochs=2, batch_size=64, seed=0)
@@ -105,7 +105,7 @@ def test_same_seed_gives_the_same_metrics(vision_run, frames_lake, tmp_path: Pat
 
 
 def test_limit_trains_on_a_subset_and_evaluates_on_every_test_frame(frames_lake, tmp_path: Path) -> None:
-    from training.vision import train_vision
+    from edgelake.training.vision import train_vision
 
     result = train_vision(frames_lake.root, tmp_path, device="cpu", epochs=1, batch_size=64, limit=500)
 
@@ -115,7 +115,7 @@ def test_limit_trains_on_a_subset_and_evaluates_on_every_test_frame(frames_lake,
 def test_cpu_strategy_and_gpu_refused_without_one() -> None:
     import tensorflow as tf
 
-    from training.devices import NoGpu, training_strategy
+    from edgelake.training.devices import NoGpu, training_strategy
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible")

@@ -1,4 +1,4 @@
-"""Helpers every command group shares: console and error reporting."""
+"""What every command line (the ``edgelake`` CLI and the device's ``edgelake-edge``) shares: consoles and error reporting."""
 
 from __future__ import annotations
 
@@ -8,27 +8,15 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 
-from edgelake.broker import BrokerUnavailable
-from edgelake.contracts import InvalidEvent
+from edgelake.errors import USER_ERRORS
 
 console = Console()
 err_console = Console(stderr=True)
 
-# Errors that mean the user's input or environment is wrong: reported in one line, exit 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    InvalidEvent,
-    BrokerUnavailable,
-    FileNotFoundError,
-    LookupError,
-    TimeoutError,
-    ValueError,
-    RuntimeError,
-)
-
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn expected failures into a clear one-line message and exit status 2."""
+    """Turn the user's mistakes into a clear one-line message and exit status 2."""
     try:
         yield
     except USER_ERRORS as error:

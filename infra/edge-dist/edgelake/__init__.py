@@ -1,0 +1,1 @@
+../../../edgelake/__init__.py

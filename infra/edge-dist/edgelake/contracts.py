@@ -1,0 +1,1 @@
+../../../edgelake/contracts.py

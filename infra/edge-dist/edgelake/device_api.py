@@ -1,0 +1,1 @@
+../../../edgelake/device_api.py

@@ -1,0 +1,1 @@
+../../../edgelake/fashion_mnist.py
