@@ -35,6 +35,7 @@ demo: setup
 test: setup tflite-venv edge-venvs
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: setup

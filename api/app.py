@@ -27,6 +27,7 @@ from edgelake.api.routers import dashboard, devices, health, models, score, sql,
 from edgelake.api.routers.dashboard import TopicEnds
 from edgelake.api.scoring import Scorer
 from edgelake.settings import Settings
+from edgelake.lake.catalog import Lake
 from edgelake.lake.sql_pool import QueryPool
 
 TAGS = [
@@ -75,6 +76,7 @@ def create_app(
     redact_access_log()
     registry = CollectorRegistry()
     app.state.settings = settings
+    app.state.lake = Lake.from_settings(settings)
     app.state.keys = KeyStore(keys_path(settings.data_dir))
     app.state.limiter = RateLimiter(rate_per_s, burst)
     app.state.registry = registry

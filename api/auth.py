@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -16,7 +16,7 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The sam
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgelake"'}
 
 
-def require(*roles: Role) -> Callable[..., ApiKey]:
+def require(*roles: Role) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency that admits keys holding one of ``roles`` (admin is always admitted) within their rate limit."""
 
     async def caller(  # async: a plain function would cost every request a thread-pool handoff
@@ -39,7 +39,7 @@ def require(*roles: Role) -> Callable[..., ApiKey]:
             raise Problem(
                 429, f"key {key.id} is over its rate limit of {limiter.rate_per_s:g} requests/s (burst {limiter.burst})",
                 kind="rate-limited", headers={"Retry-After": retry_after(wait)},
-            )  # fmt: skip
+            )
         return key
 
     return caller

@@ -12,9 +12,10 @@ what the topic still holds. After a lost connection it resumes where it stopped;
 partitions that appear after the first connection are read from their beginning.
 Partitions added while connected are picked up at the next reconnection.
 
-An absent broker never blocks or fails scoring: the feed retries every ``retry_s``
-seconds, checking first that a bootstrap address accepts connections, so nothing is
-logged while none does. Records fed and refused (not a valid ``Transaction``, or an
+An absent broker never blocks or fails scoring: the feed tries again with backoff, at most
+``retry_s`` seconds apart, checking first that a bootstrap address accepts connections, so
+kafka-python logs nothing while none does; a failure that repeats the one before is logged
+at debug level. Records fed and refused (not a valid ``Transaction``, or an
 amount beyond what the scorer accepts) and the lag behind the topic are Prometheus metrics.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -34,6 +36,7 @@ from edgelake.api.scoring import Scorer, unscorable
 from edgelake.broker import configured_servers
 from edgelake.contracts import InvalidEvent, Transaction
 from edgelake.kafka import broker_reachable, consumer_config
+from edgelake.retry import retrying
 from edgelake.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ class CardFeed:
     def __init__(
         self, settings: Settings, scorer: Scorer, metrics: CardFeedMetrics, *, start: Start = "end", retry_s: float = 5.0,
         poll_ms: int = 500, max_records: int = 5_000,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._servers = configured_servers(settings)
         self._topic = settings.topic(Transaction.topic)
         self._scorer = scorer
@@ -59,7 +62,6 @@ class CardFeed:
         self._positions: dict[TopicPartition, int] = {}  # the next offset to feed, per partition seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="card-feed", daemon=True)
-        self._failing = False
 
     def start(self) -> None:
         self._thread.start()
@@ -71,28 +73,26 @@ class CardFeed:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            if not broker_reachable(self._servers):
-                self._failed("no broker accepts connections")
-                continue
-            consumer: KafkaConsumer | None = None
-            try:
-                consumer = KafkaConsumer(**consumer_config(self._servers, reconnect_backoff_ms=200, reconnect_backoff_max_ms=5000))
-                self._consume(consumer)
-            except Exception as error:  # any client failure: reconnect later, never end the thread
-                self._failed(str(error) or type(error).__name__)
-            finally:
-                self._metrics.partitions.set(0)
-                if consumer is not None:
-                    _close(consumer)
+        what = f"card feed reading {self._topic} at {self._servers}"
+        with suppress(Exception):  # any client failure is retried: what comes out is the last one, once closed
+            retrying(self._read, what, retry_on=Exception, logger=log, max_s=self._retry_s, stop=self._stop, quiet_repeats=True)
+
+    def _read(self) -> None:
+        """Connect and feed until closed; raises what fails, first of all that no broker accepts connections."""
+        if not broker_reachable(self._servers):
+            raise ConnectionError("no broker accepts connections")
+        consumer = KafkaConsumer(**consumer_config(self._servers, reconnect_backoff_ms=200, reconnect_backoff_max_ms=5000))
+        try:
+            self._consume(consumer)
+        finally:
+            self._metrics.partitions.set(0)
+            _close(consumer)
 
     def _consume(self, consumer: KafkaConsumer) -> None:
         """Assign every partition, then feed what each poll returns until stopped."""
         partitions = self._assign(consumer)
         self._metrics.partitions.set(len(partitions))
-        if self._failing:
-            log.info("card feed reading %s at %s again", self._topic, self._servers)
-            self._failing = False
+        log.info("card feed reading %s at %s (%d partitions)", self._topic, self._servers, len(partitions))
         while not self._stop.is_set():
             polled = consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
             for messages in polled.values():
@@ -135,13 +135,6 @@ class CardFeed:
         self._scorer.record(valid)
         self._metrics.records.labels("fed").inc(len(valid))
         self._metrics.records.labels("invalid").inc(len(messages) - len(valid))
-
-    def _failed(self, reason: str) -> None:
-        """Log the first failure of a run of them (later ones at debug level), then wait ``retry_s``."""
-        level = logging.DEBUG if self._failing else logging.WARNING
-        log.log(level, "card feed cannot read %s at %s (%s); retrying every %.0fs", self._topic, self._servers, reason, self._retry_s)
-        self._failing = True
-        self._stop.wait(self._retry_s)
 
 
 def _close(consumer: KafkaConsumer) -> None:

@@ -26,7 +26,7 @@ from edgelake.broker import configured_servers
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import FAILURE_KINDS, AgentEvent, ModelReport, Track
 from edgelake.settings import Settings
-from edgelake.ingest.producer import EventProducer
+from edgelake.kafka import EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def _reports(device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) 
     """The heartbeat's reports, each marked failed when a failure event names its version, then the other failure events."""
     failures: dict[tuple[str, int], list[str]] = {}
     for event in heartbeat.events:
-        if event.kind in FAILURE_KINDS and event.model in tracks and event.version is not None:
+        if event.kind in FAILURE_KINDS and event.model is not None and event.model in tracks and event.version is not None:
             failures.setdefault((event.model, event.version), []).append(f"{event.kind}: {event.detail}" if event.detail else event.kind)
     counted = [(model, report) for model, report in heartbeat.reports.items() if model in tracks]
     reported = {(model, report.version) for model, report in counted}
@@ -266,7 +266,7 @@ def _reports(device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) 
             StoredReport(
                 device_id=device_id, model=model, track=tracks[model], time=heartbeat.time, failed=bool(failed),
                 detail="; ".join(failed)[:_DETAIL_MAX], **report.model_dump(),
-            )  # fmt: skip
+            )
         )
     return reports
 
@@ -281,7 +281,7 @@ def _device(row: tuple[Any, ...]) -> Device:
     return Device(
         id=device_id, name=name, hardware=json.loads(hardware), key_id=key_id, enrolled=datetime.fromisoformat(enrolled),
         last_heartbeat=None if heartbeat is None else Heartbeat.model_validate_json(heartbeat),
-    )  # fmt: skip
+    )
 
 
 class BrokerUnavailable(Exception):

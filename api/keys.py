@@ -1,13 +1,12 @@
 """API keys: random tokens kept only as sha256 hashes in ``<data_dir>/api/keys.json``.
 
-The file is rewritten whole and atomically (temp file, fsync, rename; mode 0600) under an
-flock, so the CLI can create and revoke keys while servers run; a server rereads it when it
+The file is rewritten whole and atomically (temp file, fsync, rename; mode 0600) under a
+file lock, so the CLI can create and revoke keys while servers run; a server rereads it when it
 changes (its inode, size or mtime), so a revoked key stops working on its next request.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import secrets
 from collections.abc import Iterator
@@ -16,13 +15,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from filelock import FileLock
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from edgelake.errors import UserError
 from edgelake.files import replace_durably
 
 Role = Literal["producer", "analyst", "device", "admin"]
 ROLES: tuple[Role, ...] = ("producer", "analyst", "device", "admin")
 TOKEN_PREFIX = "elk_"
+
+
+class UnknownApiKey(UserError, LookupError):
+    """An API key id the key file does not hold."""
 
 
 class ApiKey(BaseModel):
@@ -83,13 +88,13 @@ class KeyStore:
         return self._read().keys
 
     def revoke(self, key_id: str) -> ApiKey:
-        """Mark ``key_id`` revoked (idempotent); LookupError if there is no such key."""
+        """Mark ``key_id`` revoked (idempotent); UnknownApiKey if there is no such key."""
         with self._editing() as file:
             for index, key in enumerate(file.keys):
                 if key.id == key_id:
                     file.keys[index] = key.model_copy(update={"revoked": True})
                     return file.keys[index]
-        raise LookupError(f"no API key '{key_id}'; see `edgelake keys list`")
+        raise UnknownApiKey(f"no API key '{key_id}'; see `edgelake keys list`")
 
     def authenticate(self, token: str) -> ApiKey | None:
         """The live key whose token is ``token``, or None (unknown or revoked)."""
@@ -118,8 +123,7 @@ class KeyStore:
     def _editing(self) -> Iterator[KeyFile]:
         """The key file, locked against other writers, written back atomically when the block ends."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(self.path.with_suffix(".lock")):
             file = self._read()
             yield file
             self._write(file)

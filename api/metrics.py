@@ -61,7 +61,7 @@ class CardFeedMetrics:
             ),
             Gauge("edgelake_card_feed_partitions", "Transactions topic partitions the card feed reads now; 0 while disconnected.", registry=registry),
             Gauge("edgelake_card_feed_lag", "Records of the transactions topic the card feed has not read yet (as of its last fetch).", registry=registry),
-        )  # fmt: skip
+        )
 
 
 class LatencyMiddleware:

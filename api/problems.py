@@ -61,7 +61,7 @@ PROBLEM_RESPONSES = {
 def problem_response(
     request: Request, status: int, detail: str | None, *, type_: str = "about:blank", title: str | None = None,
     headers: dict[str, str] | None = None, errors: list[dict[str, Any]] | None = None,
-) -> JSONResponse:  # fmt: skip
+) -> JSONResponse:
     """A problem+json response to ``request``."""
     body = ProblemDetail(
         type=type_, title=title or HTTPStatus(status).phrase, status=status, detail=detail, instance=request.url.path, errors=errors

@@ -20,7 +20,8 @@ from edgelake.api.metrics import ScoreMetrics
 from edgelake.broker import configured_servers
 from edgelake.contracts import FraudScore
 from edgelake.settings import Settings
-from edgelake.ingest.producer import EventProducer
+from edgelake.kafka import EventProducer
+from edgelake.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class ScorePublisher:
     def __init__(
         self, settings: Settings, metrics: ScoreMetrics, *, queue_size: int = 100_000, retry_s: float = 5.0, connect_timeout_s: float = 5.0,
         close_timeout_s: float = 10.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._queue: queue.Queue[Sequence[FraudScore]] = queue.Queue(queue_size)
@@ -92,31 +93,36 @@ class ScorePublisher:
 
     def _run(self) -> None:
         while (events := self._queue.get()) is not _STOP:
-            sent = 0
-            while sent < len(events):
-                producer = self._connected()
-                if producer is None:  # closing with no broker: close() counts what is still queued
-                    return
-                try:
-                    for event in events[sent:]:
-                        producer.send(event)
-                        sent += 1
-                        with self._lock:
-                            self._queued -= 1
-                except KafkaError as error:  # no metadata within max_block_ms, or the producer's buffer stayed full
-                    log.warning("score events waiting for %s: %s", self.bootstrap_servers, error)
-                    self._closing.wait(self._retry_s)
-
-    def _connected(self) -> EventProducer | None:
-        """The producer, created on first use and retried every ``retry_s`` until a broker answers; None once closing."""
-        while self._producer is None and not self._closing.is_set():
             try:
-                self._producer = EventProducer(
-                    self._settings, self.bootstrap_servers, on_failure=lambda *_: self._metrics.unpublished.inc(),
-                    bootstrap_timeout_ms=self._connect_ms, max_block_ms=self._connect_ms,
-                )  # fmt: skip
-            except KafkaError as error:
-                log.warning("no broker for score events at %s (%s); retrying in %.0fs", self.bootstrap_servers, error, self._retry_s)
-                self._closing.wait(self._retry_s)
-        return None if self._closing.is_set() and self._producer is None else self._producer
+                self._send(events)
+            except KafkaError:  # closing with no broker: close() counts what is still queued
+                return
+
+    def _send(self, events: Sequence[FraudScore]) -> None:
+        """Send ``events``, connecting first on first use, backing off up to ``retry_s`` while no broker takes them.
+
+        Raises the last ``KafkaError`` once closing. A broker error is the producer's finding no metadata within
+        max_block_ms, or its buffer staying full; the events not sent yet are sent again.
+        """
+        sent = 0
+
+        def send_rest() -> None:
+            nonlocal sent
+            producer = self._producer or self._connect()
+            for event in events[sent:]:
+                producer.send(event)
+                sent += 1
+                with self._lock:
+                    self._queued -= 1
+
+        what = f"sending score events to {self.bootstrap_servers}"
+        retrying(send_rest, what, retry_on=KafkaError, logger=log, max_s=self._retry_s, stop=self._closing)
+
+    def _connect(self) -> EventProducer:
+        """A producer to the configured broker, kept for the events that follow."""
+        self._producer = EventProducer(
+            self._settings, self.bootstrap_servers, on_failure=lambda *_: self._metrics.unpublished.inc(),
+            bootstrap_timeout_ms=self._connect_ms, max_block_ms=self._connect_ms,
+        )
+        return self._producer
 

@@ -1,16 +1,13 @@
-"""The rollout gate: settles a model's canary on the quality its devices report, not only on whether it deploys.
+"""The vision canary's rollout gate on the API's side: the evidence its devices report, gathered from the device store
+and handed to the registry's gate (:mod:`edgelake.training.registry.rollout`) after each heartbeat.
 
-After each heartbeat, for each model whose rollout policy names a canary version, the gate pools
-the reports made since the policy was set: the canary's (devices on the canary track running the
-canary version) and production's (devices on the production track running the production
-version). One unhealthy canary report (errors, or a failure event for the canary version) rejects
-the canary at once. Once there are ``promote_after_reports`` healthy canary reports and
-``min_labelled`` labelled inferences on each side, the canary is promoted to production when its
-accuracy is at most ``max_accuracy_drop`` below production's, else rejected. A side's accuracy is the
-median of its devices' accuracies: a device's counts are its own claims, and one claiming a billion
-labelled inferences must not decide for the fleet. A canary still short
-of that evidence after ``deadline_s`` is rejected. Verdicts are carried out under the registry's
-rollout lock on freshly read policy and evidence, so every server process may run the gate and a
+The evidence on a canary is the reports made since the policy was set: the canary's (devices on the canary track
+running the canary version) and production's (devices on the production track running the production version).
+One unhealthy canary report (errors, or a failure event for the canary version) is a failure that rejects the canary
+at once. The evidence is complete with ``promote_after_reports`` healthy canary reports and ``min_labelled`` labelled
+inferences on each side. A side's accuracy is the median of its devices' accuracies: a device's counts are its own
+claims, and one claiming a billion labelled inferences must not decide for the fleet. The registry's gate carries
+verdicts out under its rollout lock on freshly read policy and evidence, so every server process may run the gate and a
 canary is settled once.
 """
 
@@ -25,7 +22,7 @@ from pydantic import BaseModel, Field, computed_field
 from edgelake.api.devices import DeviceStore, ReportTotals
 from edgelake.device_api import Track
 from edgelake.training import registry
-from edgelake.training.registry import CanaryVerdict, RolloutPolicy, Transition
+from edgelake.training.registry import RolloutPolicy, RolloutRules, Transition, rollout
 
 ACTOR = "rollout-gate"
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -51,14 +48,44 @@ class Tally(BaseModel):
             return statistics.median(self.device_accuracies)
         return self.correct / self.labelled if self.labelled else None
 
+    def measured(self) -> rollout.Measured:
+        """This side as the gate compares it; only once it has a version and a labelled inference."""
+        assert self.version is not None and self.accuracy is not None
+        return rollout.Measured(self.version, self.accuracy, self.labelled)
+
 
 class Evidence(BaseModel):
-    """What the gate knows of a canary."""
+    """What the gate knows of a vision canary: the labelled frames and health its devices reported (a
+    :class:`~edgelake.training.registry.rollout.CanaryEvidence`)."""
 
     canary: Tally
     production: Tally
     first_failure: str | None = Field(None, description="The earliest unhealthy canary report: its device and what went wrong.")
     elapsed_s: float = Field(description="Seconds since the policy was set.")
+
+    def failure(self) -> str | None:
+        """The unhealthy canary reports, with the first one's device and what went wrong; None while there are none."""
+        if self.first_failure is None:
+            return None
+        return f"{self.canary.unhealthy_reports} unhealthy canary report(s) of v{self.canary.version}, the first from {self.first_failure}"
+
+    def shortfall(self, rules: RolloutRules) -> list[str]:
+        """The healthy canary reports and labelled inferences still lacking; production's side counts only when there is a
+        production version."""
+        canary, production = self.canary, self.production
+        lacking = []
+        if canary.healthy_reports < rules.promote_after_reports:
+            lacking.append(f"{canary.healthy_reports} of {rules.promote_after_reports} healthy canary reports")
+        if canary.labelled < rules.min_labelled:
+            lacking.append(f"{canary.labelled:,} of {rules.min_labelled:,} labelled canary inferences")
+        if production.version is not None and production.labelled < rules.min_labelled:
+            lacking.append(f"{production.labelled:,} of {rules.min_labelled:,} labelled production inferences")
+        return lacking
+
+    def comparison(self) -> rollout.Comparison:
+        """The canary's accuracy and production's (min_labelled >= 1 on each side), on the canary's healthy reports."""
+        production = None if self.production.version is None else self.production.measured()
+        return rollout.Comparison(self.canary.measured(), production, f"{self.canary.healthy_reports} healthy reports")
 
 
 class GateStatus(Evidence):
@@ -68,53 +95,12 @@ class GateStatus(Evidence):
     deadline_s_left: float = Field(description="Seconds until a canary still short of evidence is rolled back.")
 
 
-def judge(policy: RolloutPolicy, evidence: Evidence) -> CanaryVerdict | None:
-    """The verdict on the policy's canary given ``evidence``; None while the evidence is still being gathered."""
-    canary, production = evidence.canary, evidence.production
-    if evidence.first_failure is not None:
-        return CanaryVerdict(
-            "reject", f"{canary.unhealthy_reports} unhealthy canary report(s) of v{canary.version}, the first from {evidence.first_failure}"
-        )
-    missing = missing_evidence(policy, evidence)
-    if missing:
-        if evidence.elapsed_s >= policy.deadline_s:
-            return CanaryVerdict("reject", f"not enough evidence after {policy.deadline_s:g} s: {'; '.join(missing)}")
-        return None
-    canary_accuracy = canary.accuracy  # min_labelled >= 1 on each side
-    production_accuracy = production.accuracy
-    assert canary_accuracy is not None
-    measured = f"canary v{canary.version} accuracy {canary_accuracy:.3f} on {canary.labelled:,} labelled"
-    reports = f"{canary.healthy_reports} healthy reports"
-    if production.version is None:
-        return CanaryVerdict("promote", f"{measured}, {reports}; no production version to compare with")
-    assert production_accuracy is not None
-    within = canary_accuracy >= production_accuracy - policy.max_accuracy_drop
-    return CanaryVerdict(
-        "promote" if within else "reject",
-        f"{measured} vs production v{production.version} {production_accuracy:.3f} on {production.labelled:,} "
-        f"({'within' if within else 'more than'} the max drop {policy.max_accuracy_drop:g}), {reports}",
-    )
-
-
-def missing_evidence(policy: RolloutPolicy, evidence: Evidence) -> list[str]:
-    """What the gate still needs before it compares accuracies; production's side counts only when there is a production version."""
-    canary, production = evidence.canary, evidence.production
-    missing = []
-    if canary.healthy_reports < policy.promote_after_reports:
-        missing.append(f"{canary.healthy_reports} of {policy.promote_after_reports} healthy canary reports")
-    if canary.labelled < policy.min_labelled:
-        missing.append(f"{canary.labelled:,} of {policy.min_labelled:,} labelled canary inferences")
-    if production.version is not None and production.labelled < policy.min_labelled:
-        missing.append(f"{production.labelled:,} of {policy.min_labelled:,} labelled production inferences")
-    return missing
-
-
 def status(policy: RolloutPolicy, evidence: Evidence) -> GateStatus:
     """The evidence with what it lacks and the time left."""
     return GateStatus(
         canary=evidence.canary, production=evidence.production, first_failure=evidence.first_failure, elapsed_s=evidence.elapsed_s,
-        missing=missing_evidence(policy, evidence), deadline_s_left=max(0.0, policy.deadline_s - evidence.elapsed_s),
-    )  # fmt: skip
+        missing=evidence.shortfall(policy), deadline_s_left=max(0.0, policy.deadline_s - evidence.elapsed_s),
+    )
 
 
 def gather(store: DeviceStore, root: Path, name: str, policy: RolloutPolicy) -> Evidence:
@@ -129,15 +115,12 @@ def gather(store: DeviceStore, root: Path, name: str, policy: RolloutPolicy) -> 
     return Evidence(
         canary=canary, production=_tally(totals, "production", registry.current(root, name)), first_failure=first_failure,
         elapsed_s=(datetime.now(UTC) - since).total_seconds(),
-    )  # fmt: skip
+    )
 
 
 def settle(store: DeviceStore, root: Path, name: str) -> list[Transition]:
-    """Promote or reject the canary of ``name`` when the evidence allows; the registry transitions made."""
-    policy = registry.rollout(root, name)
-    if policy.canary_version is None or judge(policy, gather(store, root, name, policy)) is None:
-        return []  # the common case, decided without the lock
-    return registry.settle_canary(root, name, lambda current: judge(current, gather(store, root, name, current)), actor=ACTOR)
+    """Promote or reject the canary of ``name`` when its devices' evidence allows; the registry transitions made."""
+    return rollout.settle(root, name, lambda policy: gather(store, root, name, policy), actor=ACTOR)
 
 
 def settle_all(store: DeviceStore, root: Path) -> list[Transition]:
@@ -147,7 +130,7 @@ def settle_all(store: DeviceStore, root: Path) -> list[Transition]:
 
 def gate_status(store: DeviceStore, root: Path, name: str) -> GateStatus | None:
     """The gate's view of the canary of ``name``; None when no canary is on."""
-    policy = registry.rollout(root, name)
+    policy = registry.rollout_policy(root, name)
     return None if policy.canary_version is None else status(policy, gather(store, root, name, policy))
 
 
@@ -157,4 +140,4 @@ def _tally(totals: list[ReportTotals], track: Track, version: int | None) -> Tal
         version=version, healthy_reports=sum(t.healthy for t in mine), unhealthy_reports=sum(t.unhealthy for t in mine),
         labelled=sum(t.labelled for t in mine), correct=sum(t.correct for t in mine),
         device_accuracies=[t.correct / t.labelled for t in mine if t.labelled],
-    )  # fmt: skip
+    )

@@ -7,11 +7,13 @@ file runs under LiteRT; the Keras file (which needs TensorFlow, imported then) i
 fallback where the TFLite file cannot be loaded. The registry is checked for a new
 production version at most every ``score_model_check_s`` seconds.
 
-Card features come from one ``CardHistory`` per process, fed by the transactions scored
-here and, where the app runs an ``api.card_feed.CardFeed``, by those read from the
-transactions topic (``record``), so they equal Spark's batch features when each card's
-transactions arrive in event-time order (see ``CardHistory`` for same-instant ties). A
-transaction both scored and read from the topic counts once: the history keeps event ids.
+Card features come from one ``CardHistory`` per process (or a ``RedisCardHistory`` shared
+by every replica, as the settings choose), fed by the transactions scored here and, where
+the app runs an ``api.card_feed.CardFeed``, by those read from the transactions topic
+(``record``), so they equal Spark's batch features when each card's transactions arrive in
+event-time order (see ``CardHistory`` for same-instant ties). A transaction both scored and
+read from the topic counts once: the history keeps event ids. Both, and the model's inputs
+made from them, are ``lake.features``'s online computations.
 """
 
 from __future__ import annotations
@@ -30,19 +32,19 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from edgelake.api.metrics import ScoreMetrics
-from edgelake.api.redis_cards import RedisCardHistory
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Transaction
+from edgelake.lake.features.definitions import FeatureValues
+from edgelake.lake.features.model_inputs import ATTRIBUTES, INPUTS_VERSION, fraud_inputs, online_input_columns
+from edgelake.lake.features.online import CardHistory
+from edgelake.lake.features.online_redis import RedisCardHistory
 from edgelake.settings import Settings
 from edgelake.training import registry
-from edgelake.training.features import ATTRIBUTES, INPUTS_VERSION, CardHistory, fraud_inputs
 
 MODEL_NAME = "fraud"
 TFLITE_FILE = f"{MODEL_NAME}.tflite"
 KERAS_FILE = f"{MODEL_NAME}.keras"
 
 Decision = Literal["approve", "review", "decline"]
-Features = dict[str, float | int | None]
-
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +56,8 @@ MAX_MAGNITUDE = 1e15
 
 def unscorable(transaction: Transaction, now: datetime) -> list[tuple[tuple[str, ...], str]]:
     """Why a transaction may not be scored nor enter a card's history: ``(field path, reason)`` for each field; empty if it may."""
-    problems = []
-    values = [(("amount",), transaction.amount)]
+    problems: list[tuple[tuple[str, ...], str]] = []
+    values: list[tuple[tuple[str, ...], float]] = [(("amount",), transaction.amount)]
     values += [(("attributes", name), transaction.attributes[name]) for name in ATTRIBUTES if name in transaction.attributes]
     for field, value in values:
         if abs(value) > MAX_MAGNITUDE:
@@ -111,7 +113,7 @@ class Scored:
     transaction: Transaction
     score: float
     decision: Decision
-    features: Features
+    features: FeatureValues
 
 
 def decide(score: float, review: float, decline: float) -> Decision:
@@ -163,15 +165,8 @@ class Scorer:
         model = self.model()
         with self._history_lock, _card_state_errors():
             features = [self._history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id) for t in transactions]
-        columns: dict[str, list[object]] = {
-            "amount": [t.amount for t in transactions],
-            "event_time": [t.event_time for t in transactions],
-            "channel": [t.channel for t in transactions],
-            **{name: [t.attributes.get(name) for t in transactions] for name in ATTRIBUTES},
-            **{name: [f[name] for f in features] for name in features[0]},
-        }
         with self._model_lock:
-            scores = model.predict(fraud_inputs(columns)).reshape(-1)
+            scores = model.predict(fraud_inputs(online_input_columns(transactions, features))).reshape(-1)
         review, decline = self.settings.score_review_threshold, self.settings.score_decline_threshold
         scored = []
         for transaction, score, values in zip(transactions, scores, features, strict=True):

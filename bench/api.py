@@ -105,6 +105,8 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     from edgelake.api.keys import KeyStore, keys_path
     from edgelake.bench.silver import write_silver
     from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
+    from edgelake.lake.catalog import Lake
+    from edgelake.lake.gold import build_card_features
     from edgelake.lake.spark import spark_session
     from edgelake.training.fraud import FraudConfig, train_fraud
 
@@ -113,19 +115,21 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
             "data_dir": scratch / "data", "lake_root": str(scratch / "lake"), "topic_prefix": f"bench-{uuid.uuid4().hex[:8]}-",
             "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}", "log_level": "WARNING",
         }
-    )  # fmt: skip
+    )
     config = SyntheticConfig(seed=3, cards=200, merchants=100, fraud_rate=0.05)
-    write_silver(world.lake_root, transactions(config, TRAINING_ROWS))
-    write_silver(world.lake_root, labels(config, TRAINING_ROWS))
+    lake = Lake.from_settings(world)
+    write_silver(lake, transactions(config, TRAINING_ROWS))
+    write_silver(lake, labels(config, TRAINING_ROWS))
     spark = spark_session(settings.spark_master, "edgelake-bench-api")
     try:
-        trained = train_fraud(spark, world.lake_root, scratch / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
+        build_card_features(spark, lake)
+        trained = train_fraud(spark, lake, scratch / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
     finally:
         spark.stop()
     registry.publish_run(
         world.lake_root, world.data_dir / registry.KEYS_DIR, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]},
         lineage=trained.lineage, feature_version=trained.feature_version, promote_to="production",
-    )  # fmt: skip
+    )
     return world, KeyStore(keys_path(world.data_dir)).create("bench api", "producer")[1]
 
 
@@ -180,7 +184,7 @@ class Server:
         command = [
             sys.executable, "-m", "uvicorn", f"edgelake.bench.api:{self.variant}_app", "--factory", "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", "1", "--log-level", "warning", "--no-access-log",
-        ]  # fmt: skip
+        ]
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=server_env(self.settings), stdout=log, stderr=subprocess.STDOUT)
         until = time.monotonic() + self.timeout_s

@@ -38,7 +38,8 @@ from edgelake.api.app import create_app
 from edgelake.api.devices import DeviceStore, devices_path
 from edgelake.bench.scratch import scratch_settings
 from edgelake.broker import free_port
-from edgelake.fashion_mnist import SIDE, read_split
+from edgelake.errors import UserError
+from edgelake.fashion_mnist import SIDE, Split, read_split
 from edgelake.interpreters import Interpreter, latency_ms, load_interpreter, predict, runtime_name
 from edgelake.settings import Settings
 from edgelake.training import registry
@@ -52,6 +53,10 @@ POLL_S = 0.02  # between reads of the agent's memory high-water mark
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class NoVisionModel(UserError, FileNotFoundError):
+    """No vision model to benchmark: the directory given lacks its TFLite files, or the registry has no production one."""
+
+
 def run(settings: Settings, model_dir: Path | None, runs: int, agent_frames: int) -> dict[str, Any]:
     """Time both models of ``model_dir`` (None: the registry's production vision version) ``runs`` times on each frame,
     then run an agent on the int8 one for ``agent_frames`` frames.
@@ -62,7 +67,7 @@ def run(settings: Settings, model_dir: Path | None, runs: int, agent_frames: int
     directory = model_dir or production_dir(settings)
     missing = [name for name in (FLOAT_TFLITE, INT8_TFLITE) if not (directory / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: give a vision model's version or training directory")
+        raise NoVisionModel(f"{directory} lacks {', '.join(missing)}: give a vision model's version or training directory")
     frames = sample_frames(settings.fashion_mnist_dir, FRAMES)
     float_model, int8_model = (load_interpreter(directory / name) for name in (FLOAT_TFLITE, INT8_TFLITE))
     float_ms, int8_ms = paired_latency_ms(float_model, int8_model, frames, runs)
@@ -91,7 +96,7 @@ def run_on_any_model(settings: Settings, model_dir: Path | None, runs: int, agen
 
 
 # The vision model ``bench all`` trains where the registry has none: real, small, a few seconds on CPU.
-STAND_IN_FRAMES = {"train": 4000, "test": 1000}
+STAND_IN_FRAMES: dict[Split, int] = {"train": 4000, "test": 1000}
 STAND_IN_EPOCHS = 2
 STAND_IN = (
     f"a stand-in vision model trained for this run ({STAND_IN_FRAMES['train']:,} Fashion-MNIST frames, "
@@ -103,13 +108,14 @@ def stand_in_model(settings: Settings, scratch: Path) -> Path:
     """A small real vision model (float and int8 TFLite) trained on the first Fashion-MNIST frames; its directory."""
     from edgelake.bench.silver import write_silver
     from edgelake.ingest.sources.fashion_mnist import frames
+    from edgelake.lake.catalog import Lake
     from edgelake.training.vision import train_vision
 
-    lake_root, model_dir = str(scratch / "vision-lake"), scratch / "vision"
+    lake, model_dir = Lake(str(scratch / "vision-lake")), scratch / "vision"
     start = datetime(2024, 1, 1, tzinfo=UTC)
     for split, count in STAND_IN_FRAMES.items():
-        write_silver(lake_root, frames(settings.fashion_mnist_dir, start, count=count, splits=(split,)))
-    train_vision(lake_root, model_dir, device="cpu", epochs=STAND_IN_EPOCHS, batch_size=64)
+        write_silver(lake, frames(settings.fashion_mnist_dir, start, count=count, splits=(split,)))
+    train_vision(lake, model_dir, device="cpu", epochs=STAND_IN_EPOCHS, batch_size=64)
     return model_dir
 
 
@@ -126,7 +132,7 @@ def production_dir(settings: Settings) -> Path:
     root = registry.registry_root_for(settings)
     advice = "run `edgelake train vision --promote-to production` or `make demo`, or pass --model-dir"
     if MODEL not in registry.models(root) or (version := registry.current(root, MODEL)) is None:
-        raise FileNotFoundError(f"no production {MODEL} model in the registry at {root}: {advice}")
+        raise NoVisionModel(f"no production {MODEL} model in the registry at {root}: {advice}")
     return registry.get(root, MODEL, version).path
 
 
@@ -154,7 +160,7 @@ def agent_peak_rss_mb(settings: Settings, int8_model: Path, samples: np.ndarray,
                 sys.executable, "-m", "edgelake.edge", "run", "--device-name", f"bench-{uuid.uuid4().hex[:6]}", "--api-url", url,
                 "--enrollment-token", token, "--state-dir", str(Path(work) / "agent"), "--frames", "fashion-mnist",
                 "--fps", str(FPS), "--max-frames", str(frames), "--heartbeat-s", str(HEARTBEAT_S),
-            ]  # fmt: skip
+            ]
             env = {**os.environ, "EDGELAKE_DATA_DIR": str(world.data_dir), "EDGELAKE_FASHION_MNIST_DIR": str(settings.fashion_mnist_dir)}
             return peak_rss_mb(command, env, Path(work) / "agent.log", timeout_s=60 + 3 * frames / FPS)
 
@@ -171,7 +177,7 @@ def publish_edge_model(world: Settings, int8_model: Path, samples: np.ndarray, w
         world.lake_root, world.data_dir / registry.KEYS_DIR, MODEL, {INT8_TFLITE: int8_model, SAMPLES_FILE: work / SAMPLES_FILE},
         metrics={}, lineage={}, extra={"edge_model": INT8_TFLITE, "samples": {"file": SAMPLES_FILE, "expected": expected.tolist()}},
         promote_to="production",
-    )  # fmt: skip
+    )
 
 
 @contextmanager

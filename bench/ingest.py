@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from edgelake.bench.scratch import scratch_settings
 from edgelake.contracts import Transaction
+from edgelake.errors import UserError
 from edgelake.kafka import consumer_config, producer_config
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest
@@ -22,8 +23,8 @@ ULB_ROWS = 284_807
 def run(settings: Settings, events: int, runner_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Produce ``events`` ULB transactions, time raw fetches of them by both clients, then time ``ingest --once``."""
     if events > ULB_ROWS:
-        raise ValueError(f"the ULB data set has {ULB_ROWS:,} transactions; asked for {events:,}")
-    csv = ulb.fetch_csv(settings.cache_dir)
+        raise UserError(f"the ULB data set has {ULB_ROWS:,} transactions; asked for {events:,}")
+    csv = ulb.fetch_csv(settings.cache_path)
     with scratch_settings(settings) as bench_settings:
         servers = bench_settings.kafka_bootstrap_servers
         topic = bench_settings.topic(Transaction.topic)
@@ -81,7 +82,7 @@ def _librdkafka_consume(servers: str, topic: str, events: int) -> float:
         "isolation.level": config["isolation_level"],
         "max.partition.fetch.bytes": config["max_partition_fetch_bytes"],
         "fetch.max.bytes": config["fetch_max_bytes"],
-    })  # fmt: skip
+    })
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in sorted(partitions)])
     started = time.perf_counter()

@@ -9,9 +9,8 @@ from kafka import KafkaProducer
 
 from edgelake.bench.scratch import scratch_settings
 from edgelake.contracts import Transaction
-from edgelake.kafka import producer_config
+from edgelake.kafka import EventProducer, produce, producer_config
 from edgelake.settings import Settings
-from edgelake.ingest.producer import EventProducer, produce
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 
 def run(settings: Settings, events: int) -> dict[str, Any]:

@@ -103,9 +103,10 @@ def at(*path: str) -> Getter:
     """The number at ``path`` of nested keys in a result."""
 
     def get(result: Result) -> float:
+        value: Any = result  # a nested value of the JSON result
         for key in path:
-            result = result[key]
-        return float(result)  # type: ignore[arg-type]
+            value = value[key]
+        return float(value)
 
     return get
 
@@ -190,7 +191,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
         lambda r: f"model: {r['model']}; {r['runtime']}, {r['agent_frames']} agent frames, load average {r['load_average']}",
     ),
-}  # fmt: skip
+}
 
 
 def readings(name: str, result: Result) -> list[Reading]:
@@ -267,7 +268,7 @@ def _row(reading: Reading) -> str:
     cells = (
         reading.benchmark, f"{reading.figure} ({reading.unit})", _number(reading.value), reading.baseline or "—",
         _number(reading.baseline_value), _ratio(reading.ratio), reading.goal_text() or "—", _met(reading.met),
-    )  # fmt: skip
+    )
     return "| " + " | ".join(_cell(text) for text in cells) + " |"
 
 

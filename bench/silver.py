@@ -13,7 +13,8 @@ from edgelake.contracts import Event
 from edgelake.ingest.columnar import columnar_contract
 from edgelake.ingest.kafka_source import Fetched, OffsetRange
 from edgelake.ingest.pipeline import bronze_rows, classify
-from edgelake.lake.tables import SILVER, table_uri
+from edgelake.lake.catalog import Lake
+from edgelake.lake.tables import SILVER
 
 BATCH = 50_000
 
@@ -38,14 +39,14 @@ def silver_rows(events: Sequence[Event], partition: int = 0, first_offset: int =
     return chunk.silver.select(schema.names).cast(schema)
 
 
-def write_silver(lake_root: str, events: Iterable[Event]) -> None:
+def write_silver(lake: Lake, events: Iterable[Event]) -> None:
     """Append events of one type to their silver table, in batches, at consecutive offsets of partition 0."""
     offset = 0
     events = iter(events)
     while batch := list(islice(events, BATCH)):
         spec = SILVER[batch[0].topic]
         write_deltalake(
-            table_uri(lake_root, spec), silver_rows(batch, first_offset=offset),
-            mode="append", partition_by=list(spec.partition_by), schema_mode="merge",
-        )  # fmt: skip
+            lake.uri(spec), silver_rows(batch, first_offset=offset),
+            mode="append", partition_by=list(spec.partition_by), schema_mode="merge", storage_options=lake.storage_options,
+        )
         offset += len(batch)

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from edgelake.bench.silver import write_silver
 from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
+from edgelake.lake.catalog import Lake
 from edgelake.lake.spark import read_table, spark_session
 from edgelake.lake.sql import run_query
 
@@ -37,15 +38,15 @@ QUERIES = {
 def run(rows: int, repeats: int = 5, master: str = "local[*]") -> dict[str, Any]:
     """Write ``rows`` synthetic transactions and their labels as silver, then time every query on both engines."""
     with tempfile.TemporaryDirectory(prefix="edgelake-bench-sql-") as scratch:
-        lake_root = str(Path(scratch) / "lake")
+        lake = Lake(str(Path(scratch) / "lake"))
         config = SyntheticConfig(seed=11, cards=max(2000, rows // 50))
-        write_silver(lake_root, transactions(config, rows))
-        write_silver(lake_root, labels(config, rows))
+        write_silver(lake, transactions(config, rows))
+        write_silver(lake, labels(config, rows))
         spark = spark_session(master, "edgelake-bench-sql")
         try:
             for name in ("silver_transactions", "silver_fraud_labels"):
-                read_table(spark, lake_root, name).createOrReplaceTempView(name)
-            queries = [_compare(name, sql, lake_root, spark, repeats) for name, sql in QUERIES.items()]
+                read_table(spark, lake, name).createOrReplaceTempView(name)
+            queries = [_compare(name, sql, lake, spark, repeats) for name, sql in QUERIES.items()]
         finally:
             spark.stop()
     embedded = statistics.median(t for q in queries for t in q.pop("embedded_s"))
@@ -59,12 +60,12 @@ def run(rows: int, repeats: int = 5, master: str = "local[*]") -> dict[str, Any]
     }
 
 
-def _compare(name: str, sql: str, lake_root: str, spark: Any, repeats: int) -> dict[str, Any]:
+def _compare(name: str, sql: str, lake: Lake, spark: Any, repeats: int) -> dict[str, Any]:
     """Both engines' timings of one query (after a warm-up each), having checked they give the same answer."""
-    embedded = run_query(lake_root, sql, limit=1_000_000).table
+    embedded = run_query(lake, sql, limit=1_000_000).table
     on_spark = spark.sql(sql).toArrow()
     _check_same(name, embedded, on_spark)
-    embedded_s = _timed(lambda: run_query(lake_root, sql, limit=1_000_000), repeats)
+    embedded_s = _timed(lambda: run_query(lake, sql, limit=1_000_000), repeats)
     spark_s = _timed(lambda: spark.sql(sql).toArrow(), repeats)
     return {
         "name": name,

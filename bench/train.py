@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgelake.bench.silver import write_silver
+from edgelake.fashion_mnist import Split
 from edgelake.settings import Settings
 from edgelake.ingest.sources.fashion_mnist import frames
 from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
@@ -25,13 +26,14 @@ TEST_IMAGES = 1000  # evaluation is not timed, but the vision run needs test fra
 
 def run(settings: Settings, rows: int, images: int, master: str, device: str = "auto") -> dict[str, Any]:
     """Time the feature job on ``rows`` synthetic transactions, then train both models briefly."""
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.gold import build_card_features
     from edgelake.lake.spark import spark_session
     from edgelake.training.fraud import FraudConfig, train_fraud
     from edgelake.training.vision import train_vision
 
     with tempfile.TemporaryDirectory(prefix="edgelake-bench-train-") as scratch:
-        lakes = {key: str(Path(scratch) / key / "lake") for key in ("warm-up", "parallel", "serial")}
+        lakes = {key: Lake(str(Path(scratch) / key / "lake")) for key in ("warm-up", "parallel", "serial")}
         config = SyntheticConfig(seed=5, cards=max(500, rows // 40))
         for key, lake in lakes.items():
             count = WARM_UP_ROWS if key == "warm-up" else rows
@@ -49,12 +51,13 @@ def run(settings: Settings, rows: int, images: int, master: str, device: str = "
                 spark.stop()
         fraud = train_fraud(
             spark, lakes["parallel"], Path(scratch) / "fraud",
-            FraudConfig(source="synthetic", epochs=FRAUD_EPOCHS, device=device),  # type: ignore[arg-type]
-        )  # fmt: skip
+            FraudConfig(source="synthetic", epochs=FRAUD_EPOCHS, device=device),  # type: ignore[arg-type]  # bench's --device is free text
+        )
         spark.stop()
-        frames_lake = str(Path(scratch) / "frames" / "lake")
+        frames_lake = Lake(str(Path(scratch) / "frames" / "lake"))
         start = datetime(2024, 1, 1, tzinfo=UTC)
-        for split, count in (("train", images), ("test", TEST_IMAGES)):
+        feeds: tuple[tuple[Split, int], ...] = (("train", images), ("test", TEST_IMAGES))
+        for split, count in feeds:
             write_silver(frames_lake, frames(settings.fashion_mnist_dir, start, count=count, splits=(split,)))
         vision = train_vision(frames_lake, Path(scratch) / "vision", device=device, epochs=VISION_EPOCHS)  # type: ignore[arg-type]
     return {

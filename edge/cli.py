@@ -40,7 +40,8 @@ def run(
 
     Prints a JSON summary on exit. Exit 3 when results are still queued (they are sent on the next run).
     """
-    from edgelake.edge.agent import Agent, AgentOptions, NotEnrolled
+    from edgelake.edge.agent import Agent
+    from edgelake.edge.options import AgentOptions
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -48,14 +49,11 @@ def run(
             settings, device_name, state_dir=state_dir, api_url=api_url, enrollment_token=enrollment_token, registry_key=registry_key,
             model=model, frames=frames, frame_offset=frame_offset, fps=fps, max_frames=max_frames, heartbeat_s=heartbeat_s,
             drain_timeout_s=drain_timeout_s,
-        )  # fmt: skip
+        )
         agent = Agent(options)
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop_signal, lambda *_: agent.stop.set())
-        try:
-            summary = agent.run()
-        except NotEnrolled as error:
-            raise ValueError(str(error)) from None
+        summary = agent.run()
     print(json.dumps(asdict(summary)), flush=True)
     if summary.queued:
         raise typer.Exit(3)

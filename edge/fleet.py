@@ -91,7 +91,7 @@ def _start(options: FleetOptions, index: int, name: str) -> subprocess.Popen[byt
         "--enrollment-token", options.enrollment_token, "--frames", options.frames, "--frame-offset", str(index * FRAMES_APART),
         "--fps", str(options.fps), "--heartbeat-s", str(options.heartbeat_s),
         *(["--max-frames", str(options.max_frames)] if options.max_frames is not None else []),
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "EDGELAKE_LOG_FORMAT": "json"}
     with (directory / "agent.out").open("wb") as out, (directory / "agent.log").open("ab") as log:
         return subprocess.Popen(command, stdout=out, stderr=log, env=env)

@@ -1,15 +1,22 @@
-"""Where a device's results go: straight to Kafka when it can reach a broker, else through the API."""
+"""Where a device's results go, and their way there: from the outbox, oldest first, straight to Kafka when the device can
+reach a broker, else through the API."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from edgelake.edge.client import CloudClient, CloudUnreachable
+from edgelake.edge.client import CloudClient, CloudRefused, CloudUnreachable
+from edgelake.edge.outbox import Outbox
 from edgelake.kafka import producer_config
+
+logger = logging.getLogger(__name__)
 
 
 class ResultSink(Protocol):
@@ -89,3 +96,46 @@ class FallbackSink:
         for sink in self.sinks:
             sink.close()
 
+
+
+def result_sink(client: CloudClient, device_id: str, kafka_bootstrap_servers: str, topic: str) -> ResultSink:
+    """The API alone, or Kafka first when the device is given brokers (``kafka_bootstrap_servers``)."""
+    api = ApiSink(client, device_id)
+    if not kafka_bootstrap_servers:
+        return api
+    return FallbackSink([KafkaSink(kafka_bootstrap_servers, topic, device_id), api])
+
+
+class Forwarder:
+    """Delivers the outbox's results to a sink, oldest first, ``batch`` at a time, and counts those delivered.
+
+    ``queued`` is set when a result is queued: what the cloud loop waits for when the outbox is empty.
+    """
+
+    def __init__(self, outbox: Outbox, sink: ResultSink, batch: int) -> None:
+        self.outbox = outbox
+        self.sink = sink
+        self.batch = batch
+        self.queued = threading.Event()
+        self.delivered = 0
+
+    def forward(self) -> int | None:
+        """Deliver the oldest queued batch; how many results were delivered, None when the cloud could not take them."""
+        batch = self.outbox.peek(self.batch)
+        if not batch:
+            return 0
+        try:
+            self.sink.deliver([queued.payload for queued in batch])
+        except (CloudUnreachable, CloudRefused) as error:
+            logger.debug("results kept queued (%d): %s", len(batch), error)
+            return None
+        self.outbox.acknowledge(batch[-1].seq)
+        self.delivered += len(batch)
+        return len(batch)
+
+    def drain(self, stop: threading.Event, timeout_s: float) -> None:
+        """Wait, up to ``timeout_s`` or until ``stop`` is set, until the cloud loop delivered every queued result."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.outbox) and time.monotonic() < deadline and not stop.is_set():
+            self.queued.set()
+            stop.wait(0.2)

@@ -9,10 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelake.errors import UserError
 from edgelake.fashion_mnist import SIDE, read_split
 
 FASHION_MNIST = "fashion-mnist"
 IMAGE_SUFFIXES = (".npy", ".pgm")
+
+
+class FramesUnusable(UserError, ValueError):
+    """An image in the frames folder that is not 8-bit grayscale."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ def folder_frames(directory: Path) -> Iterator[Frame]:
     A file in a sub-folder named by a class index (``3/coat.pgm``) is labelled with that class.
     """
     if not directory.is_dir():
-        raise FileNotFoundError(f"no frames folder at {directory} (give a folder of .npy or .pgm images, or 'fashion-mnist')")
+        raise UserError(f"no frames folder at {directory} (give a folder of .npy or .pgm images, or 'fashion-mnist')")
     for path in sorted(p for p in directory.rglob("*") if p.suffix in IMAGE_SUFFIXES and p.is_file()):
         parent = path.parent.name
         label = int(parent) if path.parent != directory and parent.isdigit() else None
@@ -57,7 +62,7 @@ def folder_frames(directory: Path) -> Iterator[Frame]:
 def _grayscale(path: Path) -> np.ndarray:
     pixels = np.load(path, allow_pickle=False) if path.suffix == ".npy" else _pgm(path.read_bytes())
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 1):
-        raise ValueError(f"{path}: expected an 8-bit grayscale image, got {pixels.dtype} {pixels.shape}")
+        raise FramesUnusable(f"{path}: expected an 8-bit grayscale image, got {pixels.dtype} {pixels.shape}")
     return pixels.reshape(*pixels.shape[:2], 1)
 
 
@@ -78,6 +83,6 @@ def _pgm(data: bytes) -> np.ndarray:
         position = end
     magic, width, height, maxval = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
     if magic != b"P5" or maxval > 255:
-        raise ValueError(f"not an 8-bit binary PGM image ({magic!r}, maxval {maxval})")
+        raise FramesUnusable(f"not an 8-bit binary PGM image ({magic!r}, maxval {maxval})")
     pixels = np.frombuffer(data, np.uint8, count=width * height, offset=position + 1)
     return pixels.reshape(height, width)

@@ -8,6 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
 
+from edgelake.errors import UserError
 from edgelake.files import replace_durably
 from edgelake.signing import KeySet, KeySetRelease, load_public_key
 
@@ -27,9 +28,9 @@ class Credentials(BaseModel):
     registry_public_key: str | None
 
     def pinned_key(self) -> Ed25519PublicKey:
-        """The registry key every model must be signed by; ValueError when none was pinned."""
+        """The registry key every model must be signed by; UserError when none was pinned."""
         if self.registry_public_key is None:
-            raise ValueError(
+            raise UserError(
                 "no registry key is pinned: the registry had published nothing at enrollment; "
                 "pin one with --registry-key (the registry's registry.pub)"
             )

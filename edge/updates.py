@@ -1,5 +1,8 @@
 """Over-the-air model updates: download aside, verify against the trusted key set, smoke-test, swap atomically, roll back.
 
+``ModelSlot`` keeps one model's versions on the device; ``Updater`` holds the version the device runs and makes
+each change to it (an update, a rollback, a new trusted key set) one at a time.
+
 Layout under ``<state_dir>/models/<name>/``::
 
     installed.json   the active version, the previous one (kept for rollback) and the refused ones, with why
@@ -13,8 +16,10 @@ crash at any moment leaves the device running either the old version or the new 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,13 +27,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from edgelake.edge.client import CloudClient
+from edgelake.edge.client import CloudClient, CloudRefused, CloudUnreachable
 from edgelake.edge.runner import EdgeFiles, EdgeModel, NotAnEdgeModel, load_model
 from edgelake.device_api import AgentEvent, AgentEventKind
 from edgelake.files import fsync_directory, replace_durably
 from edgelake.signing import MANIFEST, Manifest, Trusted, verify_files
 
 INSTALLED = "installed.json"
+logger = logging.getLogger(__name__)
 
 Report = Callable[[AgentEvent], None]
 
@@ -162,3 +168,50 @@ class ModelSlot:
 
     def _event(self, kind: AgentEventKind, version: int | None, detail: str = "") -> None:
         self._report(AgentEvent(kind=kind, time=datetime.now(UTC), model=self.name, version=version, detail=detail))
+
+
+class Updater:
+    """The model the device runs, and every change to it, one at a time: an update over the air, a rollback, a new key set."""
+
+    def __init__(self, slot: ModelSlot, report: Report) -> None:
+        self.slot = slot
+        self._report = report
+        self._lock = threading.Lock()  # one change at a time, held through a download
+        self._model = slot.load_active()
+
+    def active(self) -> EdgeModel | None:
+        """The model to run now; never waits for a change in progress."""
+        return self._model
+
+    def apply(self, version: int, client: CloudClient) -> None:
+        """Run ``version`` from now on unless it is active or was refused before; when it fails, the active model stays."""
+        with self._lock:
+            if not self.slot.wants(version):
+                return
+            try:
+                model = self.slot.update(version, client)
+            except UpdateFailed as failure:
+                logger.warning("%s v%d not installed: %s", self.slot.name, version, failure)
+                return
+            except (CloudUnreachable, CloudRefused) as error:
+                logger.info("%s v%d not downloaded yet: %s", self.slot.name, version, error)
+                return
+            self._model = model
+        logger.info("now running %s v%d (%s)", model.name, model.version, model.runtime)
+
+    def failed(self, model: EdgeModel, error: Exception) -> EdgeModel | None:
+        """Roll ``model`` back after it raised ``error`` at run time; the model to run instead (None: none left)."""
+        detail = f"{type(error).__name__}: {error}"
+        logger.error("%s v%d failed at run time: %s", model.name, model.version, detail)
+        self._report(AgentEvent(kind="runtime_error", time=datetime.now(UTC), model=model.name, version=model.version, detail=detail))
+        with self._lock:
+            if self._model is model:
+                self._model = self.slot.roll_back(f"runtime error: {detail}")
+            return self._model  # the replacement, or the model another change put in place meanwhile
+
+    def trust(self, keys: Trusted) -> None:
+        """Verify against ``keys`` from now on; the active model is checked again (one signed by a key revoked now is rolled back)."""
+        with self._lock:
+            self.slot.trusted = keys
+            if self.slot.installed.active is not None:
+                self._model = self.slot.load_active()

@@ -74,7 +74,7 @@ class EmbeddedBroker:
 
     def __post_init__(self) -> None:
         if not 1 <= self.brokers <= MAX_NODES:
-            raise ValueError(f"an embedded cluster has 1 to {MAX_NODES} brokers, not {self.brokers}")
+            raise UserError(f"an embedded cluster has 1 to {MAX_NODES} brokers, not {self.brokers}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbeddedBroker:
@@ -189,18 +189,18 @@ class KafkaNode:
                 formatted = subprocess.run(
                     [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={self.cluster.cluster_id()}", f"--config={properties}"],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
-                )  # fmt: skip
+                )
                 if formatted.returncode != 0:
                     raise BrokerUnavailable(f"formatting Kafka's storage failed; see {self.folder / 'stdout.log'}")
             jvm = [
                 f"-Xms{HEAP_MB}m", f"-Xmx{HEAP_MB}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                 "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.folder / 'log4j2.properties'}", f"-Dkafka.logs.dir={self.folder}",
-            ]  # fmt: skip
+            ]
             process = subprocess.Popen(
                 [java[0], *jvm, *java[1:], "kafka.Kafka", str(properties)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+            )
         self._pid_file.write_text(json.dumps({"pid": process.pid, "port": self.port}))
         return process.pid
 

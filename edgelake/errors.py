@@ -4,15 +4,8 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A mistake in the user's input or environment, said in words they can act on."""
+    """A mistake in the user's input or environment, said in words they can act on.
 
-
-# Errors that mean the user's input or environment is wrong: reported in one line, exit 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError,
-    FileNotFoundError,
-    LookupError,
-    TimeoutError,
-    ValueError,
-    RuntimeError,
-)
+    Commands report it in one line with exit status 2; any other exception is a bug and keeps its traceback.
+    Subclasses that other code catches by a built-in type also derive from it (``class UnknownTable(UserError, LookupError)``).
+    """

@@ -9,11 +9,15 @@ import gzip
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
+from edgelake.errors import UserError
+
+Split = Literal["train", "test"]
 CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+)
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -21,12 +25,16 @@ FILES = {
 SIDE = 28
 
 
+class DatasetMissing(UserError, FileNotFoundError):
+    """Fashion-MNIST's files are not where the settings say."""
+
+
 def read_split(directory: Path, split: str) -> Iterator[tuple[bytes, int]]:
     """Each image of ``split`` (28×28 raw grayscale bytes) with its class index, in file order."""
     images_file, labels_file = FILES[split]
     missing = [name for name in FILES[split] if not (directory / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise DatasetMissing(
             f"Fashion-MNIST files {missing} not found in {directory}: apt-get install dataset-fashion-mnist "
             "or set EDGELAKE_FASHION_MNIST_DIR"
         )
@@ -34,7 +42,7 @@ def read_split(directory: Path, split: str) -> Iterator[tuple[bytes, int]]:
         magic, count, rows, cols = struct.unpack(">IIII", images.read(16))
         label_magic, label_count = struct.unpack(">II", labels.read(8))
         if (magic, label_magic) != (2051, 2049) or count != label_count or (rows, cols) != (SIDE, SIDE):
-            raise ValueError(f"{directory / images_file} is not a Fashion-MNIST idx file")
+            raise UserError(f"{directory / images_file} is not a Fashion-MNIST idx file")
         label_bytes = labels.read(count)
         for index in range(count):
             yield images.read(rows * cols), label_bytes[index]

@@ -9,11 +9,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from edgelake.errors import UserError
+
 POM_DIR = Path(__file__).resolve().parents[1] / "infra" / "jars"
 _STAMP = ".pom.sha256"  # the pom a folder's jars were fetched for
 
 
-class JarsMissing(RuntimeError):
+class JarsMissing(UserError, RuntimeError):
     """A jar set was not fetched, or was fetched for another version of its pom."""
 
 
@@ -48,7 +50,7 @@ def fetch(jars_dir: Path, name: str, pom_dir: Path = POM_DIR, log_file: Path | N
     command = [
         mvn, "--batch-mode", "--quiet", "--no-transfer-progress", "-Dstyle.color=never", "-f", str(pom),
         "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-    ]  # fmt: skip
+    ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if log_file is not None:

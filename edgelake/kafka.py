@@ -1,23 +1,34 @@
-"""Kafka client configuration and topic administration shared by every stage."""
+"""Kafka client configuration, topic administration and the event producer shared by every stage."""
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.protocol.metadata import MetadataRequest
 
-from edgelake.contracts import EVENT_TYPES
+from edgelake import retry
+from edgelake.contracts import EVENT_TYPES, Event
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class KafkaUnreachable(UserError, TimeoutError):
+    """No Kafka broker answered, or answered what was asked, in time."""
+
+
+class UnknownTopic(UserError, LookupError):
+    """A topic the cluster does not have."""
 T = TypeVar("T")
 
 
@@ -50,25 +61,18 @@ def consumer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
 
 
 def retrying(call: Callable[[], T], what: str, max_stall_s: float = 120.0) -> T:
-    """``call()``, tried again with backoff while the broker cannot be reached, for up to ``max_stall_s``."""
+    """``call()``, tried again with backoff while the broker cannot be reached; ``KafkaUnreachable`` after ``max_stall_s``."""
     started = time.monotonic()
-    delay = 0.2
-    while True:
-        try:
-            return call()
-        except KafkaError as error:
-            stalled = time.monotonic() - started
-            if stalled > max_stall_s:
-                raise TimeoutError(f"{what}: no broker answered for {stalled:.0f}s ({error})") from error
-            log.warning("waiting for the broker", extra={"doing": what, "stalled_s": round(stalled), "error": str(error)})
-            time.sleep(delay)
-            delay = min(5.0, delay * 2)
+    try:
+        return retry.retrying(call, what, retry_on=KafkaError, logger=log, first_s=0.2, max_s=5.0, max_stall_s=max_stall_s)
+    except KafkaError as error:
+        raise KafkaUnreachable(f"{what}: no broker answered for {time.monotonic() - started:.0f}s ({error})") from error
 
 
 def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0, brokers: int = 1) -> None:
-    """Block until the cluster's metadata lists ``brokers`` live brokers; raise ``TimeoutError`` otherwise."""
+    """Block until the cluster's metadata lists ``brokers`` live brokers; raise ``KafkaUnreachable`` otherwise."""
     deadline = time.monotonic() + timeout_s
-    last_error: Exception | str | None = None
+    last_error: Exception | str = "nothing listens there"
     while time.monotonic() < deadline:
         if not broker_reachable(bootstrap_servers):
             time.sleep(0.2)  # no client yet: a refused connection makes kafka-python log errors
@@ -81,7 +85,7 @@ def wait_until_ready(bootstrap_servers: str, timeout_s: float = 30.0, brokers: i
         except (KafkaError, OSError) as error:
             last_error = error
         time.sleep(0.2)
-    raise TimeoutError(f"no Kafka cluster answered at {bootstrap_servers} within {timeout_s:.0f}s: {last_error}")
+    raise KafkaUnreachable(f"no Kafka cluster answered at {bootstrap_servers} within {timeout_s:.0f}s: {last_error}")
 
 
 def cluster_size(bootstrap_servers: str) -> int:
@@ -139,7 +143,7 @@ def _wait_for_leaders(admin: KafkaAdminClient, topics: list[str], timeout_s: flo
         if not topics:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"topics {', '.join(topics)} have no leader after {timeout_s:.0f}s")
+            raise KafkaUnreachable(f"topics {', '.join(topics)} have no leader after {timeout_s:.0f}s")
         time.sleep(0.1)
 
 
@@ -194,7 +198,7 @@ class Record:
 def read_topic(bootstrap_servers: str, topic: str, stall_s: float = 30.0) -> Iterator[Record]:
     """Every committed record of ``topic`` up to its end offsets as of this call, one partition after another.
 
-    Raises ``TimeoutError`` when a partition gives nothing for ``stall_s`` before its end.
+    Raises ``KafkaUnreachable`` when a partition gives nothing for ``stall_s`` before its end.
     """
     consumer = KafkaConsumer(**consumer_config(bootstrap_servers))
     try:
@@ -218,11 +222,122 @@ def _read_partition(consumer: KafkaConsumer, partition: TopicPartition, end: int
                 if m.offset < end:
                     yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
         if time.monotonic() - progress > stall_s:
-            raise TimeoutError(f"{partition} gave nothing for {stall_s:.0f}s before its end offset {end}")
+            raise KafkaUnreachable(f"{partition} gave nothing for {stall_s:.0f}s before its end offset {end}")
 
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> Sequence[TopicPartition]:
     ids = consumer.partitions_for_topic(topic)
     if not ids:
-        raise LookupError(f"topic '{topic}' does not exist")
+        raise UnknownTopic(f"topic '{topic}' does not exist")
     return [TopicPartition(topic, p) for p in sorted(ids)]
+
+
+@dataclass
+class DeliveryReport:
+    """What happened to the events given to a producer."""
+
+    sent: int = 0
+    acknowledged: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    per_topic: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return self.sent - self.acknowledged - self.failed
+
+
+class EventProducer:
+    """Sends contract-valid events to their topics, keyed by their key field.
+
+    Every event is validated before anything is sent: ``send_many`` refuses the
+    whole batch if one event is invalid, so nothing is half-sent.
+    """
+
+    def __init__(
+        self, settings: Settings, bootstrap_servers: str, on_failure: Callable[[str, KafkaError], None] | None = None, **kafka_overrides: Any
+    ) -> None:
+        """``on_failure(event_id, error)`` runs for each event the producer gives up on, on its I/O thread."""
+        self._producer = KafkaProducer(**producer_config(bootstrap_servers, **kafka_overrides))
+        self._on_failure = on_failure
+        self._topics = {event: settings.topic(event.topic) for event in EVENT_TYPES}
+        self._lock = threading.Lock()
+        self.report = DeliveryReport()
+
+    def send(self, event: Event | Mapping[str, Any], event_type: type[Event] | None = None) -> None:
+        """Validate one event (an instance, or a mapping with ``event_type``) and send it."""
+        self._send(_validated(event, event_type))
+
+    def send_many(self, events: Iterable[Event | Mapping[str, Any]], event_type: type[Event] | None = None) -> int:
+        """Validate every event, then send them all; return how many were sent."""
+        valid = [_validated(event, event_type) for event in events]
+        for event in valid:
+            self._send(event)
+        return len(valid)
+
+    def flush(self, timeout_s: float | None = None) -> DeliveryReport:
+        """Wait for every sent event to be acknowledged or to fail (``KafkaTimeoutError`` after ``timeout_s``)."""
+        self._producer.flush(timeout=timeout_s)
+        return self.report
+
+    def close(self, timeout_s: float | None = None) -> DeliveryReport:
+        self.flush(timeout_s)
+        self._producer.close(timeout=timeout_s)
+        return self.report
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, event: Event) -> None:
+        topic = self._topics[type(event)]
+        future = self._producer.send(topic, key=event.key, value=event.to_bytes())
+        self.report.sent += 1
+        self.report.per_topic[topic] = self.report.per_topic.get(topic, 0) + 1
+        future.add_callback(self._acknowledged)
+        future.add_errback(self._failed, event.event_id)
+
+    def _acknowledged(self, _: object) -> None:
+        with self._lock:
+            self.report.acknowledged += 1
+
+    def _failed(self, event_id: str, error: KafkaError) -> None:
+        with self._lock:
+            self.report.failed += 1
+            if len(self.report.errors) < 100:
+                self.report.errors.append(f"{event_id}: {error}")
+        if self._on_failure is not None:
+            self._on_failure(event_id, error)
+
+
+def produce(
+    producer: EventProducer,
+    events: Iterable[Event],
+    rate: float = 0.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> DeliveryReport:
+    """Send ``events`` at up to ``rate`` events/s (0 = as fast as possible), then flush."""
+    started = time.monotonic()
+    count = 0
+    for count, event in enumerate(events, start=1):
+        producer.send(event)
+        if rate > 0:
+            ahead = count / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        if on_progress is not None and count % 1000 == 0:
+            on_progress(1000)
+    report = producer.flush()
+    if on_progress is not None:
+        on_progress(count % 1000)
+    return report
+
+
+def _validated(event: Event | Mapping[str, Any], event_type: type[Event] | None) -> Event:
+    if isinstance(event, Event):
+        return event
+    if event_type is None:
+        raise TypeError("a mapping needs event_type to be validated")
+    return event_type.parse(event)

@@ -6,7 +6,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     jars_dir: Path | None = Field(None, description="JVM jars fetched with Maven by the install step; default <cache_dir>/jars.")
     lake_root: str = Field(
         "./.edgelake/lake", description="Lake root: a path or any URI deltalake accepts (s3://, file://)."
+    )
+    lake_storage_options: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Options for the lake's storage, given to every Delta read and write (JSON): "
+        'credentials, endpoint, region of an object store, e.g. {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ALLOW_HTTP": "true"}; '
+        "never shown.",
     )
     registry_dir: Path | None = Field(
         None,
@@ -104,6 +110,12 @@ class Settings(BaseSettings):
         if self.cache_dir is None:
             self.cache_dir = self.data_dir / "cache"
         return self
+
+    @property
+    def cache_path(self) -> Path:
+        """Where downloaded data sets are cached: ``cache_dir``, which reading the settings always sets."""
+        assert self.cache_dir is not None
+        return self.cache_dir
 
     @property
     def jars_path(self) -> Path:

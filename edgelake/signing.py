@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from edgelake.errors import UserError
+
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 RESERVED = frozenset({MANIFEST, SIGNATURE})
@@ -110,7 +112,7 @@ def sign(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> bytes:
     return base64.b64encode(private_key.sign(manifest_bytes))
 
 
-class KeySetRefused(ValueError):
+class KeySetRefused(UserError, ValueError):
     """A key-set release that does not prove to follow the key set trusted so far."""
 
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 import pyarrow as pa
 from pydantic import ValidationError
@@ -37,6 +37,7 @@ UPPER_CASED = frozenset({"currency", "country"})
 RESERVED = frozenset(field.name for field in LINEAGE)
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NEW_COLUMN_TYPES: dict[type, pa.DataType] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+_JSON_TYPES: dict[type, str] = {str: "string", dict: "object", list: "array"}
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,7 @@ def _fit(name: str, value: Scalar, column_type: pa.DataType) -> Scalar | Rejecti
     return value
 
 
-def _is_integer(value: Any) -> bool:
+def _is_integer(value: Any) -> TypeGuard[int]:
     """Whether a decoded JSON value is an integer (JSON booleans are Python ints too)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -306,7 +307,7 @@ def _json_type(value: Any) -> str:
         return "integer"
     if isinstance(value, float):
         return f"number ({value!r})"
-    return {str: "string", dict: "object", list: "array"}[type(value)]
+    return _JSON_TYPES[type(value)]
 
 
 def _new_column_type(name: str, values: list[Any]) -> pa.DataType:

@@ -20,6 +20,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -64,7 +65,7 @@ class _Column:
     def wire_type(self) -> pa.DataType | None:
         """The type Arrow reads the JSON value as; None for maps, which Arrow infers as structs."""
         return {"str": pa.string(), "datetime": pa.string(), "int": pa.int64(), "float": pa.float64(),
-                "bool": pa.bool_(), "map": None}[self.kind]  # fmt: skip
+                "bool": pa.bool_(), "map": None}[self.kind]
 
 
 @dataclass(frozen=True)
@@ -254,11 +255,11 @@ def _string_checks(name: str, metadata: list[Any]) -> tuple[Check, ...]:
     checks: list[Check] = [lambda v: pc.match_substring_regex(v, _AS_SENT)]
     for constraint in metadata:
         if isinstance(constraint, at.MinLen):
-            checks.append(lambda v, n=constraint.min_length: pc.greater_equal(pc.utf8_length(v), n))
+            checks.append(partial(lambda v, n: pc.greater_equal(pc.utf8_length(v), n), n=constraint.min_length))
         elif isinstance(constraint, at.MaxLen):
-            checks.append(lambda v, n=constraint.max_length: pc.less_equal(pc.utf8_length(v), n))
+            checks.append(partial(lambda v, n: pc.less_equal(pc.utf8_length(v), n), n=constraint.max_length))
         elif _only_pattern(constraint):
-            checks.append(lambda v, p=constraint.pattern: pc.match_substring_regex(v, p))
+            checks.append(partial(lambda v, p: pc.match_substring_regex(v, p), p=constraint.pattern))
         else:
             raise Unsupported(f"field '{name}': constraint {constraint!r}")
     return tuple(checks)
@@ -274,7 +275,7 @@ def _number_checks(name: str, metadata: list[Any], finite: bool) -> tuple[Check,
             raise Unsupported(f"field '{name}': constraint {constraint!r}")
         compare, attribute = bounds[type(constraint)]
         bound = getattr(constraint, attribute)
-        checks.append(lambda v, compare=compare, bound=bound: compare(v, bound))
+        checks.append(partial(lambda v, compare, bound: compare(v, bound), compare=compare, bound=bound))
     return tuple(checks)
 
 

@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
+from edgelake.errors import UserError
 from edgelake.kafka import consumer_config, retrying
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class OffsetRange:
         return self.end - self.start
 
 
-class BrokerUnreachable(TimeoutError):
+class BrokerUnreachable(UserError, TimeoutError):
     """No progress on a range for longer than the allowed stall."""
 
 

@@ -1,7 +1,7 @@
 """Exactly-once commits of one topic's micro-batch into bronze, quarantine and silver.
 
 Each table's Delta log records, per topic-partition, the last Kafka offset it holds:
-``Transaction(app_id="<pipeline>/<topic>/<partition>", version=<last offset>)``, in the
+``Transaction(app_id=ingest_app_id(pipeline, topic, partition), version=<last offset>)``, in the
 same atomic commit as the rows. A restart reads from the smallest next offset of the
 three tables and each table skips the offsets its log already covers, so a crash at any
 instant neither loses nor duplicates a record. Silver also drops events whose
@@ -23,10 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError
 
 from edgelake.contracts import EVENT_BY_TOPIC
-from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec, table_uri
+from edgelake.lake.catalog import Lake, ingest_app_id
+from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec
 
 class ConcurrentCommit(Exception):
     """Another writer committed some of a batch's offsets into a table first: the batch must be planned again."""
@@ -53,29 +54,23 @@ class CommitResult:
 
 
 class LakeWriter:
-    """Commits micro-batches of a named pipeline into the lake under ``lake_root``.
+    """Commits micro-batches of a named pipeline into ``lake``.
 
     Topics are Kafka topic names; ``topic_prefix`` is stripped to find their tables.
     """
 
-    def __init__(
-        self, lake_root: str, pipeline: str, topic_prefix: str = "", storage_options: dict[str, str] | None = None
-    ) -> None:
-        self.lake_root = lake_root
+    def __init__(self, lake: Lake, pipeline: str, topic_prefix: str = "") -> None:
+        self.lake = lake
         self.pipeline = pipeline
         self.topic_prefix = topic_prefix
-        self.storage_options = storage_options
         self._logs: dict[str, DeltaTable] = {}
-
-    def app_id(self, topic: str, partition: int) -> str:
-        return f"{self.pipeline}/{topic}/{partition}"
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         """The first offset some table of ``topic`` does not hold yet; None if none holds any."""
         committed = [self._committed(self._open(spec), topic, partition) for spec in self._tables(topic)]
         if any(version is None for version in committed):
             return None
-        return min(committed) + 1  # type: ignore[type-var]
+        return min(version for version in committed if version is not None) + 1
 
     def silver_schema(self, topic: str) -> pa.Schema:
         """The silver table's current schema (with evolved columns), or its defined one."""
@@ -90,7 +85,7 @@ class LakeWriter:
         bronze = self._unwritten(bronze_spec, logs[bronze_spec.name], batch.topic, batch.bronze)
         quarantine = self._unwritten(QUARANTINE, logs[QUARANTINE.name], batch.topic, batch.quarantine)
         silver_log = logs[silver_spec.name]
-        known = _silver_ids(table_uri(self.lake_root, silver_spec))
+        known = _silver_ids(self.lake.uri(silver_spec))
         silver, duplicates = known.new_events(silver_log, self._unwritten(silver_spec, silver_log, batch.topic, batch.silver))
         self._append(bronze_spec, logs[bronze_spec.name], batch, bronze)
         self._append(QUARANTINE, logs[QUARANTINE.name], batch, quarantine)
@@ -108,12 +103,12 @@ class LakeWriter:
     ) -> bool:
         """Commit ``data`` with the batch's offsets on ``table``, the snapshot it was chosen on; False if that holds the whole batch."""
         committed = {p: self._committed(table, batch.topic, p) for p in batch.last_offsets}
-        versions = {p: o for p, o in batch.last_offsets.items() if committed[p] is None or committed[p] < o}
+        versions = {p: o for p, o in batch.last_offsets.items() if (done := committed[p]) is None or done < o}
         if not versions:
             return False
         if table is None:
-            self._create(spec)
-            table = DeltaTable(table_uri(self.lake_root, spec), version=0, storage_options=self.storage_options)  # empty, as planned on
+            self.lake.create(spec)
+            table = self.lake.open(spec.name, 0)  # empty, as planned on
         try:
             write_deltalake(
                 table,
@@ -121,7 +116,7 @@ class LakeWriter:
                 mode="append",
                 schema_mode="merge",
                 commit_properties=CommitProperties(
-                    app_transactions=[Transaction(self.app_id(batch.topic, p), o) for p, o in sorted(versions.items())],
+                    app_transactions=[Transaction(ingest_app_id(self.pipeline, batch.topic, p), o) for p, o in sorted(versions.items())],
                     custom_metadata={"pipeline": self.pipeline, "topic": batch.topic, **(metadata or {})},
                 ),
             )
@@ -146,7 +141,7 @@ class LakeWriter:
         return rows.filter(mask)
 
     def _committed(self, table: DeltaTable | None, topic: str, partition: int) -> int | None:
-        return None if table is None else table.transaction_version(self.app_id(topic, partition))
+        return None if table is None else table.transaction_version(ingest_app_id(self.pipeline, topic, partition))
 
     def _open(self, spec: TableSpec) -> DeltaTable | None:
         """The table at its latest version; None if it does not exist yet."""
@@ -154,23 +149,10 @@ class LakeWriter:
         if table is not None:
             table.update_incremental()
             return table
-        try:
-            table = DeltaTable(table_uri(self.lake_root, spec), storage_options=self.storage_options)
-        except TableNotFoundError:
-            return None
-        self._logs[spec.name] = table
+        table = self.lake.find(spec.name)
+        if table is not None:
+            self._logs[spec.name] = table
         return table
-
-    def _create(self, spec: TableSpec) -> None:
-        DeltaTable.create(
-            table_uri(self.lake_root, spec),
-            spec.schema,
-            mode="ignore",
-            partition_by=list(spec.partition_by),
-            name=spec.name,
-            description=spec.description,
-            storage_options=self.storage_options,
-        )
 
     def event_topic(self, topic: str) -> str:
         """The logical topic (``transactions``) of a Kafka topic (``<prefix>transactions``)."""

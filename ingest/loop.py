@@ -14,6 +14,7 @@ from deltalake.exceptions import CommitFailedError
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
+from edgelake import retry
 from edgelake.broker import bootstrap_servers
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.kafka import consumer_config, retrying
@@ -21,7 +22,7 @@ from edgelake.settings import Settings
 from edgelake.ingest.kafka_source import OffsetRange, plan_ranges
 from edgelake.ingest.lake_writer import ConcurrentCommit
 from edgelake.ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
-from edgelake.lake.catalog import UnknownTable, optimize
+from edgelake.lake.catalog import Lake, UnknownTable, optimize
 from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def ingest(
 def _ingest_batches(settings: Settings, options: IngestOptions, once: bool, stop: threading.Event, offsets: OffsetsClient) -> IngestTotals:
     """The loop of ``ingest``: plan, let a small batch fill up, run it, report."""
     servers = bootstrap_servers(settings)
-    config = WriterConfig(settings.lake_root, options.pipeline, settings.topic_prefix)
+    config = WriterConfig(Lake.from_settings(settings), options.pipeline, settings.topic_prefix)
     writer = config.writer()
     topics = [settings.topic(t) for t in options.topics]
     targets = retrying(lambda: offsets.call(lambda c: _end_offsets(c, topics)), "reading end offsets") if once else None
@@ -132,26 +133,19 @@ def _retrying_lake(call: Callable[[], BatchCounts], max_stall_s: float = 120.0) 
     """``call()``, tried again with backoff while the lake's storage fails, for up to ``max_stall_s``.
 
     A batch can run again whole: each of its commits skips the offsets its table already holds.
+    Retried: object-store errors, or concurrent commits past delta-rs's retries.
     """
-    started, delay = time.monotonic(), 1.0
-    while True:
-        try:
-            return call()
-        except (OSError, CommitFailedError) as error:  # object-store errors, or concurrent commits past delta-rs's retries
-            stalled = time.monotonic() - started
-            if stalled > max_stall_s:
-                raise
-            log.warning("lake write failed; running the batch again", extra={"stalled_s": round(stalled), "error": str(error)[:500]})
-            time.sleep(delay)
-            delay = min(15.0, delay * 2)
+    lake_errors = (OSError, CommitFailedError)
+    return retry.retrying(call, "writing a batch to the lake", retry_on=lake_errors, logger=log, first_s=1.0, max_s=15.0, max_stall_s=max_stall_s)
 
 
 def maintain(settings: Settings, topics: tuple[str, ...]) -> None:
     """Compact small files and write a checkpoint of every table the topics feed."""
     specs = [QUARANTINE, *(BRONZE[t] for t in topics), *(SILVER[t] for t in topics)]
+    lake = Lake.from_settings(settings)
     for spec in specs:
         try:
-            metrics = optimize(settings.lake_root, spec.name)
+            metrics = optimize(lake, spec.name)
         except UnknownTable:
             continue
         log.info("table compacted", extra={"table": spec.name, "metrics": metrics})

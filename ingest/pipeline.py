@@ -28,6 +28,7 @@ from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow, split_
 from edgelake.ingest.columnar import ColumnarContract, columnar_contract
 from edgelake.ingest.kafka_source import Fetched, OffsetRange, read_range
 from edgelake.ingest.lake_writer import CommitResult, LakeWriter, TopicBatch
+from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import BRONZE_SCHEMA, QUARANTINE, TIMESTAMP
 
 METRICS_NAMESPACE = "edgelake.ingest"
@@ -39,13 +40,12 @@ BatchCounts = dict[str, dict[str, int]]  # logical topic -> outcome (or "bytes" 
 class WriterConfig:
     """What a worker needs to open the lake (picklable, unlike a LakeWriter's tables)."""
 
-    lake_root: str
+    lake: Lake
     pipeline: str
     topic_prefix: str = ""
-    storage_options: dict[str, str] | None = None
 
     def writer(self) -> LakeWriter:
-        return LakeWriter(self.lake_root, self.pipeline, self.topic_prefix, self.storage_options)
+        return LakeWriter(self.lake, self.pipeline, self.topic_prefix)
 
 
 @dataclass(frozen=True)

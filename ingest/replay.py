@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake import write_deltalake
 
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
 from edgelake.ingest.lake_writer import SilverIds
+from edgelake.lake.catalog import Lake
 from edgelake.lake.quarantine import QuarantineFilter, quarantined
-from edgelake.lake.tables import QUARANTINE_REPLAYS, SILVER, TableSpec, table_uri
+from edgelake.lake.tables import QUARANTINE_REPLAYS, SILVER, TableSpec
 
 DONE = ("replayed", "duplicate")
 
@@ -35,10 +35,10 @@ class ReplayCounts:
     refused: int = 0
 
 
-def replay(lake_root: str, topic_prefix: str, which: QuarantineFilter = QuarantineFilter(), batch: int = 5_000) -> ReplayCounts:
+def replay(lake: Lake, topic_prefix: str, which: QuarantineFilter = QuarantineFilter(), batch: int = 5_000) -> ReplayCounts:
     """Replay the quarantined records ``which`` selects that are not replayed yet, ``batch`` records a commit."""
-    done = _done(lake_root)
-    rows = [row for row in quarantined(lake_root, which).to_pylist() if (row["topic"], row["partition"], row["offset"]) not in done]
+    done = _done(lake)
+    rows = [row for row in quarantined(lake, which).to_pylist() if (row["topic"], row["partition"], row["offset"]) not in done]
     by_topic: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_topic[row["topic"]].append(row)
@@ -48,13 +48,12 @@ def replay(lake_root: str, topic_prefix: str, which: QuarantineFilter = Quaranti
         if logical not in EVENT_BY_TOPIC:
             continue  # a topic of another deployment's prefix
         for start in range(0, len(records), batch):
-            _replay_batch(lake_root, SILVER[logical], EVENT_BY_TOPIC[logical], records[start : start + batch], counts)
+            _replay_batch(lake, SILVER[logical], EVENT_BY_TOPIC[logical], records[start : start + batch], counts)
     return counts
 
 
-def _replay_batch(lake_root: str, spec: TableSpec, event_type: Any, records: list[dict[str, Any]], counts: ReplayCounts) -> None:
-    uri = table_uri(lake_root, spec)
-    silver = _table(uri)
+def _replay_batch(lake: Lake, spec: TableSpec, event_type: Any, records: list[dict[str, Any]], counts: ReplayCounts) -> None:
+    silver = lake.find(spec.name)
     schema = pa.schema(silver.schema().to_arrow()) if silver is not None else spec.schema
     now = datetime.now(UTC)
     cleaned, refused = [], []
@@ -70,38 +69,31 @@ def _replay_batch(lake_root: str, spec: TableSpec, event_type: Any, records: lis
     fresh, _ = SilverIds().new_events(silver, rows_to_arrow(cleaned, schema))
     if fresh.num_rows:
         if silver is None:
-            DeltaTable.create(uri, spec.schema, mode="ignore", partition_by=list(spec.partition_by), name=spec.name)
-        write_deltalake(uri, fresh, mode="append", schema_mode="merge")
-    version = DeltaTable(uri).version() if fresh.num_rows or silver is not None else None
+            lake.create(spec)
+        write_deltalake(lake.uri(spec), fresh, mode="append", schema_mode="merge", storage_options=lake.storage_options)
+    version = lake.open(spec.name).version() if fresh.num_rows or silver is not None else None
     landed = {(row["_partition"], row["_offset"]) for row in fresh.select(["_partition", "_offset"]).to_pylist()}
     log = []
     for row in cleaned:
-        outcome = "replayed" if (row["_partition"], row["_offset"]) in landed else "duplicate"
-        log.append(_logged(row["_topic"], row["_partition"], row["_offset"], outcome, now, silver_version=version))
+        fate = "replayed" if (row["_partition"], row["_offset"]) in landed else "duplicate"
+        log.append(_logged(row["_topic"], row["_partition"], row["_offset"], fate, now, silver_version=version))
     log += [_logged(r["topic"], r["partition"], r["offset"], "refused", now, stage=why.stage, reason=why.reason) for r, why in refused]
     write_deltalake(
-        table_uri(lake_root, QUARANTINE_REPLAYS), pa.Table.from_pylist(log, QUARANTINE_REPLAYS.schema),
-        mode="append", partition_by=list(QUARANTINE_REPLAYS.partition_by),
-    )  # fmt: skip
+        lake.uri(QUARANTINE_REPLAYS), pa.Table.from_pylist(log, QUARANTINE_REPLAYS.schema),
+        mode="append", partition_by=list(QUARANTINE_REPLAYS.partition_by), storage_options=lake.storage_options,
+    )
     counts.replayed += len(landed)
     counts.duplicates += len(cleaned) - len(landed)
     counts.refused += len(refused)
 
 
-def _done(lake_root: str) -> set[tuple[str, int, int]]:
+def _done(lake: Lake) -> set[tuple[str, int, int]]:
     """The quarantined records already replayed or found in silver."""
-    log = _table(table_uri(lake_root, QUARANTINE_REPLAYS))
+    log = lake.find(QUARANTINE_REPLAYS.name)
     if log is None:
         return set()
     rows = log.to_pyarrow_dataset().to_table(columns=["topic", "partition", "offset", "outcome"]).to_pylist()
     return {(row["topic"], row["partition"], row["offset"]) for row in rows if row["outcome"] in DONE}
-
-
-def _table(uri: str) -> DeltaTable | None:
-    try:
-        return DeltaTable(uri)
-    except TableNotFoundError:
-        return None
 
 
 def _record_of(row: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -112,4 +104,4 @@ def _logged(topic: str, partition: int, offset: int, outcome: str, now: datetime
     return {
         "topic": topic, "partition": partition, "offset": offset, "outcome": outcome, "silver_version": None, "stage": None,
         "reason": None, "replay_time": now, "replay_date": now.date(), **detail,
-    }  # fmt: skip
+    }

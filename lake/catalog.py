@@ -1,23 +1,31 @@
-"""The catalog's tables as they are on disk: open, describe, history and maintenance by name."""
+"""The lake and its tables as they are in storage: where the lake lies, and open, describe, history and maintenance by name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from edgelake.errors import UserError
 from edgelake.lake.tables import CATALOG, TableSpec, table_uri
+from edgelake.settings import Settings
 
 
 # What ingest and gold builds write into their commits' metadata.
 COMMIT_METADATA = ("pipeline", "topic", "duplicates", "job", "silver_version", "feature_version")
 
 
-class UnknownTable(LookupError):
+def ingest_app_id(pipeline: str, topic: str, partition: int) -> str:
+    """The app transaction under which ``pipeline`` records, in a table's Delta log, the last offset of a topic-partition it committed."""
+    return f"{pipeline}/{topic}/{partition}"
+
+
+class UnknownTable(UserError, LookupError):
     """A name that is not a catalog table, or a catalog table nothing has written yet."""
 
 
@@ -41,27 +49,73 @@ def spec_of(name: str) -> TableSpec:
     return CATALOG[name]
 
 
-def open_table(lake_root: str, name: str, version: int | None = None) -> DeltaTable:
-    """The table at its latest version, or at ``version``."""
-    uri = table_uri(lake_root, spec_of(name))
-    try:
-        table = DeltaTable(uri)
-    except TableNotFoundError:
-        raise UnknownTable(f"table '{name}' has no data yet (nothing was written to {uri})") from None
-    if version is not None:
-        if not 0 <= version <= table.version():
-            raise UnknownTable(f"table '{name}' has versions 0 to {table.version()}, not {version}")
-        table.load_as_version(version)
-    return table
+@dataclass(frozen=True)
+class Lake:
+    """Where the lake lies and how to reach it: every Delta table is opened, created and written through one.
+
+    ``storage_options`` (credentials, endpoint, region of an object store) go to every deltalake read and write;
+    ``registry_dir`` is the model registry's folder, when it is not ``models`` in the lake.
+    """
+
+    root: str  # a path or any URI deltalake accepts (s3://, file://)
+    storage_options: dict[str, str] = field(default_factory=dict, repr=False)  # credentials: kept out of logs and errors
+    registry_dir: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lake:
+        """The lake the settings name."""
+        options = {name: value.get_secret_value() for name, value in settings.lake_storage_options.items()}
+        return cls(settings.lake_root, options, settings.registry_dir)
+
+    def uri(self, spec: TableSpec) -> str:
+        """The table's URI in this lake."""
+        return table_uri(self.root, spec)
+
+    def exists(self, name: str) -> bool:
+        """Whether something has written the catalog table ``name``."""
+        return DeltaTable.is_deltatable(self.uri(spec_of(name)), self.storage_options)
+
+    def open(self, name: str, version: int | None = None) -> DeltaTable:
+        """The catalog table ``name`` at its latest version, or at ``version``."""
+        uri = self.uri(spec_of(name))
+        try:
+            table = DeltaTable(uri, storage_options=self.storage_options)
+        except TableNotFoundError:
+            raise UnknownTable(f"table '{name}' has no data yet (nothing was written to {uri})") from None
+        if version is not None:
+            if not 0 <= version <= table.version():
+                raise UnknownTable(f"table '{name}' has versions 0 to {table.version()}, not {version}")
+            table.load_as_version(version)
+        return table
+
+    def find(self, name: str) -> DeltaTable | None:
+        """The catalog table ``name`` at its latest version; None if nothing has written it yet."""
+        try:
+            return self.open(name)
+        except UnknownTable:
+            return None
+
+    def create(self, spec: TableSpec) -> DeltaTable:
+        """The table, created empty with its defined schema and partitions unless it exists."""
+        return DeltaTable.create(
+            self.uri(spec), spec.schema, mode="ignore", partition_by=list(spec.partition_by), name=spec.name,
+            description=spec.description, storage_options=self.storage_options,
+        )
 
 
-def existing(lake_root: str) -> list[str]:
+def existing(lake: Lake) -> list[str]:
     """The names of the catalog tables that have been written."""
-    return [name for name, spec in CATALOG.items() if DeltaTable.is_deltatable(table_uri(lake_root, spec))]
+    return [name for name in CATALOG if lake.exists(name)]
 
 
-def describe(lake_root: str, name: str) -> TableInfo:
-    table = open_table(lake_root, name)
+def row_count(lake: Lake, name: str) -> int:
+    """Rows in the table's current version; 0 if it does not exist yet."""
+    table = lake.find(name)
+    return 0 if table is None else table.count()
+
+
+def describe(lake: Lake, name: str) -> TableInfo:
+    table = lake.open(name)
     actions = pa.table(table.get_add_actions(flatten=True)).to_pydict()
     return TableInfo(
         spec=spec_of(name),
@@ -74,9 +128,9 @@ def describe(lake_root: str, name: str) -> TableInfo:
     )
 
 
-def history(lake_root: str, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+def history(lake: Lake, name: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The table's commits, newest first: version, time, operation, its parameters and metadata."""
-    commits = open_table(lake_root, name).history(limit)
+    commits = lake.open(name).history(limit)
     return [
         {
             "version": commit.get("version"),
@@ -90,9 +144,9 @@ def history(lake_root: str, name: str, limit: int | None = None) -> list[dict[st
     ]
 
 
-def optimize(lake_root: str, name: str) -> dict[str, Any]:
+def optimize(lake: Lake, name: str) -> dict[str, Any]:
     """Compact the table's small files and write a checkpoint; the compaction's metrics."""
-    table = open_table(lake_root, name)
+    table = lake.open(name)
     metrics = table.optimize.compact()
     table.create_checkpoint()
     return metrics

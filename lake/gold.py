@@ -21,21 +21,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, Transaction, write_deltalake
 
 from edgelake.contracts import FraudLabel, IoTReading
 from edgelake.contracts import Transaction as CardTransaction
-from edgelake.lake.catalog import UnknownTable, open_table
-from edgelake.lake.features import CARD_FEATURES, FEATURE_VERSION, CardFeature
+from edgelake.lake.catalog import Lake
+from edgelake.lake.features.batch import with_card_features
+from edgelake.lake.features.definitions import FEATURE_VERSION
 from edgelake.lake.spark import read_table
-from edgelake.lake.tables import GOLD_CARD_FEATURES, GOLD_DEVICE_HEALTH, GOLD_FRAUD_RATES, SILVER, TableSpec, table_uri
+from edgelake.lake.tables import GOLD_CARD_FEATURES, GOLD_DEVICE_HEALTH, GOLD_FRAUD_RATES, SILVER, TableSpec
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession, WindowSpec
+    from deltalake import DeltaTable
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 JOB = "build-gold"
 SILVER_TRANSACTIONS = SILVER[CardTransaction.topic].name
@@ -75,56 +76,61 @@ class _Incremental:
         return f"{self.spec.name}/feature_version"
 
 
-def build_card_features(spark: SparkSession, lake_root: str) -> GoldResult:
+def build_card_features(spark: SparkSession, lake: Lake) -> GoldResult:
     """Bring ``gold_card_features`` up to date with silver transactions."""
-    return _build_incremental(spark, lake_root, _CARD_FEATURES)
+    return _build_incremental(spark, lake, _CARD_FEATURES)
 
 
-def build_device_health(spark: SparkSession, lake_root: str) -> GoldResult:
+def card_features_version(table: DeltaTable) -> int | None:
+    """The ``FEATURE_VERSION`` a ``gold_card_features`` table was built with; None if it records none."""
+    return table.transaction_version(_CARD_FEATURES.feature_version_app_id)
+
+
+def build_device_health(spark: SparkSession, lake: Lake) -> GoldResult:
     """Bring ``gold_device_health`` up to date with silver IoT readings."""
-    return _build_incremental(spark, lake_root, _DEVICE_HEALTH)
+    return _build_incremental(spark, lake, _DEVICE_HEALTH)
 
 
-def build_fraud_rates(spark: SparkSession, lake_root: str) -> GoldResult:
+def build_fraud_rates(spark: SparkSession, lake: Lake) -> GoldResult:
     """Recompute ``gold_fraud_rates`` if silver transactions or labels have a version it has not read."""
     started = time.perf_counter()
     spec = GOLD_FRAUD_RATES
     versions = {}
     for source in (SILVER_TRANSACTIONS, SILVER_LABELS):
-        version = _version(lake_root, source)
+        version = _version(lake, source)
         if version is None:
             return GoldResult(spec.name, False, 0, 0, time.perf_counter() - started, f"skipped: {source} has no data yet")
         versions[source] = version
-    gold = _open(lake_root, spec)
+    gold = lake.find(spec.name)
     if gold is not None and all(gold.transaction_version(f"{spec.name}/{s}") == v for s, v in versions.items()):
         return GoldResult(spec.name, False, 0, 0, time.perf_counter() - started, "up to date")
-    transactions = read_table(spark, lake_root, SILVER_TRANSACTIONS, versions[SILVER_TRANSACTIONS])
-    labels = read_table(spark, lake_root, SILVER_LABELS, versions[SILVER_LABELS])
+    transactions = read_table(spark, lake, SILVER_TRANSACTIONS, versions[SILVER_TRANSACTIONS])
+    labels = read_table(spark, lake, SILVER_LABELS, versions[SILVER_LABELS])
     rows = _arrow(_fraud_rates(transactions, labels), spec.schema)
     read = ", ".join(f"{source} v{version}" for source, version in versions.items())
-    _overwrite(lake_root, spec, rows, [Transaction(f"{spec.name}/{s}", v) for s, v in versions.items()], {})
+    _overwrite(lake, spec, rows, [Transaction(f"{spec.name}/{s}", v) for s, v in versions.items()], {})
     transactions_in = sum(rows["transactions"].to_pylist())
     return GoldResult(spec.name, True, transactions_in, rows.num_rows, time.perf_counter() - started, f"recomputed from {read}")
 
 
-BUILDERS: dict[str, Callable[[SparkSession, str], GoldResult]] = {
+BUILDERS: dict[str, Callable[[SparkSession, Lake], GoldResult]] = {
     GOLD_CARD_FEATURES.name: build_card_features,
     GOLD_DEVICE_HEALTH.name: build_device_health,
     GOLD_FRAUD_RATES.name: build_fraud_rates,
 }
 
 
-def build_gold(spark: SparkSession, lake_root: str, on_start: Callable[[str], None] | None = None) -> list[GoldResult]:
+def build_gold(spark: SparkSession, lake: Lake, on_start: Callable[[str], None] | None = None) -> list[GoldResult]:
     """Bring every gold table up to date, calling ``on_start`` with each table's name as its build begins."""
     results = []
     for name, build in BUILDERS.items():
         if on_start is not None:
             on_start(name)
-        results.append(build(spark, lake_root))
+        results.append(build(spark, lake))
     return results
 
 
-def _build_incremental(spark: SparkSession, lake_root: str, job: _Incremental) -> GoldResult:
+def _build_incremental(spark: SparkSession, lake: Lake, job: _Incremental) -> GoldResult:
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
@@ -133,15 +139,15 @@ def _build_incremental(spark: SparkSession, lake_root: str, job: _Incremental) -
     def result(changed: bool, rows_in: int, rows_out: int, detail: str) -> GoldResult:
         return GoldResult(name, changed, rows_in, rows_out, time.perf_counter() - started, detail)
 
-    version = _version(lake_root, job.source)
+    version = _version(lake, job.source)
     if version is None:
         return result(False, 0, 0, f"skipped: {job.source} has no data yet")
-    silver = job.prepare(read_table(spark, lake_root, job.source, version))
-    gold = _open(lake_root, job.spec)
+    silver = job.prepare(read_table(spark, lake, job.source, version))
+    gold = lake.find(job.spec.name)
     rebuild = gold is None or (job.feature_version is not None and gold.transaction_version(job.feature_version_app_id) != job.feature_version)
     heads = {(r["_topic"], r["_partition"]): r["head"] for r in silver.groupBy("_topic", "_partition").agg(F.max("_offset").alias("head")).collect()}
-    done = {tp: None if rebuild else gold.transaction_version(job.app_id(*tp)) for tp in heads}  # type: ignore[union-attr]
-    pending = {tp: head for tp, head in heads.items() if done[tp] is None or head > done[tp]}  # type: ignore[operator]
+    done = {tp: None if rebuild or gold is None else gold.transaction_version(job.app_id(*tp)) for tp in heads}
+    pending = {tp: head for tp, head in heads.items() if done[tp] is None or head > done[tp]}
     if not pending:
         return result(False, 0, 0, f"up to date with {job.source} v{version}")
     transactions = [Transaction(job.app_id(*tp), head) for tp, head in sorted(pending.items())]
@@ -150,22 +156,22 @@ def _build_incremental(spark: SparkSession, lake_root: str, job: _Incremental) -
     metadata = {"silver_version": str(version)} | ({} if job.feature_version is None else {"feature_version": str(job.feature_version)})
     new = silver.filter(_above(pending, done))
     rows_in = new.count()
-    if rebuild:
+    if rebuild or gold is None:  # (no gold table is always a rebuild)
         rows = _arrow(job.compute(silver), job.spec.schema)
-        _overwrite(lake_root, job.spec, rows, transactions, metadata)
+        _overwrite(lake, job.spec, rows, transactions, metadata)
         return result(True, rows_in, rows.num_rows, f"built from {job.source} v{version}")
     touched = silver.join(new.select(*job.keys).distinct(), list(job.keys), "left_semi")
     rows = _arrow(job.compute(touched), job.spec.schema)
     predicate = " AND ".join(f"t.{column} = s.{column}" for column in job.merge_on)
     metrics = (
-        gold.merge(  # type: ignore[union-attr]
+        gold.merge(
             rows, predicate, source_alias="s", target_alias="t",
             commit_properties=CommitProperties(app_transactions=transactions, custom_metadata={"job": JOB, **metadata}),
         )
         .when_matched_update_all()
         .when_not_matched_insert_all()
         .execute()
-    )  # fmt: skip
+    )
     written = metrics["num_target_rows_inserted"] + metrics["num_target_rows_updated"]
     return result(True, rows_in, written, f"merged {rows.num_rows:,} recomputed rows from {job.source} v{version}")
 
@@ -182,19 +188,10 @@ def _above(pending: dict[tuple[str, int], int], done: dict[tuple[str, int], int 
     return condition
 
 
-def _version(lake_root: str, name: str) -> int | None:
+def _version(lake: Lake, name: str) -> int | None:
     """A table's latest version; None if nothing has written it."""
-    try:
-        return open_table(lake_root, name).version()
-    except UnknownTable:
-        return None
-
-
-def _open(lake_root: str, spec: TableSpec) -> DeltaTable | None:
-    try:
-        return open_table(lake_root, spec.name)
-    except UnknownTable:
-        return None
+    table = lake.find(name)
+    return None if table is None else table.version()
 
 
 def _arrow(frame: DataFrame, schema: pa.Schema) -> pa.Table:
@@ -202,46 +199,17 @@ def _arrow(frame: DataFrame, schema: pa.Schema) -> pa.Table:
     return frame.toArrow().select(schema.names).cast(schema)
 
 
-def _overwrite(lake_root: str, spec: TableSpec, rows: pa.Table, transactions: list[Transaction], metadata: dict[str, str]) -> None:
+def _overwrite(lake: Lake, spec: TableSpec, rows: pa.Table, transactions: list[Transaction], metadata: dict[str, str]) -> None:
     write_deltalake(
-        table_uri(lake_root, spec), rows, mode="overwrite", schema_mode="overwrite", partition_by=list(spec.partition_by),
-        name=spec.name, description=spec.description,
+        lake.uri(spec), rows, mode="overwrite", schema_mode="overwrite", partition_by=list(spec.partition_by),
+        name=spec.name, description=spec.description, storage_options=lake.storage_options,
         commit_properties=CommitProperties(app_transactions=transactions, custom_metadata={"job": JOB, **metadata}),
-    )  # fmt: skip
-
-
-def _micros(span: timedelta) -> int:
-    return span // timedelta(microseconds=1)
+    )
 
 
 def _card_features(transactions: DataFrame) -> DataFrame:
-    """Every transaction with its card features (lake/features.py), from all of its card's transactions."""
-    from pyspark.sql import Window
-
-    card = Window.partitionBy("card_id")
-    columns = [_card_feature(feature, card).alias(feature.name) for feature in CARD_FEATURES]
-    return transactions.select("event_id", "card_id", "event_time", "amount", "merchant_category", *columns, "event_date")
-
-
-def _card_feature(feature: CardFeature, card: WindowSpec) -> Column:
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    micros = F.unix_micros("event_time")
-    if feature.span is not None:  # (t - span, t] in microseconds, ties included
-        window = card.orderBy(micros).rangeBetween(-(_micros(feature.span) - 1), 0)
-        over = {
-            "count": lambda: F.count(F.lit(1)).over(window),
-            "amount_sum": lambda: F.sum("amount").over(window),
-            "distinct_merchants": lambda: F.size(F.collect_set("merchant_id").over(window)),
-        }
-        return over[feature.kind]()
-    if feature.kind == "seconds_since_previous":
-        return (micros - F.lag(micros).over(card.orderBy("event_time", "event_id"))) / 1e6
-    if feature.kind == "amount_to_card_mean":
-        mean = F.avg("amount").over(card.orderBy(micros).rangeBetween(Window.unboundedPreceding, 0))
-        return F.when(mean != 0, F.col("amount") / mean)
-    raise ValueError(f"feature '{feature.name}': no Spark computation for kind '{feature.kind}' without a window")
+    """``gold_card_features``' rows: every transaction with its card features (``features.batch``), from all of its card's transactions."""
+    return with_card_features(transactions).select(*GOLD_CARD_FEATURES.schema.names)
 
 
 def _with_minute(readings: DataFrame) -> DataFrame:
@@ -302,8 +270,8 @@ def _fraud_rates(transactions: DataFrame, labels: DataFrame) -> DataFrame:
 _CARD_FEATURES = _Incremental(
     GOLD_CARD_FEATURES, SILVER_TRANSACTIONS, ("card_id",), lambda rows: rows, _card_features,
     ("event_date", "event_id"), FEATURE_VERSION,
-)  # fmt: skip
+)
 _DEVICE_HEALTH = _Incremental(
     GOLD_DEVICE_HEALTH, SILVER_READINGS, ("device_id", "minute"), _with_minute, _device_health,
     ("event_date", "device_id", "sensor", "metric", "minute"),
-)  # fmt: skip
+)

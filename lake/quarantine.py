@@ -8,7 +8,7 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edgelake.lake.catalog import open_table
+from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import QUARANTINE
 
 
@@ -21,7 +21,7 @@ class QuarantineFilter:
     since: datetime | None = None
 
 
-def quarantined(lake_root: str, which: QuarantineFilter = QuarantineFilter()) -> pa.Table:
+def quarantined(lake: Lake, which: QuarantineFilter = QuarantineFilter()) -> pa.Table:
     """The quarantine rows ``which`` selects, in the order they were ingested (``UnknownTable`` before any)."""
     conditions = []
     if which.topic is not None:
@@ -31,7 +31,7 @@ def quarantined(lake_root: str, which: QuarantineFilter = QuarantineFilter()) ->
     condition = None
     for part in conditions:
         condition = part if condition is None else condition & part
-    rows = open_table(lake_root, QUARANTINE.name).to_pyarrow_dataset().to_table(filter=condition)
+    rows = lake.open(QUARANTINE.name).to_pyarrow_dataset().to_table(filter=condition)
     if which.reason:
         rows = rows.filter(pc.match_substring(rows["reason"], which.reason))
     return rows.sort_by([("ingest_time", "ascending"), ("topic", "ascending"), ("partition", "ascending"), ("offset", "ascending")])

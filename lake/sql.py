@@ -43,21 +43,22 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, SqlglotError, UnsupportedError
 from sqlglot.tokens import Token, TokenType
 
-from edgelake.lake.catalog import open_table
+from edgelake.errors import UserError
+from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import CATALOG
 
 T = TypeVar("T")
 
 
-class RefusedStatement(ValueError):
+class RefusedStatement(UserError, ValueError):
     """Not a single read-only query over catalog tables; the message says why."""
 
 
-class QueryFailed(ValueError):
+class QueryFailed(UserError, ValueError):
     """DataFusion could not plan or run the query; the message is DataFusion's."""
 
 
-class QueryTimeout(TimeoutError):
+class QueryTimeout(UserError, TimeoutError):
     """The query ran past its timeout and was abandoned."""
 
 
@@ -76,7 +77,8 @@ class DataFusion(Postgres):
     TIME_MAPPING: dict[str, str] = {}
     TIME_FORMAT = "'%Y-%m-%d %H:%M:%S'"
 
-    class Generator(Postgres.Generator):
+    # sqlglot 30.1+ declares Postgres.Generator as an alias of its PostgresGenerator (30.0 nests the class), a base mypy refuses
+    class Generator(Postgres.Generator):  # type: ignore[valid-type,misc]
         TRY_SUPPORTED = True
         SUPPORTS_MEDIAN = True
         TRANSFORMS = {
@@ -94,7 +96,7 @@ DENIED_FUNCTIONS = re.compile(
 _STRINGS = {
     TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.BYTE_STRING,
     TokenType.HEREDOC_STRING, TokenType.RAW_STRING, TokenType.UNICODE_STRING,
-}  # fmt: skip
+}
 _QUERY_STARTS = {TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN}
 _NOT_A_QUERY = "only a read-only query can run (SELECT, WITH … SELECT, UNION, INTERSECT, EXCEPT), not "
 _INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}  # control, format (zero-width, bidi), private, unassigned
@@ -139,7 +141,7 @@ def _checked(sql: str) -> tuple[str, list[str]]:
 
 
 def run_query(
-    lake_root: str,
+    lake: Lake,
     sql: str,
     *,
     as_of: dict[str, int] | int | None = None,
@@ -154,7 +156,7 @@ def run_query(
     started = time.monotonic()
     text, versions = prepared(sql, as_of, limit, max_bytes, timeout_s)
     deadline = started + timeout_s
-    table, truncated, read = _in_worker(lambda: _read(lake_root, text, versions, limit, max_bytes, deadline), timeout_s)
+    table, truncated, read = _in_worker(lambda: _read(lake, text, versions, limit, max_bytes, deadline), timeout_s)
     return QueryResult(table, truncated, read, time.monotonic() - started)
 
 
@@ -262,14 +264,14 @@ def _versions(names: list[str], as_of: dict[str, int] | int | None) -> dict[str,
 
 
 def _read(
-    lake_root: str, sql: str, versions: dict[str, int | None], limit: int, max_bytes: int, deadline: float
+    lake: Lake, sql: str, versions: dict[str, int | None], limit: int, max_bytes: int, deadline: float
 ) -> tuple[pa.Table, bool, dict[str, int]]:
     """Up to ``limit`` rows and about ``max_bytes`` of the query over the tables at their versions, and whether
     rows were cut off; the deadline is checked between batches."""
     builder = QueryBuilder()
     read: dict[str, int] = {}
     for name, version in versions.items():
-        table = open_table(lake_root, name, version)
+        table = lake.open(name, version)
         builder.register(name, table)
         read[name] = table.version()
     batches: list[pa.RecordBatch] = []

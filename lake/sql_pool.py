@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import pyarrow as pa
 
+from edgelake.lake.catalog import Lake
 from edgelake.lake.sql import QueryFailed, QueryResult, QueryTimeout, _read, prepared
 
 _LENGTH = struct.Struct(">Q")
@@ -38,16 +39,16 @@ class QueryPool:
         self._lock = threading.Lock()
 
     def run_query(
-        self, lake_root: str, sql: str, *, as_of: dict[str, int] | int | None = None, limit: int = 10_000,
+        self, lake: Lake, sql: str, *, as_of: dict[str, int] | int | None = None, limit: int = 10_000,
         max_bytes: int = 32 * 1024 * 1024, timeout_s: float = 30.0,
-    ) -> QueryResult:  # fmt: skip
+    ) -> QueryResult:
         """As :func:`lake.sql.run_query`, in a worker; ``QueryBusy`` when none frees up within the pool's wait."""
         started = time.monotonic()
         text, versions = prepared(sql, as_of, limit, max_bytes, timeout_s)  # refusals cost no worker
         if not self._slots.acquire(timeout=self._wait_s):
             raise QueryBusy("all SQL workers are busy; try again in a few seconds")
         try:
-            table, truncated, read = self._in_worker((lake_root, text, versions, limit, max_bytes, started + timeout_s), timeout_s)
+            table, truncated, read = self._in_worker((lake, text, versions, limit, max_bytes, started + timeout_s), timeout_s)
         finally:
             self._slots.release()
         return QueryResult(table, truncated, read, time.monotonic() - started)
@@ -94,10 +95,11 @@ class _Worker:
 
     def ask(self, request: tuple[Any, ...], timeout_s: float) -> Any:
         """The worker's answer: (Arrow IPC bytes, truncated, versions read) or the exception the read raised."""
-        assert self._process.stdin is not None and self._process.stdout is not None
-        _send(self._process.stdin, request)
+        stdin, stdout = self._process.stdin, self._process.stdout
+        assert stdin is not None and stdout is not None
+        _send(stdin, request)
         answer: list[Any] = []
-        reader = threading.Thread(target=lambda: answer.append(_receive(self._process.stdout)), daemon=True)
+        reader = threading.Thread(target=lambda: answer.append(_receive(stdout)), daemon=True)
         reader.start()
         reader.join(timeout_s)
         if reader.is_alive():
@@ -120,13 +122,13 @@ class _Worker:
         self._process.wait()
 
 
-def _send(stream: BinaryIO, value: Any) -> None:
+def _send(stream: IO[bytes], value: Any) -> None:
     data = pickle.dumps(value)
     stream.write(_LENGTH.pack(len(data)) + data)
     stream.flush()
 
 
-def _receive(stream: BinaryIO) -> Any:
+def _receive(stream: IO[bytes]) -> Any:
     """The next value, or None at the end of the stream."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:

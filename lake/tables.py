@@ -17,7 +17,7 @@ from pydantic import AwareDatetime
 from pydantic.fields import FieldInfo
 
 from edgelake.contracts import EVENT_TYPES, Event
-from edgelake.lake.features import CARD_FEATURES
+from edgelake.lake.features.definitions import CARD_FEATURES
 
 Layer = Literal["bronze", "silver", "gold", "quarantine"]
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -131,7 +131,7 @@ GOLD_CARD_FEATURES = TableSpec(
         ]
     ),
     ("event_date",),
-    "Per-transaction card behaviour features, point in time (definitions in lake/features.py).",
+    "Per-transaction card behaviour features, point in time (definitions in lake/features/definitions.py).",
 )
 GOLD_DEVICE_HEALTH = TableSpec(
     "gold_device_health",
@@ -198,9 +198,9 @@ def _arrow(annotation: object) -> pa.DataType:
     simple = {
         bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string(), bytes: pa.binary(),
         datetime: TIMESTAMP, AwareDatetime: TIMESTAMP,
-    }  # fmt: skip
+    }
     if annotation in simple:
-        return simple[annotation]  # type: ignore[index]
+        return simple[annotation]
     raise TypeError(f"no Arrow type for {annotation!r}")
 
 
@@ -209,14 +209,3 @@ SILVER = {event.topic: silver_table(event) for event in EVENT_TYPES}
 CATALOG: dict[str, TableSpec] = {
     spec.name: spec for spec in (*BRONZE.values(), *SILVER.values(), QUARANTINE, QUARANTINE_REPLAYS, *GOLD.values())
 }
-
-
-def row_count(lake_root: str, spec: TableSpec) -> int:
-    """Rows in the table's current version; 0 if it does not exist yet."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        return DeltaTable(table_uri(lake_root, spec)).count()
-    except TableNotFoundError:
-        return 0

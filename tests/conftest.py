@@ -110,7 +110,7 @@ class ObjectStore:
 
     endpoint: str
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint)
@@ -140,7 +140,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
     variables = {
         "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "edgelake-test", "AWS_SECRET_ACCESS_KEY": "edgelake-test",
-    }  # fmt: skip
+    }
     saved = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
@@ -197,9 +197,10 @@ def frames_lake(tmp_path_factory: pytest.TempPathFactory) -> FramesLake:
 @pytest.fixture(scope="session")
 def vision_run(frames_lake: FramesLake, tmp_path_factory: pytest.TempPathFactory) -> VisionResult:
     """The vision model trained for 2 epochs on ``frames_lake`` (a few seconds on two CPU cores)."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training.vision import train_vision
 
-    return train_vision(frames_lake.root, tmp_path_factory.mktemp("vision-out"), device="cpu", epochs=2, batch_size=64, seed=0)
+    return train_vision(Lake(frames_lake.root), tmp_path_factory.mktemp("vision-out"), device="cpu", epochs=2, batch_size=64, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ def command_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {
         **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,
         "EDGELAKE_LAKE_ROOT": settings.lake_root, "EDGELAKE_DATA_DIR": str(settings.data_dir), **extra,
-    }  # fmt: skip
+    }
 
 
 def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
@@ -61,7 +61,7 @@ def quarantine_rows(first: int, count: int, **extra: object) -> pa.Table:
             "reason": "value is not JSON", "ingest_time": now, "ingest_date": date(2026, 1, 2), **extra,
         }
         for i in range(first, first + count)
-    ]  # fmt: skip
+    ]
     schema = QUARANTINE.schema
     for name, value in extra.items():
         schema = schema.append(pa.field(name, pa.array([value]).type))

@@ -48,7 +48,7 @@ RECORDED: dict[str, dict[str, Any]] = {
         "float_ms": 0.0284, "int8_ms": 0.0139, "size_ratio": 3.75, "agent_rss_mb": 102.1, "float_bytes": 428016, "int8_bytes": 114216,
         "runtime": "ai_edge_litert", "model": "vision v1", "agent_frames": 500, "agent_seconds": 11.32, "load_average": 1.2,
     },
-}  # fmt: skip
+}
 
 
 def table_rows(report: str) -> dict[tuple[str, str], list[str]]:
@@ -63,10 +63,10 @@ def test_bench_all_quick_reports_every_headline_and_the_benchmark_that_failed(ka
     env = {
         **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}-",
         "EDGELAKE_DATA_DIR": str(tmp_path / "data"), "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"), "EDGELAKE_LOG_LEVEL": "WARNING",
-    }  # fmt: skip
+    }
     command = [
         sys.executable, "-m", "edgelake", "bench", "all", "--quick", "--only", "sql,edge,produce", "--model-dir", str(no_model), "--out", str(out),
-    ]  # fmt: skip
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
     assert result.returncode == 1, result.stderr
@@ -137,4 +137,4 @@ def test_a_failed_benchmark_gets_a_line_of_its_own_and_no_figures(tmp_path: Path
     assert [cells[0] for cells in table_rows(report).values()] == ["produce"]
     assert json.loads((tmp_path / "results.json").read_text())["benchmarks"]["api"] == {
         "seconds": 2.5, "result": None, "error": "the score server stopped:\nTraceback ...",
-    }  # fmt: skip
+    }

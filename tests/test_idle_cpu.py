@@ -49,7 +49,7 @@ def test_idle_api_ingester_and_agent_each_use_under_five_percent_of_a_core(setti
         agent = start_agent(
             main_python(), cloud, "idle-1", tmp_path / "device", "--fps", FPS,
             env={"EDGELAKE_EDGE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix},
-        )  # fmt: skip
+        )
         running.callback(_stop, agent.process)
         wait_for(lambda: agent.active() == version, "the agent to install its model", timeout_s=90, agent=agent)
         wait_for(lambda: "batch committed" in (logs / "ingester.log").read_text(), "the ingester to land the agent's first result", timeout_s=90)

@@ -22,6 +22,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Literal
 
+from edgelake.errors import UserError
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -30,7 +32,7 @@ Device = Literal["auto", "cpu", "gpu"]
 logger = logging.getLogger(__name__)
 
 
-class NoGpu(RuntimeError):
+class NoGpu(UserError, RuntimeError):
     """``--device gpu`` where TensorFlow sees no GPU."""
 
 

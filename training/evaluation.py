@@ -56,7 +56,7 @@ def write_plots(labels: np.ndarray, scores: np.ndarray, out_dir: Path, title: st
         figure.savefig(paths[name], dpi=100)
         plt.close(figure)
     figure, axes = plt.subplots(figsize=(5, 4))
-    bins = np.linspace(0, 1, 51)
+    bins = np.linspace(0, 1, 51).tolist()  # a list: what matplotlib's types declare for bin edges
     for value, name in ((0, "legitimate"), (1, "fraud")):
         axes.hist(scores[labels == value], bins=bins, alpha=0.6, density=True, label=name)
     axes.set(xlabel="score", ylabel="density (log)", yscale="log", title=f"{title}: scores by class")

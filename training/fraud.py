@@ -1,11 +1,11 @@
 """The transaction-fraud model: Spark assembles labelled examples from the lake, Keras learns them.
 
-Examples are silver transactions joined with their card features (gold, brought up to
-date first) and with the latest label known by the cut-off: a label that arrived later
-than the cut-off does not exist for this training (point in time). They are split by
-time — the model is tested on the latest part, as it would be used — and the scores are
-calibrated (Platt scaling on the validation slice) inside the exported model, so the
-Keras file and the TFLite file give the same probabilities.
+Examples are silver transactions joined with their card features (``gold_card_features``
+as the lake's gold build left it: training builds no gold table) and with the latest label
+known by the cut-off: a label that arrived later than the cut-off does not exist for this
+training (point in time). They are split by time — the model is tested on the latest part,
+as it would be used — and the scores are calibrated (Platt scaling on the validation slice)
+inside the exported model, so the Keras file and the TFLite file give the same probabilities.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgelake.lake.catalog import UnknownTable, open_table
-from edgelake.lake.features import CARD_FEATURES
+from edgelake.errors import UserError
+from edgelake.lake.catalog import Lake, UnknownTable
+from edgelake.lake.features.definitions import FEATURE_VERSION
+from edgelake.lake.features.model_inputs import INPUT_NAMES, INPUTS_VERSION, batch_input_columns, fraud_inputs
+from edgelake.lake.gold import card_features_version
+from edgelake.lake.tables import GOLD_CARD_FEATURES
 from edgelake.training.devices import Device, set_seeds, training_strategy
 from edgelake.training.evaluation import best_f1_threshold, binary_metrics, write_plots
-from edgelake.training.features import ATTRIBUTES, INPUT_NAMES, INPUTS_VERSION, fraud_inputs
 
 if TYPE_CHECKING:
     import keras
@@ -41,7 +44,11 @@ SOURCES: dict[str, str | None] = {
 }
 # Published AutoML results on the ULB data set, for comparison in the metrics.
 ULB_ANCHORS = {"roc_auc": [0.985, 0.992], "recall_at_1pct_fpr": [0.85, 0.88]}
-TABLES = ("silver_transactions", "silver_fraud_labels", "gold_card_features")
+SILVER_TABLES = ("silver_transactions", "silver_fraud_labels")
+
+
+class NothingToLearn(UserError, ValueError):
+    """The lake lacks the labelled transactions a training run needs: no table yet, one class only, or too few labels."""
 
 
 @dataclass(frozen=True)
@@ -78,28 +85,40 @@ class Examples:
     event_time: np.ndarray
 
 
-def labelled_transactions(spark: SparkSession, lake_root: str, config: FraudConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+def labelled_transactions(spark: SparkSession, lake: Lake, config: FraudConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     """Every selected transaction with a label known by the cut-off, with its card features, oldest first.
 
-    Also the lake table versions read. Gold card features are brought up to date first.
+    Also the lake table versions read. The card features are ``gold_card_features`` as the lake's gold build
+    (``lake.gold.build_card_features``) left it: UserError if it has not built it, or built it with other features.
     """
-    from edgelake.lake.gold import build_card_features
     from edgelake.lake.spark import read_table
 
     if config.source not in SOURCES:
         raise ValueError(f"unknown source '{config.source}'; choose one of {', '.join(SOURCES)}")
-    build_card_features(spark, lake_root)
     try:
-        lineage = {name: open_table(lake_root, name).version() for name in TABLES}
+        lineage = {name: lake.open(name).version() for name in SILVER_TABLES}
     except UnknownTable as error:
-        raise ValueError(f"nothing to learn: {error}") from None
-    frames = {name: read_table(spark, lake_root, name, version) for name, version in lineage.items()}
+        raise NothingToLearn(f"nothing to learn: {error}") from None
+    lineage[GOLD_CARD_FEATURES.name] = _card_features_to_train_on(lake)
+    frames = {name: read_table(spark, lake, name, version) for name, version in lineage.items()}
     transactions = frames["silver_transactions"]
-    if SOURCES[config.source]:
-        transactions = transactions.where(SOURCES[config.source])
+    if where := SOURCES[config.source]:
+        transactions = transactions.where(where)
     labels = latest_labels(frames["silver_fraud_labels"], config.cutoff or datetime.now(UTC))
-    examples = transaction_inputs(transactions, frames["gold_card_features"]).join(labels, "event_id")
+    examples = batch_input_columns(transactions, frames[GOLD_CARD_FEATURES.name]).join(labels, "event_id")
     return examples.orderBy("event_time", "event_id").toPandas(), lineage
+
+
+def _card_features_to_train_on(lake: Lake) -> int:
+    """The version of ``gold_card_features`` to read; UserError unless the gold build made it with this ``FEATURE_VERSION``."""
+    build = "build the gold tables first (edgelake lake build-gold)"
+    try:
+        table = lake.open(GOLD_CARD_FEATURES.name)
+    except UnknownTable as error:
+        raise UserError(f"no card features to train on: {error}; {build}") from None
+    if (built_with := card_features_version(table)) != FEATURE_VERSION:
+        raise UserError(f"{GOLD_CARD_FEATURES.name} was built with feature version {built_with}, not this code's {FEATURE_VERSION}; {build}")
+    return table.version()
 
 
 def latest_labels(labels: DataFrame, cutoff: datetime) -> DataFrame:
@@ -122,16 +141,6 @@ def latest_labels(labels: DataFrame, cutoff: datetime) -> DataFrame:
     )
 
 
-def transaction_inputs(transactions: DataFrame, card_features: DataFrame) -> DataFrame:
-    """Silver transactions with ``INPUT_COLUMNS``, the columns ``fraud_inputs`` reads, from their gold card features."""
-    from pyspark.sql import functions as F
-
-    own = transactions.select(
-        "event_id", "event_time", "amount", "channel", *(F.col("attributes")[name].alias(name) for name in ATTRIBUTES)
-    )
-    return own.join(card_features.select("event_id", *(f.name for f in CARD_FEATURES)), "event_id")
-
-
 def split_by_time(frame: pd.DataFrame, config: FraudConfig) -> tuple[Examples, Examples, Examples]:
     """Train, validation and test examples of ``frame`` (oldest first): the test part is the latest, validation
     the latest of the rest. Raise ValueError if a part lacks frauds or legitimate transactions."""
@@ -145,7 +154,7 @@ def split_by_time(frame: pd.DataFrame, config: FraudConfig) -> tuple[Examples, E
     for name, part in (("train", train), ("validation", validation), ("test", test)):
         if len(np.unique(part.labels)) < 2:
             missing = "legitimate" if part.labels.all() else "fraud"
-            raise ValueError(f"the {name} part of the time split has {len(part.labels)} transactions, no {missing} one: too few labels")
+            raise NothingToLearn(f"the {name} part of the time split has {len(part.labels)} transactions, no {missing} one: too few labels")
     return train, validation, test
 
 
@@ -180,7 +189,7 @@ def calibrated(logit_model: keras.Model, validation: Examples) -> keras.Model:
     return keras.Model(logit_model.input, probability, name="fraud")
 
 
-def train_fraud(spark: SparkSession, lake_root: str, out_dir: Path, config: FraudConfig = FraudConfig()) -> FraudResult:
+def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudConfig = FraudConfig()) -> FraudResult:
     """Train, calibrate, evaluate on the latest transactions, and write the model, its TFLite twin, metrics and plots."""
     import keras
 
@@ -188,10 +197,10 @@ def train_fraud(spark: SparkSession, lake_root: str, out_dir: Path, config: Frau
     from edgelake.training.tflite import float_tflite
 
     started = time.perf_counter()
-    frame, lineage = labelled_transactions(spark, lake_root, config)
+    frame, lineage = labelled_transactions(spark, lake, config)
     examples_s = time.perf_counter() - started
     if len(frame) == 0 or frame["is_fraud"].nunique() < 2:
-        raise ValueError(f"source '{config.source}' has {len(frame)} labelled transactions, not both classes: nothing to learn")
+        raise NothingToLearn(f"source '{config.source}' has {len(frame)} labelled transactions, not both classes: nothing to learn")
     train, validation, test = split_by_time(frame, config)
     set_seeds(config.seed)
     strategy, where = training_strategy(config.device)
@@ -202,7 +211,7 @@ def train_fraud(spark: SparkSession, lake_root: str, out_dir: Path, config: Frau
     logit_model.fit(
         train.inputs, train.labels, batch_size=config.batch_size, epochs=config.epochs, verbose=0,
         class_weight={0: 1.0, 1: config.fraud_weight}, shuffle=True,
-    )  # fmt: skip
+    )
     fit_s = time.perf_counter() - fit_started
     model = calibrated(logit_model, validation)
     threshold = best_f1_threshold(validation.labels, model.predict(validation.inputs, batch_size=8192, verbose=0).ravel())
@@ -224,10 +233,10 @@ def train_fraud(spark: SparkSession, lake_root: str, out_dir: Path, config: Frau
         "inputs": list(INPUT_NAMES),
         "device": where,
         "train_samples_per_s": round(len(train.labels) * config.epochs / fit_s, 1),
-        "examples_seconds": round(examples_s, 1),  # Spark: gold brought up to date, examples assembled
+        "examples_seconds": round(examples_s, 1),  # Spark: examples assembled
         "fit_seconds": round(fit_s, 1),
         "seconds": round(time.perf_counter() - started, 1),
-    }  # fmt: skip
+    }
     if config.source == "ulb":
         metrics["anchors"] = ULB_ANCHORS
     plots = write_plots(test.labels, scores, out_dir, "fraud (test: latest transactions)")

@@ -38,9 +38,11 @@ import pyarrow.compute as pc
 import tensorflow as tf
 from keras import layers
 
+from edgelake.errors import UserError
+from edgelake.console import metric_text
 from edgelake.fashion_mnist import CLASSES
 from edgelake.interpreters import latency_ms, load_interpreter, predict
-from edgelake.lake.catalog import open_table
+from edgelake.lake.catalog import Lake
 from edgelake.training.devices import Device, set_seeds, training_strategy
 from edgelake.training.plots import confusion_matrix, confusion_matrix_png
 from edgelake.training.tflite import float_tflite, quantize_int8
@@ -83,20 +85,20 @@ class VisionResult:
     extra: dict[str, Any]
 
 
-def load_frames(lake_root: str, version: int | None = None) -> Frames:
+def load_frames(lake: Lake, version: int | None = None) -> Frames:
     """The labelled train and test frames of the silver camera-frames table at ``version`` (default latest).
 
     Only inline raw_u8 grayscale 28×28 frames with a class label and a split are used;
     the others are counted and logged.
     """
-    table = open_table(lake_root, TABLE, version)
+    table = lake.open(TABLE, version)
     data = table.to_pyarrow_dataset().to_table(
         columns=["frame_id", "encoding", "width", "height", "channels", "image", "label", "split"]
     )
     decodable = _all(
         pc.equal(data["encoding"], "raw_u8"), pc.equal(data["width"], SHAPE[1]), pc.equal(data["height"], SHAPE[0]),
         pc.equal(data["channels"], SHAPE[2]), pc.is_valid(data["image"]),
-    )  # fmt: skip
+    )
     labelled = _all(pc.is_valid(data["split"]), pc.less(data["label"], len(CLASSES)))
     usable = pc.and_(decodable, labelled)
     _log_skipped(data.num_rows, decodable, labelled)
@@ -126,7 +128,7 @@ def build_model(dropout: float = DROPOUT) -> keras.Model:
 
 
 def train_vision(
-    lake_root: str,
+    lake: Lake,
     out_dir: Path,
     device: Device = "auto",
     epochs: int = EPOCHS,
@@ -143,10 +145,10 @@ def train_vision(
     """
     set_seeds(seed)
     strategy, description = training_strategy(device)
-    frames = load_frames(lake_root, version)
+    frames = load_frames(lake, version)
     x_train, y_train = _subset(frames.x_train, frames.y_train, limit, seed)
     if not len(x_train) or not len(frames.x_test):
-        raise ValueError(f"{TABLE} has {len(x_train)} usable train and {len(frames.x_test)} test frames; both are needed")
+        raise UserError(f"{TABLE} has {len(x_train)} usable train and {len(frames.x_test)} test frames; both are needed")
     out_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         model = _compiled(epochs * -(-len(x_train) // batch_size))
@@ -163,7 +165,7 @@ def train_vision(
     confusion_matrix_png(
         evaluation.pop("matrix"), CLASSES, files[CONFUSION],
         f"int8 vision model: accuracy {evaluation['int8_accuracy']:.4f} (float {evaluation['accuracy']:.4f})",
-    )  # fmt: skip
+    )
     samples = evaluation.pop("samples")
     np.savez_compressed(files[SAMPLES_FILE], **samples)
     metrics = {
@@ -181,9 +183,9 @@ def train_vision(
         "training": {"device": description, "epochs": epochs, "batch_size": batch_size, "seed": seed,
                      "learning_rate": LEARNING_RATE, "dropout": DROPOUT, "label_smoothing": LABEL_SMOOTHING,
                      "parameters": model.count_params()},
-    }  # fmt: skip
+    }
     files[METRICS].write_text(json.dumps({"metrics": metrics, "lineage": frames.lineage, "extra": extra}, indent=2) + "\n")
-    logger.info("vision model: %s", ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    logger.info("vision model: %s", ", ".join(f"{name}={metric_text(value, name)}" for name, value in metrics.items()))
     return VisionResult(files, metrics, frames.lineage, extra)
 
 
@@ -203,7 +205,7 @@ def _log_skipped(rows: int, decodable: pa.ChunkedArray, labelled: pa.ChunkedArra
             "%s: skipped %d of %d frames: %d not inline raw_u8 %dx%d grayscale (the only encoding supported yet), "
             "%d without a split or a class label below %d",
             TABLE, undecodable + unlabelled, rows, undecodable, SHAPE[1], SHAPE[0], unlabelled, len(CLASSES),
-        )  # fmt: skip
+        )
 
 
 def _pixels(images: pa.ChunkedArray) -> np.ndarray:
@@ -326,4 +328,4 @@ class _EpochLog(keras.callbacks.Callback):
         logger.info(
             "epoch %d/%d: loss %.4f, accuracy %.4f, %.1f s",
             epoch + 1, self.params["epochs"], logs.get("loss", float("nan")), logs.get("accuracy", float("nan")), self.seconds[-1],
-        )  # fmt: skip
+        )

@@ -33,8 +33,9 @@ from edgelake.broker import configured_servers
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.kafka import broker_reachable, end_offsets
 from edgelake.settings import Settings
+from edgelake.lake.catalog import Lake, ingest_app_id
 from edgelake.lake.sql import QueryFailed, QueryTimeout, run_query
-from edgelake.lake.tables import SILVER, table_uri
+from edgelake.lake.tables import SILVER
 from edgelake.training import registry
 from edgelake.training.registry import Stage
 
@@ -140,12 +141,13 @@ def asset(file: str) -> Response:
 @router.get("/dashboard", summary="What the dashboard at / shows: tables, ingest, scores, models, devices")
 def dashboard(request: Request) -> Dashboard:
     settings: Settings = request.app.state.settings
+    lake: Lake = request.app.state.lake
     now = datetime.now(UTC)
     devices: DeviceStore = request.app.state.devices
     return Dashboard(
-        generated=now, tables=list_tables(request), ingest=with_lag(ingest_states(settings.lake_root, now), request.app.state.topic_ends),
-        scores=score_stats(settings), models=model_cards(registry.registry_root_for(settings)), devices=devices.devices(),
-    )  # fmt: skip
+        generated=now, tables=list_tables(request), ingest=with_lag(ingest_states(lake, now), request.app.state.topic_ends),
+        scores=score_stats(settings, lake), models=model_cards(registry.registry_root_for(settings)), devices=devices.devices(),
+    )
 
 
 class TopicEnds:
@@ -180,13 +182,13 @@ def with_lag(states: list[IngestState], topic_ends: TopicEnds) -> list[IngestSta
     ]
 
 
-def ingest_states(lake_root: str, now: datetime) -> list[IngestState]:
+def ingest_states(lake: Lake, now: datetime) -> list[IngestState]:
     """The committed offsets and last ingest commit of every silver table written so far."""
     states = []
     for topic, spec in SILVER.items():
-        uri = table_uri(lake_root, spec)
-        if DeltaTable.is_deltatable(uri):
-            states.append(_ingest_state(DeltaTable(uri), spec.name, topic, now))
+        table = lake.find(spec.name)
+        if table is not None:
+            states.append(_ingest_state(table, spec.name, topic, now))
     return states
 
 
@@ -197,7 +199,7 @@ def _ingest_state(table: DeltaTable, name: str, topic: str, now: datetime) -> In
         if pipeline and committed_topic:
             when = datetime.fromtimestamp(commit["timestamp"] / 1000, UTC) if "timestamp" in commit else None
             partitions = range(EVENT_BY_TOPIC[topic].partitions)
-            offsets = {p: o for p in partitions if (o := table.transaction_version(f"{pipeline}/{committed_topic}/{p}")) is not None}
+            offsets = {p: o for p in partitions if (o := table.transaction_version(ingest_app_id(pipeline, committed_topic, p))) is not None}
             since = (now - when).total_seconds() if when else None
             return IngestState(
                 table=name, topic=committed_topic, pipeline=pipeline, offsets=offsets, last_ingest_commit=when, seconds_since_commit=since
@@ -205,30 +207,30 @@ def _ingest_state(table: DeltaTable, name: str, topic: str, now: datetime) -> In
     return IngestState(table=name, topic=topic, pipeline=None, offsets={}, last_ingest_commit=None, seconds_since_commit=None)
 
 
-def score_stats(settings: Settings) -> ScoreStats | None:
+def score_stats(settings: Settings, lake: Lake) -> ScoreStats | None:
     """The score histogram and decisions over time from the fraud-scores silver table; None if it holds none."""
-    if not DeltaTable.is_deltatable(table_uri(settings.lake_root, SILVER["fraud-scores"])):
+    if not lake.exists(SCORES_TABLE):
         return None
-    span = _query(settings, f"SELECT count(*) AS n, min(event_time) AS first, max(event_time) AS last FROM {SCORES_TABLE}")[0]
+    span = _query(settings, lake, f"SELECT count(*) AS n, min(event_time) AS first, max(event_time) AS last FROM {SCORES_TABLE}")[0]
     if not span["n"]:
         return None
     bins = _query(
-        settings,
+        settings, lake,
         f"SELECT CASE WHEN score >= 1 THEN {HISTOGRAM_BINS - 1} ELSE CAST(floor(score * {HISTOGRAM_BINS}) AS INT) END AS bin, "
         f"count(*) AS n FROM {SCORES_TABLE} GROUP BY 1",
     )
     unit = _bucket_unit((span["last"] - span["first"]).total_seconds())
     rows = _query(
-        settings,
+        settings, lake,
         f"SELECT date_trunc('{unit}', event_time) AS start, decision, count(*) AS n FROM {SCORES_TABLE} GROUP BY 1, 2 ORDER BY 1",
     )
     return ScoreStats(total=span["n"], histogram=_histogram(bins), bucket=unit, decisions=_decision_buckets(rows))
 
 
-def _query(settings: Settings, sql: str) -> list[dict[str, Any]]:
+def _query(settings: Settings, lake: Lake, sql: str) -> list[dict[str, Any]]:
     """The rows of one dashboard query, as Python values; a failure is a 500 problem naming the query."""
     try:
-        result = run_query(settings.lake_root, sql, limit=10_000, max_bytes=settings.sql_byte_limit, timeout_s=settings.sql_timeout_s)
+        result = run_query(lake, sql, limit=10_000, max_bytes=settings.sql_byte_limit, timeout_s=settings.sql_timeout_s)
     except (QueryFailed, QueryTimeout) as error:
         raise Problem(500, f"the dashboard query over {SCORES_TABLE} failed: {error}", kind="dashboard-query-failed") from None
     return result.table.to_pylist()

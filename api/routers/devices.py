@@ -3,7 +3,7 @@
 A device enrolls once with an enrollment token an admin issued and gets an API key bound to
 its device id; with it, it may speak only for itself (an admin may speak for any device).
 The bodies devices send and get are the contract in :mod:`edgelake.device_api`. Each heartbeat's
-model reports are kept, and the rollout gate (:mod:`api.rollout_gate`) settles canaries on them.
+model reports are kept, and the rollout gate (:mod:`edgelake.api.rollout_gate`) settles canaries on them.
 Results are forwarded to Kafka at least once: an id is remembered only after the broker
 acknowledged it, so a batch resent after a failure forwards only what was not yet delivered.
 """
@@ -96,7 +96,7 @@ def issue_enrollment_token(request: Request, body: EnrollmentTokenRequest) -> Is
 @router.post(
     "/enroll", status_code=201, summary="Enroll a device with an enrollment token; no API key needed",
     responses=documented(401, "The enrollment token is unknown, used up or expired."),
-)  # fmt: skip
+)
 def enroll(request: Request, body: EnrollRequest) -> Enrollment:
     keys: KeyStore = request.app.state.keys
     tokens: dict[str, str] = {}
@@ -130,7 +130,7 @@ def _device(request: Request, device_id: DeviceId, key: ApiKey = Depends(require
 @router.post(
     "/{device_id}/heartbeat", summary="Report models and health; answers the versions to run",
     responses=documented(404, "No such device."), response_model_exclude_none=True,
-)  # fmt: skip
+)
 def heartbeat(request: Request, body: HeartbeatRequest, device: Device = Depends(_device)) -> Assignment:
     now = datetime.now(UTC)
     _plausible(request, body, device, now)
@@ -152,7 +152,7 @@ def _plausible(request: Request, body: HeartbeatRequest, device: Device, now: da
         {"type": "value_error", "loc": ["body", "reports", name, "inferences"],
          "msg": f"{report.inferences:,} inferences since the previous heartbeat; at most {allowed:,} are plausible"}
         for name, report in body.reports.items() if report.inferences > allowed
-    ]  # fmt: skip
+    ]
     if errors:
         raise RequestValidationError(errors)
 
@@ -160,7 +160,7 @@ def _plausible(request: Request, body: HeartbeatRequest, device: Device, now: da
 @router.get(
     "/{device_id}/assignment", summary="The version of each model the device should run",
     responses=documented(404, "No such device."), response_model_exclude_none=True,
-)  # fmt: skip
+)
 def assignment(request: Request, device: Device = Depends(_device)) -> Assignment:
     return _assignment(request, device.id)
 
@@ -204,7 +204,7 @@ def results(request: Request, device: Device = Depends(_device), batch: ResultBa
             raise Problem(
                 503, f"the results could not be handed to Kafka ({error}); send them again", kind="broker-unavailable",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None  # fmt: skip
+            ) from None
         store.mark_forwarded(device.id, new)
     return ResultsAck(accepted=list(new), duplicates=duplicates)
 
@@ -234,9 +234,9 @@ def put_rollout(request: Request, name: ModelName, body: registry.RolloutRules, 
 def _rollout(request: Request, name: str) -> Rollout:
     root = registry_root_of(request)
     return Rollout(
-        name=name, production=registry.current(root, name), policy=registry.rollout(root, name),
+        name=name, production=registry.current(root, name), policy=registry.rollout_policy(root, name),
         gate=rollout_gate.gate_status(_store(request), root, name),
-    )  # fmt: skip
+    )
 
 
 def _assignment(request: Request, device_id: str) -> Assignment:

@@ -30,7 +30,7 @@ from edgelake.training.registry import Stage
 router = APIRouter(
     prefix="/v1/models", tags=["models"], dependencies=[Depends(require("analyst", "device"))],
     responses={**PROBLEM_RESPONSES, **documented(404, "No such model, version or file.")},
-)  # fmt: skip
+)
 
 keys_router = APIRouter(
     prefix="/v1/registry", tags=["models"], dependencies=[Depends(require("analyst", "device"))], responses=PROBLEM_RESPONSES
@@ -97,7 +97,7 @@ def get_model(request: Request, name: ModelName) -> ModelDetail:
                 VersionDetail(
                     version=version, stage=model.stage, created=manifest.created, metrics=manifest.metrics, lineage=manifest.lineage,
                     feature_version=manifest.feature_version, extra=manifest.extra, files=manifest.files, key_fingerprint=manifest.key_fingerprint,
-                )  # fmt: skip
+                )
             )
         return ModelDetail(name=name, production=registry.current(root, name), versions=details)
 
@@ -143,7 +143,7 @@ def get_artifact(request: Request, name: ModelName, version: Version, file: str)
     return FileResponse(
         path, media_type="application/octet-stream", filename=Path(file).name,
         headers={SHA256_HEADER: entry.sha256, SIGNATURE_HEADER: _signature(model.path)},
-    )  # fmt: skip
+    )
 
 
 @keys_router.get("/keys", summary="The key-set releases after a sequence number, oldest first; verify each against the one before")

@@ -23,15 +23,16 @@ from pydantic_core import from_json
 from edgelake.api.auth import require
 from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
 from edgelake.api.publisher import ScorePublisher
-from edgelake.api.scoring import MODEL_NAME, CardStateUnavailable, Decision, Features, ModelUnavailable, Scorer, unscorable
+from edgelake.api.scoring import MODEL_NAME, CardStateUnavailable, Decision, ModelUnavailable, Scorer, unscorable
 from edgelake.contracts import FraudScore, Transaction
+from edgelake.lake.features.definitions import FeatureValues
 
 MAX_BATCH = 1_000
 
 router = APIRouter(
     prefix="/v1", tags=["score"], dependencies=[Depends(require("producer"))],
     responses={**PROBLEM_RESPONSES, **documented(503, "No production fraud model can be served: none, unverified, or other features.")},
-)  # fmt: skip
+)
 
 _ONE = TypeAdapter(Transaction)
 _BATCH = TypeAdapter(Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)])
@@ -56,7 +57,7 @@ class ScoreResult(BaseModel):
     score: float = Field(ge=0, le=1, description="Calibrated fraud probability.")
     decision: Decision
     model: ModelRef
-    features: Features = Field(description="The card features the model saw (lake.features names); null where undefined.")
+    features: FeatureValues = Field(description="The card features the model saw (lake.features names); null where undefined.")
     thresholds: Thresholds
 
 
@@ -135,14 +136,14 @@ def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResul
             ScoreResult(
                 score_id=score_id, transaction_id=t.event_id, card_id=t.card_id, score=item.score, decision=item.decision,
                 model=ModelRef(name=MODEL_NAME, version=model.version), features=item.features, thresholds=thresholds,
-            )  # fmt: skip
+            )
         )
         events.append(
             FraudScore(
                 event_id=score_id, event_time=now, transaction_id=t.event_id, card_id=t.card_id, score=item.score,
                 decision=item.decision, model_name=MODEL_NAME, model_version=model.version, latency_ms=latency_ms,
                 features={name: float(value) for name, value in item.features.items() if value is not None},
-            )  # fmt: skip
+            )
         )
     publisher.publish(events)
     return results

@@ -54,7 +54,7 @@ def run_sql(body: SqlRequest, request: Request) -> SqlResult:
     limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
     try:
         result = sql_pool(request).run_query(
-            settings.lake_root, body.sql, as_of=body.as_of, limit=limit, max_bytes=settings.sql_byte_limit, timeout_s=settings.sql_timeout_s
+            request.app.state.lake, body.sql, as_of=body.as_of, limit=limit, max_bytes=settings.sql_byte_limit, timeout_s=settings.sql_timeout_s
         )
     except RefusedStatement as error:
         raise Problem(400, str(error), kind="refused-statement", title="Statement refused") from None
@@ -70,7 +70,7 @@ def run_sql(body: SqlRequest, request: Request) -> SqlResult:
     return SqlResult(
         columns=list(rows[0]) if rows else result.table.column_names, rows=rows, truncated=result.truncated,
         tables=result.tables, elapsed_s=result.elapsed_s,
-    )  # fmt: skip
+    )
 
 
 def sql_pool(request: Request) -> QueryPool:

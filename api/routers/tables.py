@@ -5,15 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from deltalake import DeltaTable
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from edgelake.api.auth import require
 from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
-from edgelake.settings import Settings
 from edgelake.lake import catalog
-from edgelake.lake.tables import CATALOG, Layer, TableSpec, table_uri
+from edgelake.lake.catalog import Lake
+from edgelake.lake.tables import CATALOG, Layer, TableSpec
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"], dependencies=[Depends(require("analyst"))], responses=PROBLEM_RESPONSES)
 
@@ -58,8 +57,8 @@ class TableDetail(TableSummary):
 
 @router.get("", summary="Every catalog table")
 def list_tables(request: Request) -> list[TableSummary]:
-    settings: Settings = request.app.state.settings
-    return [_summary(settings.lake_root, spec) for spec in CATALOG.values()]
+    lake: Lake = request.app.state.lake
+    return [_summary(lake, spec) for spec in CATALOG.values()]
 
 
 @router.get(
@@ -68,34 +67,33 @@ def list_tables(request: Request) -> list[TableSummary]:
     responses=documented(404, "No such catalog table."),
 )
 def get_table(request: Request, name: str, history: Annotated[int, Query(ge=0, le=1000, description="Newest commits to list.")] = 20) -> TableDetail:
-    settings: Settings = request.app.state.settings
+    lake: Lake = request.app.state.lake
     try:
         spec = catalog.spec_of(name)
     except catalog.UnknownTable as error:
         raise Problem(404, str(error), kind="unknown-table", title="Unknown table") from None
-    summary = _summary(settings.lake_root, spec)
+    summary = _summary(lake, spec)
     if not summary.written:
         columns = [Column(name=f.name, type=str(f.type), nullable=f.nullable, evolved=False) for f in spec.schema]
         return TableDetail(**summary.model_dump(), columns=columns, history=[])
-    info = catalog.describe(settings.lake_root, name)
+    info = catalog.describe(lake, name)
     defined = set(spec.schema.names)
     columns = [Column(name=f.name, type=str(f.type), nullable=f.nullable, evolved=f.name not in defined) for f in info.schema]
-    commits = catalog.history(settings.lake_root, name, history) if history else []
+    commits = catalog.history(lake, name, history) if history else []
     return TableDetail(
         **summary.model_dump(), columns=columns, files=info.files, size_bytes=info.size_bytes,
         history=[Commit.model_validate(commit) for commit in commits],
-    )  # fmt: skip
+    )
 
 
-def _summary(lake_root: str, spec: TableSpec) -> TableSummary:
+def _summary(lake: Lake, spec: TableSpec) -> TableSummary:
     described = {"name": spec.name, "layer": spec.layer, "description": spec.description, "partition_by": list(spec.partition_by)}
-    uri = table_uri(lake_root, spec)
-    if not DeltaTable.is_deltatable(uri):
+    table = lake.find(spec.name)
+    if table is None:
         return TableSummary(**described, written=False)
-    table = DeltaTable(uri)
     last = table.history(1)
     stamp = last[0].get("timestamp") if last else None
     return TableSummary(
         **described, written=True, version=table.version(), rows=table.count(),
         last_commit=datetime.fromtimestamp(stamp / 1000, UTC) if stamp else None,
-    )  # fmt: skip
+    )

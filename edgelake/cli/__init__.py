@@ -10,6 +10,7 @@ import sys
 import typer
 
 from edgelake.cli import bench, broker, config, demo, edge, ingest, jars, keys, lake, models, produce, quarantine, schemas, serve, sql, train
+from edgelake.console import err_console
 from edgelake.logs import configure_logging, divert_native_output
 from edgelake.settings import Settings
 
@@ -23,15 +24,29 @@ app = typer.Typer(
 
 # Commands that load TensorFlow, Spark or Beam, whose native code and JVMs write to the terminal on their own.
 NOISY_COMMANDS = {"demo", "train", "lake", "ingest", "bench"}
+# main()'s context object: this process is the edgelake program, so its file descriptors are the command's to redirect
+# (not so when a caller, such as a test's CliRunner, invokes ``app`` in its own process).
+AS_PROGRAM = "edgelake program"
+VERBOSE_OPTION = typer.Option(
+    False, "--verbose", help="Show what TensorFlow, Spark and Beam print themselves; by default it goes to <data dir>/logs/native.log."
+)
 
 
 @app.callback()
-def _root(ctx: typer.Context) -> None:
+def _root(ctx: typer.Context, verbose: bool = VERBOSE_OPTION) -> None:
     settings = Settings()
-    if ctx.invoked_subcommand in NOISY_COMMANDS and sys.stderr.isatty():
-        divert_native_output(settings.data_dir / "logs" / "native.log")
+    if ctx.obj == AS_PROGRAM and ctx.invoked_subcommand in NOISY_COMMANDS and not verbose and not _shows_help(ctx.invoked_subcommand):
+        log_file = settings.data_dir / "logs" / "native.log"
+        divert_native_output(log_file)
+        err_console.print(f"TensorFlow, Spark and Beam log to {log_file} (--verbose shows them here)", style="dim", highlight=False, soft_wrap=True)
     configure_logging(settings)
     ctx.obj = settings
+
+
+def _shows_help(command: str) -> bool:
+    """Whether the program's command line only asks for help: ``--help``, or a command group without its command."""
+    args = sys.argv[1:]
+    return "--help" in args or (args[-1:] == [command] and command in {group.name for group in app.registered_groups})
 
 
 app.add_typer(config.app, name="config")
@@ -54,4 +69,5 @@ app.add_typer(edge.app, name="edge")
 
 
 def main() -> None:
-    app()
+    """The ``edgelake`` program."""
+    app(obj=AS_PROGRAM)

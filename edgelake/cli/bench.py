@@ -16,7 +16,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from edgelake.console import console, err_console, reported_errors
-from edgelake.errors import USER_ERRORS
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ FULL = Sizes()
 QUICK = Sizes(
     produce_events=20_000, ingest_events=100_000, sql_rows=100_000, sql_repeats=3, train_rows=50_000, train_images=5_000,
     api_rates=(500,), api_seconds=2.0, edge_runs=20, edge_frames=100,
-)  # fmt: skip
+)
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
 RECORD_OPTION = typer.Option(False, "--record", help="Append the result to bench/RESULTS.md.")
 MASTER_OPTION = typer.Option(None, "--master", help="Spark master; default the spark_master setting.")
@@ -226,7 +226,7 @@ def _edge(plan: Plan) -> dict[str, Any]:
 # Every benchmark, in the order ``bench all`` runs them.
 RUNNERS: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "produce": _produce, "ingest": _ingest, "sql": _sql, "train": _train, "api": _api, "edge": _edge,
-}  # fmt: skip
+}
 
 
 @app.command("all")
@@ -292,7 +292,7 @@ def _measured(name: str, plan: Plan) -> Outcome:
     started = time.perf_counter()
     try:
         result = RUNNERS[name](plan)
-    except USER_ERRORS as error:
+    except UserError as error:
         return Outcome(name, _seconds_since(started), error=str(error))
     except Exception as error:  # noqa: BLE001 - one benchmark's failure must not stop the others
         log.exception("bench %s failed", name)

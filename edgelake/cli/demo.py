@@ -14,10 +14,12 @@ from rich.table import Table
 from edgelake.console import console, reported_errors
 from edgelake.cli.produce import print_deliveries, run_producer
 from edgelake.contracts import EVENT_BY_TOPIC, FraudScore, InvalidEvent
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
     from edgelake.edge.fleet import FleetOptions
+    from edgelake.ingest.sources import Kind
 
 # The example analysts' query the demo answers over the gold tables it built.
 EXAMPLE_QUERY = """
@@ -48,7 +50,7 @@ SCORED = 5_000  # the latest ULB transactions, scored through the API
 SCORE_BATCH = 500
 
 # (kind, source, events when no --limit is given; None = the whole data set)
-DEMO_FEEDS = (
+DEMO_FEEDS: tuple[tuple[Kind, str, int | None], ...] = (
     ("transactions", "ulb", None),
     ("labels", "ulb", None),
     ("transactions", "synthetic", 20_000),
@@ -69,66 +71,113 @@ def demo(
     from edgelake.cli.ingest import print_table_counts
     from edgelake.cli.lake import run_build_gold
     from edgelake.cli.sql import print_result
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.sql import run_query
     from edgelake.ingest.loop import IngestOptions, ingest
     from edgelake.ingest.sources import SourceOptions
 
     settings: Settings = ctx.obj
+    story = Story()
     with reported_errors():
+        story.step("start the embedded Kafka broker (unless one is configured) and create the topics")
         servers = bootstrap_servers(settings)
-        console.rule("[bold]1. produce real data into Kafka")
+        story.done(f"Kafka answers at {servers}; its {len(EVENT_BY_TOPIC)} event topics exist")
+        story.step("produce real data into Kafka")
         deliveries = [
             run_producer(settings, kind, source, SourceOptions(count=_capped(default, limit)))
             for kind, source, default in DEMO_FEEDS
         ]
         print_deliveries(deliveries)
-        console.rule("[bold]2. read every topic back from the broker")
-        print_topic_summary(settings, servers)
-        console.rule("[bold]3. ingest into the lake: bronze, silver, quarantine (exactly once)")
+        failed = sum(d.failed for d in deliveries)
+        story.done(f"{sum(d.acknowledged for d in deliveries):,} events from {len(deliveries)} feeds acknowledged by Kafka, {failed:,} failed")
+        story.step("read every topic back from the broker")
+        valid, invalid = print_topic_summary(settings, servers)
+        story.done(f"{valid:,} records read back valid against their contracts, {invalid:,} invalid")
+        story.step("ingest into the lake: bronze, silver, quarantine (exactly once)")
         options = IngestOptions()
         totals = ingest(settings, options, once=True)
         print_table_counts(settings, options.topics, totals.counts)
-        console.rule("[bold]4. build the gold tables with Spark (incremental)")
-        run_build_gold(settings, settings.spark_master)
-        console.rule("[bold]5. ask the lake: fraud by merchant category (edgelake sql)")
+        landed: Counter[str] = Counter()
+        for counts in totals.counts.values():
+            landed.update(counts)
+        story.done(
+            f"{landed['silver']:,} events landed in silver, {landed['quarantined']:,} quarantined, {landed['duplicates']:,} duplicates dropped"
+        )
+        story.step("build the gold tables with Spark (incremental)")
+        built = run_build_gold(settings, settings.spark_master)
+        story.done(f"{len(built)} gold tables up to date, {sum(result.rows_out for result in built):,} rows written")
+        story.step("ask the lake: fraud by merchant category (edgelake sql)")
         console.print(EXAMPLE_QUERY.strip(), style="dim", highlight=False)
-        print_result(run_query(settings.lake_root, EXAMPLE_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
-        console.rule("[bold]6. train the fraud and vision models; publish them, signed, to the registry")
+        print_result(run_query(Lake.from_settings(settings), EXAMPLE_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
+        story.done("answered over the gold tables by the guarded SQL engine")
+        story.step("train the fraud and vision models; publish them, signed, to the registry")
         if limit is None:
-            train_models(settings)
+            story.done(train_models(settings))
         else:
-            console.print("skipped under --limit: the models are trained on the full data sets", style="yellow")
-        console.rule("[bold]7. serve the API, score a stream of transactions, land the scores in the lake")
+            story.skipped("the models are trained on the full data sets")
+        story.step("serve the API, score a stream of transactions, land the scores in the lake")
         if limit is None:
-            serve_and_score(settings)
+            story.done(serve_and_score(settings))
         else:
-            console.print("skipped under --limit: scoring needs the trained fraud model", style="yellow")
-        console.rule("[bold]8. an edge fleet takes the vision model over the air and streams its results into the lake")
+            story.skipped("scoring needs the trained fraud model")
+        story.step("an edge fleet takes the vision model over the air and streams its results into the lake")
         if limit is None:
-            run_edge_fleet(settings)
+            story.done(run_edge_fleet(settings))
         else:
-            console.print("skipped under --limit: the fleet needs the trained vision model", style="yellow")
-        console.rule("[bold]9. rotate the signing key: production re-signed, the fleet follows without re-enrollment, the old key revoked")
+            story.skipped("the fleet needs the trained vision model")
+        story.step("rotate the signing key: production re-signed, the fleet follows it, the old key revoked")
         if limit is None:
-            rotate_signing_key(settings)
+            story.done(rotate_signing_key(settings))
         else:
-            console.print("skipped under --limit: there is no model to re-sign", style="yellow")
+            story.skipped("there is no model to re-sign")
+        story.end()
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
 
 
-def train_models(settings: Settings) -> None:
-    """Train both models on the full data sets in the lake and put them into production."""
+class Story:
+    """The demo's output as a story: each step a numbered heading, its tables, then one line saying what it did and in how long."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.began = self.step_began = time.monotonic()
+
+    def step(self, title: str) -> None:
+        """Begin the next step."""
+        self.steps += 1
+        self.step_began = time.monotonic()
+        console.print()
+        console.rule(f"[bold]{self.steps}. {title}", align="left")
+
+    def done(self, outcome: str) -> None:
+        """The step's one-line result."""
+        console.print(f"[green]✓[/] {outcome} [dim]({time.monotonic() - self.step_began:,.1f} s)[/]", highlight=False)
+
+    def skipped(self, why: str) -> None:
+        """The step did not run under ``--limit``, and why."""
+        console.print(f"[yellow]skipped under --limit:[/] {why}", highlight=False)
+
+    def end(self) -> None:
+        """The whole story's line."""
+        console.print()
+        console.print(f"[bold]demo done:[/] {self.steps} steps in {time.monotonic() - self.began:,.1f} s", highlight=False)
+
+
+def train_models(settings: Settings) -> str:
+    """Train both models on the full data sets in the lake and put them into production; what is in production."""
     from edgelake.cli.train import Stage, print_published, train_and_publish_fraud, train_and_publish_vision
     from edgelake.training.fraud import FraudConfig
 
-    print_published(train_and_publish_fraud(settings, FraudConfig(source="ulb"), settings.spark_master, Stage.production))
-    print_published(train_and_publish_vision(settings, None, None, "auto", 1, Stage.production))
+    fraud = train_and_publish_fraud(settings, FraudConfig(source="ulb"), settings.spark_master, Stage.production)
+    print_published(fraud)
+    vision = train_and_publish_vision(settings, None, None, "auto", 1, Stage.production)
+    print_published(vision)
+    return f"fraud v{fraud.version} and vision v{vision.version} signed and in production"
 
 
-def serve_and_score(settings: Settings) -> None:
+def serve_and_score(settings: Settings) -> str:
     """Start the API in the background, score the ULB set's latest transactions through it, ingest the
-    scores it produced, and print the decisions and the dashboard's address."""
+    scores it produced, and print the decisions and the dashboard's address; what was scored and landed."""
     from urllib.parse import urlparse
 
     from edgelake.api.keys import KeyStore, keys_path
@@ -148,23 +197,27 @@ def serve_and_score(settings: Settings) -> None:
     console.print(f"batches of {SCORE_BATCH}: median {statistics.median(latencies) * 1000:.1f} ms a batch", highlight=False)
     _wait_for_scores(settings, sum(decisions.values()))
     totals = ingest(settings, IngestOptions(topics=(FraudScore.topic,)), once=True)
-    console.print(f"fraud scores landed in silver: {totals.counts.get(FraudScore.topic, {}).get('silver', 0):,}", highlight=False)
+    landed = totals.counts.get(FraudScore.topic, {}).get("silver", 0)
     console.print(f"[bold]dashboard:[/] {url}/?key={analyst_key}   (stop the API with `edgelake serve --stop`)", highlight=False)
+    return f"{sum(decisions.values()):,} transactions scored through the API, {landed:,} fraud scores landed in silver"
 
 
-def run_edge_fleet(settings: Settings) -> None:
-    """Run a small fleet of edge agents against the API started before; land their results and ask the lake how they did."""
+def run_edge_fleet(settings: Settings) -> str:
+    """Run a small fleet of edge agents against the API started before; land their results and ask the lake how they
+    did; what the fleet sent."""
     from edgelake.cli.edge import issue_local_enrollment_token
     from edgelake.cli.sql import print_result
     from edgelake.contracts import EdgeInference
     from edgelake.ingest.loop import IngestOptions, ingest
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.sql import run_query
 
     _run_fleet(settings, issue_local_enrollment_token(settings, FLEET_DEVICES, "demo-edge"), FLEET_FRAMES)
     totals = ingest(settings, IngestOptions(topics=(EdgeInference.topic,)), once=True)
-    console.print(f"edge results landed in silver: {totals.counts.get(EdgeInference.topic, {}).get('silver', 0):,}", highlight=False)
     console.print(FLEET_QUERY.strip(), style="dim", highlight=False)
-    print_result(run_query(settings.lake_root, FLEET_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
+    print_result(run_query(Lake.from_settings(settings), FLEET_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
+    landed = totals.counts.get(EdgeInference.topic, {}).get("silver", 0)
+    return f"{FLEET_DEVICES} devices run the int8 vision model; {landed:,} of their results landed in silver"
 
 
 def _run_fleet(settings: Settings, enrollment_token: str, max_frames: int) -> FleetOptions:
@@ -175,18 +228,19 @@ def _run_fleet(settings: Settings, enrollment_token: str, max_frames: int) -> Fl
     options = FleetOptions(
         devices=FLEET_DEVICES, state_root=settings.data_dir / "fleet", api_url=settings.api_url, name_prefix="demo-edge",
         enrollment_token=enrollment_token, fps=10.0, heartbeat_s=1.0, max_frames=max_frames,
-    )  # fmt: skip
+    )
     runs = run_fleet(options)
     console.print(fleet_table(statuses(options)))
     failed = [run.name for run in runs if run.returncode != 0]
     if failed:
-        raise RuntimeError(f"edge agents {', '.join(failed)} failed; see their agent.log under {options.state_root}")
+        raise UserError(f"edge agents {', '.join(failed)} failed; see their agent.log under {options.state_root}")
     return options
 
 
-def rotate_signing_key(settings: Settings) -> None:
+def rotate_signing_key(settings: Settings) -> str:
     """Rotate the registry's key, re-sign and promote every production version with the new one, run the fleet
-    again (its agents adopt the new key set and install the re-signed vision model), then revoke the old key."""
+    again (its agents adopt the new key set and install the re-signed vision model), then revoke the old key; how
+    many devices follow the new key set."""
     from edgelake.edge.fleet import device_names
     from edgelake.edge.state import adopted_key_set
     from edgelake.training import registry
@@ -205,12 +259,12 @@ def rotate_signing_key(settings: Settings) -> None:
     options = _run_fleet(settings, "", ROTATION_FRAMES)  # enrolled already: no token
     adopted = [adopted_key_set(options.state_root / name) for name in device_names(options)]
     trusting = sum(1 for key_set in adopted if key_set is not None and key_set.sequence == released.sequence)
-    console.print(f"devices trusting key set release {released.sequence}: {trusting} of {FLEET_DEVICES}", highlight=False)
     revoked = registry.revoke(key_dir, settings.lake_root, str(old), settings.registry_dir)
     console.print(
         f"key set release {revoked.sequence}: key {str(old)[:16]} revoked; the versions it signed are refused from the devices' next heartbeat",
         highlight=False,
     )
+    return f"devices trusting key set release {released.sequence}: {trusting} of {FLEET_DEVICES}"
 
 
 def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, object]]:
@@ -219,7 +273,7 @@ def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, o
 
     from edgelake.ingest.sources import ulb
 
-    latest = deque(ulb.transactions(ulb.fetch_csv(settings.cache_dir), settings.dataset_base_time), maxlen=count)
+    latest = deque(ulb.transactions(ulb.fetch_csv(settings.cache_path), settings.dataset_base_time), maxlen=count)
     return [json.loads(transaction.to_bytes()) for transaction in latest]
 
 
@@ -258,11 +312,12 @@ def _capped(count: int | None, limit: int | None) -> int | None:
     return min(count, limit)
 
 
-def print_topic_summary(settings: Settings, servers: str) -> None:
-    """Count and validate every record in each event topic."""
+def print_topic_summary(settings: Settings, servers: str) -> tuple[int, int]:
+    """Count and validate every record in each event topic; the valid and invalid records in all of them."""
     from edgelake.kafka import read_topic
 
     table = Table("topic", "events in topic", "valid", "invalid", "partitions with data", title=f"topics at {servers}")
+    everything: Counter[str] = Counter()
     for logical, event_type in EVENT_BY_TOPIC.items():
         counts: Counter[str] = Counter()
         partitions: set[int] = set()
@@ -275,4 +330,6 @@ def print_topic_summary(settings: Settings, servers: str) -> None:
                 counts["invalid"] += 1
         total = counts["valid"] + counts["invalid"]
         table.add_row(settings.topic(logical), f"{total:,}", f"{counts['valid']:,}", f"{counts['invalid']:,}", str(len(partitions)))
+        everything.update(counts)
     console.print(table)
+    return everything["valid"], everything["invalid"]

@@ -12,6 +12,7 @@ from rich.table import Table
 from edgelake.console import console, err_console, reported_errors
 from edgelake.edge.cli import FramesOption
 from edgelake.edge.cli import app as device_app
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 app = typer.Typer(help=device_app.info.help, no_args_is_help=True)
@@ -40,12 +41,12 @@ def fleet(
     settings: Settings = ctx.obj
     with reported_errors():
         if max_frames is None and duration_s is None:
-            raise ValueError("give --max-frames or --duration-s (or both), so the fleet ends")
+            raise UserError("give --max-frames or --duration-s (or both), so the fleet ends")
         options = FleetOptions(
             devices=devices, state_root=state_root or settings.data_dir / "fleet", api_url=api_url or settings.api_url,
             enrollment_token=enrollment_token or issue_local_enrollment_token(settings, devices, name_prefix), name_prefix=name_prefix,
             fps=fps, heartbeat_s=heartbeat_s, max_frames=max_frames, duration_s=duration_s, frames=frames,
-        )  # fmt: skip
+        )
         with Live(fleet_table([]), console=console, refresh_per_second=1, transient=False) as live:
             runs = run_fleet(options, lambda statuses: live.update(fleet_table(statuses)))
     failed = [run for run in runs if run.returncode not in (0, 3)]  # 3: stopped with results still queued for the next run
@@ -60,7 +61,7 @@ def issue_local_enrollment_token(settings: Settings, devices: int, name: str) ->
     try:
         from edgelake.api.devices import DeviceStore, devices_path
     except ImportError:
-        raise ValueError("no API on this machine to issue an enrollment token: give --enrollment-token") from None
+        raise UserError("no API on this machine to issue an enrollment token: give --enrollment-token") from None
     _, token = DeviceStore(devices_path(settings.data_dir)).issue_token(f"fleet {name}", devices, 3600)
     return token
 
@@ -75,5 +76,5 @@ def fleet_table(statuses: list[dict[str, Any]]) -> Table:
         table.add_row(
             status.get("device_name", "?"), models, *(str(health.get(key, "")) for key in ("frames", "delivered", "queued", "dropped")),
             accuracy, str(health.get("runtime") or ""),
-        )  # fmt: skip
+        )
     return table

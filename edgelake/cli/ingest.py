@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edgelake.console import console, reported_errors
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 app = typer.Typer(help="Land Kafka topics in the Delta Lake with Beam, exactly once.", no_args_is_help=True)
@@ -37,7 +38,7 @@ def run(
 
         unknown = set(topics) - set(EVENT_BY_TOPIC)
         if unknown:
-            raise ValueError(f"unknown topic(s) {', '.join(sorted(unknown))}; choose from {', '.join(EVENT_BY_TOPIC)}")
+            raise UserError(f"unknown topic(s) {', '.join(sorted(unknown))}; choose from {', '.join(EVENT_BY_TOPIC)}")
         options = IngestOptions(
             pipeline=pipeline,
             topics=tuple(topics) or tuple(EVENT_BY_TOPIC),
@@ -61,8 +62,10 @@ def run(
 
 def print_table_counts(settings: Settings, topics: tuple[str, ...], counts: dict[str, dict[str, int]]) -> None:
     """This run's counts beside the rows each table holds now."""
+    from edgelake.lake.catalog import Lake, row_count
     from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER
-    from edgelake.lake.tables import row_count
+
+    lake = Lake.from_settings(settings)
 
     table = Table("topic", "read", "silver", "quarantined", "duplicates", "bronze rows", "silver rows", title="ingest")
     for topic in topics:
@@ -70,8 +73,8 @@ def print_table_counts(settings: Settings, topics: tuple[str, ...], counts: dict
         table.add_row(
             topic,
             *(f"{mine.get(k, 0):,}" for k in ("bronze", "silver", "quarantined", "duplicates")),
-            f"{row_count(settings.lake_root, BRONZE[topic]):,}",
-            f"{row_count(settings.lake_root, SILVER[topic]):,}",
+            f"{row_count(lake, BRONZE[topic].name):,}",
+            f"{row_count(lake, SILVER[topic].name):,}",
         )
     console.print(table)
-    console.print(f"quarantine table: {row_count(settings.lake_root, QUARANTINE):,} rows")
+    console.print(f"quarantine table: {row_count(lake, QUARANTINE.name):,} rows")

@@ -12,7 +12,7 @@ from edgelake.api.keys import ROLES, Role
 from edgelake.console import console, err_console, reported_errors
 from edgelake.settings import Settings
 
-RoleChoice = Enum("RoleChoice", {role: role for role in ROLES}, type=str)  # type: ignore[misc]
+RoleChoice = Enum("RoleChoice", {role: role for role in ROLES}, type=str)  # type: ignore[misc]  # mypy reads only literal members
 
 app = typer.Typer(help="API keys: create (shown once), list and revoke; enrollment tokens for devices.", no_args_is_help=True)
 

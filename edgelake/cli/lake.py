@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
 from edgelake.console import console, reported_errors
+from edgelake.errors import UserError
 from edgelake.settings import Settings
+
+if TYPE_CHECKING:
+    from edgelake.lake.gold import GoldResult
 
 app = typer.Typer(help="The lake's tables and their maintenance.", no_args_is_help=True)
 
@@ -16,13 +22,14 @@ MIN_RETENTION_HOURS = 168  # files younger than a week may still be read by a ru
 @app.command("tables")
 def tables(ctx: typer.Context) -> None:
     """Every catalog table with its location and row count."""
-    from edgelake.lake.tables import CATALOG, row_count, table_uri
+    from edgelake.lake.catalog import Lake, row_count
+    from edgelake.lake.tables import CATALOG
 
-    settings: Settings = ctx.obj
+    lake = Lake.from_settings(ctx.obj)
     listing = Table("table", "layer", "rows", "partitioned by", "uri")
     for spec in CATALOG.values():
-        rows = row_count(settings.lake_root, spec)
-        listing.add_row(spec.name, spec.layer, f"{rows:,}", ", ".join(spec.partition_by), table_uri(settings.lake_root, spec))
+        rows = row_count(lake, spec.name)
+        listing.add_row(spec.name, spec.layer, f"{rows:,}", ", ".join(spec.partition_by), lake.uri(spec))
     console.print(listing)
 
 
@@ -31,9 +38,8 @@ def describe(ctx: typer.Context, table: str = typer.Argument(..., help="Catalog 
     """A table's definition, current version, size and columns (evolved ones included)."""
     from edgelake.lake import catalog
 
-    settings: Settings = ctx.obj
     with reported_errors():
-        info = catalog.describe(settings.lake_root, table)
+        info = catalog.describe(catalog.Lake.from_settings(ctx.obj), table)
     console.print(f"[bold]{info.spec.name}[/] ({info.spec.layer}) — {info.spec.description}", highlight=False)
     console.print(f"uri: {info.uri}", highlight=False)
     console.print(
@@ -56,9 +62,8 @@ def history(
     """A table's commits, newest first: each version's time, operation and what it did."""
     from edgelake.lake import catalog
 
-    settings: Settings = ctx.obj
     with reported_errors():
-        commits = catalog.history(settings.lake_root, table, limit)
+        commits = catalog.history(catalog.Lake.from_settings(ctx.obj), table, limit)
     listing = Table("version", "time (UTC)", "operation", "rows added", "files +/-", "metadata")
     for commit in commits:
         metrics = commit["metrics"]
@@ -76,11 +81,11 @@ def optimize(
     """Compact a table's small files and write a checkpoint (the ingester does this every N batches)."""
     from edgelake.lake import catalog
 
-    settings: Settings = ctx.obj
+    lake = catalog.Lake.from_settings(ctx.obj)
     with reported_errors():
-        names = catalog.existing(settings.lake_root) if table == "all" else [catalog.spec_of(table).name]
+        names = catalog.existing(lake) if table == "all" else [catalog.spec_of(table).name]
         for name in names:
-            metrics = catalog.optimize(settings.lake_root, name)
+            metrics = catalog.optimize(lake, name)
             console.print(f"{name}: {metrics['numFilesRemoved']} files compacted into {metrics['numFilesAdded']}")
 
 
@@ -95,18 +100,20 @@ def build_gold(
         run_build_gold(settings, master or settings.spark_master)
 
 
-def run_build_gold(settings: Settings, master: str) -> None:
-    """Build gold on ``master``, showing progress, and print what each table's build did."""
+def run_build_gold(settings: Settings, master: str) -> list[GoldResult]:
+    """Build gold on ``master``, showing progress, and print what each table's build did; each table's result."""
     from edgelake.lake import gold
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.spark import spark_session
 
     with console.status(f"starting Spark on {master}…") as status:
         spark = spark_session(master, "edgelake-build-gold")
-        results = gold.build_gold(spark, settings.lake_root, on_start=lambda name: status.update(f"building {name}…"))
-    listing = Table("table", "silver rows in", "gold rows out", "seconds", "what was done")
+        results = gold.build_gold(spark, Lake.from_settings(settings), on_start=lambda name: status.update(f"building {name}…"))
+    listing = Table("table", "silver rows in", "gold rows out", "time", "what was done")
     for result in results:
-        listing.add_row(result.table, f"{result.rows_in:,}", f"{result.rows_out:,}", f"{result.seconds:.1f}", result.detail)
+        listing.add_row(result.table, f"{result.rows_in:,}", f"{result.rows_out:,}", f"{result.seconds:.1f} s", result.detail)
     console.print(listing)
+    return results
 
 
 @app.command("vacuum")
@@ -118,26 +125,25 @@ def vacuum(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted, delete nothing."),
 ) -> None:
     """Delete data files no longer referenced by the table, older than the retention."""
-    from deltalake import DeltaTable
+    from edgelake.lake.catalog import Lake
+    from edgelake.lake.tables import CATALOG
 
-    from edgelake.lake.tables import CATALOG, table_uri
-
-    settings: Settings = ctx.obj
+    lake = Lake.from_settings(ctx.obj)
     with reported_errors():
         names = list(CATALOG) if table == "all" else [table]
         unknown = [name for name in names if name not in CATALOG]
         if unknown:
-            raise LookupError(f"no table {', '.join(unknown)}; see `edgelake lake tables`")
+            raise UserError(f"no table {', '.join(unknown)}; see `edgelake lake tables`")
         if retention_hours < MIN_RETENTION_HOURS and not force:
-            raise ValueError(
+            raise UserError(
                 f"a retention of {retention_hours} h could delete files that running readers or time travel "
                 f"still need; the minimum is {MIN_RETENTION_HOURS} h unless --force is given"
             )
         for name in names:
-            uri = table_uri(settings.lake_root, CATALOG[name])
-            if not DeltaTable.is_deltatable(uri):
+            found = lake.find(name)
+            if found is None:
                 continue
-            deleted = DeltaTable(uri).vacuum(
+            deleted = found.vacuum(
                 retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False
             )
             verb = "would delete" if dry_run else "deleted"

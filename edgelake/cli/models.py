@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from edgelake.console import console, err_console, metric_text, reported_errors
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def show(
     console.print("lineage: " + (", ".join(f"{table}@v{v}" for table, v in sorted(manifest.lineage.items())) or "none"), highlight=False)
     metrics = Table("metric", "value")
     for metric, value in sorted(manifest.metrics.items()):
-        metrics.add_row(metric, metric_text(value))
+        metrics.add_row(metric, metric_text(value, metric))
     console.print(metrics)
     files = Table("file", "bytes", "sha256")
     for file, entry in sorted(manifest.files.items()):
@@ -99,7 +100,7 @@ def promote(
         transitions = registry.promote(
             registry.registry_root_for(settings), name, version, to,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
-        )  # fmt: skip
+        )
     _print_transitions(name, transitions)
 
 
@@ -118,7 +119,7 @@ def rollback(
         transitions = registry.rollback(
             registry.registry_root_for(settings), name,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
-        )  # fmt: skip
+        )
     _print_transitions(name, transitions)
 
 
@@ -143,13 +144,13 @@ def rollout(
     options = {
         "canary_percent": canary_percent, "canary_version": canary_version, "promote_after_reports": promote_after,
         "max_accuracy_drop": max_accuracy_drop, "min_labelled": min_labelled, "deadline_s": deadline_s,
-    }  # fmt: skip
-    given = {field: value for field, value in options.items() if value is not None}
+    }
+    given: dict[str, int | float | None] = {field: value for field, value in options.items() if value is not None}
     if given.get("canary_version") == 0:
         given["canary_version"] = None
     with reported_errors():
         root = registry.registry_root_for(settings)
-        policy = registry.rollout(root, name)
+        policy = registry.rollout_policy(root, name)
         if given:
             rules = registry.RolloutRules.model_validate({**policy.model_dump(include=set(registry.RolloutRules.model_fields)), **given})
             policy = registry.set_rollout(root, name, rules, actor=os.environ.get("USER"))
@@ -200,7 +201,7 @@ def verify(
     settings: Settings = ctx.obj
     with reported_errors():
         if every and version is not None:
-            raise ValueError("give --version or --all, not both")
+            raise UserError("give --version or --all, not both")
         root = registry.registry_root_for(settings)
         chosen = list(registry.versions(root, name)) if every else [version or registry.get(root, name).version]
         key = _trusted_key(settings, public_key)
@@ -311,7 +312,10 @@ def _trusted_key(settings: Settings, path: Path | None) -> Ed25519PublicKey | No
     from edgelake.training.registry import KEYS_DIR, local_public_key
 
     if path is not None:
-        return load_public_key(path.read_bytes())
+        try:
+            return load_public_key(path.read_bytes())
+        except (OSError, ValueError) as error:
+            raise UserError(f"--public-key {path}: not a readable PEM public key ({error})") from None
     local = local_public_key(settings.data_dir / KEYS_DIR)
     if local is None:
         err_console.print(
@@ -330,7 +334,7 @@ def _summary(root: Path, name: str, version: int) -> tuple[str, str]:
         manifest = registry.get(root, name, version).manifest
     except ValueError:
         return "", "[red]manifest unreadable: run `edgelake models verify`[/]"
-    metrics = ", ".join(f"{metric}={metric_text(value)}" for metric, value in sorted(manifest.metrics.items()))
+    metrics = ", ".join(f"{metric}={metric_text(value, metric)}" for metric, value in sorted(manifest.metrics.items()))
     return f"{manifest.created:%Y-%m-%d %H:%M:%S}", metrics
 
 

@@ -44,7 +44,7 @@ class Delivery:
 def run_producer(settings: Settings, kind: Kind, source: str, options: SourceOptions, rate: float = 0.0) -> Delivery:
     """Produce one source into its topic with a progress bar."""
     from edgelake.broker import bootstrap_servers
-    from edgelake.ingest.producer import EventProducer, produce
+    from edgelake.kafka import EventProducer, produce
     from edgelake.ingest.sources import expected_count, source_events
 
     if source == "file":  # a user's file is validated whole before anything is sent
@@ -64,10 +64,10 @@ def run_producer(settings: Settings, kind: Kind, source: str, options: SourceOpt
 
 
 def print_deliveries(deliveries: list[Delivery]) -> None:
-    table = Table("events", "source", "sent", "acknowledged", "failed", "seconds", "events/s", title="delivery summary")
+    table = Table("events", "source", "sent", "acknowledged", "failed", "time", "events/s", title="delivery summary")
     for d in deliveries:
         table.add_row(
-            d.kind, d.source, str(d.sent), str(d.acknowledged), str(d.failed), f"{d.seconds:.1f}", f"{d.events_per_s:,.0f}"
+            d.kind, d.source, f"{d.sent:,}", f"{d.acknowledged:,}", f"{d.failed:,}", f"{d.seconds:.1f} s", f"{d.events_per_s:,.0f}"
         )
     console.print(table)
     for d in deliveries:

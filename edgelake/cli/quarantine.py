@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgelake.console import console, reported_errors
 from edgelake.contracts import EVENT_BY_TOPIC
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,12 +33,13 @@ def list_(
     limit: int = typer.Option(50, "--limit", min=1, help="Most records listed with --records."),
 ) -> None:
     """Quarantined records counted per topic, stage and reason (or, with --records, one by one)."""
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.quarantine import by_reason, quarantined
 
     settings: Settings = ctx.obj
     which = _filter(settings, topic, reason, since)
     with reported_errors():
-        rows = quarantined(settings.lake_root, which)
+        rows = quarantined(Lake.from_settings(settings), which)
     if records:
         listing = Table("topic", "partition", "offset", "stage", "reason", "ingested", title=f"{rows.num_rows:,} quarantined records")
         for row in rows.slice(0, limit).to_pylist():
@@ -62,11 +64,12 @@ def replay(
     """Clean the selected quarantined records again (after a contract fix or a schema change); land those that pass in
     silver, at most once each, and record every replay in quarantine_replays. Run one replay at a time."""
     from edgelake.ingest.replay import replay as replay_quarantined
+    from edgelake.lake.catalog import Lake
 
     settings: Settings = ctx.obj
     which = _filter(settings, topic, reason, since)
     with reported_errors():
-        counts = replay_quarantined(settings.lake_root, settings.topic_prefix, which, batch)
+        counts = replay_quarantined(Lake.from_settings(settings), settings.topic_prefix, which, batch)
     console.print(f"replayed {counts.replayed:,} · already in silver {counts.duplicates:,} · still refused {counts.refused:,}", highlight=False)
 
 
@@ -78,15 +81,16 @@ def show(
     offset: int = typer.Argument(..., min=0),
 ) -> None:
     """One quarantined record as it arrived: its key and value, the stage that refused it and why."""
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.quarantine import QuarantineFilter, quarantined
 
     settings: Settings = ctx.obj
     kafka_topic = _kafka_topic(settings, topic)
     with reported_errors():
-        rows = quarantined(settings.lake_root, QuarantineFilter(kafka_topic))
+        rows = quarantined(Lake.from_settings(settings), QuarantineFilter(kafka_topic))
         found = [row for row in rows.to_pylist() if (row["partition"], row["offset"]) == (partition, offset)]
         if not found:
-            raise LookupError(f"no quarantined record at {kafka_topic} partition {partition} offset {offset}")
+            raise UserError(f"no quarantined record at {kafka_topic} partition {partition} offset {offset}")
     row = found[-1]
     console.print(f"[bold]{row['topic']}[/] partition {row['partition']} offset {row['offset']}", highlight=False)
     console.print(f"refused at {row['stage']}: {row['reason']}", highlight=False, markup=False)

@@ -14,6 +14,7 @@ import typer
 
 from edgelake.broker import process_alive, terminate_group
 from edgelake.console import console, reported_errors
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 
@@ -61,14 +62,14 @@ def start_background(settings: Settings, host: str, port: int, workers: int = 1,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the API server exited with status {process.returncode}; see {pid_file.parent / 'server.log'}")
+            raise UserError(f"the API server exited with status {process.returncode}; see {pid_file.parent / 'server.log'}")
         try:
             if httpx2.get(f"{url}/healthz", timeout=1.0).status_code == 200:
                 return url
         except httpx2.TransportError:
             time.sleep(0.2)
     stop_background(settings)
-    raise TimeoutError(f"the API server did not answer at {url} within {timeout_s:g} s; see {pid_file.parent / 'server.log'}")
+    raise UserError(f"the API server did not answer at {url} within {timeout_s:g} s; see {pid_file.parent / 'server.log'}")
 
 
 def stop_background(settings: Settings, timeout_s: float = 10.0) -> bool:

@@ -36,15 +36,16 @@ def sql(
     timeout: float | None = typer.Option(None, "--timeout", min=0.001, help="Seconds before the query is abandoned; default the sql_timeout_s setting."),
 ) -> None:
     """Run one read-only query over the lake's tables: no writes, no files, only catalog tables."""
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.sql import json_rows, run_query
 
     settings: Settings = ctx.obj
     versions = _as_of(as_of or [])
     with reported_errors():
         result = run_query(
-            settings.lake_root, statement, as_of=versions,
+            Lake.from_settings(settings), statement, as_of=versions,
             limit=limit or settings.sql_row_limit, max_bytes=settings.sql_byte_limit, timeout_s=timeout or settings.sql_timeout_s,
-        )  # fmt: skip
+        )
     if output is Format.json:
         print(json.dumps(json_rows(result.table)))
     elif output is Format.csv:

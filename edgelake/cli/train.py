@@ -16,6 +16,7 @@ from edgelake.console import console, metric_text, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
+    from edgelake.training.devices import Device as TrainingDevice
     from edgelake.training.fraud import FraudConfig
     from edgelake.training.registry import ModelVersion
 
@@ -64,7 +65,7 @@ def fraud(
     config = FraudConfig(
         source=source.value, cutoff=cutoff.replace(tzinfo=cutoff.tzinfo or UTC) if cutoff else None,
         epochs=epochs, seed=seed, device=device.value,
-    )  # fmt: skip
+    )
     with reported_errors():
         published = train_and_publish_fraud(settings, config, master or settings.spark_master, promote_to)
     print_published(published)
@@ -87,26 +88,31 @@ def vision(
 
 
 def train_and_publish_fraud(settings: Settings, config: FraudConfig, master: str, promote_to: Stage | None) -> ModelVersion:
-    """Train the fraud model with Spark on ``master`` and publish it."""
+    """Bring the card features (gold) up to date with Spark on ``master``, train the fraud model on them and publish it."""
+    from edgelake.lake.catalog import Lake
+    from edgelake.lake.gold import build_card_features
     from edgelake.lake.spark import spark_session
     from edgelake.training.fraud import train_fraud
 
+    lake = Lake.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="edgelake-train-fraud-") as out:
         with console.status(f"building features with Spark on {master} and training the fraud model…"):
             spark = spark_session(master, "edgelake-train-fraud")
-            result = train_fraud(spark, settings.lake_root, Path(out), config)
+            build_card_features(spark, lake)
+            result = train_fraud(spark, lake, Path(out), config)
         return publish(settings, "fraud", result.files, result.metrics, result.lineage, result.feature_version, promote_to)
 
 
 def train_and_publish_vision(
-    settings: Settings, epochs: int | None, limit: int | None, device: str, seed: int, promote_to: Stage | None
+    settings: Settings, epochs: int | None, limit: int | None, device: TrainingDevice, seed: int, promote_to: Stage | None
 ) -> ModelVersion:
     """Train and quantize the vision model and publish it."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training.vision import EPOCHS, train_vision
 
     with tempfile.TemporaryDirectory(prefix="edgelake-train-vision-") as out:
         with console.status("training the vision model and quantizing it to int8…"):
-            result = train_vision(settings.lake_root, Path(out), device=device, epochs=epochs or EPOCHS, seed=seed, limit=limit)  # type: ignore[arg-type]
+            result = train_vision(Lake.from_settings(settings), Path(out), device=device, epochs=epochs or EPOCHS, seed=seed, limit=limit)
         return publish(settings, "vision", result.files, result.metrics, result.lineage, None, promote_to, result.extra)
 
 
@@ -127,7 +133,7 @@ def publish(
         settings.lake_root, settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,
         feature_version=feature_version, extra=extra, promote_to=promote_to.value if promote_to else None,
         reason="edgelake train --promote-to", registry_dir=settings.registry_dir,
-    )  # fmt: skip
+    )
 
 
 def print_published(version: ModelVersion) -> None:
@@ -137,5 +143,5 @@ def print_published(version: ModelVersion) -> None:
     console.print("trained on " + ", ".join(f"{table}@v{v}" for table, v in sorted(manifest.lineage.items())), highlight=False)
     listing = Table("metric", "value", title=f"{version.name} v{version.version}")
     for metric, value in sorted(manifest.metrics.items()):
-        listing.add_row(metric, metric_text(value))
+        listing.add_row(metric, metric_text(value, metric))
     console.print(listing)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgelake.contracts import Event, FraudLabel, IoTReading, Transaction
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 Kind = Literal["transactions", "labels", "iot", "images"]
@@ -19,6 +20,10 @@ SOURCES: dict[Kind, tuple[str, ...]] = {
 }
 FULL_SIZE = {"ulb": 284_807, "shuttle": 49_097, "fashion-mnist": 70_000}
 SYNTHETIC_COUNT = 100_000  # when no --count is given
+
+
+class BadSource(UserError, ValueError):
+    """A source that does not produce the kind of events asked for, or a file source without its file."""
 
 
 @dataclass(frozen=True)
@@ -33,14 +38,16 @@ class SourceOptions:
 
 
 def source_events(kind: Kind, source: str, options: SourceOptions, settings: Settings) -> Iterator[Event]:
-    """The events of ``kind`` from ``source``; raises ``ValueError`` for a combination that does not exist."""
+    """The events of ``kind`` from ``source``; raises ``BadSource`` for a combination that does not exist."""
     if source not in SOURCES[kind]:
-        raise ValueError(f"source '{source}' does not produce {kind}; choose one of: {', '.join(SOURCES[kind])}")
+        raise BadSource(f"source '{source}' does not produce {kind}; choose one of: {', '.join(SOURCES[kind])}")
     start = settings.dataset_base_time
     if source == "ulb":
         from edgelake.ingest.sources import ulb
 
-        path = options.path or ulb.fetch_csv(settings.cache_dir)
+        if options.path is not None and not options.path.is_file():
+            raise BadSource(f"{options.path} does not exist")
+        path = options.path or ulb.fetch_csv(settings.cache_path)
         if kind == "transactions":
             return ulb.transactions(path, start, options.count)
         return ulb.labels(path, start, options.count, options.seed)
@@ -63,8 +70,9 @@ def source_events(kind: Kind, source: str, options: SourceOptions, settings: Set
     from edgelake.ingest.sources import tabular_file
 
     if options.path is None:
-        raise ValueError("the file source needs --path")
-    event_type = {"transactions": Transaction, "labels": FraudLabel, "iot": IoTReading}[kind]
+        raise BadSource("the file source needs --path")
+    event_types: dict[Kind, type[Event]] = {"transactions": Transaction, "labels": FraudLabel, "iot": IoTReading}
+    event_type = event_types[kind]
     return tabular_file.events(options.path, event_type, options.mapping, start, options.count)
 
 

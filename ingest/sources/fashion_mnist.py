@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from edgelake.contracts import ImageFrame
-from edgelake.fashion_mnist import read_split
+from edgelake.fashion_mnist import Split, read_split
 
 
 def frames(
-    directory: Path, start: datetime, count: int | None = None, cameras: int = 8, splits: tuple[str, ...] = ("train", "test")
+    directory: Path, start: datetime, count: int | None = None, cameras: int = 8, splits: tuple[Split, ...] = ("train", "test")
 ) -> Iterator[ImageFrame]:
     """Frames of each split in file order, dealt round-robin to ``cameras``, one per second per camera."""
     samples = itertools.chain.from_iterable(((split, i, img, lbl) for i, (img, lbl) in enumerate(read_split(directory, split))) for split in splits)
@@ -27,5 +27,5 @@ def frames(
             height=28,
             image=image,
             label=label,
-            split=split,  # type: ignore[arg-type]
+            split=split,
         )

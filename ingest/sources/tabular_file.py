@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from edgelake.contracts import Event, FraudLabel, InvalidEvent, IoTReading, Transaction
+from edgelake.errors import UserError
 
 # Values used when the file has no column for a required field.
 DEFAULTS: dict[type[Event], dict[str, Any]] = {
@@ -25,7 +26,7 @@ FREE_FORM = {Transaction: "attributes", IoTReading: "values"}
 SUPPORTED = tuple(DEFAULTS)
 
 
-class MappingError(ValueError):
+class MappingError(UserError, ValueError):
     """The mapping names a field or column that does not exist."""
 
 
@@ -98,7 +99,7 @@ def _records(path: Path, count: int | None) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise UserError(f"{path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         batches = pq.ParquetFile(path).iter_batches(batch_size=10_000)

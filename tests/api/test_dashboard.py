@@ -59,7 +59,7 @@ def fraud_scores() -> list[FraudScore]:
             FraudScore(
                 event_id=f"score-{i:04d}", event_time=FIRST_SCORE + timedelta(minutes=6 * i), transaction_id=f"tx-{i}",
                 card_id=f"card-{i % 4}", score=score, decision=decision, model_name="fraud", model_version=1, latency_ms=1.5,
-            )  # fmt: skip
+            )
         )
     return events
 
@@ -76,7 +76,7 @@ def commit_scores_as_ingest(lake_root: str, events: list[FraudScore], topic: str
             app_transactions=[Transaction(f"{PIPELINE}/{topic}/{SCORES_PARTITION}", last)],
             custom_metadata={"pipeline": PIPELINE, "topic": topic},
         ),
-    )  # fmt: skip
+    )
 
 
 def enroll_device(admin: httpx2.Client, anonymous: httpx2.Client) -> str:
@@ -99,7 +99,7 @@ def board(tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> It
     settings = Settings(
         data_dir=base / "data", lake_root=str(base / "lake"), sql_timeout_s=30,
         kafka_bootstrap_servers=kafka.bootstrap_servers, topic_prefix=f"dash{uuid.uuid4().hex[:8]}-",
-    )  # fmt: skip
+    )
     append_silver(settings.lake_root, list(synthetic.transactions(synthetic.SyntheticConfig(seed=9, cards=5, merchants=5), TRANSACTIONS)))
     scores_topic = settings.topic(FraudScore.topic)
     commit_scores_as_ingest(settings.lake_root, fraud_scores(), scores_topic)
@@ -151,7 +151,7 @@ def test_dashboard_data_shape(board: Board) -> None:
     assert scores["bucket"] == "hour"
     assert [(b["start"][:19], b["approve"], b["review"], b["decline"]) for b in scores["decisions"]] == [
         ("2026-03-01T10:00:00", 10, 0, 0), ("2026-03-01T11:00:00", 8, 2, 0), ("2026-03-01T12:00:00", 0, 7, 3),
-    ]  # fmt: skip
+    ]
 
     (model,) = body["models"]
     assert (model["name"], model["production"]) == ("fraud", None)
@@ -221,7 +221,7 @@ def rendered(url: str, tmp_path: Path) -> str:
     command = [
         chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom", url,
-    ]  # fmt: skip
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

@@ -77,7 +77,7 @@ def inference(device: str, event_id: str, **changes: Any) -> dict[str, Any]:
     event = EdgeInference(
         event_id=event_id, event_time=datetime(2026, 3, 1, tzinfo=UTC), device_id=device, model_name="vision", model_version="1",
         input_ref=f"frame-{event_id}", prediction="sneaker", confidence=0.9, latency_ms=3.5,
-    )  # fmt: skip
+    )
     return {**json.loads(event.to_bytes()), **changes}
 
 
@@ -118,7 +118,7 @@ class _Later(datetime):
     """``datetime`` an hour ahead, to expire tokens without waiting."""
 
     @classmethod
-    def now(cls, tz: Any = None) -> _Later:  # type: ignore[override]
+    def now(cls, tz: Any = None) -> _Later:
         moment = datetime.now(tz).timestamp() + 3600
         return cls.fromtimestamp(moment, tz)
 

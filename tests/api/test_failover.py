@@ -26,7 +26,7 @@ from edgelake.api.keys import KeyStore, keys_path
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import FraudScore, Transaction
 from edgelake.settings import Settings
-from edgelake.ingest.producer import EventProducer, produce
+from edgelake.kafka import EventProducer, produce
 from edgelake.ingest.sources import synthetic
 from edgelake.lake.tables import SILVER, table_uri
 from support import embedded_kafka, isolated_settings
@@ -115,7 +115,7 @@ def _silver_ids(settings: Settings, event_type: type) -> list[str]:
 
 
 @pytest.mark.chaos
-def test_leader_kills_lose_and_double_nothing_while_the_api_scores(fraud_lake: Settings, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_leader_kills_lose_and_double_nothing_while_the_api_scores(fraud_lake: Settings, serve, tmp_path: Path) -> None:
     cluster: EmbeddedBroker = embedded_kafka(tmp_path / "cluster", brokers=3)
     try:
         settings = isolated_settings(cluster.bootstrap_servers, tmp_path / "data").model_copy(
@@ -126,13 +126,13 @@ def test_leader_kills_lose_and_double_nothing_while_the_api_scores(fraud_lake: S
         env = {
             **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,
             "EDGELAKE_LAKE_ROOT": settings.lake_root, "EDGELAKE_DATA_DIR": str(settings.data_dir), "EDGELAKE_LOG_FORMAT": "json",
-        }  # fmt: skip
+        }
         ingester_log = tmp_path / "ingester.log"
         with ingester_log.open("wb") as stderr:
             ingester = subprocess.Popen(
                 [sys.executable, "-m", "edgelake", "ingest", "run", "--topics", Transaction.topic, "--topics", FraudScore.topic, "--max-wait", "1"],
                 env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
+            )
         feed = list(synthetic.transactions(synthetic.SyntheticConfig(seed=40), EVENTS))
         producer = EventProducer(settings, cluster.bootstrap_servers)
         reports = []

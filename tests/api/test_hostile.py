@@ -49,7 +49,7 @@ def server(deployment: Deployment, kafka: EmbeddedBroker, tmp_path_factory: pyte
     env = {
         **os.environ, "EDGELAKE_DATA_DIR": str(deployment.settings.data_dir), "EDGELAKE_LAKE_ROOT": deployment.settings.lake_root,
         "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": "hostile-", "EDGELAKE_SQL_TIMEOUT_S": "5",
-    }  # fmt: skip
+    }
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "edgelake", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT
@@ -130,7 +130,7 @@ def test_deeply_nested_json_is_a_4xx(server: Server, deployment: Deployment) -> 
         attributes = http.post(
             "/v1/score", content=json.dumps({"attributes": "<x>"}).replace('"<x>"', "{" + '"a": {' * 5_000 + "}" * 5_001),
             headers={"Authorization": f"Bearer {deployment.tokens['producer']}", "content-type": "application/json"},
-        )  # fmt: skip
+        )
     for response in (sql, score, attributes):
         assert 400 <= response.status_code < 500, response.text[:500]
         assert response.headers["content-type"] == "application/problem+json"

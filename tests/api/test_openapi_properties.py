@@ -105,7 +105,7 @@ def test_amounts_too_large_to_score_are_a_422_not_a_500(target: Target) -> None:
     base = {
         "event_time": "2025-06-01T12:00:00Z", "card_id": "card-huge", "merchant_id": "m1", "merchant_category": "grocery",
         "currency": "EUR", "channel": "pos",
-    }  # fmt: skip
+    }
     with httpx2.Client(base_url=target.url, headers={"Authorization": f"Bearer {target.admin}"}, timeout=30) as http:
         huge = [http.post("/v1/score", json={**base, "event_id": f"huge-{i}", "amount": 7.9e307}) for i in range(2)]
         attribute = http.post("/v1/score", json={**base, "event_id": "huge-v1", "amount": 1.0, "attributes": {"V1": 1e300}})

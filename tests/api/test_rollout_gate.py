@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 from edgelake.api.app import create_app
 from edgelake.api.devices import DeviceStore, devices_path
 from edgelake.api.keys import KeyStore, keys_path
-from edgelake.api.rollout_gate import Evidence, Tally, judge
+from edgelake.api.rollout_gate import Evidence, Tally
 from edgelake.cli import app as cli
 from edgelake.settings import Settings
 from tests.api.conftest import publish_model, serving
 from tests.api.test_devices import enroll
 from tests.api.test_errors_and_auth import assert_problem
 from edgelake.training import registry
+from edgelake.training.registry.rollout import judge
 
 MODEL = "fraud"
 LABELLED = 40  # per report
@@ -211,7 +212,7 @@ def test_no_decision_before_the_reports_and_labels_are_in_and_the_gate_shows_its
     assert gate["canary"] == {
         "version": 2, "healthy_reports": 2 * canary, "unhealthy_reports": 0, "labelled": 2 * canary * LABELLED,
         "correct": 2 * canary * 36, "accuracy": 0.9, "device_accuracies": [0.9] * canary,
-    }  # fmt: skip  # the first round after the policy, canary devices still ran v1
+    }  # the first round after the policy, canary devices still ran v1
     assert gate["production"]["version"] == 1 and gate["production"]["labelled"] == 3 * production * LABELLED
     assert gate["production"]["accuracy"] == 0.8 and gate["first_failure"] is None
     assert gate["missing"] == [
@@ -251,7 +252,7 @@ def test_the_cli_sets_and_shows_the_rollout_policy(fleet: GatedFleet) -> None:
     runner = CliRunner()
     changed = runner.invoke(cli, ["models", "rollout", MODEL, "--canary-percent", "30", "--canary-version", "2", "--promote-after", "4"], env=env)
     assert changed.exit_code == 0, changed.output
-    policy = registry.rollout(fleet.root, MODEL)
+    policy = registry.rollout_policy(fleet.root, MODEL)
     assert (policy.canary_percent, policy.canary_version, policy.promote_after_reports, policy.min_labelled, policy.actor) == (30, 2, 4, 200, "ops")
     shown = runner.invoke(cli, ["models", "rollout", MODEL], env=env)
     assert shown.exit_code == 0, shown.output
@@ -269,7 +270,7 @@ def _evidence(canary: tuple[int, int, int, int], production: tuple[int, int] | N
         canary=Tally(version=2, healthy_reports=healthy, unhealthy_reports=unhealthy, labelled=labelled, correct=correct),
         production=Tally(version=None) if production is None else Tally(version=1, healthy_reports=9, labelled=production[0], correct=production[1]),
         first_failure=failure, elapsed_s=elapsed_s,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -279,15 +280,15 @@ def _evidence(canary: tuple[int, int, int, int], production: tuple[int, int] | N
         (_evidence((10, 0, 1000, 831), (2000, 1700)), "promote", "0.831"),
         (_evidence((10, 0, 1000, 829), (2000, 1700)), "reject", "(more than the max drop 0.02), 10 healthy reports"),
         (_evidence((10, 1, 1000, 990), (2000, 1700), failure="dev_1: runtime_error"), "reject", "the first from dev_1: runtime_error"),
-        (_evidence((9, 0, 1000, 990), (2000, 1700)), None, ""),
-        (_evidence((10, 0, 199, 199), (2000, 1700)), None, ""),
-        (_evidence((10, 0, 1000, 990), (199, 199)), None, ""),
+        (_evidence((9, 0, 1000, 990), (2000, 1700)), "wait", "short of evidence: 9 of 10 healthy canary reports"),
+        (_evidence((10, 0, 199, 199), (2000, 1700)), "wait", "short of evidence: 199 of 200 labelled canary inferences"),
+        (_evidence((10, 0, 1000, 990), (199, 199)), "wait", "short of evidence: 199 of 200 labelled production inferences"),
         (_evidence((10, 0, 1000, 990), (199, 199), elapsed_s=900), "reject", "not enough evidence after 900 s: 199 of 200 labelled production inferences"),
         (_evidence((10, 0, 200, 100), None), "promote", "no production version to compare with"),
     ],
 )
-def test_the_gate_decides_from_pooled_numbers(evidence: Evidence, outcome: str | None, said: str) -> None:
+def test_the_gate_decides_from_pooled_numbers(evidence: Evidence, outcome: str, said: str) -> None:
     policy = registry.RolloutPolicy(canary_percent=10, canary_version=2, promote_after_reports=10, min_labelled=200, max_accuracy_drop=0.02)
     verdict = judge(policy, evidence)
-    assert (verdict and verdict.outcome) == outcome
-    assert verdict is None or said in verdict.reason, verdict
+    assert verdict.outcome == outcome
+    assert said in verdict.reason, verdict

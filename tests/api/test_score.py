@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import redis
 
 from edgelake.api.app import create_app
 from edgelake.api.keys import ROLES, KeyStore, keys_path
@@ -32,7 +33,9 @@ from edgelake.kafka import read_topic
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest
 from edgelake.ingest.sources import synthetic
-from edgelake.lake.features import CARD_FEATURES
+from edgelake.lake.features.definitions import CARD_FEATURES
+from edgelake.lake.features.online import CardHistory
+from edgelake.lake.features.online_redis import RedisCardHistory
 from support import append_silver, isolated_settings
 from edgelake.training import registry
 
@@ -53,7 +56,7 @@ def tokens(lake: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def client(serve, settings: Settings, token: str | None) -> Iterator[httpx2.Client]:  # type: ignore[no-untyped-def]
+def client(serve, settings: Settings, token: str | None) -> Iterator[httpx2.Client]:
     """A client of a fresh app (its own card histories) over ``settings``."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with serve(create_app(settings, rate_per_s=10_000, burst=10_000)) as url, httpx2.Client(base_url=url, headers=headers, timeout=60) as http:
@@ -68,7 +71,7 @@ def example(**change: Any) -> dict[str, Any]:
     base = {
         "event_id": f"tx-{uuid.uuid4().hex}", "event_time": "2025-06-01T12:00:00Z", "card_id": "card-example", "merchant_id": "m1",
         "merchant_category": "grocery", "amount": 25.0, "currency": "EUR", "channel": "pos",
-    }  # fmt: skip
+    }
     return {**base, **change}
 
 
@@ -89,8 +92,8 @@ def same(batch: Any, online: Any) -> bool:
     return math.isclose(float(batch), float(online), rel_tol=1e-9)
 
 
-def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(spark, lake: Settings, tokens, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from edgelake.lake.catalog import open_table
+def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(spark, lake: Settings, tokens, serve, tmp_path: Path) -> None:
+    from edgelake.lake.catalog import Lake
     from edgelake.lake.gold import build_card_features
 
     replay = sorted(synthetic.transactions(REPLAY, REPLAY_COUNT), key=lambda t: (t.event_time, t.event_id))
@@ -98,8 +101,8 @@ def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(s
     assert len(instants) == len(replay), "same-instant ties of a card: CardHistory cannot match batch for those"
     batch_lake = str(tmp_path / "replay-lake")
     append_silver(batch_lake, replay)
-    build_card_features(spark, batch_lake)
-    gold = open_table(batch_lake, "gold_card_features").to_pyarrow_table().to_pandas().set_index("event_id")
+    build_card_features(spark, Lake(batch_lake))
+    gold = Lake(batch_lake).open("gold_card_features").to_pyarrow_table().to_pandas().set_index("event_id")
 
     settings = isolated_settings(lake.kafka_bootstrap_servers, lake.data_dir).model_copy(update={"lake_root": lake.lake_root, "score_model_check_s": 0.0})
     with client(serve, settings, tokens["producer"]) as http:
@@ -142,12 +145,12 @@ def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(s
 
     landed = settings.model_copy(update={"lake_root": str(tmp_path / "scores-lake")})
     assert ingest(landed, IngestOptions(topics=(FraudScore.topic,)), once=True).batches >= 1
-    silver = open_table(landed.lake_root, "silver_fraud_scores").to_pyarrow_table()
+    silver = Lake(landed.lake_root).open("silver_fraud_scores").to_pyarrow_table()
     assert silver.num_rows == REPLAY_COUNT and set(silver.column("event_id").to_pylist()) == set(by_transaction[t].event_id for t in by_transaction)
 
 
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/score:batch"])
-def test_score_needs_a_producer_key(lake: Settings, tokens, serve, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_score_needs_a_producer_key(lake: Settings, tokens, serve, path: str) -> None:
     payload = example() if path == "/v1/score" else [example()]
     with client(serve, lake, None) as http:
         anonymous = http.post(path, json=payload)
@@ -170,7 +173,7 @@ BAD = [
 ]
 
 
-def test_bad_input_is_a_422_problem_naming_the_field(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_422_problem_naming_the_field(lake: Settings, tokens, serve) -> None:
     with client(serve, lake, tokens["producer"]) as http:
         responses = [http.post(path, json=payload) for path, payload, _ in BAD]
         not_json = http.post("/v1/score", content=b"{", headers={"content-type": "application/json"})
@@ -200,7 +203,7 @@ UNSCORABLE = [
 ]
 
 
-def test_non_finite_numbers_and_far_event_times_are_422_problems_not_500(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+def test_non_finite_numbers_and_far_event_times_are_422_problems_not_500(lake: Settings, tokens, serve) -> None:
     card = f"card-{uuid.uuid4().hex[:8]}"
     with client(serve, lake, tokens["producer"]) as http:
         first = http.post("/v1/score", json=example(card_id=card, event_time="2025-06-01T12:00:00Z"))
@@ -217,7 +220,7 @@ def test_non_finite_numbers_and_far_event_times_are_422_problems_not_500(lake: S
     assert later.json()["features"]["tx_count_1h"] == 2  # the refused ones never entered the card's history
 
 
-def test_a_huge_invalid_body_gets_a_small_422(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_huge_invalid_body_gets_a_small_422(lake: Settings, tokens, serve) -> None:
     items = [example(currency="euro") for _ in range(5_000)]  # 5,000 errors (and past the 1,000-item cap)
     with client(serve, lake, tokens["producer"]) as http:
         echoing = http.post("/v1/score", json=example(merchant_id="x" * 1_000_000))
@@ -227,7 +230,7 @@ def test_a_huge_invalid_body_gets_a_small_422(lake: Settings, tokens, serve) -> 
     assert len(many.json()["errors"]) <= 100
 
 
-def test_bodies_past_the_limit_are_413_problems_and_long_batches_are_refused_before_validation(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+def test_bodies_past_the_limit_are_413_problems_and_long_batches_are_refused_before_validation(lake: Settings, tokens, serve) -> None:
     small = lake.model_copy(update={"api_max_body_bytes": 1_000_000})
     big = b"[" + b",".join([json.dumps(example()).encode()] * 10_000) + b"]"  # ~2.2 MB
 
@@ -254,7 +257,7 @@ def test_bodies_past_the_limit_are_413_problems_and_long_batches_are_refused_bef
     assert seconds < 2, f"{seconds:.1f} s to refuse"
 
 
-def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:
     empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
     tampered_root = tmp_path / "tampered-lake"
     shutil.copytree(registry.registry_root(lake.lake_root), tampered_root / "models")
@@ -272,7 +275,7 @@ def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, to
         assert "edgelake_fraud_model_version 0.0" in metrics
 
 
-def test_scores_are_answered_and_wait_while_the_broker_is_unreachable(lake: Settings, tokens, serve) -> None:  # type: ignore[no-untyped-def]
+def test_scores_are_answered_and_wait_while_the_broker_is_unreachable(lake: Settings, tokens, serve) -> None:
     offline = lake.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
     with client(serve, offline, tokens["producer"]) as http:
         answered = [http.post("/v1/score", json=example(card_id="card-offline", event_time=f"2025-06-01T12:0{i}:00Z")) for i in range(3)]
@@ -290,3 +293,27 @@ def test_decisions_follow_the_thresholds(score: float, decision: str) -> None:
 def test_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="must not exceed"):
         Settings(score_review_threshold=0.95, score_decline_threshold=0.9)
+
+
+def test_the_scorer_keeps_card_state_in_redis_when_the_settings_say_so(redis_server: str, tmp_path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from edgelake.api.metrics import ScoreMetrics
+    from edgelake.api.scoring import CardStateUnavailable, Scorer, card_history
+    from edgelake.settings import Settings
+
+    assert isinstance(card_history(Settings(data_dir=tmp_path)), CardHistory)
+    shared = Settings(data_dir=tmp_path, online_features="redis", redis_url=redis_server)
+    assert isinstance(card_history(shared), RedisCardHistory)
+    transaction = Transaction(
+        event_id="redis-scorer-1", event_time=datetime(2025, 1, 1, tzinfo=UTC), card_id="c-redis-scorer",
+        merchant_id="m1", merchant_category="grocery", amount=12.5, currency="EUR",
+    )
+    Scorer(shared, ScoreMetrics.create(CollectorRegistry())).record([transaction])
+    assert RedisCardHistory(redis.Redis.from_url(redis_server)).add(
+        "c-redis-scorer", datetime(2025, 1, 1, 0, 1, tzinfo=UTC), 7.5, "m2", "redis-scorer-2"
+    )["tx_count_1h"] == 2  # the scorer's transaction is in Redis, for every replica
+
+    unreachable = Settings(data_dir=tmp_path, online_features="redis", redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(CardStateUnavailable, match="cannot be reached"):
+        Scorer(unreachable, ScoreMetrics.create(CollectorRegistry())).record([transaction])

@@ -21,7 +21,7 @@ def test_serve_runs_the_app_factory_in_several_workers(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "edgelake", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

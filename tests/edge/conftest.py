@@ -51,7 +51,7 @@ class Cloud:
         version = registry.publish_run(
             self.settings.lake_root, self.settings.data_dir / registry.KEYS_DIR, VISION, files, metrics={"int8_accuracy": accuracy},
             lineage={"silver_camera_frames": 1}, extra=extra, promote_to=promote_to,  # type: ignore[arg-type]
-        )  # fmt: skip
+        )
         return version.version
 
     def version_dir(self, version: int) -> Path:
@@ -125,7 +125,7 @@ def start_agent(
     command = [
         str(python), "-m", "edgelake.edge", "run", "--device-name", name, "--state-dir", str(state_dir), "--api-url", cloud.url,
         "--enrollment-token", token or cloud.enrollment_token(), *options,
-    ]  # fmt: skip
+    ]
     env = {
         "PATH": "/usr/bin:/bin",
         "EDGELAKE_LOG_FORMAT": "json",

@@ -30,24 +30,25 @@ DECISION_BOUND_S = 120  # from setting the canary to the gate's decision
 
 
 @pytest.fixture(scope="module")
-def weak_and_worse(frames_lake, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def weak_and_worse(frames_lake, tmp_path_factory: pytest.TempPathFactory):
     """The weak production model and the deliberately worse one."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training.vision import load_frames, train_vision
 
-    weak = train_vision(frames_lake.root, tmp_path_factory.mktemp("weak"), device="cpu", epochs=1, batch_size=64, seed=1, limit=500)
-    frames = load_frames(frames_lake.root)
+    weak = train_vision(Lake(frames_lake.root), tmp_path_factory.mktemp("weak"), device="cpu", epochs=1, batch_size=64, seed=1, limit=500)
+    frames = load_frames(Lake(frames_lake.root))
     mislabelled = tmp_path_factory.mktemp("mislabelled")
     start = datetime(2024, 1, 1, tzinfo=UTC)
     events = [
         ImageFrame(
             event_id=f"{split}-{n}", event_time=start, device_id="camera-x", frame_id=f"{split}-{n}", width=28, height=28,
             image=pixels.tobytes(), label=(int(label) + 1) % 10, split=split,
-        )  # fmt: skip
+        )
         for split, x, y in (("train", frames.x_train[:1000], frames.y_train[:1000]), ("test", frames.x_test[:200], frames.y_test[:200]))
         for n, (pixels, label) in enumerate(zip(x, y, strict=True))
     ]
     append_silver(str(mislabelled / "lake"), events)
-    worse = train_vision(str(mislabelled / "lake"), tmp_path_factory.mktemp("worse"), device="cpu", epochs=2, batch_size=64, seed=1)
+    worse = train_vision(Lake(str(mislabelled / "lake")), tmp_path_factory.mktemp("worse"), device="cpu", epochs=2, batch_size=64, seed=1)
     return weak, worse
 
 
@@ -64,7 +65,7 @@ def test_the_gate_promotes_a_better_canary_and_rolls_back_a_worse_one(
         options = FleetOptions(
             devices=DEVICES, state_root=tmp_path / "fleet", api_url=cloud.url, enrollment_token=cloud.enrollment_token(DEVICES),
             fps=5, heartbeat_s=1.0, duration_s=600,
-        )  # fmt: skip
+        )
         stop = threading.Event()
         fleet = threading.Thread(target=lambda: run_fleet(options, stop=stop), daemon=True)
         fleet.start()
@@ -96,7 +97,7 @@ def test_the_gate_promotes_a_better_canary_and_rolls_back_a_worse_one(
     assert history[(production, "archived")]
 
 
-def _wait(condition, what: str, started: float) -> None:  # type: ignore[no-untyped-def]
+def _wait(condition, what: str, started: float) -> None:
     while time.monotonic() - started < DECISION_BOUND_S:
         if condition():
             return

@@ -23,7 +23,7 @@ def trusted_sequence(agent: AgentProcess) -> int:
     return 0 if adopted is None else adopted.sequence
 
 
-def running_the_first_version(cloud: Cloud, vision_run, name: str, directory: Path) -> tuple[int, Ed25519PrivateKey, AgentProcess]:  # type: ignore[no-untyped-def]
+def running_the_first_version(cloud: Cloud, vision_run, name: str, directory: Path) -> tuple[int, Ed25519PrivateKey, AgentProcess]:
     """A first version published (signed by the registry's first key) and active on a new agent: its number, that key, the agent."""
     first = cloud.publish(vision_run.files, vision_run.extra)
     old_key = registry.ensure_signing_key(key_dir(cloud), cloud.settings.lake_root)

@@ -71,7 +71,7 @@ def test_a_device_that_reaches_kafka_publishes_there_and_the_api_forwards_nothin
     agent = start_agent(
         main_python(), cloud, "direct-1", tmp_path / "device", "--fps", "50", "--max-frames", "40",
         env={"EDGELAKE_EDGE_KAFKA_BOOTSTRAP_SERVERS": servers, "EDGELAKE_TOPIC_PREFIX": cloud.settings.topic_prefix},
-    )  # fmt: skip
+    )
     summary = agent.finish()
 
     topic = cloud.settings.topic(EdgeInference.topic)

@@ -8,9 +8,8 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from edgelake.broker import BrokerUnavailable, EmbeddedBroker, bootstrap_servers, free_ports
 from edgelake.contracts import EVENT_TYPES, Transaction
-from edgelake.kafka import read_topic
+from edgelake.kafka import EventProducer, produce, read_topic
 from edgelake.settings import Settings
-from edgelake.ingest.producer import EventProducer, produce
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 from support import JARS_DIR, embedded_kafka
 

@@ -36,7 +36,7 @@ EXAMPLES: dict[type[Event], dict] = {
         event_id="s-1", event_time=NOW, transaction_id="tx-1", card_id="c1", score=0.42, decision="approve",
         model_name="fraud", model_version=2, features={"tx_count_1h": 3.0}, latency_ms=0.8,
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.type_name)

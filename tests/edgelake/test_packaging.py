@@ -18,11 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "lake", "training", "api", "edge", "bench")
 EDGE_MODULES = {
     "edgelake.console", "edgelake.contracts", "edgelake.device_api", "edgelake.errors", "edgelake.fashion_mnist", "edgelake.files",
-    "edgelake.interpreters", "edgelake.kafka", "edgelake.logs", "edgelake.settings", "edgelake.signing",
-    "edgelake.edge", "edgelake.edge.__main__", "edgelake.edge.agent", "edgelake.edge.cli", "edgelake.edge.client", "edgelake.edge.fleet",
-    "edgelake.edge.forwarding", "edgelake.edge.frames", "edgelake.edge.outbox", "edgelake.edge.runner", "edgelake.edge.state",
-    "edgelake.edge.updates",
-}  # fmt: skip
+    "edgelake.interpreters", "edgelake.kafka", "edgelake.logs", "edgelake.retry", "edgelake.settings", "edgelake.signing",
+    "edgelake.edge", "edgelake.edge.__main__", "edgelake.edge.agent", "edgelake.edge.cli", "edgelake.edge.client", "edgelake.edge.enrollment",
+    "edgelake.edge.events", "edgelake.edge.fleet", "edgelake.edge.forwarding", "edgelake.edge.frames", "edgelake.edge.inference",
+    "edgelake.edge.options", "edgelake.edge.outbox", "edgelake.edge.runner", "edgelake.edge.state", "edgelake.edge.updates",
+}
 
 
 def run(python: Path | str, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -48,6 +48,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     for stage in STAGES:
         assert f"edgelake/{stage}/__init__.py" in names
     assert "edgelake/api/dashboard/index.html" in names
+    assert "edgelake/lake/features/online_redis.lua" in names  # the online features' Redis script, read as package data
 
 
 def test_a_venv_from_the_wheel_imports_edgelake_api_and_not_api(wheel: Path, tmp_path: Path) -> None:

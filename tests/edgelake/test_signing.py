@@ -119,7 +119,7 @@ def signed_version(directory: Path, signer: Ed25519PrivateKey, created: datetime
     manifest = Manifest(
         name="vision", version=1, created=created, files={"model.tflite": entry}, metrics={}, lineage={},
         key_fingerprint=fingerprint(signer.public_key()),
-    )  # fmt: skip
+    )
     (directory / MANIFEST).write_bytes(manifest.canonical_bytes())
     (directory / SIGNATURE).write_bytes(sign(manifest.canonical_bytes(), signer))
     return directory

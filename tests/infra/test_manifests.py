@@ -142,7 +142,7 @@ def env_problems(env: Mapping[str, str], where: str) -> list[str]:
     saved = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("EDGELAKE_")}
     try:
         os.environ.update(ours)
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)
     except ValueError as error:
         problems.append(f"{where}: settings refuse these values: {error}")
     finally:

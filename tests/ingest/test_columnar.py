@@ -67,7 +67,7 @@ def real_events(ulb_csv: Path) -> dict[type[Event], list[Event]]:
             )
             for i in range(40)
         ],
-    }  # fmt: skip
+    }
 
 
 def hostile(events: list[Event]) -> list[bytes]:

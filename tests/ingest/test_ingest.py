@@ -170,7 +170,7 @@ def run_ingester(settings: Settings, *args: str, topic: str = TOPIC) -> Ingester
         return Ingester(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr), log)
 
 
-def test_two_ingesters_share_the_quarantine_table_on_object_storage(kafka: EmbeddedBroker, object_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_two_ingesters_share_the_quarantine_table_on_object_storage(kafka: EmbeddedBroker, object_store, tmp_path: Path) -> None:
     """As in the compose stack: ingesters of disjoint topics, each committing small batches to the one quarantine table."""
     settings = isolated_settings(kafka.bootstrap_servers, tmp_path).model_copy(update={"lake_root": object_store.new_lake()})
     feed = produce_feed(settings, 360)

@@ -35,7 +35,7 @@ def test_events_from_kcat_and_librdkafka_land_in_silver(settings: Settings, ulb_
     sent = subprocess.run(
         [kcat, "-P", "-b", settings.kafka_bootstrap_servers, "-t", settings.topic(Transaction.topic), "-K", "\t", "-X", "acks=all"],
         input=lines, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
+    )
     assert sent.returncode == 0, sent.stderr.decode()
 
     by_librdkafka = list(labels(SyntheticConfig(seed=31), 200))
@@ -55,11 +55,11 @@ def test_librdkafka_reads_back_what_edgelake_produce_sent_byte_for_byte(settings
     env = {
         **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix, "EDGELAKE_DATA_DIR": str(settings.data_dir), "EDGELAKE_CACHE_DIR": str(DATASET_CACHE),
-    }  # fmt: skip
+    }
     produced = subprocess.run(
         [sys.executable, "-m", "edgelake", "produce", "transactions", "--source", "synthetic", "--count", "1000", "--seed", "32"],
         env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    )
     assert produced.returncode == 0, produced.stderr
 
     topic = settings.topic(Transaction.topic)

@@ -15,13 +15,13 @@ from deltalake import DeltaTable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from edgelake.contracts import Transaction
-from edgelake.kafka import read_topic
+from edgelake.kafka import EventProducer, read_topic
 from edgelake.settings import Settings
 from edgelake.ingest.kafka_source import OffsetRange, read_range
 from edgelake.ingest.lake_writer import LakeWriter
 from edgelake.ingest.loop import IngestOptions, ingest
-from edgelake.ingest.producer import EventProducer
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.catalog import Lake, ingest_app_id
 from edgelake.lake.tables import BRONZE, SILVER, table_uri
 from support import embedded_kafka, isolated_settings
 
@@ -68,7 +68,7 @@ def test_only_committed_transactions_land_and_marker_only_ranges_commit_empty(se
     assert bronze.num_rows == len(committed)
     ends = _end_offsets(settings)
     assert sum(ends.values()) > len(events)  # the aborted records and the markers took offsets
-    writer = LakeWriter(settings.lake_root, "edgelake-ingest", settings.topic_prefix)
+    writer = LakeWriter(Lake.from_settings(settings), "edgelake-ingest", settings.topic_prefix)
     assert {tp.partition: writer.next_offset(tp.topic, tp.partition) for tp in ends} == {tp.partition: end for tp, end in ends.items()}
 
     # A transaction aborted whole leaves offsets with no committed record: one batch commits them without rows, then nothing is left.
@@ -80,7 +80,7 @@ def test_only_committed_transactions_land_and_marker_only_ranges_commit_empty(se
     assert silver_table.version() == silver_version + len(moved)  # one commit, with no rows, per partition the transaction touched
     assert sorted(_silver_ids(settings)) == sorted(silver)
     ends = _end_offsets(settings)
-    assert all(silver_table.transaction_version(writer.app_id(tp.topic, tp.partition)) == end - 1 for tp, end in ends.items())
+    assert all(silver_table.transaction_version(ingest_app_id(writer.pipeline, tp.topic, tp.partition)) == end - 1 for tp, end in ends.items())
     assert ingest(settings, IngestOptions(topics=(TOPIC,)), once=True).batches == 0
 
 

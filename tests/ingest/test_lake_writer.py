@@ -14,7 +14,10 @@ from edgelake.ingest.kafka_source import Fetched, OffsetRange
 from edgelake.ingest.lake_writer import ConcurrentCommit, LakeWriter, TopicBatch
 from edgelake.ingest.pipeline import bronze_rows, classify, merged
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
-from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
+from edgelake.lake.catalog import Lake
+from edgelake.lake.quarantine import quarantined
+from edgelake.lake.sql import run_query
+from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER
 
 TOPIC = "transactions"
 
@@ -30,33 +33,33 @@ def batch(partition: int, start: int, count: int, seed: int = 3, bad: int = 2) -
     return merged(offsets, [chunk], SILVER[TOPIC].schema)
 
 
-def lineage(lake_root: str) -> dict[str, list[tuple[int, int]]]:
+def lineage(lake: Lake) -> dict[str, list[tuple[int, int]]]:
     """(partition, offset) of every row, per table."""
     columns = {BRONZE[TOPIC]: ("partition", "offset"), SILVER[TOPIC]: ("_partition", "_offset"), QUARANTINE: ("partition", "offset")}
     rows = {}
     for spec, (partition, offset) in columns.items():
-        table = DeltaTable(table_uri(lake_root, spec)).to_pyarrow_table(columns=[partition, offset])
+        table = lake.open(spec.name).to_pyarrow_table(columns=[partition, offset])
         rows[spec.name] = sorted(zip(table[partition].to_pylist(), table[offset].to_pylist(), strict=True))
     return rows
 
 
 @pytest.fixture(params=["local", "s3"])
-def lake(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+def lake(tmp_path: Path, request: pytest.FixtureRequest) -> Lake:
     """A lake, on local disk and on S3 (moto), whose tables hold offsets 0-99 of partitions 0 and 1."""
-    root = str(tmp_path / "lake") if request.param == "local" else request.getfixturevalue("object_store").new_lake()
-    writer = LakeWriter(root, "edgelake-ingest")
+    lake = Lake(str(tmp_path / "lake") if request.param == "local" else request.getfixturevalue("object_store").new_lake())
+    writer = LakeWriter(lake, "edgelake-ingest")
     for partition in (0, 1):
         writer.commit(batch(partition, 0, 100))
-    return root
+    return lake
 
 
-def stale(lake_root: str, spec, version: int) -> DeltaTable:  # type: ignore[no-untyped-def]
+def stale(lake: Lake, spec, version: int) -> DeltaTable:
     """The table as another writer planned on it, before the latest commits."""
-    return DeltaTable(table_uri(lake_root, spec), version=version)
+    return lake.open(spec.name, version)
 
 
-def test_the_second_of_two_writers_on_one_snapshot_is_fenced_out(lake: str) -> None:
-    versions = {spec.name: DeltaTable(table_uri(lake, spec)).version() for spec in (BRONZE[TOPIC], SILVER[TOPIC], QUARANTINE)}
+def test_the_second_of_two_writers_on_one_snapshot_is_fenced_out(lake: Lake) -> None:
+    versions = {spec.name: lake.open(spec.name).version() for spec in (BRONZE[TOPIC], SILVER[TOPIC], QUARANTINE)}
     LakeWriter(lake, "edgelake-ingest").commit(batch(0, 100, 50))
     second = LakeWriter(lake, "edgelake-ingest")
     again = batch(0, 100, 50, seed=4)  # the same offsets read again (other contents, so a double would show)
@@ -74,8 +77,8 @@ def test_the_second_of_two_writers_on_one_snapshot_is_fenced_out(lake: str) -> N
     assert LakeWriter(lake, "edgelake-ingest").next_offset(TOPIC, 1) == 150
 
 
-def test_a_fenced_out_batch_planned_again_skips_what_the_winner_committed(lake: str) -> None:
-    version = DeltaTable(table_uri(lake, BRONZE[TOPIC])).version()
+def test_a_fenced_out_batch_planned_again_skips_what_the_winner_committed(lake: Lake) -> None:
+    version = lake.open(BRONZE[TOPIC].name).version()
     LakeWriter(lake, "edgelake-ingest").commit(batch(0, 100, 50))
     loser = LakeWriter(lake, "edgelake-ingest")
     planned = batch(0, 100, 80)
@@ -87,9 +90,27 @@ def test_a_fenced_out_batch_planned_again_skips_what_the_winner_committed(lake: 
     assert bronze == sorted({(p, o) for p in (0, 1) for o in range(100)} | {(0, o) for o in range(180)})
 
 
-def test_rows_another_pipeline_wrote_are_never_deleted_by_the_fence(lake: str) -> None:
+def test_rows_another_pipeline_wrote_are_never_deleted_by_the_fence(lake: Lake) -> None:
     renamed = LakeWriter(lake, "renamed-ingest")  # a new pipeline name on an old lake reads every offset again
     renamed.commit(batch(0, 0, 100))
-    silver = DeltaTable(table_uri(lake, SILVER[TOPIC])).to_pyarrow_table(columns=["_partition"])
+    silver = lake.open(SILVER[TOPIC].name).to_pyarrow_table(columns=["_partition"])
     assert pc.sum(pc.equal(silver["_partition"], 0)).as_py() == 98  # its events were known: none deleted, none doubled
     assert len(lineage(lake)[BRONZE[TOPIC].name]) == 300
+
+
+def test_storage_options_alone_reach_the_object_store_for_writes_and_reads(object_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no AWS_* variable set, a lake's storage options are all that lead deltalake to the store and its credentials."""
+    root = object_store.new_lake()
+    options = {"AWS_ENDPOINT_URL": object_store.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
+    options |= {"AWS_ACCESS_KEY_ID": "edgelake-test", "AWS_SECRET_ACCESS_KEY": "edgelake-test"}
+    for name in options:
+        monkeypatch.delenv(name)
+    lake = Lake(root, storage_options=options)
+
+    result = LakeWriter(lake, "edgelake-ingest").commit(batch(0, 0, 100))
+
+    assert (result.bronze, result.silver, result.quarantined) == (100, 98, 2)
+    assert lake.exists(SILVER[TOPIC].name)
+    assert run_query(lake, f"SELECT count(*) AS n FROM {SILVER[TOPIC].name}").table.to_pylist() == [{"n": 98}]
+    assert quarantined(lake)["offset"].to_pylist() == [98, 99]
+    assert lineage(lake)[BRONZE[TOPIC].name] == [(0, o) for o in range(100)]

@@ -7,9 +7,8 @@ import pytest
 
 from support import embedded_kafka, isolated_settings
 from edgelake.contracts import EVENT_BY_TOPIC, Event, InvalidEvent, Transaction
-from edgelake.kafka import read_topic
+from edgelake.kafka import EventProducer, produce, read_topic
 from edgelake.settings import Settings
-from edgelake.ingest.producer import EventProducer, produce
 from edgelake.ingest.sources import SourceOptions, source_events
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 

@@ -18,6 +18,7 @@ from edgelake.contracts import Transaction
 from edgelake.settings import Settings
 from edgelake.ingest.replay import replay
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import QUARANTINE, QUARANTINE_REPLAYS, SILVER, table_uri
 from support import append_silver, command_env
 
@@ -36,7 +37,7 @@ def test_a_replay_killed_at_random_moments_lands_each_record_once(tmp_path: Path
         run = subprocess.Popen(
             [sys.executable, "-m", "edgelake", "quarantine", "replay", "--batch", "250"], env=command_env(settings),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+        )
         try:
             output, _ = run.communicate(timeout=rng.uniform(1.5, 4.0) if kills < 4 else 300)
         except subprocess.TimeoutExpired:
@@ -58,7 +59,7 @@ def test_a_replay_killed_at_random_moments_lands_each_record_once(tmp_path: Path
     refused = [row for row in log.to_pylist() if row["outcome"] == "refused"]
     assert {row["offset"] for row in refused} == set(range(VALID, VALID + BROKEN)) and all("JSON" in row["reason"] for row in refused)
 
-    again = replay(settings.lake_root, settings.topic_prefix)  # nothing left but what is still invalid
+    again = replay(Lake.from_settings(settings), settings.topic_prefix)  # nothing left but what is still invalid
     assert (again.replayed, again.duplicates, again.refused) == (0, 0, BROKEN)
 
 
@@ -70,7 +71,7 @@ def _quarantine(lake_root: str, events: list[Transaction]) -> None:
         for offset, e in enumerate(events)
     ] + [
         {"key": None, "value": b"not json %d" % n, "offset": VALID + n, "stage": "decode", "reason": "value is not JSON"} for n in range(BROKEN)
-    ]  # fmt: skip
+    ]
     table = pa.Table.from_pylist(
         [{**row, "topic": "transactions", "partition": 0, "ingest_time": then, "ingest_date": then.date()} for row in rows], QUARANTINE.schema
     )

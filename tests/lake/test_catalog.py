@@ -11,7 +11,9 @@ import pytest
 from deltalake import CommitProperties, write_deltalake
 
 from edgelake.lake import catalog
+from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import QUARANTINE, table_uri
+from edgelake.settings import Settings
 from support import quarantine_rows
 
 
@@ -32,7 +34,7 @@ def edgelake(lake_root: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_describe_gives_the_current_state_with_evolved_columns(lake_root: str) -> None:
-    info = catalog.describe(lake_root, "quarantine")
+    info = catalog.describe(Lake(lake_root), "quarantine")
     assert (info.version, info.rows, info.files) == (2, 20, 3)
     assert info.schema.names == [*QUARANTINE.schema.names, "note"]
     assert info.size_bytes > 0
@@ -44,7 +46,7 @@ def test_describe_gives_the_current_state_with_evolved_columns(lake_root: str) -
 
 
 def test_history_lists_commits_newest_first_with_their_metadata(lake_root: str) -> None:
-    commits = catalog.history(lake_root, "quarantine")
+    commits = catalog.history(Lake(lake_root), "quarantine")
     assert [c["version"] for c in commits] == [2, 1, 0]
     assert commits[1]["metadata"] == {"pipeline": "p1"}
     assert commits[0]["metrics"]["num_added_rows"] == 5
@@ -55,20 +57,20 @@ def test_history_lists_commits_newest_first_with_their_metadata(lake_root: str) 
     assert "│ 0 " not in result.stdout  # only the two newest
 
 
-def test_open_table_travels_to_an_older_version_and_refuses_one_that_never_was(lake_root: str) -> None:
-    assert catalog.open_table(lake_root, "quarantine", version=0).count() == 10
-    assert catalog.open_table(lake_root, "quarantine", version=1).count() == 15
+def test_open_travels_to_an_older_version_and_refuses_one_that_never_was(lake_root: str) -> None:
+    assert Lake(lake_root).open("quarantine", version=0).count() == 10
+    assert Lake(lake_root).open("quarantine", version=1).count() == 15
     with pytest.raises(catalog.UnknownTable, match="versions 0 to 2, not 7"):
-        catalog.open_table(lake_root, "quarantine", version=7)
+        Lake(lake_root).open("quarantine", version=7)
 
 
 def test_optimize_compacts_without_changing_the_rows(lake_root: str) -> None:
     result = edgelake(lake_root, "lake", "optimize", "all")
     assert result.returncode == 0, result.stderr
     assert "quarantine: 3 files compacted into 1" in result.stdout
-    info = catalog.describe(lake_root, "quarantine")
+    info = catalog.describe(Lake(lake_root), "quarantine")
     assert (info.rows, info.files) == (20, 1)
-    assert catalog.history(lake_root, "quarantine", 1)[0]["operation"] == "OPTIMIZE"
+    assert catalog.history(Lake(lake_root), "quarantine", 1)[0]["operation"] == "OPTIMIZE"
 
 
 @pytest.mark.parametrize(
@@ -80,4 +82,12 @@ def test_unknown_and_unwritten_tables_are_refused_clearly(lake_root: str, table:
         result = edgelake(lake_root, "lake", command, table)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert message in " ".join(result.stderr.split())
-    assert catalog.existing(lake_root) == ["quarantine"]
+    assert catalog.existing(Lake(lake_root)) == ["quarantine"]
+
+
+def test_a_lake_from_settings_takes_storage_options_as_json_and_never_shows_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGELAKE_LAKE_STORAGE_OPTIONS", '{"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}')
+    settings = Settings(lake_root="s3://bucket/lake", registry_dir=Path("/srv/registry"))
+    lake = Lake.from_settings(settings)
+    assert lake == Lake("s3://bucket/lake", {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}, Path("/srv/registry"))
+    assert "s3cr3t" not in repr(lake) + settings.model_dump_json()

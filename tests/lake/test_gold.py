@@ -23,8 +23,8 @@ from edgelake.cli import app
 from edgelake.contracts import Event, FraudLabel, IoTReading, Transaction
 from edgelake.ingest.sources import shuttle, synthetic, ulb
 from edgelake.lake import gold
-from edgelake.lake.catalog import history, open_table
-from edgelake.lake.features import DISTINCT_MERCHANT_WINDOWS, FEATURE_VERSION, WINDOWS
+from edgelake.lake.catalog import Lake, history
+from edgelake.lake.features.definitions import DISTINCT_MERCHANT_WINDOWS, FEATURE_VERSION, WINDOWS
 from edgelake.lake.tables import GOLD, SILVER
 from support import append_silver
 
@@ -50,16 +50,16 @@ class Silver:
             self.next_offset[where] += len(chunk)
 
     def frame(self, event_type: type[Event]) -> pd.DataFrame:
-        return open_table(self.root, SILVER[event_type.topic].name).to_pyarrow_table().to_pandas()
+        return Lake(self.root).open(SILVER[event_type.topic].name).to_pyarrow_table().to_pandas()
 
     def gold(self, name: str) -> pa.Table:
-        return open_table(self.root, name).to_pyarrow_table()
+        return Lake(self.root).open(name).to_pyarrow_table()
 
     def version(self, name: str) -> int:
-        return open_table(self.root, name).version()
+        return Lake(self.root).open(name).version()
 
 
-# --- the reference: each definition of lake/features.py and lake/tables.py, computed plainly -----------------
+# --- the reference: each definition of lake/features/ and lake/tables.py, computed plainly -------------------
 
 
 def _micros(span: timedelta) -> int:
@@ -87,7 +87,7 @@ def expected_card_features(tx: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 {"event_id": row.event_id, "card_id": row.card_id, "event_time": row.event_time, "amount": row.amount,
                  "merchant_category": row.merchant_category, **features, "event_date": row.event_date}
-            )  # fmt: skip
+            )
     return pd.DataFrame(rows)
 
 
@@ -105,7 +105,7 @@ def expected_device_health(readings: pd.DataFrame) -> pd.DataFrame:
             {"device_id": device, "sensor": sensor, "metric": metric, "minute": minute, "readings": len(values),
              "mean": sum(values) / len(values), "min": min(values), "max": max(values),
              "anomaly_rate": sum(flags) / len(flags) if flags else None, "event_date": minute.date()}
-        )  # fmt: skip
+        )
     return pd.DataFrame(rows)
 
 
@@ -121,7 +121,7 @@ def expected_fraud_rates(tx: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame
             {"event_date": day, "merchant_category": category, "transactions": len(group), "labelled": len(labelled),
              "frauds": frauds, "fraud_rate": frauds / len(labelled) if labelled else None,
              "amount": group["amount"].sum(), "fraud_amount": sum(a for a, f in zip(group["amount"], flags, strict=True) if f)}
-        )  # fmt: skip
+        )
     return pd.DataFrame(rows)
 
 
@@ -171,7 +171,7 @@ def transaction(event_id: str, card_id: str, when: datetime, amount: float, merc
     return Transaction(
         event_id=event_id, event_time=when, card_id=card_id, merchant_id=merchant,
         merchant_category="grocery", amount=amount, currency="EUR",
-    )  # fmt: skip
+    )
 
 
 def reading(event_id: str, device: str, when: datetime, values: dict[str, float], anomaly: bool | None) -> IoTReading:
@@ -181,17 +181,17 @@ def reading(event_id: str, device: str, when: datetime, values: dict[str, float]
 # --- tests ---------------------------------------------------------------------------------------------------
 
 
-def test_nothing_is_built_without_silver(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    results = gold.build_gold(spark, str(tmp_path / "lake"))
+def test_nothing_is_built_without_silver(spark, tmp_path: Path) -> None:
+    results = gold.build_gold(spark, Lake(str(tmp_path / "lake")))
     assert [(r.table, r.changed) for r in results] == [(name, False) for name in GOLD]
     assert all(r.detail.startswith("skipped: silver_") for r in results)
     assert not (tmp_path / "lake" / "gold").exists()
 
 
 @pytest.mark.parametrize("source", ["ulb_lake", "synthetic_full"])
-def test_card_features_and_fraud_rates_equal_pandas(spark, source: str, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+def test_card_features_and_fraud_rates_equal_pandas(spark, source: str, request: pytest.FixtureRequest) -> None:
     lake: Silver = request.getfixturevalue(source)
-    results = {r.table: r for r in gold.build_gold(spark, lake.root)}
+    results = {r.table: r for r in gold.build_gold(spark, Lake(lake.root))}
     assert results["gold_card_features"].changed and results["gold_fraud_rates"].changed
     assert results["gold_device_health"].detail == "skipped: silver_iot_readings has no data yet"
 
@@ -211,15 +211,15 @@ def test_card_features_and_fraud_rates_equal_pandas(spark, source: str, request:
         assert features["seconds_since_previous"].isna().sum() == tx["card_id"].nunique()
         assert rates["fraud_rate"].isna().any()  # days and categories without labels yet
         assert ((features["tx_count_1h"] > 2).any() and (features["tx_count_24h"] > features["tx_count_1h"]).any()
-                and (features["tx_count_7d"] > features["tx_count_24h"]).any())  # fmt: skip
+                and (features["tx_count_7d"] > features["tx_count_24h"]).any())
         assert (features["distinct_merchants_7d"] < features["tx_count_7d"]).any()
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
-def test_card_features_and_fraud_rates_follow_new_and_late_silver_rows(spark, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+def test_card_features_and_fraud_rates_follow_new_and_late_silver_rows(spark, tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
     root = request.getfixturevalue("object_store").new_lake() if storage == "s3" else tmp_path / "lake"
     lake = synthetic_lake(root, 2400, 2000)
-    first = {r.table: r for r in gold.build_gold(spark, lake.root)}
+    first = {r.table: r for r in gold.build_gold(spark, Lake(lake.root))}
     assert first["gold_card_features"].rows_in == 2400
 
     before = lake.frame(Transaction)
@@ -236,10 +236,10 @@ def test_card_features_and_fraud_rates_follow_new_and_late_silver_rows(spark, tm
     relabel = FraudLabel(
         event_id="relabel-1", event_time=datetime(2025, 3, 1, tzinfo=UTC), transaction_id=flipped["event_id"],
         card_id=flipped["card_id"], is_fraud=True, source="analyst",
-    )  # fmt: skip
+    )
     lake.append(list(synthetic.transactions(SYNTHETIC, 3000))[2400:] + extra)
     lake.append(list(synthetic.labels(SYNTHETIC, 2500))[2000:] + [relabel])
-    second = {r.table: r for r in gold.build_gold(spark, lake.root)}
+    second = {r.table: r for r in gold.build_gold(spark, Lake(lake.root))}
     assert second["gold_card_features"].changed and second["gold_card_features"].rows_in == 600 + len(extra)
 
     tx = lake.frame(Transaction)
@@ -254,44 +254,44 @@ def test_card_features_and_fraud_rates_follow_new_and_late_silver_rows(spark, tm
     # only the cards with new rows were recomputed, in one merge commit recording the partitions' last offsets
     new_ids = set(tx["event_id"]) - set(before["event_id"])
     touched = set(tx[tx["event_id"].isin(new_ids)]["card_id"])
-    commit = history(lake.root, "gold_card_features", 1)[0]
+    commit = history(Lake(lake.root), "gold_card_features", 1)[0]
     assert commit["operation"] == "MERGE" and commit["metadata"]["feature_version"] == str(FEATURE_VERSION)
     assert commit["metrics"]["num_source_rows"] == tx["card_id"].isin(touched).sum() < len(tx)
     assert commit["metrics"]["num_target_rows_inserted"] == len(new_ids)
-    table = open_table(lake.root, "gold_card_features")
+    table = Lake(lake.root).open("gold_card_features")
     for (topic, partition), next_offset in lake.next_offset.items():
         if topic == Transaction.topic:
             assert table.transaction_version(f"gold_card_features/{topic}/{partition}") == next_offset - 1
 
     versions = {name: lake.version(name) for name in ("gold_card_features", "gold_fraud_rates")}
-    third = {r.table: r for r in gold.build_gold(spark, lake.root)}
+    third = {r.table: r for r in gold.build_gold(spark, Lake(lake.root))}
     assert not third["gold_card_features"].changed and not third["gold_fraud_rates"].changed
     assert {name: lake.version(name) for name in versions} == versions
 
 
-def test_a_new_feature_version_rebuilds_the_card_features(spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_feature_version_rebuilds_the_card_features(spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lake = synthetic_lake(tmp_path / "lake", 300, 300)
-    gold.build_card_features(spark, lake.root)
+    gold.build_card_features(spark, Lake(lake.root))
     monkeypatch.setattr(gold, "_CARD_FEATURES", replace(gold._CARD_FEATURES, feature_version=FEATURE_VERSION + 1))
-    result = gold.build_card_features(spark, lake.root)
+    result = gold.build_card_features(spark, Lake(lake.root))
     assert result.changed and result.rows_in == result.rows_out == 300
-    commit = history(lake.root, "gold_card_features", 1)[0]
+    commit = history(Lake(lake.root), "gold_card_features", 1)[0]
     assert commit["operation"] == "WRITE" and commit["parameters"]["mode"] == "Overwrite"
     assert commit["metadata"]["feature_version"] == str(FEATURE_VERSION + 1)
     assert_gold_equals(lake, "gold_card_features", expected_card_features(lake.frame(Transaction)))
-    assert not gold.build_card_features(spark, lake.root).changed
+    assert not gold.build_card_features(spark, Lake(lake.root)).changed
 
 
-def test_device_health_equals_pandas_whole_and_incremental(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_device_health_equals_pandas_whole_and_incremental(spark, tmp_path: Path) -> None:
     lake = Silver(tmp_path / "lake")
     start = datetime(2025, 1, 1, tzinfo=UTC)
     probes = [  # another sensor, with different metrics per reading and anomaly flags missing
         reading(f"probe-{i}", "probe-1", start + timedelta(seconds=7 * i), {"t": 20.0 + i % 5, **({"rh": i / 3} if i % 2 else {})},
                 None if i % 3 else bool(i % 4))
         for i in range(60)
-    ] + [reading(f"quiet-{i}", "probe-2", start + timedelta(seconds=30 * i), {"t": 1.5 * i}, None) for i in range(6)]  # fmt: skip
+    ] + [reading(f"quiet-{i}", "probe-2", start + timedelta(seconds=30 * i), {"t": 1.5 * i}, None) for i in range(6)]
     lake.append(list(shuttle.readings(start, 600, devices=3)) + probes)
-    result = gold.build_device_health(spark, lake.root)
+    result = gold.build_device_health(spark, Lake(lake.root))
     assert result.changed and result.rows_in == 666
     expected = expected_device_health(lake.frame(IoTReading))
     assert_gold_equals(lake, "gold_device_health", expected)
@@ -302,11 +302,11 @@ def test_device_health_equals_pandas_whole_and_incremental(spark, tmp_path: Path
         reading("new-1", "probe-1", start + timedelta(minutes=30), {"t": 3.0}, False),  # a new minute
     ]
     lake.append(late)
-    result = gold.build_device_health(spark, lake.root)
+    result = gold.build_device_health(spark, Lake(lake.root))
     assert result.changed and result.rows_in == 2
     expected = expected_device_health(lake.frame(IoTReading))
     assert_gold_equals(lake, "gold_device_health", expected)
-    commit = history(lake.root, "gold_device_health", 1)[0]
+    commit = history(Lake(lake.root), "gold_device_health", 1)[0]
     touched = {(r.device_id, pd.Timestamp(r.event_time).floor("min")) for r in late}
     groups = [key for key in zip(expected["device_id"], expected["minute"], strict=True) if key in touched]
     assert commit["operation"] == "MERGE" and commit["metrics"]["num_source_rows"] == len(groups)
@@ -314,11 +314,11 @@ def test_device_health_equals_pandas_whole_and_incremental(spark, tmp_path: Path
     assert (commit["metrics"]["num_target_rows_inserted"], commit["metrics"]["num_target_rows_updated"]) == (2, 9)
 
     version = lake.version("gold_device_health")
-    assert not gold.build_device_health(spark, lake.root).changed
+    assert not gold.build_device_health(spark, Lake(lake.root)).changed
     assert lake.version("gold_device_health") == version
 
 
-def test_cli_builds_gold_and_lists_the_gold_tables(spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_cli_builds_gold_and_lists_the_gold_tables(spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lake = synthetic_lake(tmp_path / "lake", 200, 200)
     monkeypatch.setenv("EDGELAKE_LAKE_ROOT", lake.root)
     monkeypatch.setenv("COLUMNS", "250")

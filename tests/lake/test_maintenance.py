@@ -18,7 +18,7 @@ from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import Transaction
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest, maintain
-from edgelake.ingest.producer import EventProducer
+from edgelake.kafka import EventProducer
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, table_uri
 from support import isolated_settings

@@ -13,6 +13,7 @@ from edgelake.contracts import Transaction
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
+from edgelake.lake.catalog import Lake
 from edgelake.lake.quarantine import QuarantineFilter, by_reason, quarantined
 from support import command_env
 
@@ -31,12 +32,12 @@ def test_list_counts_refusals_per_reason_and_show_prints_the_record_as_it_arrive
     producer.close()
     ingest(settings, IngestOptions(topics=(Transaction.topic,)), once=True)
 
-    rows = quarantined(settings.lake_root, QuarantineFilter(topic))
+    rows = quarantined(Lake.from_settings(settings), QuarantineFilter(topic))
     assert rows.num_rows == 4
     counts = {row["reason"]: row["records"] for row in by_reason(rows).to_pylist()}
     assert sorted(counts.values()) == [1, 3]
-    assert quarantined(settings.lake_root, QuarantineFilter(topic, reason="amount")).num_rows == 1
-    assert quarantined(settings.lake_root, QuarantineFilter(topic, since=datetime.now(UTC) + timedelta(hours=1))).num_rows == 0
+    assert quarantined(Lake.from_settings(settings), QuarantineFilter(topic, reason="amount")).num_rows == 1
+    assert quarantined(Lake.from_settings(settings), QuarantineFilter(topic, since=datetime.now(UTC) + timedelta(hours=1))).num_rows == 0
 
     listed = _cli(settings, "list", "--topic", "transactions")
     assert "4 quarantined records" in listed and all(reason[:40] in listed for reason in counts), listed

@@ -23,7 +23,7 @@ from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import Transaction
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest, maintain
-from edgelake.ingest.producer import EventProducer
+from edgelake.kafka import EventProducer
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
 from edgelake.lake.tables import QUARANTINE, SILVER, table_uri
 from support import isolated_settings
@@ -141,7 +141,7 @@ def test_polars_read_delta(lake: Lake, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(TABLES))
-def test_spark_over_the_active_file_list(lake: Lake, spark, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_spark_over_the_active_file_list(lake: Lake, spark, name: str) -> None:
     table = lake.delta(name)
     reference = table.count()
     frame = spark.read.parquet(*table.file_uris())  # partition columns are not in the files
@@ -152,7 +152,7 @@ def test_spark_over_the_active_file_list(lake: Lake, spark, name: str) -> None: 
 
 
 @pytest.mark.parametrize("name", list(TABLES))
-def test_a_naive_folder_read_double_counts(lake: Lake, spark, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_naive_folder_read_double_counts(lake: Lake, spark, name: str) -> None:
     """Reading every parquet file under the table (removed ones too) gives more rows than the log says."""
     reference = lake.delta(name).count()
     folder = lake.uri(name)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from edgelake.lake.catalog import UnknownTable
+from edgelake.lake.catalog import Lake, UnknownTable
 from edgelake.lake.sql import QueryFailed, QueryTimeout, RefusedStatement, check_statement, json_rows, run_query
 from edgelake.lake.tables import SILVER, table_uri
 
@@ -38,7 +38,7 @@ def transactions(first: int, count: int) -> pa.Table:
             "amount": round((i * 7919) % 1000 / 3, 2), "currency": "EUR", "country": None if i % 5 == 0 else "BE",
             "channel": "pos", "terminal_id": None, "attributes": {"risk": i / 1000},
             "_topic": "transactions", "_partition": i % 4, "_offset": i, "_ingest_time": at, "event_date": at.date(),
-        })  # fmt: skip
+        })
     return pa.Table.from_pylist(rows, TRANSACTIONS.schema)
 
 
@@ -50,12 +50,12 @@ def labels() -> pa.Table:
             "_topic": "fraud-labels", "_partition": 0, "_offset": i, "_ingest_time": START, "event_date": date(2026, 3, 31),
         }
         for i in range(0, FIRST + MORE, 3)
-    ]  # fmt: skip
+    ]
     return pa.Table.from_pylist(rows, LABELS.schema)
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+def lake(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Lake:
     """Silver transactions in two versions (240 rows, then 300) and one version of labels for every third one;
     on disk, or (parametrized ``s3``) copied to object storage."""
     root = str(tmp_path_factory.mktemp("sql") / "lake")
@@ -63,8 +63,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     write_deltalake(table_uri(root, TRANSACTIONS), transactions(FIRST, MORE), mode="append")
     write_deltalake(table_uri(root, LABELS), labels(), partition_by=["event_date"])
     if getattr(request, "param", "local") == "s3":
-        return request.getfixturevalue("object_store").copy_lake(root)
-    return root
+        return Lake(request.getfixturevalue("object_store").copy_lake(root))
+    return Lake(root)
 
 
 BOTH_STORAGES = pytest.mark.parametrize("lake", ["local", "s3"], indirect=True)
@@ -146,14 +146,14 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("statement", "reason"), HOSTILE, ids=[f"{i:02d}" for i in range(len(HOSTILE))])
-def test_hostile_statements_are_refused_without_touching_the_lake(lake: str, statement: str, reason: str) -> None:
-    before = lake_state(lake)
+def test_hostile_statements_are_refused_without_touching_the_lake(lake: Lake, statement: str, reason: str) -> None:
+    before = lake_state(lake.root)
     with pytest.raises(RefusedStatement) as refused:
         check_statement(statement)
     assert reason in str(refused.value)
     with pytest.raises(RefusedStatement):
         run_query(lake, statement)
-    assert lake_state(lake) == before
+    assert lake_state(lake.root) == before
     assert not before["pwned"]
 
 
@@ -166,13 +166,13 @@ def test_refusals_speak_of_the_statement_not_the_parser(statement: str) -> None:
     assert "(line 1, column" in message, message
 
 
-def test_the_statement_run_is_the_one_checked_not_the_raw_text(lake: str) -> None:
+def test_the_statement_run_is_the_one_checked_not_the_raw_text(lake: Lake) -> None:
     # Postgres reads ^ as power and '\' as a plain backslash; DataFusion alone would read ^ as XOR.
     result = run_query(lake, r"SELECT 2 ^ 3 AS p, 'a\' AS s, 'it''s' AS q /* ; DROP TABLE x */ -- and; a comment")
     assert result.table.to_pylist() == [{"p": 8.0, "s": "a\\", "q": "it's"}]
 
 
-def test_datafusion_spellings_survive_the_round_trip(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+def test_datafusion_spellings_survive_the_round_trip(lake: Lake, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, _ = frames
     result = run_query(
         lake,
@@ -192,7 +192,7 @@ def test_check_statement_names_the_catalog_tables_read_not_ctes() -> None:
 
 
 @BOTH_STORAGES
-def test_aggregate_by_group(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+def test_aggregate_by_group(lake: Lake, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, _ = frames
     result = run_query(
         lake,
@@ -210,7 +210,7 @@ def test_aggregate_by_group(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]
 
 
 @BOTH_STORAGES
-def test_join_of_transactions_and_labels(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+def test_join_of_transactions_and_labels(lake: Lake, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, lb = frames
     result = run_query(
         lake,
@@ -229,7 +229,7 @@ def test_join_of_transactions_and_labels(lake: str, frames: tuple[pd.DataFrame, 
 
 
 @BOTH_STORAGES
-def test_window_functions_rank_and_lag(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+def test_window_functions_rank_and_lag(lake: Lake, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, _ = frames
     result = run_query(
         lake,
@@ -248,7 +248,7 @@ def test_window_functions_rank_and_lag(lake: str, frames: tuple[pd.DataFrame, pd
     assert got.previous.fillna(-1).tolist() == top.previous.fillna(-1).tolist()
 
 
-def test_cte_with_date_and_timestamp_filters(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+def test_cte_with_date_and_timestamp_filters(lake: Lake, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, _ = frames
     result = run_query(
         lake,
@@ -268,7 +268,7 @@ def test_cte_with_date_and_timestamp_filters(lake: str, frames: tuple[pd.DataFra
     assert len(got["n"]) >= 4
 
 
-def test_order_by_and_limit(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+def test_order_by_and_limit(lake: Lake, frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     tx, _ = frames
     result = run_query(lake, "SELECT event_id, amount FROM silver_transactions ORDER BY amount DESC, event_id LIMIT 5")
     top = tx.sort_values(["amount", "event_id"], ascending=[False, True]).head(5)
@@ -277,7 +277,7 @@ def test_order_by_and_limit(lake: str, frames: tuple[pd.DataFrame, pd.DataFrame]
 
 
 @BOTH_STORAGES
-def test_time_travel_reads_an_older_version(lake: str) -> None:
+def test_time_travel_reads_an_older_version(lake: Lake) -> None:
     count = "SELECT count(*) AS n FROM silver_transactions"
     assert run_query(lake, count).table.to_pylist() == [{"n": FIRST + MORE}]
     old = run_query(lake, count, as_of=0)
@@ -296,7 +296,7 @@ def test_time_travel_reads_an_older_version(lake: str) -> None:
 
 
 @BOTH_STORAGES
-def test_row_limit_truncates_and_flags(lake: str) -> None:
+def test_row_limit_truncates_and_flags(lake: Lake) -> None:
     every = "SELECT * FROM silver_transactions"
     cut = run_query(lake, every, limit=50)
     assert (cut.table.num_rows, cut.truncated) == (50, True)
@@ -306,7 +306,7 @@ def test_row_limit_truncates_and_flags(lake: str) -> None:
     assert run_query(lake, every, limit=FIRST + MORE - 1).truncated
 
 
-def test_wide_rows_are_cut_off_at_the_byte_limit(lake: str) -> None:
+def test_wide_rows_are_cut_off_at_the_byte_limit(lake: Lake) -> None:
     # 300 rows of 50 KB each: 15 MB unbounded (the row cap alone let a 500 MB answer through)
     wide = "SELECT event_id, repeat('a', 50000) AS pad FROM silver_transactions"
     cut = run_query(lake, wide, max_bytes=1_000_000)
@@ -316,7 +316,7 @@ def test_wide_rows_are_cut_off_at_the_byte_limit(lake: str) -> None:
 
 
 @pytest.mark.parametrize("terms", [250, 15_000])
-def test_statements_nested_too_deep_for_the_engine_are_refused_quickly(lake: str, terms: int) -> None:
+def test_statements_nested_too_deep_for_the_engine_are_refused_quickly(lake: Lake, terms: int) -> None:
     # 15,000 terms overflowed DataFusion's stack and killed the process; 3,000 took 9 s to plan
     started = time.monotonic()
     with pytest.raises(RefusedStatement, match="nests deeper than 200 levels"):
@@ -325,12 +325,12 @@ def test_statements_nested_too_deep_for_the_engine_are_refused_quickly(lake: str
     assert run_query(lake, "SELECT " + "+".join(["1"] * 150) + " AS s").table.to_pylist() == [{"s": 150}]
 
 
-def test_statements_with_too_many_parts_are_refused(lake: str) -> None:
+def test_statements_with_too_many_parts_are_refused(lake: Lake) -> None:
     with pytest.raises(RefusedStatement, match="more than 20,000 parts"):
         run_query(lake, "SELECT " + ", ".join(f"{i} AS c{i}" for i in range(8_000)))
 
 
-def test_a_slow_query_times_out_and_its_stream_stops(lake: str) -> None:
+def test_a_slow_query_times_out_and_its_stream_stops(lake: Lake) -> None:
     # 300^4 = 8.1 billion rows, streamed batch by batch; the worker stops at the first batch past the deadline.
     sql = "SELECT a.amount FROM silver_transactions a, silver_transactions b, silver_transactions c, silver_transactions d"
     started = time.monotonic()
@@ -343,7 +343,7 @@ def test_a_slow_query_times_out_and_its_stream_stops(lake: str) -> None:
     assert not any(thread.name == "edgelake-sql" for thread in threading.enumerate())
 
 
-def test_engine_errors_are_query_failures_with_datafusions_message(lake: str) -> None:
+def test_engine_errors_are_query_failures_with_datafusions_message(lake: Lake) -> None:
     with pytest.raises(QueryFailed, match="No field named no_such_column"):
         run_query(lake, "SELECT no_such_column FROM silver_transactions")
     with pytest.raises(QueryFailed, match="Cannot cast string 'card-"):
@@ -357,22 +357,22 @@ def test_json_rows_are_json_safe() -> None:
         "at": pa.array([datetime(2026, 3, 1, 12, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
         "day": [date(2026, 3, 1)], "x": [float("nan")], "raw": [b"\x00\xff"],
         "m": pa.array([[("risk", 0.5)]], pa.map_(pa.string(), pa.float64())), "dup": [1],
-    }).append_column("dup", pa.array([2]))  # fmt: skip
+    }).append_column("dup", pa.array([2]))
     rows = json_rows(table)
     assert rows == [{
         "at": "2026-03-01T12:00:00+00:00", "day": "2026-03-01", "x": None, "raw": "AP8=", "m": {"risk": 0.5},
         "dup": 1, "dup_2": 2,
-    }]  # fmt: skip
+    }]
     json.dumps(rows, allow_nan=False)
 
 
-def edgelake_sql(lake: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "300", "EDGELAKE_LAKE_ROOT": lake}
+def edgelake_sql(lake: Lake, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "300", "EDGELAKE_LAKE_ROOT": lake.root}
     return subprocess.run([sys.executable, "-m", "edgelake", "sql", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 @BOTH_STORAGES
-def test_cli_json_output(lake: str) -> None:
+def test_cli_json_output(lake: Lake) -> None:
     result = edgelake_sql(lake, "SELECT event_id, event_time, attributes FROM silver_transactions ORDER BY event_id LIMIT 2", "--format", "json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [
@@ -381,7 +381,7 @@ def test_cli_json_output(lake: str) -> None:
     ]
 
 
-def test_cli_csv_output_time_travel_and_truncation(lake: str) -> None:
+def test_cli_csv_output_time_travel_and_truncation(lake: Lake) -> None:
     result = edgelake_sql(
         lake, "SELECT count(*) AS n FROM silver_transactions", "--format", "csv", "--as-of", "silver_transactions=0"
     )
@@ -392,14 +392,14 @@ def test_cli_csv_output_time_travel_and_truncation(lake: str) -> None:
     assert "limit of 3" in cut.stderr
 
 
-def test_cli_table_output_has_a_footer(lake: str) -> None:
+def test_cli_table_output_has_a_footer(lake: Lake) -> None:
     result = edgelake_sql(lake, "SELECT count(*) AS n FROM silver_transactions", "--as-of", "0")
     assert result.returncode == 0, result.stderr
     assert f"│ {FIRST} │" in result.stdout
     assert "1 row · tables read at versions silver_transactions@0 ·" in result.stderr
 
 
-def test_cli_refuses_with_the_reason_and_exit_status_2(lake: str) -> None:
+def test_cli_refuses_with_the_reason_and_exit_status_2(lake: Lake) -> None:
     refused = edgelake_sql(lake, "SELECT * FROM read_csv('/etc/passwd')")
     assert refused.returncode == 2
     assert "table functions cannot be used" in refused.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgelake.lake.catalog import Lake
 from edgelake.lake.sql import QueryFailed, QueryTimeout, RefusedStatement, run_query
 from edgelake.lake.sql_pool import QueryBusy, QueryPool
 from tests.lake.test_sql import FIRST, MORE, lake  # noqa: F401  (the fixture)
@@ -25,7 +26,7 @@ def pool() -> QueryPool:
     pool.close()
 
 
-def test_a_worker_answers_what_run_query_answers(pool: QueryPool, lake: str) -> None:
+def test_a_worker_answers_what_run_query_answers(pool: QueryPool, lake: Lake) -> None:
     sql = "SELECT card_id, count(*) AS n FROM silver_transactions GROUP BY card_id ORDER BY card_id"
     pooled, local = pool.run_query(lake, sql, limit=5), run_query(lake, sql, limit=5)
     assert pooled.table.equals(local.table) and (pooled.truncated, pooled.tables) == (local.truncated, local.tables)
@@ -37,7 +38,7 @@ def test_a_worker_answers_what_run_query_answers(pool: QueryPool, lake: str) -> 
     assert pool.run_query(lake, "SELECT count(*) AS n FROM silver_transactions").table.to_pylist() == [{"n": FIRST + MORE}]
 
 
-def test_a_query_past_its_timeout_is_stopped_not_abandoned(pool: QueryPool, lake: str) -> None:
+def test_a_query_past_its_timeout_is_stopped_not_abandoned(pool: QueryPool, lake: Lake) -> None:
     # in-process, this query kept a core busy for minutes after its timeout
     started = time.monotonic()
     with pytest.raises(QueryTimeout, match="it was stopped"):
@@ -50,7 +51,7 @@ def test_a_query_past_its_timeout_is_stopped_not_abandoned(pool: QueryPool, lake
     assert pool.run_query(lake, "SELECT 1 AS one").table.to_pylist() == [{"one": 1}]
 
 
-def test_a_worker_that_dies_is_replaced(pool: QueryPool, lake: str) -> None:
+def test_a_worker_that_dies_is_replaced(pool: QueryPool, lake: Lake) -> None:
     pool.run_query(lake, "SELECT 1 AS one")
     killed = _workers()
     for pid in killed:
@@ -65,7 +66,7 @@ def test_a_worker_that_dies_is_replaced(pool: QueryPool, lake: str) -> None:
     assert pool.run_query(lake, "SELECT 3 AS three").table.to_pylist() == [{"three": 3}]
 
 
-def test_no_more_queries_run_at_once_than_workers(lake: str) -> None:
+def test_no_more_queries_run_at_once_than_workers(lake: Lake) -> None:
     pool = QueryPool(workers=1, wait_s=0.5)
     try:
         running = threading.Thread(target=lambda: pytest.raises(QueryTimeout, pool.run_query, lake, FOREVER, timeout_s=3))

@@ -24,7 +24,7 @@ def test_bench_edge_reports_latency_size_and_agent_memory(vision_run: VisionResu
     registry.publish_run(
         lake_root, data_dir / registry.KEYS_DIR, "vision", vision_run.files, metrics=vision_run.metrics,
         lineage=vision_run.lineage, extra=vision_run.extra, promote_to="production",
-    )  # fmt: skip
+    )
     env = {**os.environ, "EDGELAKE_DATA_DIR": str(data_dir), "EDGELAKE_LAKE_ROOT": lake_root}
     command = [sys.executable, "-m", "edgelake", "bench", "edge", "--runs", "20", "--frames", "40", "--json"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -22,11 +22,13 @@ import pytest
 
 from edgelake.contracts import FraudLabel, Transaction
 from edgelake.ingest.sources import synthetic, ulb
-from edgelake.lake.catalog import open_table
+from edgelake.errors import UserError
+from edgelake.lake.catalog import Lake
+from edgelake.lake.features.model_inputs import INPUT_COLUMNS, INPUT_NAMES, INPUTS_VERSION
+from edgelake.lake.gold import build_card_features
 from support import append_silver
 from edgelake.training import registry
 from edgelake.training.evaluation import best_f1_threshold, binary_metrics
-from edgelake.training.features import INPUT_COLUMNS, INPUT_NAMES, INPUTS_VERSION
 from edgelake.training.fraud import Examples, FraudConfig, FraudResult, build_model, labelled_transactions, split_by_time, train_fraud
 
 ULB_START = datetime(2013, 9, 1, tzinfo=UTC)
@@ -65,7 +67,7 @@ def point_in_time_cases() -> tuple[list[Transaction], list[FraudLabel]]:
             merchant_category="grocery", amount=25.0, currency="EUR",
         )
         for name in ("late", "flip")
-    ]  # fmt: skip
+    ]
     labels = [
         FraudLabel(event_id="pit-late-label", event_time=CUTOFF + timedelta(hours=1), transaction_id="pit-late", card_id="pit-card-late", is_fraud=True),
         FraudLabel(
@@ -73,12 +75,12 @@ def point_in_time_cases() -> tuple[list[Transaction], list[FraudLabel]]:
             source="analyst",
         ),
         FraudLabel(event_id="pit-flip-fraud", event_time=CUTOFF + timedelta(days=1), transaction_id="pit-flip", card_id="pit-card-flip", is_fraud=True),
-    ]  # fmt: skip
+    ]
     return transactions, labels
 
 
 @pytest.fixture(scope="module")
-def fraud_lake(ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> FraudLake:
+def fraud_lake(spark, ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> FraudLake:
     root = tmp_path_factory.mktemp("fraud")
     sample = root / "ulb-sample.csv"
     rows, frauds = ulb_sample(ulb_csv, sample)
@@ -88,6 +90,7 @@ def fraud_lake(ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Fraud
     append_silver(lake, [*synthetic.transactions(SYNTHETIC, SYNTHETIC_COUNT), *pit_transactions], partition=1)
     append_silver(lake, list(ulb.labels(sample, ULB_START)))
     append_silver(lake, [*synthetic.labels(SYNTHETIC, SYNTHETIC_COUNT), *pit_labels], partition=1)
+    assert build_card_features(spark, Lake(lake)).changed  # the lake's gold build, which training reads
     return FraudLake(lake, rows, frauds)
 
 
@@ -97,14 +100,14 @@ def small(**changes: object) -> FraudConfig:
 
 
 @pytest.fixture(scope="module")
-def ulb_run(spark, fraud_lake: FraudLake, tmp_path_factory: pytest.TempPathFactory) -> FraudResult:  # type: ignore[no-untyped-def]
-    return train_fraud(spark, fraud_lake.root, tmp_path_factory.mktemp("fraud-out"), small())
+def ulb_run(spark, fraud_lake: FraudLake, tmp_path_factory: pytest.TempPathFactory) -> FraudResult:
+    return train_fraud(spark, Lake(fraud_lake.root), tmp_path_factory.mktemp("fraud-out"), small())
 
 
 @pytest.fixture(scope="module")
-def ulb_examples(spark, fraud_lake: FraudLake) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def ulb_examples(spark, fraud_lake: FraudLake) -> pd.DataFrame:
     """The labelled ULB transactions the runs here learn from."""
-    return labelled_transactions(spark, fraud_lake.root, small())[0]
+    return labelled_transactions(spark, Lake(fraud_lake.root), small())[0]
 
 
 def test_a_run_writes_the_model_its_tflite_twin_metrics_and_plots(ulb_run: FraudResult) -> None:
@@ -155,8 +158,8 @@ def test_the_split_is_by_time(ulb_run: FraudResult, ulb_examples: pd.DataFrame) 
     assert len(validation.labels) == pytest.approx(0.15 * (len(train.labels) + len(validation.labels)), abs=1)
 
 
-def test_sources_select_their_transactions(spark, fraud_lake: FraudLake, ulb_examples: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
-    frames = {source: labelled_transactions(spark, fraud_lake.root, small(source=source))[0] for source in ("synthetic", "all")}
+def test_sources_select_their_transactions(spark, fraud_lake: FraudLake, ulb_examples: pd.DataFrame) -> None:
+    frames = {source: labelled_transactions(spark, Lake(fraud_lake.root), small(source=source))[0] for source in ("synthetic", "all")}
     frames["ulb"] = ulb_examples
     assert frames["ulb"]["event_id"].str.startswith("ulb-tx-").all()
     assert (len(frames["ulb"]), int(frames["ulb"]["is_fraud"].sum())) == (fraud_lake.ulb_transactions, fraud_lake.ulb_frauds)
@@ -164,36 +167,37 @@ def test_sources_select_their_transactions(spark, fraud_lake: FraudLake, ulb_exa
     assert len(frames["all"]) == fraud_lake.ulb_transactions + SYNTHETIC_COUNT + 2  # and the point-in-time cases
     assert frames["all"]["event_time"].is_monotonic_increasing
     with pytest.raises(ValueError, match="unknown source 'shuttle'"):
-        labelled_transactions(spark, fraud_lake.root, small(source="shuttle"))
+        labelled_transactions(spark, Lake(fraud_lake.root), small(source="shuttle"))
 
 
-def test_labels_are_taken_as_known_at_the_cutoff(spark, fraud_lake: FraudLake) -> None:  # type: ignore[no-untyped-def]
+def test_labels_are_taken_as_known_at_the_cutoff(spark, fraud_lake: FraudLake) -> None:
     def verdicts(cutoff: datetime | None) -> dict[str, bool]:
-        frame = labelled_transactions(spark, fraud_lake.root, small(source="all", cutoff=cutoff))[0]
+        frame = labelled_transactions(spark, Lake(fraud_lake.root), small(source="all", cutoff=cutoff))[0]
         return {event_id: bool(fraud) for event_id, fraud in zip(frame["event_id"], frame["is_fraud"], strict=True)}
 
     at_cutoff, now = verdicts(CUTOFF), verdicts(None)
     assert "pit-late" not in at_cutoff and at_cutoff["pit-flip"] is False  # later labels do not exist yet
     assert now["pit-late"] is True and now["pit-flip"] is True  # by now they do: the latest one counts
     assert {k: v for k, v in at_cutoff.items() if not k.startswith("pit-")} == {k: v for k, v in now.items() if not k.startswith("pit-")}
-    ulb_only = labelled_transactions(spark, fraud_lake.root, small(cutoff=ULB_START + timedelta(days=3)))[0]
+    ulb_only = labelled_transactions(spark, Lake(fraud_lake.root), small(cutoff=ULB_START + timedelta(days=3)))[0]
     assert 0 < len(ulb_only) < fraud_lake.ulb_transactions  # legitimate ULB rows are confirmed after 7 days
 
 
-def test_the_same_seed_gives_the_same_metrics(spark, fraud_lake: FraudLake, ulb_run: FraudResult, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    again = train_fraud(spark, fraud_lake.root, tmp_path, small())
+def test_the_same_seed_gives_the_same_metrics(spark, fraud_lake: FraudLake, ulb_run: FraudResult, tmp_path: Path) -> None:
+    again = train_fraud(spark, Lake(fraud_lake.root), tmp_path, small())
     assert {k: v for k, v in again.metrics.items() if k not in TIMINGS} == {k: v for k, v in ulb_run.metrics.items() if k not in TIMINGS}
     assert again.lineage == ulb_run.lineage
 
 
-def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_registry_folder(  # type: ignore[no-untyped-def]
+def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_registry_folder(
     spark, fraud_lake: FraudLake, ulb_run: FraudResult, object_store, tmp_path: Path
 ) -> None:
     lake = object_store.copy_lake(fraud_lake.root, layers=("silver",))  # gold is built there, on object storage
-    again = train_fraud(spark, lake, tmp_path / "run", small())
+    assert build_card_features(spark, Lake(lake)).changed
+    again = train_fraud(spark, Lake(lake), tmp_path / "run", small())
     assert {k: v for k, v in again.metrics.items() if k not in TIMINGS} == {k: v for k, v in ulb_run.metrics.items() if k not in TIMINGS}
     assert again.lineage == ulb_run.lineage
-    assert open_table(lake, "gold_card_features").count() == open_table(fraud_lake.root, "gold_card_features").count()
+    assert Lake(lake).open("gold_card_features").count() == Lake(fraud_lake.root).open("gold_card_features").count()
 
     with pytest.raises(ValueError, match="set registry_dir"):
         registry.publish_run(lake, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
@@ -204,18 +208,41 @@ def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_reg
     assert registry.verify(tmp_path / "registry", "fraud", 1) == []
 
 
-def test_nothing_to_learn_is_a_clear_error(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_to_learn_is_a_clear_error(spark, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothing to learn: table 'silver_transactions' has no data yet"):
-        train_fraud(spark, str(tmp_path / "empty"), tmp_path / "out", small())
+        train_fraud(spark, Lake(str(tmp_path / "empty")), tmp_path / "out", small())
     lake = str(tmp_path / "legit")
     legit = synthetic.SyntheticConfig(seed=4, cards=5, merchants=10, fraud_rate=0.0)
     append_silver(lake, list(synthetic.transactions(legit, 50)))
     append_silver(lake, list(synthetic.labels(legit, 50)))
+    build_card_features(spark, Lake(lake))
     with pytest.raises(ValueError, match="'synthetic' has 50 labelled transactions, not both classes: nothing to learn"):
-        train_fraud(spark, lake, tmp_path / "out", small(source="synthetic"))
+        train_fraud(spark, Lake(lake), tmp_path / "out", small(source="synthetic"))
     with pytest.raises(ValueError, match="'ulb' has 0 labelled transactions"):
-        train_fraud(spark, lake, tmp_path / "out", small(source="ulb"))
+        train_fraud(spark, Lake(lake), tmp_path / "out", small(source="ulb"))
     assert not (tmp_path / "out").exists()
+
+
+def test_training_reads_the_gold_build_s_card_features_and_builds_none(spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgelake.lake import gold
+
+    lake = Lake(str(tmp_path / "lake"))
+    config = synthetic.SyntheticConfig(seed=4, cards=5, merchants=10, fraud_rate=0.2)
+    append_silver(lake.root, list(synthetic.transactions(config, 50)))
+    append_silver(lake.root, list(synthetic.labels(config, 50)))
+    with pytest.raises(UserError, match="no card features to train on: table 'gold_card_features' has no data yet.*edgelake lake build-gold"):
+        labelled_transactions(spark, lake, small(source="synthetic"))
+    assert not lake.exists("gold_card_features")  # training built none
+
+    monkeypatch.setattr(gold, "_CARD_FEATURES", replace(gold._CARD_FEATURES, feature_version=gold.FEATURE_VERSION + 1))
+    build_card_features(spark, lake)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=f"gold_card_features was built with feature version {gold.FEATURE_VERSION + 1}, not this code's"):
+        labelled_transactions(spark, lake, small(source="synthetic"))
+
+    build_card_features(spark, lake)
+    frame, lineage = labelled_transactions(spark, lake, small(source="synthetic"))
+    assert len(frame) == 50 and lineage["gold_card_features"] == lake.open("gold_card_features").version()
 
 
 def examples_frame(frauds: list[bool]) -> pd.DataFrame:

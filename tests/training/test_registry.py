@@ -33,6 +33,7 @@ from edgelake.signing import (
     verify_files,
 )
 from edgelake.training import registry
+from edgelake.training.registry import publishing
 
 FRAUD_METRICS = {"auprc": 0.81, "roc_auc": 0.97, "recall_at_1pct_fpr": 0.74}
 VISION_METRICS = {"accuracy": 0.9, "int8_accuracy": 0.89, "size_ratio": 3.9, "int8_agreement": 0.98}
@@ -87,7 +88,7 @@ def publish(lake: Lake, tmp_path: Path, seed: str, name: str = "fraud", **change
     arguments: dict[str, object] = {
         "metrics": FRAUD_METRICS, "lineage": {"silver_transactions": 7, "silver_fraud_labels": 3},
         "feature_version": "card-features-v1", "extra": {"threshold": 0.5}, "signer": lake.key, **changes,
-    }  # fmt: skip
+    }
     return registry.publish(lake.root, name, artifacts(tmp_path / f"run-{name}-{seed}", seed.encode()), **arguments)  # type: ignore[arg-type]
 
 
@@ -161,8 +162,8 @@ def test_a_publisher_that_lost_the_race_for_a_number_takes_the_next(
     published: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stale = iter([1])  # the first look at the directory misses version 2, as if it landed just after
-    real_newest = registry._newest
-    monkeypatch.setattr(registry, "_newest", lambda model_dir: next(stale, None) or real_newest(model_dir))
+    real_newest = publishing._newest
+    monkeypatch.setattr(publishing, "_newest", lambda model_dir: next(stale, None) or real_newest(model_dir))
     model = publish(published, tmp_path, "c")
     assert model.version == model.manifest.version == 3
     assert [registry.verify(published.root, "fraud", v) for v in (1, 2, 3)] == [[], [], []]
@@ -174,11 +175,11 @@ def test_a_failed_publish_leaves_nothing_behind(published: Lake, tmp_path: Path)
         registry.publish(
             published.root, "fraud", {"a.bin": artifacts(tmp_path / "x", b"x")["metrics.json"], "model.tflite": tmp_path / "gone"},
             metrics={}, lineage={}, signer=published.key,
-        )  # fmt: skip
+        )
     assert registry.versions(published.root, "fraud") == {1: "candidate", 2: "candidate"}
     assert sorted(path.name for path in (published.root / "fraud").iterdir() if not path.name.startswith(".stages")) == [
         "1", "2", registry.STAGES,
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize(
@@ -362,7 +363,7 @@ def test_promotion_goes_candidate_canary_production_and_archives_what_it_replace
     assert [(t["version"], t["from"], t["to"]) for t in history] == [
         (1, None, "candidate"), (2, None, "candidate"), (1, "candidate", "canary"), (1, "canary", "production"),
         (2, "candidate", "canary"), (1, "production", "archived"), (2, "canary", "production"),
-    ]  # fmt: skip
+    ]
     assert (history[4]["actor"], history[4]["reason"]) == ("ci", "auprc up")
 
 

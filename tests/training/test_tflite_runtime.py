@@ -40,9 +40,10 @@ print(json.dumps(names))
 @pytest.fixture(scope="module")
 def x_test(frames_lake) -> np.ndarray:
     """The test frames of ``frames_lake``."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training.vision import load_frames
 
-    return load_frames(frames_lake.root).x_test
+    return load_frames(Lake(frames_lake.root)).x_test
 
 
 def tflite_runtime_outputs(model: Path, x: np.ndarray, directory: Path) -> dict[str, np.ndarray]:
@@ -59,7 +60,7 @@ def tflite_runtime_outputs(model: Path, x: np.ndarray, directory: Path) -> dict[
     child = subprocess.run(
         [str(python), "-I", "-c", CHILD, str(REPO / "edgelake" / "interpreters.py"), str(model), str(directory / "x.npy"), str(directory)],
         capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     assert child.returncode == 0, child.stderr
     assert json.loads(child.stdout.splitlines()[-1]) == {"default": "tflite_runtime", "builtin": "tflite_runtime"}
     return {kernels: np.load(directory / f"{kernels}.npy") for kernels in ("default", "builtin")}

@@ -18,7 +18,7 @@ VISION_METRICS = {"accuracy", "int8_accuracy", "size_ratio", "int8_agreement"}
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> CliRunner:  # type: ignore[no-untyped-def]
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> CliRunner:
     """The CLI with a data dir of its own (for the signing key) and the session's Spark."""
     monkeypatch.setenv("EDGELAKE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("COLUMNS", "250")
@@ -51,7 +51,7 @@ def test_train_fraud_publishes_a_signed_candidate_and_promotes_it(cli: CliRunner
     assert "fraud v1: verified" in run(cli, "models", "verify", "fraud")
 
 
-def test_train_vision_publishes_the_int8_model_with_its_smoke_test(cli: CliRunner, frames_lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_vision_publishes_the_int8_model_with_its_smoke_test(cli: CliRunner, frames_lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     shutil.copytree(frames_lake.root, lake)  # the session's frames, with a registry of this test's own
     monkeypatch.setenv("EDGELAKE_LAKE_ROOT", str(lake))

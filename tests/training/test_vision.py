@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
 
 VISION_METRICS = {"accuracy", "int8_accuracy", "int8_agreement", "size_ratio", "float_latency_ms", "int8_latency_ms"}
@@ -20,7 +21,7 @@ def test_load_frames_decodes_each_split_and_skips_unusable_frames(frames_lake, c
     from edgelake.training.vision import load_frames
 
     with caplog.at_level(logging.WARNING, logger="edgelake.training.vision"):
-        x_train, y_train, x_test, y_test, lineage = load_frames(frames_lake.root)
+        x_train, y_train, x_test, y_test, lineage = load_frames(Lake(frames_lake.root))
 
     assert lineage == {"silver_camera_frames": 3}
     assert x_train.shape == (frames_lake.train, 28, 28, 1) and x_train.dtype == np.uint8
@@ -34,7 +35,7 @@ def test_load_frames_decodes_each_split_and_skips_unusable_frames(frames_lake, c
 def test_load_frames_reads_the_version_asked_for(frames_lake) -> None:
     from edgelake.training.vision import load_frames
 
-    x_train, _, x_test, _, lineage = load_frames(frames_lake.root, version=1)
+    x_train, _, x_test, _, lineage = load_frames(Lake(frames_lake.root), version=1)
 
     assert (len(x_train), len(x_test), lineage) == (frames_lake.train, 0, {"silver_camera_frames": 1})
 
@@ -61,7 +62,7 @@ def test_int8_model_has_int8_input_and_output_and_batches_give_the_same_outputs(
     from edgelake.training.vision import load_frames
 
     interpreter = load_interpreter(vision_run.files["vision_int8.tflite"])
-    x = load_frames(frames_lake.root).x_test[:100]
+    x = load_frames(Lake(frames_lake.root)).x_test[:100]
 
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
@@ -84,7 +85,7 @@ def test_saved_keras_model_reloads_with_the_same_outputs(vision_run, frames_lake
 
     from edgelake.training.vision import load_frames
 
-    x = load_frames(frames_lake.root).x_test[:50]
+    x = load_frames(Lake(frames_lake.root)).x_test[:50]
     reloaded = keras.models.load_model(vision_run.files["vision.keras"])
     samples = np.load(vision_run.files["samples.npz"])
 
@@ -97,7 +98,7 @@ def test_same_seed_gives_the_same_metrics(vision_run, frames_lake, tmp_path: Pat
     from edgelake.training.vision import train_vision
 
     lake = request.getfixturevalue("object_store").copy_lake(frames_lake.root) if storage == "s3" else frames_lake.root
-    again = train_vision(lake, tmp_path, device="cpu", epochs=2, batch_size=64, seed=0)
+    again = train_vision(Lake(lake), tmp_path, device="cpu", epochs=2, batch_size=64, seed=0)
 
     for name in ("accuracy", "int8_accuracy", "int8_agreement", "size_ratio"):
         assert again.metrics[name] == pytest.approx(vision_run.metrics[name], abs=0.002), name
@@ -107,7 +108,7 @@ def test_same_seed_gives_the_same_metrics(vision_run, frames_lake, tmp_path: Pat
 def test_limit_trains_on_a_subset_and_evaluates_on_every_test_frame(frames_lake, tmp_path: Path) -> None:
     from edgelake.training.vision import train_vision
 
-    result = train_vision(frames_lake.root, tmp_path, device="cpu", epochs=1, batch_size=64, limit=500)
+    result = train_vision(Lake(frames_lake.root), tmp_path, device="cpu", epochs=1, batch_size=64, limit=500)
 
     assert (result.metrics["train_frames"], result.metrics["test_frames"]) == (500, 1000)
 

@@ -1,15 +1,14 @@
 """``RedisCardHistory`` against a real redis-server: the same card features as ``CardHistory``, shared by replicas.
 
-Every call's features must equal ``training.features.CardHistory``'s for the same sequence of
+Every call's features must equal ``lake.features.online.CardHistory``'s for the same sequence of
 calls (floats within 1e-9 relative, nulls alike): synthetic cards with many transactions
-each, the boundary cases of ``tests/training/test_features.py`` (same-instant ties,
+each, the boundary cases of ``tests/lake/test_features.py`` (same-instant ties,
 transactions exactly one window length apart, zero amounts, a single-transaction card) and
 transactions older than their card's latest.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -19,18 +18,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from edgelake.api.redis_cards import RedisCardHistory
 from edgelake.contracts import Transaction
 from edgelake.ingest.sources import synthetic
-from edgelake.lake.features import CARD_FEATURES, WINDOWS
-from edgelake.training.features import CardHistory
+from edgelake.lake.features.definitions import CARD_FEATURES, WINDOWS, FeatureValues
+from edgelake.lake.features.online import CardHistory
+from edgelake.lake.features.online_redis import RedisCardHistory
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 TIE = START + timedelta(days=2, hours=3)
 SYNTHETIC = synthetic.SyntheticConfig(seed=5, cards=6, merchants=40, fraud_rate=0.1, start=START)
-CARD_HISTORY_TAKES_EVENT_ID = "event_id" in inspect.signature(CardHistory.add).parameters
-
-Features = dict[str, float | int | None]
 
 
 @pytest.fixture
@@ -45,7 +41,7 @@ def transaction(event_id: str, card: str, when: datetime, amount: float, merchan
     return Transaction(
         event_id=event_id, event_time=when, card_id=card, merchant_id=merchant, merchant_category="grocery",
         amount=amount, currency="EUR", channel="pos",
-    )  # fmt: skip
+    )
 
 
 def edge_cases() -> list[Transaction]:
@@ -77,17 +73,15 @@ def feed() -> list[Transaction]:
     return ordered + late
 
 
-def add_in_memory(history: CardHistory, t: Transaction) -> Features:
-    if CARD_HISTORY_TAKES_EVENT_ID:
-        return history.add(t.card_id, t.event_time, t.amount, t.merchant_id, event_id=t.event_id)  # type: ignore[call-arg]
-    return history.add(t.card_id, t.event_time, t.amount, t.merchant_id)
-
-
-def add_in_redis(history: RedisCardHistory, t: Transaction) -> Features:
+def add_in_memory(history: CardHistory, t: Transaction) -> FeatureValues:
     return history.add(t.card_id, t.event_time, t.amount, t.merchant_id, event_id=t.event_id)
 
 
-def mismatches(expected: Features, got: Features) -> list[tuple[str, object, object]]:
+def add_in_redis(history: RedisCardHistory, t: Transaction) -> FeatureValues:
+    return history.add(t.card_id, t.event_time, t.amount, t.merchant_id, event_id=t.event_id)
+
+
+def mismatches(expected: FeatureValues, got: FeatureValues) -> list[tuple[str, object, object]]:
     assert set(got) == {f.name for f in CARD_FEATURES}
     return [(name, value, got[name]) for name, value in expected.items() if not same(value, got[name])]
 
@@ -144,8 +138,7 @@ def test_a_repeated_event_id_is_not_counted_again(client: redis.Redis) -> None:
     assert after == add_in_memory(memory, second)  # as if the retries never came
     assert (after["tx_count_1h"], after["amount_sum_1h"], after["amount_to_card_mean"]) == (2, 40.0, 1.5)
     assert after["seconds_since_previous"] == 300.0
-    if CARD_HISTORY_TAKES_EVENT_ID:
-        assert add_in_redis(shared, second) == add_in_memory(memory, second)  # both ignore the repeat alike
+    assert add_in_redis(shared, second) == add_in_memory(memory, second)  # both ignore the repeat alike
     # without an event id nothing is deduplicated
     for _ in range(2):
         shared.add("anonymous", START, 1.0, "m1")
@@ -169,27 +162,3 @@ def test_a_card_s_keys_expire(client: redis.Redis) -> None:
     assert client.exists(*short.keys("idle")) == 0
     with pytest.raises(ValueError):
         RedisCardHistory(client, ttl=timedelta(0))
-
-
-def test_the_scorer_keeps_card_state_in_redis_when_the_settings_say_so(redis_server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from prometheus_client import CollectorRegistry
-
-    from edgelake.api.metrics import ScoreMetrics
-    from edgelake.api.scoring import CardStateUnavailable, Scorer, card_history
-    from edgelake.settings import Settings
-
-    assert isinstance(card_history(Settings(data_dir=tmp_path)), CardHistory)
-    shared = Settings(data_dir=tmp_path, online_features="redis", redis_url=redis_server)
-    assert isinstance(card_history(shared), RedisCardHistory)
-    transaction = Transaction(
-        event_id="redis-scorer-1", event_time=datetime(2025, 1, 1, tzinfo=UTC), card_id="c-redis-scorer",
-        merchant_id="m1", merchant_category="grocery", amount=12.5, currency="EUR",
-    )  # fmt: skip
-    Scorer(shared, ScoreMetrics.create(CollectorRegistry())).record([transaction])
-    assert RedisCardHistory(redis.Redis.from_url(redis_server)).add(
-        "c-redis-scorer", datetime(2025, 1, 1, 0, 1, tzinfo=UTC), 7.5, "m2", "redis-scorer-2"
-    )["tx_count_1h"] == 2  # the scorer's transaction is in Redis, for every replica
-
-    unreachable = Settings(data_dir=tmp_path, online_features="redis", redis_url="redis://127.0.0.1:1/0")
-    with pytest.raises(CardStateUnavailable, match="cannot be reached"):
-        Scorer(unreachable, ScoreMetrics.create(CollectorRegistry())).record([transaction])

@@ -1,8 +1,8 @@
 """``CardHistory`` kept in Redis, so that several API replicas share each card's history.
 
-``RedisCardHistory.add`` returns exactly what ``training.features.CardHistory.add`` returns
-for the same sequence of calls (the ``lake.features`` values, with the same online
-exception for same-instant ties), but the state lives in Redis, three keys per card:
+``RedisCardHistory.add`` returns exactly what ``online.CardHistory.add`` returns for the
+same sequence of calls (the card features, with the same online exception for same-instant
+ties), but the state lives in Redis, three keys per card:
 
 - ``<prefix>{<card>}:tx``: a sorted set of the card's transactions of the last 7 days (the
   longest window), scored by event time in microseconds since the epoch, each member
@@ -13,61 +13,28 @@ exception for same-instant ties), but the state lives in Redis, three keys per c
 - ``<prefix>{<card>}:meta``: a hash of the card's running ``count`` and ``total`` (the card
   mean covers its whole history), its latest event time ``last`` and ``seq``.
 
-One Lua script records a transaction and reads back the card's state in one step, so the
-update and the features it gives are atomic across replicas; Python then computes the
-features from the returned window with the same arithmetic as ``CardHistory`` (``math.fsum``
-for sums, the running total added one amount at a time in IEEE doubles, in Lua as in
-Python). The braces around the card id are a Redis Cluster hash tag: a card's keys stay on
-one node. Every add resets the keys' time to live (8 days by default, wall clock), so an
-idle card's keys expire on their own.
+One Lua script (``online_redis.lua``) records a transaction and reads back the card's state
+in one step, so the update and the features it gives are atomic across replicas; Python
+then computes the features from the returned window with ``online.card_features``, as
+``CardHistory`` does (the running total is added one amount at a time in IEEE doubles, in
+Lua as in Python). The braces around the card id are a Redis Cluster hash tag: a card's
+keys stay on one node. Every add resets the keys' time to live (8 days by default, wall
+clock), so an idle card's keys expire on their own.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
 from typing import Any
 
-from edgelake.lake.features import WINDOWS
-from edgelake.training.features import card_features
+from edgelake.lake.features.definitions import FeatureValues
+from edgelake.lake.features.online import LONGEST_WINDOW, card_features
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_LONGEST_US = max(WINDOWS.values()) // _MICROSECOND
-
-# KEYS: tx, ids, meta. ARGV: event time (µs), amount (repr), merchant, has event id ("1"/"0"),
-# event id, longest window (µs), time to live (ms).
-# Returns {duplicate (0/1), previous latest time ("" for a new card), count, total, window}
-# where window is the card's kept transactions in (t - longest, t], flat member/score pairs.
-_ADD = """
-local tx, ids, meta = KEYS[1], KEYS[2], KEYS[3]
-local t = tonumber(ARGV[1])
-local amount, merchant = ARGV[2], ARGV[3]
-local has_id, event_id = ARGV[4] == '1', ARGV[5]
-local longest, ttl_ms = tonumber(ARGV[6]), ARGV[7]
-local state = redis.call('HMGET', meta, 'count', 'total', 'last', 'seq')
-local count = state[1] or '0'
-local total = state[2] or '0'
-local last = state[3]
-local duplicate = has_id and redis.call('ZSCORE', ids, event_id)
-if not duplicate then
-  local seq = string.format('%.0f', (tonumber(state[4]) or 0) + 1)
-  redis.call('ZADD', tx, ARGV[1], seq .. ':' .. amount .. ':' .. merchant)
-  if has_id then redis.call('ZADD', ids, ARGV[1], event_id) end
-  local latest = t
-  if last and tonumber(last) > t then latest = tonumber(last) end
-  local cutoff = string.format('%.0f', latest - longest)
-  redis.call('ZREMRANGEBYSCORE', tx, '-inf', cutoff)
-  redis.call('ZREMRANGEBYSCORE', ids, '-inf', cutoff)
-  count = string.format('%.0f', tonumber(count) + 1)
-  total = string.format('%.17g', tonumber(total) + tonumber(amount))
-  redis.call('HSET', meta, 'count', count, 'total', total, 'last', string.format('%.0f', latest), 'seq', seq)
-end
-redis.call('PEXPIRE', tx, ttl_ms)
-redis.call('PEXPIRE', meta, ttl_ms)
-if redis.call('EXISTS', ids) == 1 then redis.call('PEXPIRE', ids, ttl_ms) end
-local window = redis.call('ZRANGEBYSCORE', tx, '(' .. string.format('%.0f', t - longest), ARGV[1], 'WITHSCORES')
-return {duplicate and 1 or 0, last or '', count, total, window}
-"""
+_LONGEST_US = LONGEST_WINDOW // _MICROSECOND
+_ADD = files("edgelake.lake.features").joinpath("online_redis.lua").read_text(encoding="utf-8")
 
 
 def _micros(when: datetime) -> int:
@@ -95,9 +62,7 @@ class RedisCardHistory:
         base = f"{self._prefix}{{{card_id}}}"
         return f"{base}:tx", f"{base}:ids", f"{base}:meta"
 
-    def add(
-        self, card_id: str, event_time: datetime, amount: float, merchant_id: str, event_id: str | None = None
-    ) -> dict[str, float | int | None]:
+    def add(self, card_id: str, event_time: datetime, amount: float, merchant_id: str, event_id: str | None = None) -> FeatureValues:
         """Record a transaction and return its card features (it is included, as in batch).
 
         A transaction whose ``event_id`` the card has already recorded (within its kept 7

@@ -1,4 +1,4 @@
-"""The per-card transaction features: one definition, shared by Spark's batch job, training and online scoring.
+"""The per-card transaction features: what each one is, for its batch (``batch``) and online (``online``) computations.
 
 Point in time: the features of a transaction at time ``t`` use only the card's
 transactions with ``event_time <= t`` (this one included), never later ones, so a model
@@ -19,8 +19,9 @@ trained on them sees what an online scorer can know when the transaction arrives
   mean is 0.
 
 Amounts are in the card's billing currency, as in the transactions. Bump
-``FEATURE_VERSION`` whenever a definition here changes: models record the version they
-were trained with, and the gold table is rebuilt when its version differs.
+``FEATURE_VERSION`` whenever a definition here, or its batch or online computation, changes:
+models record the version they were trained with, the gold table is rebuilt when its
+version differs, and training refuses a gold table of another version.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ FEATURE_VERSION = 1
 WINDOWS: dict[str, timedelta] = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 DISTINCT_MERCHANT_WINDOWS = ("24h", "7d")
 
+# A transaction's card features, by name; None where one is undefined (null in the gold table).
+FeatureValues = dict[str, float | int | None]
 Kind = Literal["count", "amount_sum", "distinct_merchants", "seconds_since_previous", "amount_to_card_mean"]
 
 
@@ -78,4 +81,4 @@ CARD_FEATURES: tuple[CardFeature, ...] = (
         "amount_to_card_mean", "amount_to_card_mean", None, "float64", True,
         "Amount over the mean amount of the card's transactions so far, this one included; null where that mean is 0.",
     ),
-)  # fmt: skip
+)

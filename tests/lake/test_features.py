@@ -1,5 +1,6 @@
-"""One feature definition, two computations: Spark's batch gold table and ``CardHistory`` online give the
-same card features, and ``fraud_inputs`` the same model inputs, for the same transactions.
+"""``lake.features``: one definition of each card feature, two computations. Spark's batch gold table
+(``batch``) and ``CardHistory`` online (``online``) give the same card features, and ``fraud_inputs`` the same
+model inputs from either path's columns (``model_inputs``), for the same transactions.
 
 The parity lake holds synthetic cards with many transactions each, hand-made edge cases
 (same-instant ties, transactions exactly one window length apart, zero amounts, a card
@@ -17,7 +18,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -25,24 +25,23 @@ import pytest
 
 from edgelake.contracts import Transaction
 from edgelake.ingest.sources import synthetic, ulb
-from edgelake.lake.catalog import open_table
-from edgelake.lake.features import CARD_FEATURES, WINDOWS
+from edgelake.lake.catalog import Lake
+from edgelake.lake.features.definitions import CARD_FEATURES, WINDOWS, FeatureValues
+from edgelake.lake.features.model_inputs import ATTRIBUTES, INPUT_COLUMNS, INPUT_NAMES, fraud_inputs, online_input_columns
+from edgelake.lake.features.online import CardHistory
 from support import append_silver
-from edgelake.training.features import ATTRIBUTES, CHANNELS, INPUT_COLUMNS, INPUT_NAMES, CardHistory, fraud_inputs
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 TIE = START + timedelta(days=2, hours=3)  # the instant of the "ties" card's three same-instant transactions
 SYNTHETIC = synthetic.SyntheticConfig(seed=5, cards=6, merchants=40, fraud_rate=0.1, start=START)
 ULB_ROWS = 1500
 
-Features = dict[str, float | int | None]
-
 
 def transaction(event_id: str, card: str, when: datetime, amount: float, merchant: str = "m1", channel: str = "pos") -> Transaction:
     return Transaction(
         event_id=event_id, event_time=when, card_id=card, merchant_id=merchant, merchant_category="grocery",
         amount=amount, currency="EUR", channel=channel,  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
 
 
 def edge_cases() -> list[Transaction]:
@@ -67,28 +66,28 @@ def edge_cases() -> list[Transaction]:
 class Parity(NamedTuple):
     transactions: list[Transaction]  # in (event_time, event_id) order
     batch: pd.DataFrame  # gold_card_features, indexed by event_id
-    online: dict[str, Features]  # CardHistory.add's values, by event_id
-    batch_inputs: pd.DataFrame  # transaction_inputs from Spark (what training reads), indexed by event_id
+    online: dict[str, FeatureValues]  # CardHistory.add's values, by event_id
+    batch_inputs: pd.DataFrame  # batch_input_columns from Spark (what training reads), indexed by event_id
 
 
 @pytest.fixture(scope="module")
-def parity(spark, ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Parity:  # type: ignore[no-untyped-def]
+def parity(spark, ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Parity:
+    from edgelake.lake.features.model_inputs import batch_input_columns
     from edgelake.lake.gold import build_card_features
     from edgelake.lake.spark import read_table
-    from edgelake.training.fraud import transaction_inputs
 
     lake = str(tmp_path_factory.mktemp("parity") / "lake")
     synthetic_part = list(synthetic.transactions(SYNTHETIC, 600))
     ulb_part = list(ulb.transactions(ulb_csv, START, ULB_ROWS))
     append_silver(lake, synthetic_part[:300] + edge_cases(), partition=0)
     append_silver(lake, synthetic_part[300:] + ulb_part, partition=1)
-    assert build_card_features(spark, lake).changed
+    assert build_card_features(spark, Lake(lake)).changed
 
     ordered = sorted([*synthetic_part, *edge_cases(), *ulb_part], key=lambda t: (t.event_time, t.event_id))
     history = CardHistory()
     online = {t.event_id: history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id) for t in ordered}
-    batch = open_table(lake, "gold_card_features").to_pyarrow_table().to_pandas().set_index("event_id")
-    inputs = transaction_inputs(read_table(spark, lake, "silver_transactions"), read_table(spark, lake, "gold_card_features"))
+    batch = Lake(lake).open("gold_card_features").to_pyarrow_table().to_pandas().set_index("event_id")
+    inputs = batch_input_columns(read_table(spark, Lake(lake), "silver_transactions"), read_table(spark, Lake(lake), "gold_card_features"))
     return Parity(ordered, batch, online, inputs.toPandas().set_index("event_id"))
 
 
@@ -141,7 +140,7 @@ def test_the_edge_cases_have_the_defined_values(parity: Parity) -> None:
     assert online["new-0"] == {
         **{f"tx_count_{w}": 1 for w in WINDOWS}, **{f"amount_sum_{w}": 42.0 for w in WINDOWS},
         "distinct_merchants_24h": 1, "distinct_merchants_7d": 1, "seconds_since_previous": None, "amount_to_card_mean": 1.0,
-    }  # fmt: skip
+    }
 
 
 def test_an_earlier_same_instant_tie_sees_only_the_ties_added_before_it(parity: Parity) -> None:
@@ -192,89 +191,10 @@ def test_fraud_inputs_are_equal_both_ways(parity: Parity) -> None:
     kept = [t for t in parity.transactions if t.event_id not in followed]
     batch = parity.batch_inputs.loc[[t.event_id for t in kept]]
     batch_matrix = fraud_inputs({name: batch[name].to_numpy() for name in INPUT_COLUMNS})
-    online_matrix = np.vstack([fraud_inputs(online_columns(t, parity.online[t.event_id])) for t in kept])
+    online_matrix = np.vstack([fraud_inputs(online_input_columns([t], [parity.online[t.event_id]])) for t in kept])
     assert batch_matrix.shape == (len(kept), len(INPUT_NAMES)) and batch_matrix.dtype == np.float32
     np.testing.assert_allclose(online_matrix, batch_matrix, rtol=1e-6, atol=1e-6)
     assert np.isfinite(batch_matrix).all()
     ulb_rows = np.array([t.event_id.startswith("ulb-") for t in kept])
     assert ulb_rows.sum() == ULB_ROWS and np.abs(batch_matrix[ulb_rows, : len(ATTRIBUTES)]).sum(axis=1).min() > 0
 
-
-def online_columns(t: Transaction, features: Features) -> dict[str, list[Any]]:
-    """One transaction's ``INPUT_COLUMNS`` as an online scorer has them: its fields and ``CardHistory``'s values."""
-    own = {"amount": t.amount, "event_time": t.event_time, "channel": t.channel}
-    return {name: [value] for name, value in (own | {a: t.attributes.get(a) for a in ATTRIBUTES} | features).items()}
-
-
-# --- fraud_inputs on its own ---------------------------------------------------------------------------------
-
-
-def one_row(**overrides: Any) -> dict[str, list[Any]]:
-    """``INPUT_COLUMNS`` of one transaction at 06:00 UTC with distinct values, some changed by ``overrides``."""
-    columns: dict[str, Any] = {
-        "amount": 99.0, "event_time": datetime(2025, 3, 4, 6, tzinfo=UTC), "channel": "ecom",
-        **{name: float(i + 1) for i, name in enumerate(ATTRIBUTES)},
-        **{f.name: float(10 * (i + 1)) for i, f in enumerate(CARD_FEATURES)},
-    }  # fmt: skip
-    return {name: [value] for name, value in (columns | overrides).items()}
-
-
-def named(matrix: np.ndarray) -> dict[str, float]:
-    assert matrix.shape == (1, len(INPUT_NAMES))
-    return dict(zip(INPUT_NAMES, matrix[0].tolist(), strict=True))
-
-
-def test_fraud_inputs_follow_input_names() -> None:
-    columns = one_row()
-    values = named(fraud_inputs(columns))
-    assert len(set(INPUT_NAMES)) == len(INPUT_NAMES)
-    assert [values[name] for name in ATTRIBUTES] == [float(i + 1) for i in range(len(ATTRIBUTES))]
-    assert values["log_amount"] == pytest.approx(math.log1p(99.0))
-    assert (values["hour_sin"], values["hour_cos"]) == pytest.approx((1.0, 0.0), abs=1e-6)  # 06:00
-    for f in CARD_FEATURES:
-        if f.kind in ("count", "amount_sum", "distinct_merchants"):
-            assert values[f"log1p_{f.name}"] == pytest.approx(math.log1p(columns[f.name][0]), rel=1e-6)
-    assert values["log1p_seconds_since_previous"] == pytest.approx(math.log1p(columns["seconds_since_previous"][0]))
-    assert values["is_first_transaction"] == 0.0
-    assert values["amount_to_card_mean"] == pytest.approx(columns["amount_to_card_mean"][0])
-
-
-@pytest.mark.parametrize("channel", [*CHANNELS, None])
-def test_the_channel_is_one_hot(channel: str | None) -> None:
-    values = named(fraud_inputs(one_row(channel=channel)))
-    assert {c: values[f"channel_{c}"] for c in CHANNELS} == {c: float(c == channel) for c in CHANNELS}
-
-
-def test_nulls_become_neutral_values_and_the_first_transaction_is_flagged() -> None:
-    nulls = {"V3": None, "seconds_since_previous": None, "amount_to_card_mean": None}
-    values = named(fraud_inputs(one_row(**nulls)))
-    assert values["V3"] == 0.0 and values["V2"] == 2.0
-    assert (values["log1p_seconds_since_previous"], values["is_first_transaction"]) == (0.0, 1.0)
-    assert values["amount_to_card_mean"] == 1.0
-    as_arrays = {name: np.array(v, dtype=object) for name, v in one_row(**nulls).items()}  # None inside object arrays
-    np.testing.assert_array_equal(fraud_inputs(as_arrays), fraud_inputs(one_row(**nulls)))
-    as_nan = {name: [np.nan] for name in nulls}
-    np.testing.assert_array_equal(fraud_inputs(one_row(**as_nan)), fraud_inputs(one_row(**nulls)))
-
-
-def test_every_form_of_event_time_is_utc() -> None:
-    aware = datetime(2025, 3, 4, 18, 30, tzinfo=UTC)
-    forms = [
-        [aware],
-        [aware.astimezone(ZoneInfo("Asia/Tokyo"))],
-        [aware.replace(tzinfo=None)],  # naive, as UTC
-        np.array(["2025-03-04T18:30"], dtype="datetime64[ns]"),  # Spark's toPandas
-        pd.Series([pd.Timestamp(aware)]).to_numpy(),
-    ]
-    rows = [named(fraud_inputs(one_row() | {"event_time": form})) for form in forms]
-    angle = 2 * math.pi * 18.5 / 24
-    for values in rows:
-        assert (values["hour_sin"], values["hour_cos"]) == pytest.approx((math.sin(angle), math.cos(angle)), abs=1e-6)
-
-
-def test_a_column_of_many_transactions_gives_one_row_each() -> None:
-    columns = {name: value * 3 for name, value in one_row().items()}
-    columns["seconds_since_previous"] = [None, 5.0, None]
-    matrix = fraud_inputs(columns)
-    assert matrix.shape == (3, len(INPUT_NAMES))
-    assert matrix[:, INPUT_NAMES.index("is_first_transaction")].tolist() == [1.0, 0.0, 1.0]

@@ -1,0 +1,1 @@
+../../../edgelake/retry.py

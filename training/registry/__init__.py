@@ -1,0 +1,103 @@
+"""The model registry in lake storage: signed, versioned models and their rollout stages.
+
+Layout under ``<lake_root>/models`` (or the ``registry_dir`` setting)::
+
+    registry.pub                   PEM anchor key: the first signing key, the one devices pin at enrollment
+    keys/<sequence>.json           the key-set chain after the anchor: each release lists every signing key with its
+                                   validity and revocation, signed by a valid key of the release before and by every key it adds
+    <name>/stages.json             stage of each version + append-only history of transitions
+    <name>/rollout.json            rollout policy: which share of devices runs which canary version, and its gate
+    <name>/<version>/manifest.json canonical JSON: files with sha256 and size, metrics, lineage
+    <name>/<version>/manifest.sig  base64 Ed25519 signature of manifest.json's exact bytes
+    <name>/<version>/...           the artifacts (model, .tflite, metrics JSON, plots)
+
+A version directory appears whole or not at all (it is written aside, then renamed into
+place). Stages move forward only, candidate -> canary -> production; the version a
+promotion displaces from canary or production becomes ``archived``; ``rollback`` brings the
+previous production version back and marks the current one ``rolled_back``. A version put
+on canary by the rollout policy becomes ``canary``; the rollout gate settles it by promoting
+it to production or rejecting it (``rolled_back``). The stage and rollout files are
+local-filesystem only (atomic rename plus an flock): a lake on object storage keeps its
+registry in a folder of its own that every service mounts (``registry_dir``).
+
+The private keys live outside the lake, in the key dir (``<data_dir>/keys``): ``registry.key``
+(the anchor's), ``<fingerprint>.key`` for each key a rotation made, and ``current`` naming the
+one that signs new versions (absent: ``registry.key``). ``rotate`` makes a new current key and
+releases a bridge key set signed by both; ``revoke`` releases a set in which a key is revoked.
+
+One module a job: :mod:`.layout` (where the registry lies, its models and version numbers), :mod:`.keys` (signing
+keys, the key-set chain, verification), :mod:`.stages` (the stage book and its moves), :mod:`.publishing` (signed
+versions in and out) and :mod:`.rollout` (policy, device bucketing and the canary gate). This front door names what
+callers use.
+"""
+
+from edgelake.training.registry.keys import (
+    KEY_SETS,
+    KEYS_DIR,
+    PRIVATE_KEY,
+    PUBLIC_KEY,
+    current_fingerprint,
+    ensure_signing_key,
+    key_releases,
+    key_set,
+    key_set_sequence,
+    local_public_key,
+    registry_public_key,
+    revoke,
+    rotate,
+    signing_keys,
+    verify,
+)
+from edgelake.training.registry.layout import UnknownModel, models, registry_root, registry_root_for
+from edgelake.training.registry.publishing import ModelVersion, get, publish, publish_run, resign, signed_by
+from edgelake.training.registry.rollout import (
+    RolloutPolicy,
+    RolloutRules,
+    assigned_version,
+    rollout_bucket,
+    rollout_policy,
+    set_rollout,
+)
+from edgelake.training.registry.stages import STAGES, Stage, StageBook, Transition, current, promote, rollback, versions
+
+__all__ = [
+    "KEYS_DIR",
+    "KEY_SETS",
+    "PRIVATE_KEY",
+    "PUBLIC_KEY",
+    "STAGES",
+    "ModelVersion",
+    "RolloutPolicy",
+    "RolloutRules",
+    "Stage",
+    "StageBook",
+    "Transition",
+    "UnknownModel",
+    "assigned_version",
+    "current",
+    "current_fingerprint",
+    "ensure_signing_key",
+    "get",
+    "key_releases",
+    "key_set",
+    "key_set_sequence",
+    "local_public_key",
+    "models",
+    "promote",
+    "publish",
+    "publish_run",
+    "registry_public_key",
+    "registry_root",
+    "registry_root_for",
+    "resign",
+    "revoke",
+    "rollback",
+    "rollout_bucket",
+    "rollout_policy",
+    "rotate",
+    "set_rollout",
+    "signed_by",
+    "signing_keys",
+    "verify",
+    "versions",
+]

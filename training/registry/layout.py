@@ -1,0 +1,125 @@
+"""Where the registry lies, which models and version numbers it holds, and the file primitives its writers share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from filelock import FileLock
+from pydantic import TypeAdapter, ValidationError
+
+from edgelake.errors import UserError
+from edgelake.files import synced_temp
+from edgelake.signing import ModelName
+
+if TYPE_CHECKING:
+    from edgelake.settings import Settings
+
+_names = TypeAdapter(ModelName)
+
+
+class UnknownModel(UserError, LookupError):
+    """A model name or version the registry does not hold."""
+
+
+class NothingToRollBack(UserError, LookupError):
+    """A model without a production version, or without an earlier one to go back to."""
+
+
+class RegistryRefused(UserError, ValueError):
+    """An action the registry refuses: a name it cannot hold, a stage move out of order, a version or key that fails its checks."""
+
+
+class RegistryChanged(UserError, RuntimeError):
+    """Another writer changed the registry during an action; trying again settles it."""
+
+
+def registry_root(lake_root: str, registry_dir: Path | None = None) -> Path:
+    """The registry directory: ``registry_dir`` if given, else ``models`` in a lake given as a local path or ``file://`` URI."""
+    if registry_dir is not None:
+        return registry_dir
+    lake = local_path(lake_root)
+    if lake is None:
+        raise RegistryRefused(
+            f"the lake {lake_root} is on object storage and the model registry needs a filesystem: "
+            "set registry_dir (EDGELAKE_REGISTRY_DIR) to a folder every service mounts"
+        )
+    return lake / "models"
+
+
+def registry_root_for(settings: Settings) -> Path:
+    """The registry directory the settings name: ``registry_dir``, else ``models`` in the lake."""
+    return registry_root(settings.lake_root, settings.registry_dir)
+
+
+def local_path(uri: str) -> Path | None:
+    """``uri`` as a local path; None for an object store's URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+        return None
+    return Path(uri)
+
+
+def model_dir(root: Path, name: str) -> Path:
+    """The directory of model ``name``; RegistryRefused for a name the registry cannot hold."""
+    if not valid(_names, name):
+        raise RegistryRefused(f"'{name}' is not a model name: lower-case letters, digits, '-' and '_', at most 64")
+    return root / name
+
+
+def valid(adapter: TypeAdapter[str], value: str) -> bool:
+    """Whether ``value`` passes ``adapter``."""
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def version_numbers(directory: Path) -> list[int]:
+    """The version numbers published in a model's directory, oldest first; none for a directory that does not exist."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit() and path.is_dir())
+
+
+def published(root: Path, name: str) -> list[int]:
+    """The version numbers of ``name``, oldest first; UnknownModel when it has none."""
+    numbers = version_numbers(model_dir(root, name))
+    if not numbers:
+        known = ", ".join(models(root)) or "none"
+        raise UnknownModel(f"no model '{name}' in the registry at {root} (models: {known})")
+    return numbers
+
+
+def models(root: Path) -> list[str]:
+    """The names of every model with at least one published version."""
+    if not root.is_dir():
+        return []
+    return sorted(path.name for path in root.iterdir() if path.is_dir() and version_numbers(path))
+
+
+def create_exclusive(path: Path, content: bytes, mode: int) -> None:
+    """Create ``path`` with ``content`` unless it exists; readers never see it half-written."""
+    if path.exists():
+        return
+    temp = synced_temp(path, content, mode)
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive file lock on ``path`` while the block runs, against other threads and processes alike."""
+    with FileLock(path):
+        yield

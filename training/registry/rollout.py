@@ -1,0 +1,209 @@
+"""Rollout: the policy that puts a share of devices on a canary version, which devices those are, and the gate that
+settles the canary on evidence.
+
+The gate is one mechanism for every model kind; what differs is the evidence, a parameter: a vision canary's is the
+labelled frames its devices report, a shadow model's the labels that matured while it ran. Any :class:`CanaryEvidence`
+says whether the canary failed outright, what it still lacks, and once complete how the canary's accuracy compares
+with production's. :func:`judge` turns it into a :class:`Verdict` (promote, reject or wait) and :func:`settle` carries
+a promote or reject out once, recording its reason in the stage history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from edgelake.files import replace_durably
+from edgelake.signing import canonical_json
+from edgelake.training.registry.keys import verify
+from edgelake.training.registry.layout import RegistryRefused, UnknownModel, locked
+from edgelake.training.registry.stages import Transition, current, promote, read_book, reject, versions
+
+ROLLOUT = "rollout.json"
+
+
+class RolloutRules(BaseModel):
+    """What an operator sets: which share of devices runs which canary version, and the gate that settles the canary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    canary_percent: int = Field(0, ge=0, le=100, description="Share of devices, by stable hash of (model, device id), on the canary.")
+    canary_version: int | None = Field(None, ge=1, description="The version canary devices run; none means every device runs production.")
+    promote_after_reports: int = Field(10, ge=1, le=1_000_000, description="Healthy canary reports needed before the gate decides.")
+    max_accuracy_drop: float = Field(
+        0.02, ge=0, le=1, allow_inf_nan=False, description="How far the canary's accuracy may fall below production's and still be promoted."
+    )
+    min_labelled: int = Field(200, ge=1, le=1_000_000_000, description="Labelled inferences each side must pool before they are compared.")
+    deadline_s: float = Field(
+        900, gt=0, le=30 * 86_400, allow_inf_nan=False, description="Seconds the canary has to gather that evidence; then it is rolled back."
+    )
+
+
+class RolloutPolicy(RolloutRules):
+    """The rules in force for a model, since when and set by whom; every device off the canary runs the production version."""
+
+    updated: AwareDatetime | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One side's accuracy and the number of labelled outcomes it rests on."""
+
+    version: int
+    accuracy: float
+    labelled: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Complete evidence set side by side: the canary, production (none without a production version), and what else the
+    numbers rest on (e.g. ``12 healthy reports``)."""
+
+    canary: Measured
+    production: Measured | None
+    basis: str
+
+
+class CanaryEvidence(Protocol):
+    """What is known of a canary since its policy was set, whatever gathered it."""
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the policy was set."""
+        ...
+
+    def failure(self) -> str | None:
+        """Why the canary is unfit whatever its accuracy (e.g. its first unhealthy report); None while there is no such sign."""
+        ...
+
+    def shortfall(self, rules: RolloutRules) -> list[str]:
+        """What the evidence still lacks under ``rules`` before the sides can be compared; empty once they can."""
+        ...
+
+    def comparison(self) -> Comparison:
+        """The sides side by side; asked only once nothing is lacking."""
+        ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate makes of a canary: promote it to production, reject it, or wait for more evidence; and why."""
+
+    outcome: Literal["promote", "reject", "wait"]
+    reason: str
+
+
+def judge(rules: RolloutRules, evidence: CanaryEvidence) -> Verdict:
+    """The verdict on a canary under ``rules`` given ``evidence``.
+
+    A failure rejects at once. Evidence still lacking waits, until ``deadline_s`` rejects it. Complete evidence promotes
+    a canary at most ``max_accuracy_drop`` below production's accuracy (or with no production to compare with), else rejects it.
+    """
+    failure = evidence.failure()
+    if failure is not None:
+        return Verdict("reject", failure)
+    lacking = evidence.shortfall(rules)
+    if lacking:
+        if evidence.elapsed_s >= rules.deadline_s:
+            return Verdict("reject", f"not enough evidence after {rules.deadline_s:g} s: {'; '.join(lacking)}")
+        return Verdict("wait", f"short of evidence: {'; '.join(lacking)}")
+    sides = evidence.comparison()
+    canary, production = sides.canary, sides.production
+    measured = f"canary v{canary.version} accuracy {canary.accuracy:.3f} on {canary.labelled:,} labelled"
+    if production is None:
+        return Verdict("promote", f"{measured}, {sides.basis}; no production version to compare with")
+    within = canary.accuracy >= production.accuracy - rules.max_accuracy_drop
+    return Verdict(
+        "promote" if within else "reject",
+        f"{measured} vs production v{production.version} {production.accuracy:.3f} on {production.labelled:,} "
+        f"({'within' if within else 'more than'} the max drop {rules.max_accuracy_drop:g}), {sides.basis}",
+    )
+
+
+def rollout_policy(root: Path, name: str) -> RolloutPolicy:
+    """The rollout policy of ``name``; without one, no device is on a canary."""
+    versions(root, name)
+    path = root / name / ROLLOUT
+    return RolloutPolicy.model_validate_json(path.read_bytes()) if path.is_file() else RolloutPolicy()
+
+
+def set_rollout(root: Path, name: str, rules: RolloutRules, *, actor: str | None = None) -> RolloutPolicy:
+    """Put ``rules`` in force for ``name`` from now on (written atomically, so every reader sees all of it or none).
+
+    A candidate put on canary moves to stage ``canary``; a version past it (production,
+    archived, rolled back) cannot go on canary.
+    """
+    published = versions(root, name)
+    version = rules.canary_version
+    if version is not None and version not in published:
+        raise UnknownModel(f"model '{name}' has no version {version} to put on canary")
+    with locked(root / name / f".{ROLLOUT}.lock"):
+        if version is not None:
+            stage = read_book(root / name).stage(version)
+            if stage == "candidate":
+                promote(root, name, version, "canary", actor=actor, reason=f"canary on {rules.canary_percent}% of devices")
+            elif stage != "canary":
+                raise RegistryRefused(f"{name} v{version} is {stage}; only a candidate or canary version can go on canary")
+        return _write_rollout(root, name, rules, actor)
+
+
+def settle(
+    root: Path, name: str, evidence_of: Callable[[RolloutPolicy], CanaryEvidence], *, actor: str | None = None
+) -> list[Transition]:
+    """Judge the canary of the policy in force on the evidence ``evidence_of`` gathers for it and carry out a promote or
+    reject verdict, once; the transitions made, whose reason is the verdict's.
+
+    The common case (no canary, or waiting) is decided without the lock. A verdict is carried out under the rollout
+    lock on the policy and evidence read afresh, so concurrent callers see each other's outcome: a promoted canary
+    becomes production (the previous one archived), a rejected one ``rolled_back``, and either way the policy's canary
+    ends. A canary that no longer verifies is rejected, never promoted. Nothing happens when the version has already
+    left the canary stages by hand.
+    """
+    policy = rollout_policy(root, name)
+    if policy.canary_version is None or judge(policy, evidence_of(policy)).outcome == "wait":
+        return []
+    with locked(root / name / f".{ROLLOUT}.lock"):
+        policy = rollout_policy(root, name)
+        version = policy.canary_version
+        if version is None or read_book(root / name).stage(version) not in ("candidate", "canary"):
+            return []
+        verdict = judge(policy, evidence_of(policy))
+        if verdict.outcome == "wait":
+            return []
+        problems = verify(root, name, version) if verdict.outcome == "promote" else []
+        if problems:
+            transitions = reject(root, name, version, actor=actor, reason=f"{verdict.reason}; but it fails verification: {problems[0]}")
+        elif verdict.outcome == "promote":
+            transitions = promote(root, name, version, "production", actor=actor, reason=verdict.reason)
+        else:
+            transitions = reject(root, name, version, actor=actor, reason=verdict.reason)
+        _write_rollout(root, name, policy.model_copy(update={"canary_version": None}), actor)
+        return transitions
+
+
+def rollout_bucket(name: str, device_id: str) -> int:
+    """A device's stable place in 0..99 for model ``name``, the same on every replica and run."""
+    digest = hashlib.sha256(f"{name}\0{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def assigned_version(root: Path, name: str, device_id: str) -> tuple[int, Literal["canary", "production"]] | None:
+    """The version of ``name`` that ``device_id`` should run and why; None when there is neither canary nor production."""
+    policy = rollout_policy(root, name)
+    if policy.canary_version is not None and rollout_bucket(name, device_id) < policy.canary_percent:
+        return policy.canary_version, "canary"
+    production = current(root, name)
+    return None if production is None else (production, "production")
+
+
+def _write_rollout(root: Path, name: str, rules: RolloutRules, actor: str | None) -> RolloutPolicy:
+    policy = RolloutPolicy.model_validate({**rules.model_dump(include=set(RolloutRules.model_fields)), "updated": datetime.now(UTC), "actor": actor})
+    replace_durably(root / name / ROLLOUT, canonical_json(policy.model_dump(mode="json")))
+    return policy
