@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from edgelake.api.metrics import ScoreMetrics
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Transaction
+from edgelake.lake.catalog import Lake
 from edgelake.lake.features.definitions import FeatureValues
 from edgelake.lake.features.model_inputs import ATTRIBUTES, INPUTS_VERSION, fraud_inputs, online_input_columns
 from edgelake.lake.features.online import CardHistory
@@ -129,7 +130,7 @@ class Scorer:
     def __init__(self, settings: Settings, metrics: ScoreMetrics) -> None:
         self.settings = settings
         self._metrics = metrics
-        self._root = registry.registry_root_for(settings)
+        self._root = registry.registry_root(Lake.from_settings(settings))
         self._history = card_history(settings)
         self._history_lock = threading.Lock()
         self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter

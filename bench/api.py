@@ -127,7 +127,7 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     finally:
         spark.stop()
     registry.publish_run(
-        world.lake_root, world.data_dir / registry.KEYS_DIR, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]},
+        lake, world.data_dir / registry.KEYS_DIR, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]},
         lineage=trained.lineage, feature_version=trained.feature_version, promote_to="production",
     )
     return world, KeyStore(keys_path(world.data_dir)).create("bench api", "producer")[1]
@@ -244,7 +244,7 @@ class KerasScorer(Scorer):
 
     def _load(self, version: int) -> ServedModel:
         super()._load(version)
-        directory = registry.registry_root_for(self.settings) / MODEL_NAME / str(version)
+        directory = self._root / MODEL_NAME / str(version)
         return _keras(version, directory / KERAS_FILE)
 
 

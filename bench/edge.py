@@ -41,6 +41,7 @@ from edgelake.broker import free_port
 from edgelake.errors import UserError
 from edgelake.fashion_mnist import SIDE, Split, read_split
 from edgelake.interpreters import Interpreter, latency_ms, load_interpreter, predict, runtime_name
+from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
 from edgelake.training import registry
 from edgelake.training.vision import FLOAT_TFLITE, INT8_TFLITE, SAMPLES_FILE
@@ -108,7 +109,6 @@ def stand_in_model(settings: Settings, scratch: Path) -> Path:
     """A small real vision model (float and int8 TFLite) trained on the first Fashion-MNIST frames; its directory."""
     from edgelake.bench.silver import write_silver
     from edgelake.ingest.sources.fashion_mnist import frames
-    from edgelake.lake.catalog import Lake
     from edgelake.training.vision import train_vision
 
     lake, model_dir = Lake(str(scratch / "vision-lake")), scratch / "vision"
@@ -129,7 +129,7 @@ def has_production_model(settings: Settings) -> bool:
 
 def production_dir(settings: Settings) -> Path:
     """The version directory of the production vision model in the settings' registry."""
-    root = registry.registry_root_for(settings)
+    root = registry.registry_root(Lake.from_settings(settings))
     advice = "run `edgelake train vision --promote-to production` or `make demo`, or pass --model-dir"
     if MODEL not in registry.models(root) or (version := registry.current(root, MODEL)) is None:
         raise NoVisionModel(f"no production {MODEL} model in the registry at {root}: {advice}")
@@ -174,7 +174,7 @@ def publish_edge_model(world: Settings, int8_model: Path, samples: np.ndarray, w
     expected = predict(load_interpreter(int8_model), samples).argmax(axis=1)
     np.savez_compressed(work / SAMPLES_FILE, inputs=samples, expected=expected)
     registry.publish_run(
-        world.lake_root, world.data_dir / registry.KEYS_DIR, MODEL, {INT8_TFLITE: int8_model, SAMPLES_FILE: work / SAMPLES_FILE},
+        Lake.from_settings(world), world.data_dir / registry.KEYS_DIR, MODEL, {INT8_TFLITE: int8_model, SAMPLES_FILE: work / SAMPLES_FILE},
         metrics={}, lineage={}, extra={"edge_model": INT8_TFLITE, "samples": {"file": SAMPLES_FILE, "expected": expected.tolist()}},
         promote_to="production",
     )

@@ -146,7 +146,7 @@ def dashboard(request: Request) -> Dashboard:
     devices: DeviceStore = request.app.state.devices
     return Dashboard(
         generated=now, tables=list_tables(request), ingest=with_lag(ingest_states(lake, now), request.app.state.topic_ends),
-        scores=score_stats(settings, lake), models=model_cards(registry.registry_root_for(settings)), devices=devices.devices(),
+        scores=score_stats(settings, lake), models=model_cards(registry.registry_root(lake)), devices=devices.devices(),
     )
 
 

@@ -109,7 +109,7 @@ def enroll(request: Request, body: EnrollRequest) -> Enrollment:
         device = _store(request).enroll(body.enrollment_token, body.device_name, body.hardware, new_key)
     except EnrollmentRefused as error:
         raise Problem(401, str(error), kind="enrollment-refused", title="Enrollment refused") from None
-    return Enrollment(device_id=device.id, device_token=tokens[device.id], registry_public_key=_public_key_pem(_settings(request)))
+    return Enrollment(device_id=device.id, device_token=tokens[device.id], registry_public_key=_public_key_pem(request))
 
 
 @router.get("", summary="Every device with its last heartbeat", dependencies=[Depends(require("analyst"))])
@@ -249,9 +249,9 @@ def _assignment(request: Request, device_id: str) -> Assignment:
     return Assignment(device_id=device_id, models=models, key_set_sequence=registry.key_set_sequence(root))
 
 
-def _public_key_pem(settings: Settings) -> str | None:
-    """The registry's published key, else the local signer's (nothing published yet), else None."""
-    for path in (registry.registry_root_for(settings) / registry.PUBLIC_KEY, settings.data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
+def _public_key_pem(request: Request) -> str | None:
+    """The app's registry's published key, else the local signer's (nothing published yet), else None."""
+    for path in (registry_root_of(request) / registry.PUBLIC_KEY, _settings(request).data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
         if path.is_file():
             return path.read_text()
     return None

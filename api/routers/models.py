@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from edgelake.api.auth import require
 from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
 from edgelake.device_api import MAX_VERSION, KeyReleases
-from edgelake.settings import Settings
+from edgelake.lake.catalog import Lake
 from edgelake import signing
 from edgelake.signing import MANIFEST, SIGNATURE, FileEntry
 from edgelake.training import registry
@@ -155,8 +155,8 @@ def key_releases(
 
 def registry_root_of(request: Request) -> Path:
     """The model registry of the app's lake."""
-    settings: Settings = request.app.state.settings
-    return registry.registry_root_for(settings)
+    lake: Lake = request.app.state.lake
+    return registry.registry_root(lake)
 
 
 def _version(request: Request, name: str, version: int) -> registry.ModelVersion:

@@ -243,12 +243,14 @@ def rotate_signing_key(settings: Settings) -> str:
     many devices follow the new key set."""
     from edgelake.edge.fleet import device_names
     from edgelake.edge.state import adopted_key_set
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
-    key_dir, root = settings.data_dir / registry.KEYS_DIR, registry.registry_root_for(settings)
+    lake = Lake.from_settings(settings)
+    key_dir, root = settings.data_dir / registry.KEYS_DIR, registry.registry_root(lake)
     old = registry.current_fingerprint(key_dir)
-    released = registry.rotate(key_dir, settings.lake_root, settings.registry_dir)
-    signer = registry.ensure_signing_key(key_dir, settings.lake_root, settings.registry_dir)
+    released = registry.rotate(key_dir, lake)
+    signer = registry.ensure_signing_key(key_dir, lake)
     console.print(f"key set release {released.sequence}: signing key {released.keys[-1].fingerprint[:16]} replaces {str(old)[:16]}", highlight=False)
     for name in registry.models(root):
         production = registry.current(root, name)
@@ -259,7 +261,7 @@ def rotate_signing_key(settings: Settings) -> str:
     options = _run_fleet(settings, "", ROTATION_FRAMES)  # enrolled already: no token
     adopted = [adopted_key_set(options.state_root / name) for name in device_names(options)]
     trusting = sum(1 for key_set in adopted if key_set is not None and key_set.sequence == released.sequence)
-    revoked = registry.revoke(key_dir, settings.lake_root, str(old), settings.registry_dir)
+    revoked = registry.revoke(key_dir, lake, str(old))
     console.print(
         f"key set release {revoked.sequence}: key {str(old)[:16]} revoked; the versions it signed are refused from the devices' next heartbeat",
         highlight=False,

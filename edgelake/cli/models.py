@@ -36,11 +36,12 @@ PUBLIC_KEY_OPTION = typer.Option(
 @app.command("list")
 def list_models(ctx: typer.Context) -> None:
     """Every model's versions with their stage, creation time and metrics."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
-        root = registry.registry_root_for(settings)
+        root = registry.registry_root(Lake.from_settings(settings))
         names = registry.models(root)
         if not names:
             console.print(f"no models in {root}", highlight=False)
@@ -60,11 +61,12 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and stage as one JSON object."),
 ) -> None:
     """A version's manifest: files with sha256, metrics, lineage, feature version, signing key."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
-        model = registry.get(registry.registry_root_for(settings), name, version)
+        model = registry.get(registry.registry_root(Lake.from_settings(settings)), name, version)
     manifest = model.manifest
     if as_json:
         print(json.dumps({**manifest.model_dump(mode="json"), "stage": model.stage}, indent=2, sort_keys=True))
@@ -93,12 +95,13 @@ def promote(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Move a verified version forward: candidate -> canary -> production (the one it replaces is archived)."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
         transitions = registry.promote(
-            registry.registry_root_for(settings), name, version, to,
+            registry.registry_root(Lake.from_settings(settings)), name, version, to,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
         )
     _print_transitions(name, transitions)
@@ -112,12 +115,13 @@ def rollback(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Put the previous production version back into production; the current one becomes rolled_back."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
         transitions = registry.rollback(
-            registry.registry_root_for(settings), name,
+            registry.registry_root(Lake.from_settings(settings)), name,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
         )
     _print_transitions(name, transitions)
@@ -138,6 +142,7 @@ def rollout(
 ) -> None:
     """Show a model's rollout policy, its versions' stages and how the canary fares with the gate; with options, change the
     policy in the local registry (what is not given stays) and start the canary's evidence afresh."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
@@ -149,7 +154,7 @@ def rollout(
     if given.get("canary_version") == 0:
         given["canary_version"] = None
     with reported_errors():
-        root = registry.registry_root_for(settings)
+        root = registry.registry_root(Lake.from_settings(settings))
         policy = registry.rollout_policy(root, name)
         if given:
             rules = registry.RolloutRules.model_validate({**policy.model_dump(include=set(registry.RolloutRules.model_fields)), **given})
@@ -196,13 +201,14 @@ def verify(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Check every artifact's size and sha256 and the manifest's signature; exit 1 on any problem."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
         if every and version is not None:
             raise UserError("give --version or --all, not both")
-        root = registry.registry_root_for(settings)
+        root = registry.registry_root(Lake.from_settings(settings))
         chosen = list(registry.versions(root, name)) if every else [version or registry.get(root, name).version]
         key = _trusted_key(settings, public_key)
         problems = {v: registry.verify(root, name, v, key) for v in chosen}
@@ -224,13 +230,15 @@ def resign(
     version: int | None = typer.Option(None, "--version", min=1, help="The version to re-sign; default: the production one."),
 ) -> None:
     """Publish a version again, signed by the current key, as a new candidate (after a rotation, before revoking the old key)."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
-        root = registry.registry_root_for(settings)
+        lake = Lake.from_settings(settings)
+        root = registry.registry_root(lake)
         source = registry.get(root, name, version).version
-        signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, settings.lake_root, settings.registry_dir)
+        signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, lake)
         published = registry.resign(root, name, source, signer)
     console.print(
         f"{name} v{published.version}: v{source} signed by key {published.manifest.key_fingerprint[:16]}, a candidate "
@@ -242,12 +250,13 @@ def resign(
 @keys_app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key of the registry's key set: its status, validity, revocation and whether its private key is here."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     key_dir = settings.data_dir / registry.KEYS_DIR
     with reported_errors():
-        trusted = registry.key_set(registry.registry_root_for(settings), registry.local_public_key(key_dir))
+        trusted = registry.key_set(registry.registry_root(Lake.from_settings(settings)), registry.local_public_key(key_dir))
         held = registry.signing_keys(key_dir)
         signer = registry.current_fingerprint(key_dir)
     console.print(f"key set release {trusted.sequence}" + ("" if trusted.sequence else " (the anchor key alone, never rotated)"), highlight=False)
@@ -265,11 +274,12 @@ def rotate_key(
     valid_days: int | None = typer.Option(None, "--valid-days", min=1, help="Days the new key may sign; default: until rotated or revoked."),
 ) -> None:
     """Make a new signing key current and release a bridge key set signed by the old key and the new one."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
-        trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, settings.lake_root, settings.registry_dir, valid_days)
+        trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, Lake.from_settings(settings), valid_days)
     new = trusted.keys[-1]
     console.print(f"key set release {trusted.sequence}: new signing key {new.fingerprint[:16]}, valid {new.period()}", highlight=False)
     console.print(
@@ -282,12 +292,14 @@ def rotate_key(
 @keys_app.command("revoke")
 def revoke_key(ctx: typer.Context, key: str = typer.Argument(..., help="Fingerprint of the key, or its first 8+ hex digits.")) -> None:
     """Release a key set in which the key is revoked: devices refuse every version it signed from their next heartbeat."""
+    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
-        root = registry.registry_root_for(settings)
-        trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, settings.lake_root, key, settings.registry_dir)
+        lake = Lake.from_settings(settings)
+        root = registry.registry_root(lake)
+        trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, lake, key)
         revoked = next(candidate for candidate in trusted.keys if candidate.fingerprint.startswith(key.lower()))
         orphaned = registry.signed_by(root, revoked.fingerprint)
     console.print(f"key set release {trusted.sequence}: key {revoked.fingerprint[:16]} revoked", highlight=False)

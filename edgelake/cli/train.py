@@ -16,6 +16,7 @@ from edgelake.console import console, metric_text, reported_errors
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
+    from edgelake.lake.catalog import Lake
     from edgelake.training.devices import Device as TrainingDevice
     from edgelake.training.fraud import FraudConfig
     from edgelake.training.registry import ModelVersion
@@ -100,7 +101,7 @@ def train_and_publish_fraud(settings: Settings, config: FraudConfig, master: str
             spark = spark_session(master, "edgelake-train-fraud")
             build_card_features(spark, lake)
             result = train_fraud(spark, lake, Path(out), config)
-        return publish(settings, "fraud", result.files, result.metrics, result.lineage, result.feature_version, promote_to)
+        return publish(settings, lake, "fraud", result.files, result.metrics, result.lineage, result.feature_version, promote_to)
 
 
 def train_and_publish_vision(
@@ -110,14 +111,16 @@ def train_and_publish_vision(
     from edgelake.lake.catalog import Lake
     from edgelake.training.vision import EPOCHS, train_vision
 
+    lake = Lake.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="edgelake-train-vision-") as out:
         with console.status("training the vision model and quantizing it to int8…"):
-            result = train_vision(Lake.from_settings(settings), Path(out), device=device, epochs=epochs or EPOCHS, seed=seed, limit=limit)
-        return publish(settings, "vision", result.files, result.metrics, result.lineage, None, promote_to, result.extra)
+            result = train_vision(lake, Path(out), device=device, epochs=epochs or EPOCHS, seed=seed, limit=limit)
+        return publish(settings, lake, "vision", result.files, result.metrics, result.lineage, None, promote_to, result.extra)
 
 
 def publish(
     settings: Settings,
+    lake: Lake,
     name: str,
     files: Mapping[str, Path],
     metrics: Mapping[str, Any],
@@ -126,13 +129,13 @@ def publish(
     promote_to: Stage | None,
     extra: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
-    """Sign and publish a run's files into the settings' lake, promoting them if asked."""
+    """Sign a run's files with the key in the settings' data dir, publish them into ``lake``'s registry and promote them if asked."""
     from edgelake.training import registry
 
     return registry.publish_run(
-        settings.lake_root, settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,
+        lake, settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,
         feature_version=feature_version, extra=extra, promote_to=promote_to.value if promote_to else None,
-        reason="edgelake train --promote-to", registry_dir=settings.registry_dir,
+        reason="edgelake train --promote-to",
     )
 
 

@@ -18,6 +18,7 @@ from edgelake.api.keys import ROLES, KeyStore, keys_path
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
 from edgelake.ingest.sources import synthetic
+from edgelake.lake.catalog import Lake
 from support import append_silver, isolated_settings
 from edgelake.training import registry
 
@@ -59,16 +60,16 @@ class Deployment:
         return httpx2.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def publish_model(root: Path, lake_root: str, data_dir: Path, work: Path) -> registry.ModelVersion:
-    """A tiny signed model: a .tflite, metrics and a nested file."""
+def publish_model(lake: Lake, data_dir: Path, work: Path) -> registry.ModelVersion:
+    """A tiny signed model in ``lake``'s registry: a .tflite, metrics and a nested file."""
     work.mkdir(parents=True)
     (work / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8)
     (work / "metrics.json").write_text('{"auprc": 0.8}')
     (work / "plots").mkdir()
     (work / "plots" / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 100)
-    signer = registry.ensure_signing_key(data_dir / registry.KEYS_DIR, lake_root)
+    signer = registry.ensure_signing_key(data_dir / registry.KEYS_DIR, lake)
     files = {"model.tflite": work / "model.tflite", "metrics.json": work / "metrics.json", "plots": work / "plots"}
-    return registry.publish(root, "fraud", files, metrics={"auprc": 0.8}, lineage={"silver_transactions": 1}, signer=signer)
+    return registry.publish(registry.registry_root(lake), "fraud", files, metrics={"auprc": 0.8}, lineage={"silver_transactions": 1}, signer=signer)
 
 
 Serve = Callable[[FastAPI], AbstractContextManager[str]]
@@ -87,7 +88,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     events = list(synthetic.transactions(SYNTHETIC, FIRST_BATCH + SECOND_BATCH))
     first = append_silver(settings.lake_root, events[:FIRST_BATCH])
     second = append_silver(settings.lake_root, events[FIRST_BATCH:], first_offset=FIRST_BATCH)
-    model = publish_model(registry.registry_root(settings.lake_root), settings.lake_root, settings.data_dir, base / "run")
+    model = publish_model(Lake.from_settings(settings), settings.data_dir, base / "run")
     store = KeyStore(keys_path(settings.data_dir))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url:
@@ -101,7 +102,6 @@ def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedB
     Trained once per session (Spark and a small network): /v1/score's tests and the OpenAPI property run share it.
     Treat the lake as read-only; copy it to change it.
     """
-    from edgelake.lake.catalog import Lake
     from edgelake.lake.gold import build_card_features
     from edgelake.training.fraud import FraudConfig, train_fraud
 
@@ -109,10 +109,11 @@ def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedB
     settings = isolated_settings(kafka.bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
     append_silver(settings.lake_root, list(synthetic.transactions(TRAINING, 3000)))
     append_silver(settings.lake_root, list(synthetic.labels(TRAINING, 3000)))
-    build_card_features(spark, Lake.from_settings(settings))
-    result = train_fraud(spark, Lake.from_settings(settings), base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
+    lake = Lake.from_settings(settings)
+    build_card_features(spark, lake)
+    result = train_fraud(spark, lake, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
     registry.publish_run(
-        settings.lake_root, settings.data_dir / registry.KEYS_DIR, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]},
+        lake, settings.data_dir / registry.KEYS_DIR, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]},
         lineage=result.lineage, feature_version=result.feature_version, promote_to="production",
     )
     return settings

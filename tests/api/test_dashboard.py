@@ -24,11 +24,11 @@ from edgelake.contracts import FraudScore
 from edgelake.kafka import ensure_topics, producer_config
 from edgelake.settings import Settings
 from edgelake.ingest.sources import synthetic
+from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import SILVER, table_uri
 from support import append_silver
 from tests.api.conftest import publish_model, serving
 from tests.api.test_errors_and_auth import assert_problem
-from edgelake.training import registry
 
 SCORES = 30  # one every 6 minutes from 10:00: three hour buckets of 10, and 3 scores in each of the 10 score bins
 FIRST_SCORE = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -109,7 +109,7 @@ def board(tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> It
         producer.send(scores_topic, value=b"{}", partition=SCORES_PARTITION)
     producer.flush()
     producer.close()
-    publish_model(registry.registry_root(settings.lake_root), settings.lake_root, settings.data_dir, base / "run")
+    publish_model(Lake.from_settings(settings), settings.data_dir, base / "run")
     store = KeyStore(keys_path(settings.data_dir))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url:

@@ -20,6 +20,7 @@ from edgelake.broker import EmbeddedBroker
 from edgelake.cli import app as cli
 from edgelake.contracts import EdgeInference
 from edgelake.kafka import read_topic
+from edgelake.lake.catalog import Lake
 from support import embedded_kafka, isolated_settings
 from tests.api.conftest import publish_model, serving
 from tests.api.test_errors_and_auth import assert_problem
@@ -61,9 +62,10 @@ def enroll(client: httpx2.Client, admin: httpx2.Client, name: str, **token_optio
 def fleet(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     base = tmp_path_factory.mktemp("devices")
     settings = isolated_settings(kafka.bootstrap_servers, base / "data")
-    root = registry.registry_root(settings.lake_root)
+    lake = Lake.from_settings(settings)
+    root = registry.registry_root(lake)
     for run in ("run1", "run2"):
-        publish_model(root, settings.lake_root, settings.data_dir, base / run)
+        publish_model(lake, settings.data_dir, base / run)
     registry.promote(root, "fraud", 1, "production")
     store = KeyStore(keys_path(settings.data_dir))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
@@ -92,7 +94,7 @@ def test_enrollment_binds_a_device_key_and_hands_out_the_registry_key(fleet: Fle
     assert key is not None and key.role == "device" and key.device_id == fleet.device_id
     with fleet.client() as client, fleet.admin() as admin:
         body = enroll(client, admin, "gate-2")
-    published = (registry.registry_root(fleet.settings.lake_root) / registry.PUBLIC_KEY).read_text()
+    published = (registry.registry_root(Lake.from_settings(fleet.settings)) / registry.PUBLIC_KEY).read_text()
     assert body["registry_public_key"] == published and published.startswith("-----BEGIN PUBLIC KEY-----")
     assert body["device_id"] != fleet.device_id
 
@@ -174,7 +176,7 @@ def test_rollout_puts_a_stable_share_of_devices_on_the_canary(fleet: Fleet) -> N
         assert_problem(admin.put("/v1/models/fraud/rollout", json={"canary_percent": 10, "canary_version": 9}), 404)
         assert_problem(admin.put("/v1/models/nope/rollout", json={"canary_percent": 10, "canary_version": None}), 404)
         assigned = device.get(f"/v1/devices/{fleet.device_id}/assignment").json()["models"]["fraud"]
-    root = registry.registry_root(fleet.settings.lake_root)
+    root = registry.registry_root(Lake.from_settings(fleet.settings))
     expected_track = "canary" if registry.rollout_bucket("fraud", fleet.device_id) < 50 else "production"
     assert assigned == {"version": 2 if expected_track == "canary" else 1, "track": expected_track}
     fleet_ids = [f"dev_{n:016x}" for n in range(200)]

@@ -28,6 +28,7 @@ from edgelake.contracts import FraudScore, Transaction
 from edgelake.settings import Settings
 from edgelake.kafka import EventProducer, produce
 from edgelake.ingest.sources import synthetic
+from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import SILVER, table_uri
 from support import embedded_kafka, isolated_settings
 from edgelake.training import registry
@@ -119,7 +120,7 @@ def test_leader_kills_lose_and_double_nothing_while_the_api_scores(fraud_lake: S
     cluster: EmbeddedBroker = embedded_kafka(tmp_path / "cluster", brokers=3)
     try:
         settings = isolated_settings(cluster.bootstrap_servers, tmp_path / "data").model_copy(
-            update={"registry_dir": registry.registry_root_for(fraud_lake), "score_model_check_s": 5.0}
+            update={"registry_dir": registry.registry_root(Lake.from_settings(fraud_lake)), "score_model_check_s": 5.0}
         )
         token = KeyStore(keys_path(settings.data_dir)).create("failover", "producer")[1]
         topics = [settings.topic(Transaction.topic), settings.topic(FraudScore.topic)]

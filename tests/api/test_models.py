@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from edgelake.lake.catalog import Lake
 from edgelake.signing import MANIFEST, SIGNATURE
 from edgelake.training import registry
 
@@ -46,7 +47,7 @@ def test_the_manifest_comes_exactly_as_signed(deployment: Deployment) -> None:
     with deployment.client("device") as client:
         response = client.get("/v1/models/fraud/1/manifest")
     assert response.content == (deployment.model.path / MANIFEST).read_bytes()
-    public_key = registry.registry_public_key(registry.registry_root(deployment.settings.lake_root))
+    public_key = registry.registry_public_key(registry.registry_root(Lake.from_settings(deployment.settings)))
     public_key.verify(base64.b64decode(response.headers["x-manifest-signature"]), response.content)  # raises if it does not verify
 
 

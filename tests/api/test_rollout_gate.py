@@ -19,6 +19,7 @@ from edgelake.api.devices import DeviceStore, devices_path
 from edgelake.api.keys import KeyStore, keys_path
 from edgelake.api.rollout_gate import Evidence, Tally
 from edgelake.cli import app as cli
+from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
 from tests.api.conftest import publish_model, serving
 from tests.api.test_devices import enroll
@@ -51,7 +52,7 @@ class GatedFleet:
 
     @property
     def root(self) -> Path:
-        return registry.registry_root(self.settings.lake_root)
+        return registry.registry_root(Lake.from_settings(self.settings))
 
     def admin(self, method: str, path: str, **options: Any) -> httpx2.Response:
         return self.http.request(method, path, headers={"Authorization": f"Bearer {self.admin_token}"}, **options)
@@ -97,9 +98,10 @@ class GatedFleet:
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[GatedFleet]:
     settings = Settings(data_dir=tmp_path / "data", lake_root=str(tmp_path / "lake"))
-    root = registry.registry_root(settings.lake_root)
+    lake = Lake.from_settings(settings)
+    root = registry.registry_root(lake)
     for run in ("run1", "run2", "run3"):
-        publish_model(root, settings.lake_root, settings.data_dir, tmp_path / run)
+        publish_model(lake, settings.data_dir, tmp_path / run)
     registry.promote(root, MODEL, 1, "production")
     admin_token = KeyStore(keys_path(settings.data_dir)).create("test admin", "admin")[1]
     with serving(create_app(settings, rate_per_s=1e6, burst=10**6)) as url, httpx2.Client(base_url=url, timeout=30) as http:

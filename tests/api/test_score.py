@@ -33,6 +33,7 @@ from edgelake.kafka import read_topic
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest
 from edgelake.ingest.sources import synthetic
+from edgelake.lake.catalog import Lake
 from edgelake.lake.features.definitions import CARD_FEATURES
 from edgelake.lake.features.online import CardHistory
 from edgelake.lake.features.online_redis import RedisCardHistory
@@ -93,7 +94,6 @@ def same(batch: Any, online: Any) -> bool:
 
 
 def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(spark, lake: Settings, tokens, serve, tmp_path: Path) -> None:
-    from edgelake.lake.catalog import Lake
     from edgelake.lake.gold import build_card_features
 
     replay = sorted(synthetic.transactions(REPLAY, REPLAY_COUNT), key=lambda t: (t.event_time, t.event_id))
@@ -260,7 +260,7 @@ def test_bodies_past_the_limit_are_413_problems_and_long_batches_are_refused_bef
 def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:
     empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
     tampered_root = tmp_path / "tampered-lake"
-    shutil.copytree(registry.registry_root(lake.lake_root), tampered_root / "models")
+    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), tampered_root / "models")
     tflite = tampered_root / "models" / "fraud" / "1" / "fraud.tflite"
     data = bytearray(tflite.read_bytes())
     data[len(data) // 2] ^= 0x01

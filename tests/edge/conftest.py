@@ -18,6 +18,7 @@ import pytest
 from edgelake.api.app import create_app
 from edgelake.api.devices import DeviceStore, devices_path
 from edgelake.broker import EmbeddedBroker, free_port
+from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
 from support import REPO, isolated_settings
 from tests.api.conftest import serving
@@ -40,8 +41,12 @@ class Cloud:
     start_api: Callable[[], None] = field(repr=False)
 
     @property
+    def lake(self) -> Lake:
+        return Lake.from_settings(self.settings)
+
+    @property
     def root(self) -> Path:
-        return registry.registry_root(self.settings.lake_root)
+        return registry.registry_root(self.lake)
 
     def enrollment_token(self, uses: int = 1) -> str:
         return DeviceStore(devices_path(self.settings.data_dir)).issue_token("edge tests", uses, 3600)[1]
@@ -49,7 +54,7 @@ class Cloud:
     def publish(self, files: Mapping[str, Path], extra: Mapping[str, Any], promote_to: str | None = "production", accuracy: float = 0.0) -> int:
         """Publish a vision version signed with the registry's key; its number."""
         version = registry.publish_run(
-            self.settings.lake_root, self.settings.data_dir / registry.KEYS_DIR, VISION, files, metrics={"int8_accuracy": accuracy},
+            self.lake, self.settings.data_dir / registry.KEYS_DIR, VISION, files, metrics={"int8_accuracy": accuracy},
             lineage={"silver_camera_frames": 1}, extra=extra, promote_to=promote_to,  # type: ignore[arg-type]
         )
         return version.version

@@ -26,7 +26,7 @@ def trusted_sequence(agent: AgentProcess) -> int:
 def running_the_first_version(cloud: Cloud, vision_run, name: str, directory: Path) -> tuple[int, Ed25519PrivateKey, AgentProcess]:
     """A first version published (signed by the registry's first key) and active on a new agent: its number, that key, the agent."""
     first = cloud.publish(vision_run.files, vision_run.extra)
-    old_key = registry.ensure_signing_key(key_dir(cloud), cloud.settings.lake_root)
+    old_key = registry.ensure_signing_key(key_dir(cloud), cloud.lake)
     agent = start_agent(main_python(), cloud, name, directory, "--fps", "20", "--heartbeat-s", "0.3")
     try:
         wait_for(lambda: agent.active() == first, f"v{first} active", agent=agent)
@@ -67,7 +67,7 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
     try:
         credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
-        registry.rotate(key_dir(cloud), cloud.settings.lake_root)
+        registry.rotate(key_dir(cloud), cloud.lake)
         second = cloud.publish(files, extra)
         assert registry.get(cloud.root, VISION, second).manifest.key_fingerprint != fingerprint(old_key.public_key())
         wait_for(lambda: agent.active() == second, f"v{second}, signed by the new key, active", agent=agent)
@@ -75,7 +75,7 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
         assert (agent.state_dir / CREDENTIALS).read_bytes() == credentials  # no re-enrollment
         assert agent.process.poll() is None  # the same process: no reinstall, no restart
 
-        registry.revoke(key_dir(cloud), cloud.settings.lake_root, fingerprint(old_key.public_key()))
+        registry.revoke(key_dir(cloud), cloud.lake, fingerprint(old_key.public_key()))
         wait_for(lambda: trusted_sequence(agent) == 2, "the revocation adopted", agent=agent)
         forged = forge_production(cloud, second, old_key, created_like=first)  # dated while the old key was valid
         wait_for(lambda: str(forged) in agent.installed().get("refused", {}), f"v{forged}, signed by the revoked key, refused", agent=agent)
@@ -102,9 +102,9 @@ def test_a_device_offline_through_rotation_and_revocation_catches_up(cloud: Clou
     agent.kill()
     credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
-    registry.rotate(key_dir(cloud), cloud.settings.lake_root)
+    registry.rotate(key_dir(cloud), cloud.lake)
     second = cloud.publish(files, extra)
-    registry.revoke(key_dir(cloud), cloud.settings.lake_root, fingerprint(old_key.public_key()))
+    registry.revoke(key_dir(cloud), cloud.lake, fingerprint(old_key.public_key()))
 
     again = start_agent(main_python(), cloud, "offline", agent.state_dir, "--fps", "20", "--heartbeat-s", "0.3")
     try:

@@ -23,6 +23,7 @@ from edgelake.edge.updates import ModelSlot
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import AgentEvent
 from edgelake.kafka import read_topic
+from edgelake.lake.catalog import Lake
 from edgelake.signing import SIGNATURE
 from tests.edge.conftest import VISION, Cloud, color_model, edge_python, main_python, shifted_expectations, start_agent, wait_for
 from edgelake.training import registry
@@ -94,7 +95,7 @@ def test_a_device_without_credentials_or_token_is_told_so(cloud: Cloud, tmp_path
 
 
 def test_a_version_changed_at_rest_is_refused_at_start_and_the_previous_one_serves(vision_run, tmp_path: Path) -> None:
-    lake, keys = str(tmp_path / "lake"), tmp_path / "keys"
+    lake, keys = Lake(str(tmp_path / "lake")), tmp_path / "keys"
     for _ in range(2):
         registry.publish_run(lake, keys, VISION, vision_run.files, metrics={}, lineage={}, extra=vision_run.extra)
     root = registry.registry_root(lake)

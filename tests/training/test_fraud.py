@@ -200,9 +200,9 @@ def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_reg
     assert Lake(lake).open("gold_card_features").count() == Lake(fraud_lake.root).open("gold_card_features").count()
 
     with pytest.raises(ValueError, match="set registry_dir"):
-        registry.publish_run(lake, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
+        registry.publish_run(Lake(lake), tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
     published = registry.publish_run(
-        lake, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage, registry_dir=tmp_path / "registry"
+        Lake(lake, registry_dir=tmp_path / "registry"), tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage
     )
     assert published.path == tmp_path / "registry" / "fraud" / "1"
     assert registry.verify(tmp_path / "registry", "fraud", 1) == []

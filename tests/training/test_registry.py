@@ -32,6 +32,7 @@ from edgelake.signing import (
     sign,
     verify_files,
 )
+from edgelake.lake import catalog
 from edgelake.training import registry
 from edgelake.training.registry import publishing
 
@@ -59,12 +60,17 @@ class Lake:
     def env(self) -> dict[str, str]:
         return {"EDGELAKE_DATA_DIR": str(self.data_dir), "EDGELAKE_LAKE_ROOT": self.lake_root}
 
+    @property
+    def lake(self) -> catalog.Lake:
+        """The lake as the registry takes it."""
+        return catalog.Lake(self.lake_root)
+
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Lake:
-    data_dir, lake_root = tmp_path / "data", str(tmp_path / "lake")
-    key = registry.ensure_signing_key(data_dir / registry.KEYS_DIR, lake_root)
-    return Lake(data_dir, lake_root, registry.registry_root(lake_root), key)
+    data_dir, lake = tmp_path / "data", catalog.Lake(str(tmp_path / "lake"))
+    key = registry.ensure_signing_key(data_dir / registry.KEYS_DIR, lake)
+    return Lake(data_dir, lake.root, registry.registry_root(lake), key)
 
 
 def artifacts(directory: Path, seed: bytes) -> dict[str, Path]:
@@ -205,10 +211,10 @@ def test_publish_refuses_a_signer_other_than_the_registrys(published: Lake, tmp_
 
 
 def test_a_lake_on_object_storage_keeps_its_registry_in_a_folder_of_its_own(tmp_path: Path) -> None:
-    assert registry.registry_root(f"file://{tmp_path}/lake") == tmp_path / "lake" / "models"
+    assert registry.registry_root(catalog.Lake(f"file://{tmp_path}/lake")) == tmp_path / "lake" / "models"
     with pytest.raises(ValueError, match="set registry_dir"):
-        registry.registry_root("s3://bucket/lake")
-    assert registry.registry_root("s3://bucket/lake", tmp_path / "registry") == tmp_path / "registry"
+        registry.registry_root(catalog.Lake("s3://bucket/lake"))
+    assert registry.registry_root(catalog.Lake("s3://bucket/lake", registry_dir=tmp_path / "registry")) == tmp_path / "registry"
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -218,7 +224,7 @@ def test_the_signing_key_is_private_to_the_data_dir_and_stable(published: Lake) 
     key_file = published.data_dir / registry.KEYS_DIR / registry.PRIVATE_KEY
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert not key_file.resolve().is_relative_to(Path(published.lake_root).resolve())
-    again = registry.ensure_signing_key(published.data_dir / registry.KEYS_DIR, published.lake_root)
+    again = registry.ensure_signing_key(published.data_dir / registry.KEYS_DIR, published.lake)
     assert fingerprint(again.public_key()) == fingerprint(published.key.public_key())
     lake_files = [path for path in Path(published.lake_root).rglob("*") if path.is_file()]
     assert lake_files and not any(b"PRIVATE KEY" in path.read_bytes() for path in lake_files)
@@ -226,13 +232,13 @@ def test_the_signing_key_is_private_to_the_data_dir_and_stable(published: Lake) 
 
 def test_a_key_dir_inside_the_lake_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="inside the lake"):
-        registry.ensure_signing_key(tmp_path / "lake" / "keys", str(tmp_path / "lake"))
+        registry.ensure_signing_key(tmp_path / "lake" / "keys", catalog.Lake(str(tmp_path / "lake")))
     assert not (tmp_path / "lake").exists()
 
 
 def test_a_key_dir_inside_a_registry_of_its_own_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="inside the model registry"):
-        registry.ensure_signing_key(tmp_path / "registry" / "keys", "s3://bucket/lake", tmp_path / "registry")
+        registry.ensure_signing_key(tmp_path / "registry" / "keys", catalog.Lake("s3://bucket/lake", registry_dir=tmp_path / "registry"))
     assert not (tmp_path / "registry").exists()
 
 
@@ -550,10 +556,10 @@ def keys_dir(lake: Lake) -> Path:
 
 
 def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_verifying(published: Lake, tmp_path: Path) -> None:
-    rotated = registry.rotate(keys_dir(published), published.lake_root, valid_days=30)
+    rotated = registry.rotate(keys_dir(published), published.lake, valid_days=30)
     first, second = rotated.keys
     assert rotated.sequence == 1 and first.fingerprint == fingerprint(published.key.public_key())
-    new_key = registry.ensure_signing_key(keys_dir(published), published.lake_root)
+    new_key = registry.ensure_signing_key(keys_dir(published), published.lake)
     assert fingerprint(new_key.public_key()) == second.fingerprint == registry.current_fingerprint(keys_dir(published))
     assert stat.S_IMODE((keys_dir(published) / f"{second.fingerprint}.key").stat().st_mode) == 0o600
     third = publish(published, tmp_path, "c", signer=new_key)
@@ -567,13 +573,13 @@ def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_ver
 def test_revocation_makes_every_version_the_key_signed_fail_verification(published: Lake, tmp_path: Path) -> None:
     old = fingerprint(published.key.public_key())
     with pytest.raises(ValueError, match="it is the last valid key"):
-        registry.revoke(keys_dir(published), published.lake_root, old)
-    registry.rotate(keys_dir(published), published.lake_root)
+        registry.revoke(keys_dir(published), published.lake, old)
+    registry.rotate(keys_dir(published), published.lake)
     new = registry.current_fingerprint(keys_dir(published))
     assert new is not None
     with pytest.raises(ValueError, match="it is the last valid key"):
-        registry.revoke(keys_dir(published), published.lake_root, new[:12])
-    revoked = registry.revoke(keys_dir(published), published.lake_root, old[:12])
+        registry.revoke(keys_dir(published), published.lake, new[:12])
+    revoked = registry.revoke(keys_dir(published), published.lake, old[:12])
     assert revoked.sequence == 2 and revoked.keys[0].revoked_at is not None
     assert registry.signed_by(published.root, old) == [("fraud", 1), ("fraud", 2)]
     problems = registry.verify(published.root, "fraud", 1)
@@ -581,22 +587,22 @@ def test_revocation_makes_every_version_the_key_signed_fail_verification(publish
     with pytest.raises(ValueError, match="fails verification"):
         registry.promote(published.root, "fraud", 1)
     with pytest.raises(ValueError, match="revoked already"):
-        registry.revoke(keys_dir(published), published.lake_root, old)
+        registry.revoke(keys_dir(published), published.lake, old)
     with pytest.raises(LookupError, match="names no key"):
-        registry.revoke(keys_dir(published), published.lake_root, "00000000")
+        registry.revoke(keys_dir(published), published.lake, "00000000")
 
 
 def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signed_it(published: Lake) -> None:
     old = fingerprint(published.key.public_key())
-    registry.rotate(keys_dir(published), published.lake_root)
-    signer = registry.ensure_signing_key(keys_dir(published), published.lake_root)
+    registry.rotate(keys_dir(published), published.lake)
+    signer = registry.ensure_signing_key(keys_dir(published), published.lake)
     resigned = registry.resign(published.root, "fraud", 2, signer)
     source = registry.get(published.root, "fraud", 2).manifest
     assert resigned.version == 3 and resigned.stage == "candidate"
     assert resigned.manifest.key_fingerprint == fingerprint(signer.public_key()) != old
     assert (resigned.manifest.files, resigned.manifest.metrics, resigned.manifest.lineage) == (source.files, source.metrics, source.lineage)
     assert resigned.manifest.extra["resigned_from"] == 2
-    registry.revoke(keys_dir(published), published.lake_root, old)
+    registry.revoke(keys_dir(published), published.lake, old)
     assert registry.verify(published.root, "fraud", 3) == [] and registry.verify(published.root, "fraud", 2) != []
     with pytest.raises(ValueError, match="refusing to re-sign fraud v2: it fails verification"):
         registry.resign(published.root, "fraud", 2, signer)
@@ -613,7 +619,7 @@ def test_a_forged_key_set_release_in_the_registry_fails_every_verification_close
     [problem] = registry.verify(published.root, "fraud", 1)
     assert problem.startswith("the registry's key set does not verify: key-set release 1 is not signed by a valid key of release 0")
     with pytest.raises(KeySetRefused):
-        registry.rotate(keys_dir(published), published.lake_root)
+        registry.rotate(keys_dir(published), published.lake)
 
 
 def test_cli_keys_list_rotate_and_revoke(two_models: Lake) -> None:

@@ -48,7 +48,7 @@ from edgelake.training.registry.keys import (
     signing_keys,
     verify,
 )
-from edgelake.training.registry.layout import UnknownModel, models, registry_root, registry_root_for
+from edgelake.training.registry.layout import UnknownModel, models, registry_root
 from edgelake.training.registry.publishing import ModelVersion, get, publish, publish_run, resign, signed_by
 from edgelake.training.registry.rollout import (
     RolloutPolicy,
@@ -88,7 +88,6 @@ __all__ = [
     "publish_run",
     "registry_public_key",
     "registry_root",
-    "registry_root_for",
     "resign",
     "revoke",
     "rollback",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -35,6 +36,9 @@ from edgelake.training.registry.layout import (
     registry_root,
 )
 
+if TYPE_CHECKING:
+    from edgelake.lake.catalog import Lake
+
 KEYS_DIR = "keys"  # under the data dir, never in the lake
 PUBLIC_KEY = "registry.pub"
 PRIVATE_KEY = "registry.key"
@@ -50,14 +54,14 @@ class UnknownKey(UserError, LookupError):
     """A fingerprint prefix that names no key of the registry's key set, or several."""
 
 
-def ensure_signing_key(key_dir: Path, lake_root: str, registry_dir: Path | None = None) -> Ed25519PrivateKey:
+def ensure_signing_key(key_dir: Path, lake: Lake) -> Ed25519PrivateKey:
     """The key that signs new versions: the one ``current`` names, else ``registry.key``, generated on first use (mode 0600).
 
-    ``key_dir`` must lie outside the lake and the registry: whoever can read them must not be able to sign.
+    ``key_dir`` must lie outside ``lake`` and its registry: whoever can read them must not be able to sign.
     The first key's public half is kept beside it as ``registry.pub`` for local verification.
     """
     key_dir = key_dir.resolve()
-    for shared, what in ((local_path(lake_root), "the lake"), (registry_dir, "the model registry")):
+    for shared, what in ((local_path(lake.root), "the lake"), (lake.registry_dir, "the model registry")):
         if shared is not None and key_dir.is_relative_to(shared := shared.resolve()):
             raise RegistryRefused(f"the signing key directory {key_dir} lies inside {what} {shared}; keep private keys out of {what}")
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -135,14 +139,14 @@ def publish_public_key(root: Path, public_key: Ed25519PublicKey) -> None:
         raise RegistryRefused(f"refusing to sign with this key: {refusal} (`edgelake models keys list` shows the valid ones)")
 
 
-def rotate(key_dir: Path, lake_root: str, registry_dir: Path | None = None, valid_days: int | None = None) -> KeySet:
-    """Make a new signing key current and release the bridge key set, signed by the old key and the new one.
+def rotate(key_dir: Path, lake: Lake, valid_days: int | None = None) -> KeySet:
+    """Make a new signing key current and release the bridge key set in ``lake``'s registry, signed by the old key and the new one.
 
     The old key stays trusted for what it signed until now and signs nothing newer; the new one
     is valid from now, for ``valid_days`` when given.
     """
-    root = registry_root(lake_root, registry_dir)
-    old = ensure_signing_key(key_dir, lake_root, registry_dir)
+    root = registry_root(lake)
+    old = ensure_signing_key(key_dir, lake)
     root.mkdir(parents=True, exist_ok=True)
     publish_public_key(root, old.public_key())
     new = Ed25519PrivateKey.generate()
@@ -161,13 +165,13 @@ def rotate(key_dir: Path, lake_root: str, registry_dir: Path | None = None, vali
     return released
 
 
-def revoke(key_dir: Path, lake_root: str, key: str, registry_dir: Path | None = None) -> KeySet:
-    """Release a key set in which ``key`` (a fingerprint or a unique prefix of one) is revoked, signed by the current key.
+def revoke(key_dir: Path, lake: Lake, key: str) -> KeySet:
+    """Release a key set in ``lake``'s registry in which ``key`` (a fingerprint or a unique prefix of one) is revoked, signed by the current key.
 
     Refused for the last valid key and for the current signing key (rotate first).
     """
-    root = registry_root(lake_root, registry_dir)
-    signer = ensure_signing_key(key_dir, lake_root, registry_dir)
+    root = registry_root(lake)
+    signer = ensure_signing_key(key_dir, lake)
     now = datetime.now(UTC)
     with locked(root / f".{KEY_SETS}.lock"):
         trusted = key_set(root)

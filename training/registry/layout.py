@@ -17,7 +17,7 @@ from edgelake.files import synced_temp
 from edgelake.signing import ModelName
 
 if TYPE_CHECKING:
-    from edgelake.settings import Settings
+    from edgelake.lake.catalog import Lake
 
 _names = TypeAdapter(ModelName)
 
@@ -38,22 +38,17 @@ class RegistryChanged(UserError, RuntimeError):
     """Another writer changed the registry during an action; trying again settles it."""
 
 
-def registry_root(lake_root: str, registry_dir: Path | None = None) -> Path:
-    """The registry directory: ``registry_dir`` if given, else ``models`` in a lake given as a local path or ``file://`` URI."""
-    if registry_dir is not None:
-        return registry_dir
-    lake = local_path(lake_root)
-    if lake is None:
+def registry_root(lake: Lake) -> Path:
+    """The lake's registry directory: its ``registry_dir`` if set, else ``models`` in a lake given as a local path or ``file://`` URI."""
+    if lake.registry_dir is not None:
+        return lake.registry_dir
+    local = local_path(lake.root)
+    if local is None:
         raise RegistryRefused(
-            f"the lake {lake_root} is on object storage and the model registry needs a filesystem: "
+            f"the lake {lake.root} is on object storage and the model registry needs a filesystem: "
             "set registry_dir (EDGELAKE_REGISTRY_DIR) to a folder every service mounts"
         )
-    return lake / "models"
-
-
-def registry_root_for(settings: Settings) -> Path:
-    """The registry directory the settings name: ``registry_dir``, else ``models`` in the lake."""
-    return registry_root(settings.lake_root, settings.registry_dir)
+    return local / "models"
 
 
 def local_path(uri: str) -> Path | None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import TypeAdapter, ValidationError
@@ -22,6 +22,9 @@ from edgelake.signing import MANIFEST, RESERVED, SIGNATURE, ArtifactName, FileEn
 from edgelake.training.registry.keys import ensure_signing_key, publish_public_key, verify
 from edgelake.training.registry.layout import RegistryRefused, UnknownModel, model_dir, models, registry_root, valid, version_numbers
 from edgelake.training.registry.stages import Stage, current, promote, stage_book, versions
+
+if TYPE_CHECKING:
+    from edgelake.lake.catalog import Lake
 
 _CHUNK = 1 << 20
 _artifact_names = TypeAdapter(ArtifactName)
@@ -84,7 +87,7 @@ def publish(
 
 
 def publish_run(
-    lake_root: str,
+    lake: Lake,
     key_dir: Path,
     name: str,
     files: Mapping[str, Path],
@@ -95,16 +98,15 @@ def publish_run(
     extra: Mapping[str, Any] | None = None,
     promote_to: Stage | None = None,
     reason: str | None = None,
-    registry_dir: Path | None = None,
 ) -> ModelVersion:
-    """Publish a training run's files into the lake's registry (or ``registry_dir``), signed with the registry's key
+    """Publish a training run's files into ``lake``'s registry, signed with the registry's key
     (made on first use in ``key_dir``), then
     promote it to ``promote_to`` if given. Numeric metrics go to the manifest's metrics, the rest to ``extra["details"]``."""
     numbers = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     details = {key: value for key, value in metrics.items() if key not in numbers}
-    root = registry_root(lake_root, registry_dir)
+    root = registry_root(lake)
     version = publish(
-        root, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake_root, registry_dir),
+        root, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake),
         feature_version=feature_version, extra={**(extra or {}), **({"details": details} if details else {})},
     )
     if promote_to is None:
