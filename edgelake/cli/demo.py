@@ -266,7 +266,7 @@ def rotate_signing_key(settings: Settings) -> str:
         f"key set release {revoked.sequence}: key {str(old)[:16]} revoked; the versions it signed are refused from the devices' next heartbeat",
         highlight=False,
     )
-    return f"devices trusting key set release {released.sequence}: {trusting} of {FLEET_DEVICES}"
+    return f"{trusting} of {FLEET_DEVICES} devices adopted key set release {released.sequence} and run the re-signed models; the old key is revoked"
 
 
 def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, object]]:
