@@ -102,11 +102,6 @@ def divert_native_output(log_file: Path) -> None:
     _native_log = log_file
 
 
-def native_log() -> Path | None:
-    """The file this process's native output goes to, or None where it goes to the terminal."""
-    return _native_log
-
-
 def spark_log4j2_config() -> Path | None:
     """A log4j2 configuration that sends Spark's JVM logs to the native log (written beside it), or None where the
     native output is not diverted (Spark then logs to the terminal with its own defaults)."""
