@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cloud,dev]'
 	@touch $(INSTALLED)
 
-# Apache Kafka's jars, with Maven from the pinned poms under infra/jars, into the cache (once; a changed pom fetches again).
+# The JVM jars (Apache Kafka, delta-spark, hadoop-aws), with Maven from the pinned poms under infra/jars, into the cache (once; a changed pom fetches again).
 jars: $(INSTALLED)
 	@$(BIN)/edgelake jars fetch
 

@@ -120,7 +120,7 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     lake = Lake.from_settings(world)
     write_silver(lake, transactions(config, TRAINING_ROWS))
     write_silver(lake, labels(config, TRAINING_ROWS))
-    spark = spark_session(settings.spark_master, "edgelake-bench-api")
+    spark = spark_session(settings.spark_master, "edgelake-bench-api", jars_dir=settings.jars_path, driver_memory=settings.spark_driver_memory)
     try:
         build_card_features(spark, lake)
         trained = train_fraud(spark, lake, scratch / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))

@@ -40,6 +40,17 @@ class Settings(BaseSettings):
         description="Model registry folder; default <lake_root>/models. A lake on object storage needs one: a filesystem every service mounts.",
     )
     spark_master: str = Field("local[*]", description="Spark master for lake and training jobs: local[*] or a cluster URL.")
+    spark_driver_memory: str = Field(
+        "4g", description="Heap of the Spark driver (JVM size syntax); on a local master it also runs every task."
+    )
+    spark_cluster_port: int = Field(
+        7077, gt=0, lt=65536, description="Master port of the Spark standalone cluster `edgelake cluster spark up` runs on loopback."
+    )
+    spark_cluster_workers: int = Field(2, gt=0, description="Workers of that cluster.")
+    dask_scheduler_port: int = Field(
+        8786, gt=0, lt=65536, description="Scheduler port of the Dask cluster `edgelake cluster dask up` runs on loopback (Beam's DaskRunner)."
+    )
+    dask_workers: int = Field(2, gt=0, description="Workers of that cluster.")
     sql_row_limit: int = Field(10_000, gt=0, description="Most rows a SQL query returns; more are cut off and flagged.")
     device_max_inferences_per_s: float = Field(
         10_000.0, gt=0, description="Most inferences a second a device may claim; a heartbeat reporting more since its previous one is a 422."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,10 +139,22 @@ def history(lake: Lake, name: str, limit: int | None = None) -> list[dict[str, A
             "operation": commit.get("operation"),
             "parameters": commit.get("operationParameters", {}),
             "metrics": commit.get("operationMetrics", {}),
-            "metadata": {k: v for k, v in commit.items() if k in COMMIT_METADATA},
+            "metadata": {k: v for k, v in commit.items() if k in COMMIT_METADATA} | commit_info(commit),
         }
         for commit in commits
     ]
+
+
+def commit_info(commit: dict[str, Any]) -> dict[str, str]:
+    """The JSON object a commit carries as ``userMetadata`` (a ``DeltaTable.history`` entry); empty if none."""
+    text = commit.get("userMetadata")
+    if not isinstance(text, str):
+        return {}
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in info.items()} if isinstance(info, dict) else {}
 
 
 def optimize(lake: Lake, name: str) -> dict[str, Any]:

@@ -1,37 +1,39 @@
-"""Gold tables computed by Spark from silver snapshots and committed through deltalake, exactly once.
+"""Gold tables computed by Spark from silver snapshots and committed exactly once (``spark_writes``:
+by delta-spark from the executors, or by deltalake where the session lacks delta-spark).
 
-Each gold commit records what it processed as app transactions in its own Delta log,
+Each gold commit records what it processed as an app transaction in its own Delta log,
 like the ingester's offsets:
 
-- ``gold_card_features`` and ``gold_device_health`` record, per silver ``(_topic,
-  _partition)``, the highest ``_offset`` they cover (app id ``<gold>/<topic>/<partition>``).
-  A run takes the silver rows above those offsets, recomputes every card (or device
-  minute) they touch from the whole of silver, so late events also correct later rows,
-  and upserts the result with the new offsets in one merge commit. A run that dies
-  before committing is simply redone; no new silver rows means no commit.
-- ``gold_card_features`` also records ``FEATURE_VERSION``; a table built with another
-  version is rebuilt from scratch.
+- ``gold_card_features`` and ``gold_device_health`` record the silver version they cover
+  (app id ``<gold>/<silver>``; the card features' also names their ``FEATURE_VERSION``,
+  so a table built with other definitions is rebuilt from scratch). A run takes the silver
+  rows above the offsets each topic-partition had at that version, recomputes every card
+  (or device minute) they touch from the whole of silver, so late events also correct later
+  rows, and upserts the result in one merge commit. A run that dies before committing is
+  simply redone; no new silver rows means no commit; a silver version that can no longer be
+  read (vacuumed) means a rebuild.
 - ``gold_fraud_rates`` is small and late labels change old days, so it is recomputed
-  whole and overwritten, recording the silver versions it read; it is skipped while
-  neither silver table has a new version.
+  whole and overwritten, recording the silver versions it read in its commit's metadata;
+  it is skipped while neither silver table has a new version.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
-from deltalake import CommitProperties, Transaction, write_deltalake
+from deltalake import Transaction
+from deltalake.exceptions import DeltaError
 
 from edgelake.contracts import FraudLabel, IoTReading
 from edgelake.contracts import Transaction as CardTransaction
-from edgelake.lake.catalog import Lake
+from edgelake.lake.catalog import Lake, commit_info
 from edgelake.lake.features.batch import with_card_features
 from edgelake.lake.features.definitions import FEATURE_VERSION
 from edgelake.lake.spark import read_table
+from edgelake.lake.spark_writes import Commit, merge_rows, replace_rows
 from edgelake.lake.tables import GOLD_CARD_FEATURES, GOLD_DEVICE_HEALTH, GOLD_FRAUD_RATES, SILVER, TableSpec
 
 if TYPE_CHECKING:
@@ -68,12 +70,15 @@ class _Incremental:
     merge_on: tuple[str, ...]  # a gold row's identity
     feature_version: int | None = None  # the definitions' version; another one rebuilds the table
 
-    def app_id(self, topic: str, partition: int) -> str:
-        return f"{self.spec.name}/{topic}/{partition}"
-
     @property
-    def feature_version_app_id(self) -> str:
-        return f"{self.spec.name}/feature_version"
+    def app_id(self) -> str:
+        """The app transaction recording the silver version the table covers (built with these definitions)."""
+        built_with = "" if self.feature_version is None else f"@features-v{self.feature_version}"
+        return f"{self.spec.name}/{self.source}{built_with}"
+
+    def info(self, silver_version: int) -> dict[str, str]:
+        versions = {"silver_version": str(silver_version)}
+        return {"job": JOB, **versions} | ({} if self.feature_version is None else {"feature_version": str(self.feature_version)})
 
 
 def build_card_features(spark: SparkSession, lake: Lake) -> GoldResult:
@@ -81,9 +86,12 @@ def build_card_features(spark: SparkSession, lake: Lake) -> GoldResult:
     return _build_incremental(spark, lake, _CARD_FEATURES)
 
 
-def card_features_version(table: DeltaTable) -> int | None:
-    """The ``FEATURE_VERSION`` a ``gold_card_features`` table was built with; None if it records none."""
-    return table.transaction_version(_CARD_FEATURES.feature_version_app_id)
+def has_card_features(table: DeltaTable, feature_version: int = FEATURE_VERSION) -> bool:
+    """Whether a ``gold_card_features`` table was built with the card features of ``feature_version``.
+
+    (Feature versions only go up: a table rebuilt with newer definitions still records the older app id.)
+    """
+    return table.transaction_version(replace(_CARD_FEATURES, feature_version=feature_version).app_id) is not None
 
 
 def build_device_health(spark: SparkSession, lake: Lake) -> GoldResult:
@@ -100,17 +108,20 @@ def build_fraud_rates(spark: SparkSession, lake: Lake) -> GoldResult:
         version = _version(lake, source)
         if version is None:
             return GoldResult(spec.name, False, 0, 0, time.perf_counter() - started, f"skipped: {source} has no data yet")
-        versions[source] = version
+        versions[source] = str(version)
     gold = lake.find(spec.name)
-    if gold is not None and all(gold.transaction_version(f"{spec.name}/{s}") == v for s, v in versions.items()):
+    if gold is not None and all(commit_info(gold.history(1)[0]).get(s) == v for s, v in versions.items()):
         return GoldResult(spec.name, False, 0, 0, time.perf_counter() - started, "up to date")
-    transactions = read_table(spark, lake, SILVER_TRANSACTIONS, versions[SILVER_TRANSACTIONS])
-    labels = read_table(spark, lake, SILVER_LABELS, versions[SILVER_LABELS])
-    rows = _arrow(_fraud_rates(transactions, labels), spec.schema)
+    transactions = read_table(spark, lake, SILVER_TRANSACTIONS, int(versions[SILVER_TRANSACTIONS]))
+    labels = read_table(spark, lake, SILVER_LABELS, int(versions[SILVER_LABELS]))
+    rates = _fraud_rates(transactions, labels).cache()
+    try:
+        transactions_in = rates.agg({"transactions": "sum"}).first()[0] or 0  # type: ignore[index]
+        written = replace_rows(spark, lake, spec, rates, Commit(info={"job": JOB, **versions}))
+    finally:
+        rates.unpersist()
     read = ", ".join(f"{source} v{version}" for source, version in versions.items())
-    _overwrite(lake, spec, rows, [Transaction(f"{spec.name}/{s}", v) for s, v in versions.items()], {})
-    transactions_in = sum(rows["transactions"].to_pylist())
-    return GoldResult(spec.name, True, transactions_in, rows.num_rows, time.perf_counter() - started, f"recomputed from {read}")
+    return GoldResult(spec.name, True, int(transactions_in), written, time.perf_counter() - started, f"recomputed from {read}")
 
 
 BUILDERS: dict[str, Callable[[SparkSession, Lake], GoldResult]] = {
@@ -131,80 +142,59 @@ def build_gold(spark: SparkSession, lake: Lake, on_start: Callable[[str], None] 
 
 
 def _build_incremental(spark: SparkSession, lake: Lake, job: _Incremental) -> GoldResult:
-    from pyspark.sql import functions as F
-
     started = time.perf_counter()
-    name = job.spec.name
 
     def result(changed: bool, rows_in: int, rows_out: int, detail: str) -> GoldResult:
-        return GoldResult(name, changed, rows_in, rows_out, time.perf_counter() - started, detail)
+        return GoldResult(job.spec.name, changed, rows_in, rows_out, time.perf_counter() - started, detail)
 
     version = _version(lake, job.source)
     if version is None:
         return result(False, 0, 0, f"skipped: {job.source} has no data yet")
-    silver = job.prepare(read_table(spark, lake, job.source, version))
     gold = lake.find(job.spec.name)
-    rebuild = gold is None or (job.feature_version is not None and gold.transaction_version(job.feature_version_app_id) != job.feature_version)
-    heads = {(r["_topic"], r["_partition"]): r["head"] for r in silver.groupBy("_topic", "_partition").agg(F.max("_offset").alias("head")).collect()}
-    done = {tp: None if rebuild or gold is None else gold.transaction_version(job.app_id(*tp)) for tp in heads}
-    pending = {tp: head for tp, head in heads.items() if done[tp] is None or head > done[tp]}
-    if not pending:
+    done = None if gold is None else gold.transaction_version(job.app_id)
+    if done is not None and done >= version:
         return result(False, 0, 0, f"up to date with {job.source} v{version}")
-    transactions = [Transaction(job.app_id(*tp), head) for tp, head in sorted(pending.items())]
-    if job.feature_version is not None:
-        transactions.append(Transaction(job.feature_version_app_id, job.feature_version))
-    metadata = {"silver_version": str(version)} | ({} if job.feature_version is None else {"feature_version": str(job.feature_version)})
-    new = silver.filter(_above(pending, done))
+    commit = Commit(Transaction(job.app_id, version), job.info(version))
+    silver = job.prepare(read_table(spark, lake, job.source, version))
+    heads = None if done is None else _heads(spark, lake, job.source, done)
+    if heads is None:  # (nothing built yet, other definitions, or the covered version is gone)
+        written = replace_rows(spark, lake, job.spec, job.compute(silver), commit)
+        return result(True, lake.open(job.source, version).count(), written, f"built from {job.source} v{version}")
+    new = silver.filter(_above(heads))
     rows_in = new.count()
-    if rebuild or gold is None:  # (no gold table is always a rebuild)
-        rows = _arrow(job.compute(silver), job.spec.schema)
-        _overwrite(lake, job.spec, rows, transactions, metadata)
-        return result(True, rows_in, rows.num_rows, f"built from {job.source} v{version}")
+    if rows_in == 0:
+        return result(False, 0, 0, f"up to date with {job.source} v{version}: no new rows since v{done}")
     touched = silver.join(new.select(*job.keys).distinct(), list(job.keys), "left_semi")
-    rows = _arrow(job.compute(touched), job.spec.schema)
-    predicate = " AND ".join(f"t.{column} = s.{column}" for column in job.merge_on)
-    metrics = (
-        gold.merge(
-            rows, predicate, source_alias="s", target_alias="t",
-            commit_properties=CommitProperties(app_transactions=transactions, custom_metadata={"job": JOB, **metadata}),
-        )
-        .when_matched_update_all()
-        .when_not_matched_insert_all()
-        .execute()
-    )
-    written = metrics["num_target_rows_inserted"] + metrics["num_target_rows_updated"]
-    return result(True, rows_in, written, f"merged {rows.num_rows:,} recomputed rows from {job.source} v{version}")
+    written = merge_rows(spark, lake, job.spec, job.compute(touched), job.merge_on, commit)
+    return result(True, rows_in, written, f"merged the recomputed rows of {rows_in:,} new rows from {job.source} v{version}")
 
 
-def _above(pending: dict[tuple[str, int], int], done: dict[tuple[str, int], int | None]) -> Column:
-    """Silver rows of the pending topic-partitions above the offsets already processed."""
+def _heads(spark: SparkSession, lake: Lake, source: str, version: int) -> dict[tuple[str, int], int] | None:
+    """The highest offset of each silver topic-partition at ``version``; None if that version can no longer be read."""
     from pyspark.sql import functions as F
 
-    condition = F.lit(False)
-    for (topic, partition) in pending:
-        here = (F.col("_topic") == topic) & (F.col("_partition") == partition)
-        after = done[(topic, partition)]
-        condition = condition | (here if after is None else here & (F.col("_offset") > after))
-    return condition
+    try:
+        silver = read_table(spark, lake, source, version)
+    except DeltaError:
+        return None
+    heads = silver.groupBy("_topic", "_partition").agg(F.max("_offset").alias("head")).collect()
+    return {(row["_topic"], row["_partition"]): row["head"] for row in heads}
+
+
+def _above(heads: dict[tuple[str, int], int]) -> Column:
+    """Silver rows above the ``heads`` of their topic-partitions (every row of a topic-partition without one)."""
+    from pyspark.sql import functions as F
+
+    covered = F.lit(False)
+    for (topic, partition), head in heads.items():
+        covered = covered | ((F.col("_topic") == topic) & (F.col("_partition") == partition) & (F.col("_offset") <= head))
+    return ~covered
 
 
 def _version(lake: Lake, name: str) -> int | None:
     """A table's latest version; None if nothing has written it."""
     table = lake.find(name)
     return None if table is None else table.version()
-
-
-def _arrow(frame: DataFrame, schema: pa.Schema) -> pa.Table:
-    """A Spark result as an Arrow table of exactly ``schema``."""
-    return frame.toArrow().select(schema.names).cast(schema)
-
-
-def _overwrite(lake: Lake, spec: TableSpec, rows: pa.Table, transactions: list[Transaction], metadata: dict[str, str]) -> None:
-    write_deltalake(
-        lake.uri(spec), rows, mode="overwrite", schema_mode="overwrite", partition_by=list(spec.partition_by),
-        name=spec.name, description=spec.description, storage_options=lake.storage_options,
-        commit_properties=CommitProperties(app_transactions=transactions, custom_metadata={"job": JOB, **metadata}),
-    )
 
 
 def _card_features(transactions: DataFrame) -> DataFrame:

@@ -54,7 +54,7 @@ def spark() -> Iterator[object]:
     """One local Spark session for every test that needs one (each start costs seconds)."""
     from edgelake.lake.spark import spark_session
 
-    session = spark_session("local[2]", "edgelake-tests", shuffle_partitions=2)
+    session = spark_session("local[2]", "edgelake-tests", shuffle_partitions=2, jars_dir=JARS_DIR)
     yield session
     session.stop()
 

@@ -113,7 +113,7 @@ def test_demo_produces_every_feed_reads_it_back_and_lands_it_in_the_lake(env: di
     assert any(line.startswith("┃ merchant_category ") for line in answer)
     categories = [line.split()[1] for line in answer if line.startswith("│ ")]
     assert "unknown" in categories and "atm_cash" in categories  # ULB's and synthetic ones
-    assert "tables read at versions gold_fraud_rates@0" in result.stderr
+    assert "tables read at versions gold_fraud_rates@1" in result.stderr  # 0: created empty with its name and description; 1: Spark's rows
 
 
 def test_bench_produce_reports_a_ratio_against_raw_sends(env: dict[str, str]) -> None:

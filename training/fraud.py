@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from edgelake.errors import UserError
 from edgelake.lake.catalog import Lake, UnknownTable
 from edgelake.lake.features.definitions import FEATURE_VERSION
 from edgelake.lake.features.model_inputs import INPUT_NAMES, INPUTS_VERSION, batch_input_columns, fraud_inputs
-from edgelake.lake.gold import card_features_version
+from edgelake.lake.gold import has_card_features
 from edgelake.lake.tables import GOLD_CARD_FEATURES
 from edgelake.training.devices import Device, set_seeds, training_strategy
 from edgelake.training.evaluation import best_f1_threshold, binary_metrics, write_plots
@@ -106,7 +107,20 @@ def labelled_transactions(spark: SparkSession, lake: Lake, config: FraudConfig) 
         transactions = transactions.where(where)
     labels = latest_labels(frames["silver_fraud_labels"], config.cutoff or datetime.now(UTC))
     examples = batch_input_columns(transactions, frames[GOLD_CARD_FEATURES.name]).join(labels, "event_id")
-    return examples.orderBy("event_time", "event_id").toPandas(), lineage
+    return _in_this_process(examples), lineage
+
+
+def _in_this_process(examples: DataFrame) -> pd.DataFrame:
+    """The examples here, oldest first: written as Parquet by Spark's executors and read back with Arrow, not
+    collected through the Spark driver. The staging folder is a local one: a cluster on several hosts needs it
+    shared (it is the temporary folder, ``TMPDIR``)."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="edgelake-fraud-examples-") as staging:
+        folder = Path(staging) / "examples"
+        examples.write.parquet(folder.as_uri())  # (Spark's INT96 timestamps: Arrow reads them as Spark collects them, UTC, naive)
+        frame = pq.read_table(folder).to_pandas()
+    return frame.sort_values(["event_time", "event_id"], ignore_index=True)
 
 
 def _card_features_to_train_on(lake: Lake) -> int:
@@ -116,8 +130,8 @@ def _card_features_to_train_on(lake: Lake) -> int:
         table = lake.open(GOLD_CARD_FEATURES.name)
     except UnknownTable as error:
         raise UserError(f"no card features to train on: {error}; {build}") from None
-    if (built_with := card_features_version(table)) != FEATURE_VERSION:
-        raise UserError(f"{GOLD_CARD_FEATURES.name} was built with feature version {built_with}, not this code's {FEATURE_VERSION}; {build}")
+    if not has_card_features(table, FEATURE_VERSION):
+        raise UserError(f"{GOLD_CARD_FEATURES.name} was not built with this code's feature version {FEATURE_VERSION}; {build}")
     return table.version()
 
 

@@ -103,7 +103,7 @@ def demo(
         story.done(
             f"{landed['silver']:,} events landed in silver, {landed['quarantined']:,} quarantined, {landed['duplicates']:,} duplicates dropped"
         )
-        story.step("build the gold tables with Spark (incremental)")
+        story.step("build the gold tables with Spark and delta-spark (incremental, written by the executors)")
         built = run_build_gold(settings, settings.spark_master)
         story.done(f"{len(built)} gold tables up to date, {sum(result.rows_out for result in built):,} rows written")
         story.step("ask the lake: fraud by merchant category (edgelake sql)")

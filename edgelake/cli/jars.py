@@ -10,7 +10,10 @@ from edgelake.jars import fetch as fetch_jars
 from edgelake.jars import jar_sets
 from edgelake.settings import Settings
 
-app = typer.Typer(help="Fetch the JVM jars (Apache Kafka) with Maven from the pinned poms under infra/jars.", no_args_is_help=True)
+app = typer.Typer(
+    help="Fetch the JVM jars (Apache Kafka; delta-spark and hadoop-aws for Spark) with Maven from the pinned poms under infra/jars.",
+    no_args_is_help=True,
+)
 
 
 @app.command("fetch")

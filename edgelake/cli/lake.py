@@ -107,7 +107,7 @@ def run_build_gold(settings: Settings, master: str) -> list[GoldResult]:
     from edgelake.lake.spark import spark_session
 
     with console.status(f"starting Spark on {master}…") as status:
-        spark = spark_session(master, "edgelake-build-gold")
+        spark = spark_session(master, "edgelake-build-gold", jars_dir=settings.jars_path, driver_memory=settings.spark_driver_memory)
         results = gold.build_gold(spark, Lake.from_settings(settings), on_start=lambda name: status.update(f"building {name}…"))
     listing = Table("table", "silver rows in", "gold rows out", "time", "what was done")
     for result in results:

@@ -98,7 +98,7 @@ def train_and_publish_fraud(settings: Settings, config: FraudConfig, master: str
     lake = Lake.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="edgelake-train-fraud-") as out:
         with console.status(f"building features with Spark on {master} and training the fraud model…"):
-            spark = spark_session(master, "edgelake-train-fraud")
+            spark = spark_session(master, "edgelake-train-fraud", jars_dir=settings.jars_path, driver_memory=settings.spark_driver_memory)
             build_card_features(spark, lake)
             result = train_fraud(spark, lake, Path(out), config)
         return publish(settings, lake, "fraud", result.files, result.metrics, result.lineage, result.feature_version, promote_to)

@@ -178,6 +178,12 @@ def reading(event_id: str, device: str, when: datetime, values: dict[str, float]
     return IoTReading(event_id=event_id, event_time=when, device_id=device, sensor="probe", values=values, anomaly=anomaly)
 
 
+def metric(commit: dict, name: str) -> int:
+    """A commit's metric by delta-spark's name (``numSourceRows``) or deltalake's (``num_source_rows``)."""
+    metrics = commit["metrics"]
+    return int(metrics[name] if name in metrics else metrics["".join(f"_{c.lower()}" if c.isupper() else c for c in name)])
+
+
 # --- tests ---------------------------------------------------------------------------------------------------
 
 
@@ -251,17 +257,17 @@ def test_card_features_and_fraud_rates_follow_new_and_late_silver_rows(spark, tm
     assert by_id.loc["edge-1", "tx_count_1h"] == 1 + ((times > old) & (times < old + hour)).sum()  # an hour ago does not
     assert by_id.loc[["zero-1", "zero-2"], "amount_to_card_mean"].isna().all()
 
-    # only the cards with new rows were recomputed, in one merge commit recording the partitions' last offsets
+    # only the cards with new rows were recomputed, in one merge commit recording the silver version it covers
     new_ids = set(tx["event_id"]) - set(before["event_id"])
     touched = set(tx[tx["event_id"].isin(new_ids)]["card_id"])
     commit = history(Lake(lake.root), "gold_card_features", 1)[0]
     assert commit["operation"] == "MERGE" and commit["metadata"]["feature_version"] == str(FEATURE_VERSION)
-    assert commit["metrics"]["num_source_rows"] == tx["card_id"].isin(touched).sum() < len(tx)
-    assert commit["metrics"]["num_target_rows_inserted"] == len(new_ids)
+    assert metric(commit, "numSourceRows") == tx["card_id"].isin(touched).sum() < len(tx)
+    assert metric(commit, "numTargetRowsInserted") == len(new_ids)
     table = Lake(lake.root).open("gold_card_features")
-    for (topic, partition), next_offset in lake.next_offset.items():
-        if topic == Transaction.topic:
-            assert table.transaction_version(f"gold_card_features/{topic}/{partition}") == next_offset - 1
+    silver_version = lake.version("silver_transactions")
+    assert table.transaction_version(f"gold_card_features/silver_transactions@features-v{FEATURE_VERSION}") == silver_version
+    assert commit["metadata"]["silver_version"] == str(silver_version)
 
     versions = {name: lake.version(name) for name in ("gold_card_features", "gold_fraud_rates")}
     third = {r.table: r for r in gold.build_gold(spark, Lake(lake.root))}
@@ -309,7 +315,7 @@ def test_device_health_equals_pandas_whole_and_incremental(spark, tmp_path: Path
     commit = history(Lake(lake.root), "gold_device_health", 1)[0]
     touched = {(r.device_id, pd.Timestamp(r.event_time).floor("min")) for r in late}
     groups = [key for key in zip(expected["device_id"], expected["minute"], strict=True) if key in touched]
-    assert commit["operation"] == "MERGE" and commit["metrics"]["num_source_rows"] == len(groups)
+    assert commit["operation"] == "MERGE" and metric(commit, "numSourceRows") == len(groups)
     # new groups: shuttle-01's first probe reading and probe-1's new minute; shuttle-01's 9 shuttle metrics are updated
     assert (commit["metrics"]["num_target_rows_inserted"], commit["metrics"]["num_target_rows_updated"]) == (2, 9)
 
@@ -323,7 +329,7 @@ def test_cli_builds_gold_and_lists_the_gold_tables(spark, tmp_path: Path, monkey
     monkeypatch.setenv("EDGELAKE_LAKE_ROOT", lake.root)
     monkeypatch.setenv("COLUMNS", "250")
     masters = []
-    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name: masters.append(master) or spark)
+    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name, jars_dir: masters.append(master) or spark)
     runner = CliRunner()
 
     built = runner.invoke(app, ["lake", "build-gold", "--master", "local[1]"])

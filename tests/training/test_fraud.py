@@ -237,7 +237,7 @@ def test_training_reads_the_gold_build_s_card_features_and_builds_none(spark, tm
     monkeypatch.setattr(gold, "_CARD_FEATURES", replace(gold._CARD_FEATURES, feature_version=gold.FEATURE_VERSION + 1))
     build_card_features(spark, lake)
     monkeypatch.undo()
-    with pytest.raises(UserError, match=f"gold_card_features was built with feature version {gold.FEATURE_VERSION + 1}, not this code's"):
+    with pytest.raises(UserError, match=f"gold_card_features was not built with this code's feature version {gold.FEATURE_VERSION}"):
         labelled_transactions(spark, lake, small(source="synthetic"))
 
     build_card_features(spark, lake)
