@@ -7,6 +7,9 @@ three tables and each table skips the offsets its log already covers, so a crash
 instant neither loses nor duplicates a record. Silver also drops events whose
 ``event_id`` it already holds (duplicates), counting them in the commit's metadata.
 
+Each commit's metadata names its micro-batch (``batch``), so a batch's counts can be read back
+from the logs (:meth:`LakeWriter.landed`), whichever runner and processes made the commits.
+
 Commits are fenced: each one is made on the snapshot its rows were chosen on, so Delta's
 conflict check refuses it if another writer committed the same app transaction (the same
 topic-partition) since. Two ingesters of one pipeline on the same partitions therefore never
@@ -16,6 +19,7 @@ both land an offset: the loser raises :class:`ConcurrentCommit` and plans again.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
@@ -26,8 +30,12 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from edgelake.contracts import EVENT_BY_TOPIC
-from edgelake.lake.catalog import Lake, ingest_app_id
+from edgelake.lake.catalog import Lake, ingest_app_id, spec_of
 from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec
+
+LANDED = ("bronze", "silver", "quarantined", "duplicates", "bytes")  # what ``LakeWriter.landed`` counts
+_OUTCOME = {"bronze": "bronze", "silver": "silver", "quarantine": "quarantined"}  # a table's layer -> what its rows count as
+
 
 class ConcurrentCommit(Exception):
     """Another writer committed some of a batch's offsets into a table first: the batch must be planned again."""
@@ -42,6 +50,7 @@ class TopicBatch:
     bronze: pa.Table
     silver: pa.Table
     quarantine: pa.Table
+    batch_id: str = ""  # the micro-batch, named in each commit's metadata
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,8 @@ class LakeWriter:
         silver_log = logs[silver_spec.name]
         known = _silver_ids(self.lake.uri(silver_spec))
         silver, duplicates = known.new_events(silver_log, self._unwritten(silver_spec, silver_log, batch.topic, batch.silver))
-        self._append(bronze_spec, logs[bronze_spec.name], batch, bronze)
+        values_bytes = pc.sum(pc.binary_length(bronze["value"])).as_py() or 0
+        self._append(bronze_spec, logs[bronze_spec.name], batch, bronze, {"bytes": str(values_bytes)})
         self._append(QUARANTINE, logs[QUARANTINE.name], batch, quarantine)
         if self._append(silver_spec, silver_log, batch, silver, {"duplicates": str(duplicates)}):
             known.committed(self._open(silver_spec), silver)
@@ -117,7 +127,7 @@ class LakeWriter:
                 schema_mode="merge",
                 commit_properties=CommitProperties(
                     app_transactions=[Transaction(ingest_app_id(self.pipeline, batch.topic, p), o) for p, o in sorted(versions.items())],
-                    custom_metadata={"pipeline": self.pipeline, "topic": batch.topic, **(metadata or {})},
+                    custom_metadata={"pipeline": self.pipeline, "topic": batch.topic, "batch": batch.batch_id, **(metadata or {})},
                 ),
             )
         except CommitFailedError as error:
@@ -125,6 +135,26 @@ class LakeWriter:
                 f"{spec.name}: another writer committed offsets of {batch.topic} partition(s) {sorted(versions)} first ({error})"
             ) from error
         return True
+
+    def versions(self, topics: Iterable[str]) -> dict[str, int]:
+        """The version of each table the Kafka ``topics`` feed (-1 for one not written yet): where a batch's commits will start."""
+        specs = {spec.name: spec for topic in topics for spec in self._tables(topic)}
+        return {name: -1 if (table := self._open(spec)) is None else table.version() for name, spec in specs.items()}
+
+    def landed(self, batch_id: str, since: dict[str, int]) -> dict[str, dict[str, int]]:
+        """What micro-batch ``batch_id`` committed to the tables after the versions ``since`` (see ``versions``), per logical
+        topic: the rows of each outcome (bronze, silver, quarantined), the duplicates silver dropped and the bytes of the values."""
+        counts: dict[str, dict[str, int]] = {}
+        for name, version in since.items():
+            spec = spec_of(name)
+            table = self._open(spec)
+            commits = table.history(table.version() - version) if table is not None and table.version() > version else []
+            for commit in (c for c in commits if c.get("batch") == batch_id):
+                mine = counts.setdefault(self.event_topic(commit["topic"]), dict.fromkeys(LANDED, 0))
+                mine[_OUTCOME[spec.layer]] += int(commit.get("operationMetrics", {}).get("num_added_rows", 0))
+                for key in ("duplicates", "bytes"):
+                    mine[key] += int(commit.get(key, 0))
+        return counts
 
     def _unwritten(self, spec: TableSpec, table: DeltaTable | None, topic: str, rows: pa.Table) -> pa.Table:
         """The rows at offsets the table's log does not cover yet."""

@@ -5,12 +5,15 @@ range is read, classified and committed by one step, so record data never moves 
 workers: moving it costs the DirectRunner more than classifying it. Each range commits
 by itself, which is all exactly-once needs, since offsets are tracked per partition. Any
 Beam runner works: the runner and its options are passed through unchanged
-(``--runner=FlinkRunner --flink_master=...``).
+(``--runner=FlinkRunner --flink_master=...``; ``--runner=DaskRunner
+--dask_client_address=tcp://...`` for Beam's Dask runner on a Dask cluster). A batch's
+counts are read back from its commits in the Delta logs, which every runner leaves behind
+(the DaskRunner reports no Beam metrics).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,9 +22,8 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
 
 from edgelake.contracts import EVENT_BY_TOPIC, Event
 from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
@@ -31,9 +33,9 @@ from edgelake.ingest.lake_writer import CommitResult, LakeWriter, TopicBatch
 from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import BRONZE_SCHEMA, QUARANTINE, TIMESTAMP
 
-METRICS_NAMESPACE = "edgelake.ingest"
 OUTCOMES = ("bronze", "silver", "quarantined", "duplicates")
-BatchCounts = dict[str, dict[str, int]]  # logical topic -> outcome (or "bytes" read) -> events
+BatchCounts = dict[str, dict[str, int]]  # logical topic -> outcome (or "bytes" of the values landed in bronze) -> events
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam knows this runner by its path only
 
 
 @dataclass(frozen=True)
@@ -58,29 +60,48 @@ class Chunk:
 
 
 def pipeline_options(runner_args: Iterable[str]) -> PipelineOptions:
-    """Beam options from command-line style arguments; DirectRunner unless a runner is named."""
+    """Beam options from command-line style arguments; DirectRunner unless a runner is named.
+
+    ``DaskRunner`` names Beam's Dask runner, which then puts each offset range in a Dask
+    partition of its own (Beam's default puts up to 128 in one, all run by one worker)
+    unless ``--dask_npartitions`` or ``--dask_partition_size`` says otherwise.
+    """
     args = list(runner_args)
-    if not any(arg.startswith("--runner") for arg in args):
-        args.append("--runner=DirectRunner")
-    return PipelineOptions(args)
+    runner = PipelineOptions(args).view_as(StandardOptions).runner or "DirectRunner"
+    if runner in ("DaskRunner", DASK_RUNNER):
+        runner = DASK_RUNNER
+        if not any(arg.startswith(("--dask_npartitions", "--dask_partition_size")) for arg in args):
+            args.append("--dask_partition_size=1")
+    options = PipelineOptions(args)
+    options.view_as(StandardOptions).runner = runner
+    return options
 
 
 def run_batch(servers: str, config: WriterConfig, ranges: list[OffsetRange], options: PipelineOptions) -> BatchCounts:
-    """Read, classify and commit ``ranges`` in one Beam pipeline; return the counts per topic."""
+    """Read, classify and commit ``ranges`` in one Beam pipeline; return the counts per topic, as its commits record them."""
+    batch_id = uuid.uuid4().hex
+    writer = config.writer()
+    since = writer.versions({r.topic for r in ranges})
     p = beam.Pipeline(options=options)
     _ = (
         p
         | "offset ranges" >> beam.Create(ranges)
         | "spread" >> beam.Reshuffle()
-        | "ingest" >> beam.ParDo(IngestRange(servers, config, datetime.now(UTC)))
+        | "ingest" >> beam.ParDo(IngestRange(servers, config, datetime.now(UTC), batch_id))
     )
     result = p.run()
-    result.wait_until_finish()
-    counts: BatchCounts = defaultdict(dict)
-    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
-        topic, outcome = counter.key.metric.name.rsplit(".", 1)
-        counts[topic][outcome] = counts[topic].get(outcome, 0) + (counter.committed or counter.attempted)
-    return dict(counts)
+    try:
+        result.wait_until_finish()
+    finally:
+        _close_client(result)
+    return writer.landed(batch_id, since)
+
+
+def _close_client(result: PipelineResult) -> None:
+    """Close the Dask client that Beam's DaskRunner opens for each pipeline and leaves open."""
+    client = getattr(result, "client", None)
+    if client is not None:
+        client.close()
 
 
 class IngestRange(beam.DoFn):
@@ -91,10 +112,11 @@ class IngestRange(beam.DoFn):
     their order, and the bundle finishes only when all have landed.
     """
 
-    def __init__(self, servers: str, config: WriterConfig, ingest_time: datetime) -> None:
+    def __init__(self, servers: str, config: WriterConfig, ingest_time: datetime, batch_id: str) -> None:
         self.servers = servers
         self.config = config
         self.ingest_time = ingest_time
+        self.batch_id = batch_id
 
     def setup(self) -> None:
         self.reader = self.config.writer()  # the silver schema, on this thread
@@ -110,17 +132,13 @@ class IngestRange(beam.DoFn):
         schema = self.reader.silver_schema(offsets.topic)
         chunks = []
         for fetched in read_range(self.servers, offsets):
-            Metrics.counter(METRICS_NAMESPACE, f"{logical}.bytes").inc(sum(map(len, fetched.values)))
             bronze = bronze_rows(fetched, self.ingest_time)
             chunks.append(classify(bronze, fetched.values, EVENT_BY_TOPIC[logical], self.lanes[logical], schema))
-        self.pending.append(self.commits.submit(self.committer.commit, merged(offsets, chunks, schema)))
+        self.pending.append(self.commits.submit(self.committer.commit, merged(offsets, chunks, schema, self.batch_id)))
 
     def finish_bundle(self) -> None:
         for commit in self.pending:
-            result = commit.result()
-            logical = self.committer.event_topic(result.topic)
-            for outcome in OUTCOMES:
-                Metrics.counter(METRICS_NAMESPACE, f"{logical}.{outcome}").inc(getattr(result, outcome))
+            commit.result()
 
     def teardown(self) -> None:
         self.commits.shutdown()
@@ -156,8 +174,8 @@ def classify(
     return Chunk(bronze, silver_rows, quarantined)
 
 
-def merged(offsets: OffsetRange, chunks: list[Chunk], schema: pa.Schema) -> TopicBatch:
-    """One range's chunks as one batch to commit."""
+def merged(offsets: OffsetRange, chunks: list[Chunk], schema: pa.Schema, batch_id: str = "") -> TopicBatch:
+    """One range's chunks as one batch to commit, of micro-batch ``batch_id``."""
     silver = _concat([c.silver for c in chunks]) if chunks else schema.empty_table()
     if silver is None:  # chunks gave a new column different types: decide row by row, in offset order
         rows = [row for c in chunks for row in c.silver.to_pylist()]
@@ -168,7 +186,7 @@ def merged(offsets: OffsetRange, chunks: list[Chunk], schema: pa.Schema) -> Topi
     else:
         quarantine = pa.concat_tables([c.quarantine for c in chunks]) if chunks else QUARANTINE.schema.empty_table()
     bronze = pa.concat_tables([c.bronze for c in chunks]) if chunks else BRONZE_SCHEMA.empty_table()
-    return TopicBatch(offsets.topic, {offsets.partition: offsets.end - 1}, bronze, silver, quarantine)
+    return TopicBatch(offsets.topic, {offsets.partition: offsets.end - 1}, bronze, silver, quarantine, batch_id)
 
 
 def _with_lineage(table: pa.Table, bronze: pa.Table, indices: list[int]) -> pa.Table:
