@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from edgelake.cli import bench, broker, config, demo, edge, ingest, jars, keys, lake, models, produce, quarantine, schemas, serve, sql, train
+from edgelake.cli import bench, broker, cluster, config, demo, edge, ingest, jars, keys, lake, models, produce, quarantine, schemas, serve, sql, train
 from edgelake.console import err_console
 from edgelake.logs import configure_logging, divert_native_output
 from edgelake.settings import Settings
@@ -51,6 +51,7 @@ def _shows_help(command: str) -> bool:
 
 app.add_typer(config.app, name="config")
 app.add_typer(broker.app, name="broker")
+app.add_typer(cluster.app, name="cluster")
 app.add_typer(jars.app, name="jars")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(produce.app, name="produce")
