@@ -21,7 +21,7 @@ from edgelake.kafka import consumer_config, retrying
 from edgelake.settings import Settings
 from edgelake.ingest.kafka_source import OffsetRange, plan_ranges
 from edgelake.ingest.lake_writer import ConcurrentCommit
-from edgelake.ingest.pipeline import OUTCOMES, BatchCounts, WriterConfig, pipeline_options, run_batch
+from edgelake.ingest.pipeline import OUTCOMES, Batch, BatchCounts, WriterConfig, pipeline_options, run_batch
 from edgelake.lake.catalog import Lake, UnknownTable, optimize
 from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER
 
@@ -103,10 +103,12 @@ def _ingest_batches(settings: Settings, options: IngestOptions, once: bool, stop
             stop.wait(0.2)  # let a small batch fill up until max_wait_s
             continue
         started = time.monotonic()
+        batch = Batch.start(config, ranges)  # one id for every run of it, so a retried batch counts what each run committed
         try:
-            counts = _retrying_lake(lambda: run_batch(servers, config, ranges, beam_options))  # noqa: B023 (called at once)
+            counts = _retrying_lake(lambda: run_batch(servers, config, batch, beam_options))  # noqa: B023 (called at once)
         except ConcurrentCommit as error:
             log.info("another ingester committed part of this batch first; planning again", extra={"error": str(error)[:500]})
+            totals.add(batch.landed(config))
             committed.forget()
             continue
         committed.forget()

@@ -77,11 +77,26 @@ def pipeline_options(runner_args: Iterable[str]) -> PipelineOptions:
     return options
 
 
-def run_batch(servers: str, config: WriterConfig, ranges: list[OffsetRange], options: PipelineOptions) -> BatchCounts:
-    """Read, classify and commit ``ranges`` in one Beam pipeline; return the counts per topic, as its commits record them."""
-    batch_id = uuid.uuid4().hex
-    writer = config.writer()
-    since = writer.versions({r.topic for r in ranges})
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch: the offset ranges it commits, the id its commits carry and the versions the tables had before."""
+
+    ranges: list[OffsetRange]
+    batch_id: str
+    since: dict[str, int]
+
+    @classmethod
+    def start(cls, config: WriterConfig, ranges: list[OffsetRange]) -> Batch:
+        return cls(ranges, uuid.uuid4().hex, config.writer().versions({r.topic for r in ranges}))
+
+    def landed(self, config: WriterConfig) -> BatchCounts:
+        """The counts per topic its commits record, whichever run of it (a retried one) made them."""
+        return config.writer().landed(self.batch_id, self.since)
+
+
+def run_batch(servers: str, config: WriterConfig, batch: Batch, options: PipelineOptions) -> BatchCounts:
+    """Read, classify and commit ``batch``'s ranges in one Beam pipeline; return the counts per topic, as its commits record them."""
+    ranges, batch_id = batch.ranges, batch.batch_id
     p = beam.Pipeline(options=options)
     _ = (
         p
@@ -94,7 +109,7 @@ def run_batch(servers: str, config: WriterConfig, ranges: list[OffsetRange], opt
         result.wait_until_finish()
     finally:
         _close_client(result)
-    return writer.landed(batch_id, since)
+    return batch.landed(config)
 
 
 def _close_client(result: PipelineResult) -> None:

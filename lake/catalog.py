@@ -17,8 +17,8 @@ from edgelake.lake.tables import CATALOG, TableSpec, table_uri
 from edgelake.settings import Settings
 
 
-# What ingest and gold builds write into their commits' metadata.
-COMMIT_METADATA = ("pipeline", "topic", "duplicates", "job", "silver_version", "feature_version")
+# What ingest writes into its commits' metadata (gold builds write theirs as the commit's userMetadata JSON: commit_info).
+COMMIT_METADATA = ("pipeline", "topic", "batch", "duplicates", "bytes")
 
 
 def ingest_app_id(pipeline: str, topic: str, partition: int) -> str:

@@ -317,7 +317,7 @@ def test_device_health_equals_pandas_whole_and_incremental(spark, tmp_path: Path
     groups = [key for key in zip(expected["device_id"], expected["minute"], strict=True) if key in touched]
     assert commit["operation"] == "MERGE" and metric(commit, "numSourceRows") == len(groups)
     # new groups: shuttle-01's first probe reading and probe-1's new minute; shuttle-01's 9 shuttle metrics are updated
-    assert (commit["metrics"]["num_target_rows_inserted"], commit["metrics"]["num_target_rows_updated"]) == (2, 9)
+    assert (metric(commit, "numTargetRowsInserted"), metric(commit, "numTargetRowsUpdated")) == (2, 9)
 
     version = lake.version("gold_device_health")
     assert not gold.build_device_health(spark, Lake(lake.root)).changed
@@ -329,7 +329,7 @@ def test_cli_builds_gold_and_lists_the_gold_tables(spark, tmp_path: Path, monkey
     monkeypatch.setenv("EDGELAKE_LAKE_ROOT", lake.root)
     monkeypatch.setenv("COLUMNS", "250")
     masters = []
-    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name, jars_dir: masters.append(master) or spark)
+    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name, **_: masters.append(master) or spark)
     runner = CliRunner()
 
     built = runner.invoke(app, ["lake", "build-gold", "--master", "local[1]"])

@@ -22,7 +22,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> CliRunner:
     """The CLI with a data dir of its own (for the signing key) and the session's Spark."""
     monkeypatch.setenv("EDGELAKE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name, jars_dir: spark)
+    monkeypatch.setattr("edgelake.lake.spark.spark_session", lambda master, app_name, **_: spark)
     return CliRunner()
 
 
