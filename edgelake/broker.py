@@ -10,11 +10,7 @@ log file live under ``<data_dir>/node-<id>``, formatted on its first start.
 from __future__ import annotations
 
 import base64
-import json
-import os
 import random
-import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -22,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgelake.daemons import Daemon, DaemonStatus, java_binary, listening, terminate
 from edgelake.errors import UserError
 from edgelake.jars import classpath
 from edgelake.kafka import ensure_topics, wait_until_ready
@@ -36,18 +33,9 @@ class BrokerUnavailable(UserError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class NodeStatus:
-    node_id: int
-    port: int
-    pid: int | None
-    running: bool
-    answering: bool
-
-
-@dataclass(frozen=True)
 class BrokerStatus:
     bootstrap_servers: str
-    nodes: tuple[NodeStatus, ...]
+    nodes: tuple[DaemonStatus, ...]  # a node joined when it answers on its port
     data_dir: Path
 
     @property
@@ -56,7 +44,7 @@ class BrokerStatus:
 
     @property
     def answering(self) -> bool:
-        return all(node.answering for node in self.nodes)
+        return all(node.joined for node in self.nodes)
 
     @property
     def pids(self) -> list[int]:
@@ -100,8 +88,8 @@ class EmbeddedBroker:
         current = self.status()
         if current.running and current.answering:
             return current
-        stopped = [node for node in self.nodes if not node.status().running]
-        taken = [port for node in stopped for port in (node.port, node.controller_port) if _port_in_use(port)]
+        stopped = [node for node in self.nodes if not node.running()]
+        taken = [port for node in stopped for port in (node.port, node.controller_port) if listening(port)]
         if taken:
             raise BrokerUnavailable(
                 f"port(s) {', '.join(map(str, taken))} are taken by another process; set EDGELAKE_BROKER_PORT "
@@ -119,16 +107,11 @@ class EmbeddedBroker:
 
     def stop(self, timeout_s: float = 20.0) -> bool:
         """Stop every node (data is kept); return whether any was running."""
-        running = [node for node in self.nodes if node.status().running]
-        for node in running:
-            node.signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for node in running:
-            node.wait_or_kill(max(0.0, deadline - time.monotonic()))
-        return bool(running)
+        return terminate(self.nodes, time.monotonic() + timeout_s)
 
     def status(self) -> BrokerStatus:
-        return BrokerStatus(self.bootstrap_servers, tuple(node.status() for node in self.nodes), self.data_dir)
+        nodes = (node.status(listening(node.port), node.port) for node in self.nodes)
+        return BrokerStatus(self.bootstrap_servers, tuple(nodes), self.data_dir)
 
     def cluster_id(self) -> str:
         """The cluster's id, made on first use: a UUID in Kafka's 22-character base64url form."""
@@ -140,10 +123,7 @@ class EmbeddedBroker:
 
     def java(self) -> list[str]:
         """The ``java`` command with Kafka's jars on its classpath."""
-        java_home = os.environ.get("JAVA_HOME")
-        binary = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-        if not binary or not Path(binary).exists():
-            raise BrokerUnavailable("Java is not installed: run `make setup` (Debian package openjdk-17-jre-headless)")
+        binary = java_binary(BrokerUnavailable)
         try:
             return [binary, "-cp", classpath(self.jars_dir, "kafka")]
         except RuntimeError as error:
@@ -151,7 +131,7 @@ class EmbeddedBroker:
 
 
 @dataclass(frozen=True)
-class KafkaNode:
+class KafkaNode(Daemon):
     """One node of an embedded cluster: an Apache Kafka JVM that is broker and controller."""
 
     cluster: EmbeddedBroker
@@ -173,10 +153,6 @@ class KafkaNode:
     def log_file(self) -> Path:
         return self.folder / "server.log"
 
-    @property
-    def _pid_file(self) -> Path:
-        return self.folder / "kafka.pid"
-
     def launch(self) -> int:
         """Start this node's JVM in the background (formatting its storage first if new); its pid."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -197,51 +173,7 @@ class KafkaNode:
                 "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.folder / 'log4j2.properties'}", f"-Dkafka.logs.dir={self.folder}",
             ]
-            process = subprocess.Popen(
-                [java[0], *jvm, *java[1:], "kafka.Kafka", str(properties)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        self._pid_file.write_text(json.dumps({"pid": process.pid, "port": self.port}))
-        return process.pid
-
-    def signal(self, sig: signal.Signals) -> bool:
-        """Send ``sig`` to the node's process group; False if it does not run."""
-        pid = self._pid()
-        if pid is None or not process_alive(pid):
-            return False
-        os.killpg(pid, sig)
-        return True
-
-    def kill(self) -> bool:
-        """SIGKILL the node, as a crash would, and wait until it is gone; False if it did not run."""
-        pid = self._pid()
-        if not self.signal(signal.SIGKILL):
-            return False
-        assert pid is not None
-        while process_alive(pid):
-            time.sleep(0.05)
-        return True
-
-    def wait_or_kill(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for the node to exit, then SIGKILL it; forget its pid."""
-        pid = self._pid()
-        deadline = time.monotonic() + timeout_s
-        while pid is not None and process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid is not None and process_alive(pid):
-            self.kill()
-        self._pid_file.unlink(missing_ok=True)
-
-    def status(self) -> NodeStatus:
-        pid = self._pid()
-        running = pid is not None and process_alive(pid)
-        return NodeStatus(self.node_id, self.port, pid if running else None, running, running and _port_in_use(self.port))
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return f"{self.log_file}:\n{self.log_file.read_text(errors='replace')[-chars:]}"
-        except OSError:
-            return f"{self.log_file}: no log"
+        return self.spawn([java[0], *jvm, *java[1:], "kafka.Kafka", str(properties)], self.folder / "stdout.log")
 
     def _server_properties(self) -> str:
         nodes = self.cluster.nodes
@@ -271,12 +203,6 @@ class KafkaNode:
             "group.initial.rebalance.delay.ms": 0,
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
-
-    def _pid(self) -> int | None:
-        try:
-            return int(json.loads(self._pid_file.read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            return None
 
 
 _LOG4J2 = """\
@@ -358,36 +284,3 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def terminate_group(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM the process group led by ``pid``; SIGKILL it if it still runs after ``timeout_s``."""
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if process_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether the process ``pid`` runs (a child that exited is reaped)."""
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -25,13 +25,14 @@ def jar_sets(pom_dir: Path = POM_DIR) -> list[str]:
 
 
 def classpath(jars_dir: Path, name: str, pom_dir: Path = POM_DIR) -> str:
-    """The Java classpath of the fetched jar set ``name``; ``JarsMissing`` if it is absent or stale."""
+    """The Java classpath of the fetched jar set ``name``, absolute (a Spark executor or a daemon runs in a folder of its own);
+    ``JarsMissing`` if it is absent or stale."""
     folder = jars_dir / name
     if not _current(folder, pom_dir / name / "pom.xml"):
         raise JarsMissing(
             f"the {name} jars are not in {folder} (or were fetched for another pom): run `make setup` or `edgelake jars fetch {name}`"
         )
-    return str(folder / "*")
+    return str(folder.resolve() / "*")
 
 
 def fetch(jars_dir: Path, name: str, pom_dir: Path = POM_DIR, log_file: Path | None = None) -> bool:

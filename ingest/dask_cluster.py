@@ -10,18 +10,12 @@ live under ``<data_dir>`` (``<settings.data_dir>/dask-cluster``), one folder per
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgelake.broker import process_alive
+from edgelake.daemons import ClusterStatus, Daemon, listening, terminate, wait_for
 from edgelake.errors import UserError
 from edgelake.settings import Settings
 
@@ -30,29 +24,6 @@ SCHEDULER = "scheduler"
 
 class DaskClusterUnavailable(UserError, RuntimeError):
     """The scheduler's port is taken, or the scheduler or a worker did not come up."""
-
-
-@dataclass(frozen=True)
-class ProcessStatus:
-    name: str
-    pid: int | None
-    running: bool
-    connected: bool  # the scheduler answers (for the scheduler) or lists this worker
-
-
-@dataclass(frozen=True)
-class DaskClusterStatus:
-    address: str
-    processes: tuple[ProcessStatus, ...]  # the scheduler, then the workers
-    data_dir: Path
-
-    @property
-    def ready(self) -> bool:
-        return all(p.running and p.connected for p in self.processes)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
 
 
 @dataclass(frozen=True)
@@ -86,7 +57,7 @@ class DaskCluster:
             raise LookupError(f"the cluster has workers 1 to {self.workers}, not {number}")
         return DaskProcess(self, f"worker-{number}")
 
-    def start(self, timeout_s: float = 60.0) -> DaskClusterStatus:
+    def start(self, timeout_s: float = 60.0) -> ClusterStatus:
         """Start the scheduler and every worker that does not run; wait until the scheduler lists every worker.
 
         If they do not come up, the processes this call started are stopped again.
@@ -94,20 +65,20 @@ class DaskCluster:
         scheduler, *workers = self.processes
         launched = []
         if not scheduler.running():
-            if _listening(self.port):
+            if listening(self.port):
                 raise DaskClusterUnavailable(f"port {self.port} is taken by another process; set EDGELAKE_DASK_SCHEDULER_PORT")
             scheduler.launch()
             launched.append(scheduler)
         deadline = time.monotonic() + timeout_s
         try:
-            _wait_for(lambda: _listening(self.port), deadline, [scheduler])
+            wait_for(lambda: listening(self.port), deadline, [scheduler], DaskClusterUnavailable, "the Dask cluster")
             for worker in workers:
                 if not worker.running():
                     worker.launch()
                     launched.append(worker)
-            _wait_for(lambda: self.status().ready, deadline, [scheduler, *workers])
+            wait_for(lambda: self.status().ready, deadline, [scheduler, *workers], DaskClusterUnavailable, "the Dask cluster")
         except DaskClusterUnavailable:
-            _terminate(launched[::-1], time.monotonic() + 10)
+            terminate(launched[::-1], time.monotonic() + 10)
             raise
         return self.status()
 
@@ -118,15 +89,16 @@ class DaskCluster:
         """
         workers = [DaskProcess(self, folder.name) for folder in sorted(self.data_dir.glob("worker-*"))]
         deadline = time.monotonic() + timeout_s
-        stopped_workers = _terminate(workers, deadline)
-        return _terminate([DaskProcess(self, SCHEDULER)], deadline) or stopped_workers
+        stopped_workers = terminate(workers, deadline)
+        return terminate([DaskProcess(self, SCHEDULER)], deadline) or stopped_workers
 
-    def status(self) -> DaskClusterStatus:
+    def status(self) -> ClusterStatus:
+        """The scheduler joined if it answers, each worker if the scheduler lists it."""
         scheduler, *workers = self.processes
         listed = self.connected_workers() if scheduler.running() else None
         statuses = [scheduler.status(listed is not None)]
         statuses += [worker.status(listed is not None and worker.name in listed) for worker in workers]
-        return DaskClusterStatus(self.address, tuple(statuses), self.data_dir)
+        return ClusterStatus(self.address, tuple(statuses), self.data_dir)
 
     def connected_workers(self, timeout_s: float = 5.0) -> set[str] | None:
         """The names of the workers the scheduler lists; None if it does not answer."""
@@ -140,8 +112,8 @@ class DaskCluster:
 
 
 @dataclass(frozen=True)
-class DaskProcess:
-    """The scheduler or one worker of a cluster: a process with a pid file and a log file in a folder of its own."""
+class DaskProcess(Daemon):
+    """The scheduler or one worker of a cluster: a daemon in a folder of its own."""
 
     cluster: DaskCluster
     name: str
@@ -149,14 +121,6 @@ class DaskProcess:
     @property
     def folder(self) -> Path:
         return self.cluster.data_dir / self.name
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / f"{self.name}.log"
-
-    @property
-    def _pid_file(self) -> Path:
-        return self.folder / "pid.json"
 
     def command(self) -> list[str]:
         http = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
@@ -168,82 +132,6 @@ class DaskProcess:
         ]
 
     def launch(self) -> int:
-        """Start the process in the background, in a session of its own; its pid."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
-            process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.folder, start_new_session=True
-            )
-        self._pid_file.write_text(json.dumps({"pid": process.pid}))
-        return process.pid
+        """Start the process in the background; its pid."""
+        return self.spawn(self.command(), self.log_file)
 
-    def pid(self) -> int | None:
-        """The pid of the process if it runs."""
-        try:
-            pid = int(json.loads(self._pid_file.read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            return None
-        return pid if process_alive(pid) else None
-
-    def running(self) -> bool:
-        return self.pid() is not None
-
-    def signal(self, sig: signal.Signals) -> bool:
-        """Send ``sig`` to the process's group; False if it does not run."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        os.killpg(pid, sig)
-        return True
-
-    def kill(self) -> bool:
-        """SIGKILL the process, as a crash would, and wait until it is gone; False if it did not run."""
-        pid = self.pid()
-        if pid is None or not self.signal(signal.SIGKILL):
-            return False
-        while process_alive(pid):
-            time.sleep(0.05)
-        return True
-
-    def wait_or_kill(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for the process to exit, then SIGKILL it; forget its pid."""
-        deadline = time.monotonic() + timeout_s
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.kill()
-        self._pid_file.unlink(missing_ok=True)
-
-    def status(self, connected: bool) -> ProcessStatus:
-        pid = self.pid()
-        return ProcessStatus(self.name, pid, pid is not None, pid is not None and connected)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return f"{self.log_file}:\n{self.log_file.read_text(errors='replace')[-chars:]}"
-        except OSError:
-            return f"{self.log_file}: no log"
-
-
-def _terminate(processes: list[DaskProcess], deadline: float) -> bool:
-    """SIGTERM the running ``processes``, and SIGKILL those still running at ``deadline``; whether any ran."""
-    running = [p for p in processes if p.signal(signal.SIGTERM)]
-    for process in running:
-        process.wait_or_kill(max(0.0, deadline - time.monotonic()))
-    return bool(running)
-
-
-def _wait_for(ready: Callable[[], bool], deadline: float, watched: list[DaskProcess]) -> None:
-    """Poll ``ready()`` until it is true; raise with the logs of ``watched`` if one of them exits or ``deadline`` passes."""
-    while not ready():
-        exited = [p for p in watched if not p.running()]
-        if exited or time.monotonic() > deadline:
-            why = f"{', '.join(p.name for p in exited)} exited" if exited else "timed out"
-            tails = "\n".join(p.log_tail() for p in (exited or watched))
-            raise DaskClusterUnavailable(f"the Dask cluster did not come up ({why}):\n{tails}")
-        time.sleep(0.3)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -15,24 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgelake.broker import process_alive
+from edgelake.daemons import HOST, ClusterStatus, Daemon, java_binary, listening, terminate, wait_for
 from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 MASTER = "master"
-HOST = "127.0.0.1"
 WORKER_CORES = 1
 WORKER_MEMORY = "2g"  # what executors may take: the default 1 GiB executor, or up to 2 GiB (spark.executor.memory)
 DAEMON_MEMORY = "256m"  # the heap of the master's and workers' own JVMs
@@ -42,35 +36,6 @@ WORKER_PROPERTIES = {"spark.worker.cleanup.enabled": "true"}  # finished applica
 
 class SparkClusterUnavailable(UserError, RuntimeError):
     """Java or pyspark's launcher is missing, a port is taken, or the master or a worker did not come up."""
-
-
-@dataclass(frozen=True)
-class DaemonStatus:
-    name: str
-    port: int
-    pid: int | None
-    running: bool
-    registered: bool  # the master answers (for the master) or lists this worker as alive
-
-
-@dataclass(frozen=True)
-class SparkClusterStatus:
-    master_url: str
-    web_ui_url: str
-    daemons: tuple[DaemonStatus, ...]  # the master, then the workers
-    data_dir: Path
-
-    @property
-    def ready(self) -> bool:
-        return all(d.running and d.registered for d in self.daemons)
-
-    @property
-    def pids(self) -> list[int]:
-        return [d.pid for d in self.daemons if d.pid is not None]
-
-    @property
-    def alive_workers(self) -> int:
-        return sum(d.running and d.registered for d in self.daemons[1:])
 
 
 @dataclass(frozen=True)
@@ -108,14 +73,14 @@ class SparkCluster:
             raise LookupError(f"the cluster has workers 1 to {self.workers}, not {number}")
         return SparkDaemon(self, f"worker-{number}")
 
-    def start(self, timeout_s: float = 90.0) -> SparkClusterStatus:
+    def start(self, timeout_s: float = 90.0) -> ClusterStatus:
         """Start the master and every worker that does not run; wait until the master lists every worker as alive.
 
         If they do not come up, the daemons this call started are stopped again.
         """
         master, *workers = self.daemons
         stopped = [daemon for daemon in self.daemons if not daemon.running()]
-        taken = [port for daemon in stopped for port in daemon.ports if _listening(port)]
+        taken = [port for daemon in stopped for port in daemon.ports if listening(port)]
         if taken:
             raise SparkClusterUnavailable(
                 f"port(s) {', '.join(map(str, taken))} are taken by another process; set EDGELAKE_SPARK_CLUSTER_PORT"
@@ -126,14 +91,14 @@ class SparkCluster:
             if master in stopped:
                 master.launch()
                 launched.append(master)
-            _wait_for(lambda: self.master_state() is not None, deadline, [master])
+            wait_for(lambda: self.master_state() is not None, deadline, [master], SparkClusterUnavailable, "the Spark cluster")
             for worker in workers:
                 if worker in stopped:
                     worker.launch()
                     launched.append(worker)
-            _wait_for(lambda: self.status().ready, deadline, self.daemons)
+            wait_for(lambda: self.status().ready, deadline, self.daemons, SparkClusterUnavailable, "the Spark cluster")
         except SparkClusterUnavailable:
-            _terminate(launched[::-1], time.monotonic() + 10)
+            terminate(launched[::-1], time.monotonic() + 10)
             raise
         return self.status()
 
@@ -141,15 +106,16 @@ class SparkCluster:
         """Stop the workers (those of a larger cluster started before included), then the master; whether any ran."""
         workers = [SparkDaemon(self, folder.name) for folder in sorted(self.data_dir.glob("worker-*"))]
         deadline = time.monotonic() + timeout_s
-        stopped_workers = _terminate(workers, deadline)
-        return _terminate([SparkDaemon(self, MASTER)], deadline) or stopped_workers
+        stopped_workers = terminate(workers, deadline)
+        return terminate([SparkDaemon(self, MASTER)], deadline) or stopped_workers
 
-    def status(self) -> SparkClusterStatus:
+    def status(self) -> ClusterStatus:
+        """The master joined if it answers, each worker if the master lists it as alive."""
         master, *workers = self.daemons
         state = self.master_state() if master.running() else None
         alive = {w.get("port") for w in state["workers"] if w.get("state") == "ALIVE"} if state is not None else set()
-        daemons = [master.status(state is not None), *(worker.status(worker.port in alive) for worker in workers)]
-        return SparkClusterStatus(self.master_url, self.web_ui_url, tuple(daemons), self.data_dir)
+        daemons = [master.status(state is not None, master.port), *(w.status(w.port in alive, w.port) for w in workers)]
+        return ClusterStatus(self.master_url, tuple(daemons), self.data_dir)
 
     def master_state(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
         """The master's view of the cluster (its web UI's ``/json``: workers, applications); None if it does not answer."""
@@ -163,7 +129,7 @@ class SparkCluster:
 
 
 @dataclass(frozen=True)
-class SparkDaemon:
+class SparkDaemon(Daemon):
     """The master or one worker of a cluster: a JVM with its pid, properties and log files in a folder of its own."""
 
     cluster: SparkCluster
@@ -183,14 +149,6 @@ class SparkDaemon:
     def folder(self) -> Path:
         return self.cluster.data_dir / self.name
 
-    @property
-    def log_file(self) -> Path:
-        return self.folder / f"{self.name}.log"
-
-    @property
-    def _pid_file(self) -> Path:
-        return self.folder / "pid.json"
-
     def command(self) -> list[str]:
         """``spark-class`` running the Master or Worker class, with its properties file."""
         spark_class = str(_spark_home() / "bin" / "spark-class")
@@ -204,7 +162,7 @@ class SparkDaemon:
 
     def launch(self) -> int:
         """Start the daemon in the background, in a session of its own; its pid."""
-        _require_java()
+        java_binary(SparkClusterUnavailable)
         self.folder.mkdir(parents=True, exist_ok=True)
         properties = MASTER_PROPERTIES if self.name == MASTER else WORKER_PROPERTIES
         (self.folder / "spark.properties").write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
@@ -212,59 +170,7 @@ class SparkDaemon:
             **os.environ, "SPARK_HOME": str(_spark_home()), "SPARK_LOCAL_IP": HOST, "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
             "SPARK_LOCAL_DIRS": str(self.folder / "local"), "PYSPARK_PYTHON": sys.executable,
         }
-        with self.log_file.open("ab") as log:
-            process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.folder, env=env,
-                start_new_session=True,
-            )
-        self._pid_file.write_text(json.dumps({"pid": process.pid, "port": self.port}))
-        return process.pid
-
-    def pid(self) -> int | None:
-        """The pid of the daemon if it runs (it leads its process group, its executors included)."""
-        try:
-            pid = int(json.loads(self._pid_file.read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            return None
-        return pid if process_alive(pid) else None
-
-    def running(self) -> bool:
-        return self.pid() is not None
-
-    def signal(self, sig: signal.Signals) -> bool:
-        """Send ``sig`` to the daemon's process group; False if it does not run."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        os.killpg(pid, sig)
-        return True
-
-    def kill(self) -> bool:
-        """SIGKILL the daemon and its executors, as a crash would, and wait until it is gone; False if it did not run."""
-        pid = self.pid()
-        if pid is None or not self.signal(signal.SIGKILL):
-            return False
-        while process_alive(pid):
-            time.sleep(0.05)
-        return True
-
-    def wait_or_kill(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for the daemon to exit, then SIGKILL it; forget its pid."""
-        deadline = time.monotonic() + timeout_s
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.kill()
-        self._pid_file.unlink(missing_ok=True)
-
-    def status(self, registered: bool) -> DaemonStatus:
-        pid = self.pid()
-        return DaemonStatus(self.name, self.port, pid, pid is not None, pid is not None and registered)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return f"{self.log_file}:\n{self.log_file.read_text(errors='replace')[-chars:]}"
-        except OSError:
-            return f"{self.log_file}: no log"
+        return self.spawn(self.command(), self.log_file, env)
 
 
 def _spark_home() -> Path:
@@ -275,35 +181,3 @@ def _spark_home() -> Path:
     if not (home / "bin" / "spark-class").exists():
         raise SparkClusterUnavailable(f"pyspark at {home} has no bin/spark-class: reinstall it (pip install --force-reinstall pyspark)")
     return home
-
-
-def _require_java() -> None:
-    java_home = os.environ.get("JAVA_HOME")
-    binary = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not binary or not Path(binary).exists():
-        raise SparkClusterUnavailable("Java is not installed: run `make setup` (Debian package openjdk-17-jre-headless)")
-
-
-def _terminate(daemons: list[SparkDaemon], deadline: float) -> bool:
-    """SIGTERM the running ``daemons``, and SIGKILL those still running at ``deadline``; whether any ran."""
-    running = [d for d in daemons if d.signal(signal.SIGTERM)]
-    for daemon in running:
-        daemon.wait_or_kill(max(0.0, deadline - time.monotonic()))
-    return bool(running)
-
-
-def _wait_for(ready: Callable[[], bool], deadline: float, watched: list[SparkDaemon]) -> None:
-    """Poll ``ready()`` until it is true; raise with the logs of ``watched`` if one of them exits or ``deadline`` passes."""
-    while not ready():
-        exited = [d for d in watched if not d.running()]
-        if exited or time.monotonic() > deadline:
-            why = f"{', '.join(d.name for d in exited)} exited" if exited else "timed out"
-            tails = "\n".join(d.log_tail() for d in (exited or watched))
-            raise SparkClusterUnavailable(f"the Spark cluster did not come up ({why}):\n{tails}")
-        time.sleep(0.3)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0

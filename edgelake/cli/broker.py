@@ -63,7 +63,7 @@ def status(ctx: typer.Context, brokers: int | None = BrokersOption) -> None:
         return
     state = broker.status()
     for node in state.nodes:
-        word = "[green]running[/]" if node.running and node.answering else "[red]stopped[/]"
-        console.print(f"Apache Kafka node {node.node_id} {word} at 127.0.0.1:{node.port} (data {state.data_dir})")
+        word = "[green]running[/]" if node.joined else "[red]stopped[/]"
+        console.print(f"Apache Kafka {node.name.replace('-', ' ')} {word} at 127.0.0.1:{node.port} (data {state.data_dir})")
     if not (state.running and state.answering):
         raise typer.Exit(1)

@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 
 import typer
 
-from edgelake.broker import process_alive, terminate_group
 from edgelake.console import console, reported_errors
+from edgelake.daemons import process_alive, terminate_group
 from edgelake.errors import UserError
 from edgelake.settings import Settings
 

@@ -28,7 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from edgelake.broker import free_port, free_ports, process_alive
+from edgelake.broker import free_port, free_ports
+from edgelake.daemons import process_alive
 from edgelake.ingest.sources import shuttle
 from edgelake.lake.catalog import Lake
 from edgelake.lake.gold import build_gold
