@@ -26,6 +26,7 @@ class ScoreMetrics:
 
     decisions: Counter
     model_version: Gauge
+    model_refused: Gauge
     unpublished: Counter
     pending: Gauge
 
@@ -34,6 +35,11 @@ class ScoreMetrics:
         return cls(
             Counter("edgelake_fraud_scores", "Transactions scored, by decision.", ["decision"], registry=registry),
             Gauge("edgelake_fraud_model_version", "Version of the production fraud model serving scores; 0 for none.", registry=registry),
+            Gauge(
+                "edgelake_fraud_model_refused_version",
+                "The latest fraud model version refused for failing its signature, feature-version or loading checks; 0 for none.",
+                registry=registry,
+            ),
             Counter(
                 "edgelake_fraud_score_events_unpublished", "Score events that could not be sent to the fraud-scores topic.", registry=registry
             ),

@@ -5,7 +5,11 @@ signing key's public half (``<data_dir>/keys``) or else the registry's own, and 
 only if its manifest's ``feature_version`` is this code's ``INPUTS_VERSION``. Its TFLite
 file runs under LiteRT; the Keras file (which needs TensorFlow, imported then) is the
 fallback where the TFLite file cannot be loaded. The registry is checked for a new
-production version at most every ``score_model_check_s`` seconds.
+production version at most every ``score_model_check_s`` seconds. A production version that
+fails these checks or does not load is refused (logged, and named by the
+``edgelake_fraud_model_refused_version`` metric) and the last good one keeps answering: the
+version in use, or for a server that has none yet, the newest earlier production version
+that passes (``registry.production_line``).
 
 Card features come from one ``CardHistory`` per process (or a ``RedisCardHistory`` shared
 by every replica, as the settings choose), fed by the transactions scored here and, where
@@ -135,6 +139,7 @@ class Scorer:
         self._history_lock = threading.Lock()
         self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter
         self._model: ServedModel | ModelUnavailable = ModelUnavailable(f"no production version of model '{MODEL_NAME}' loaded yet")
+        self._refused: dict[int, str] = {}  # versions that failed their checks in this process, and why
         self._next_check = 0.0
 
     def model(self) -> ServedModel:
@@ -148,12 +153,14 @@ class Scorer:
             return self._model
 
     def status(self) -> ModelStatus:
-        """The model in use (checking the registry as ``model`` does), or why none is; never raises ModelUnavailable."""
+        """The model in use (checking the registry as ``model`` does) and why a newer production version is not, or why none is;
+        never raises ModelUnavailable."""
         try:
             version = self.model().version
         except ModelUnavailable as error:
             return ModelStatus(False, None, str(error))
-        return ModelStatus(True, version, None)
+        newer = {v: why for v, why in self._refused.items() if v > version}
+        return ModelStatus(True, version, "; ".join(f"refused: {why}" for why in newer.values()) or None)
 
     def record(self, transactions: Sequence[Transaction]) -> None:
         """Add ``transactions`` to their cards' histories without scoring them; event ids already held are skipped."""
@@ -178,20 +185,32 @@ class Scorer:
         return model, scored
 
     def _refresh(self) -> None:
-        """Load the production version if it is not the one in use; remember why not if it cannot be served."""
+        """Serve the first version of the production line that passes its checks: the production version, else the one in
+        use or an earlier production version; remember why refused ones were."""
         try:
-            production = registry.current(self._root, MODEL_NAME)
+            line = registry.production_line(self._root, MODEL_NAME)
         except registry.UnknownModel:
-            production = None
-        if production is None:
-            self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._root}")
-        elif isinstance(self._model, ModelUnavailable) or self._model.version != production:
+            line = []
+        in_use = None if isinstance(self._model, ModelUnavailable) else self._model
+        for version in line:
+            if in_use is not None and version == in_use.version:
+                break
+            if version in self._refused:
+                continue
             try:
-                self._model = self._load(production)
-                log.info("serving %s v%d (%s)", MODEL_NAME, production, self._model.runtime)
+                self._model = self._load(version)
             except ModelUnavailable as error:
-                log.error("cannot serve %s v%d: %s", MODEL_NAME, production, error)
-                self._model = error
+                self._refused[version] = str(error)
+                self._metrics.model_refused.set(version)
+                log.error("refusing %s v%d: %s", MODEL_NAME, version, error)
+                continue
+            log.info("serving %s v%d (%s)", MODEL_NAME, version, self._model.runtime)
+            break
+        else:
+            if not line:
+                self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._root}")
+            elif in_use is None:
+                self._model = ModelUnavailable("; ".join(self._refused[v] for v in line))
         self._metrics.model_version.set(0 if isinstance(self._model, ModelUnavailable) else self._model.version)
 
     def _load(self, version: int) -> ServedModel:

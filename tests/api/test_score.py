@@ -261,10 +261,7 @@ def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, to
     empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
     tampered_root = tmp_path / "tampered-lake"
     shutil.copytree(registry.registry_root(Lake.from_settings(lake)), tampered_root / "models")
-    tflite = tampered_root / "models" / "fraud" / "1" / "fraud.tflite"
-    data = bytearray(tflite.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    tflite.write_bytes(bytes(data))
+    flip_a_byte(tampered_root / "models" / "fraud" / "1" / "fraud.tflite")
     tampered = lake.model_copy(update={"lake_root": str(tampered_root)})
     for settings, reason in ((empty, "no version of model 'fraud' is in production"), (tampered, "fails verification")):
         with client(serve, settings, tokens["producer"]) as http:
@@ -273,6 +270,38 @@ def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, to
         assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
         assert response.json()["type"] == "urn:edgelake:problem:model-unavailable" and reason in response.json()["detail"]
         assert "edgelake_fraud_model_version 0.0" in metrics
+
+
+def test_a_refused_production_version_leaves_the_last_good_one_answering(lake: Settings, tokens, serve, tmp_path: Path) -> None:
+    """A promoted version whose file no longer matches its signature is refused: a running server keeps the version it
+    serves, and a server started afterwards falls back to the earlier production version; never a 503."""
+    root = tmp_path / "last-good-lake"
+    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), root / "models")
+    settings = lake.model_copy(update={"lake_root": str(root), "score_model_check_s": 0.0})
+    models = registry.registry_root(Lake.from_settings(settings))
+    good = registry.get(models, "fraud", registry.current(models, "fraud"))
+    with client(serve, settings, tokens["producer"]) as http:
+        assert http.post("/v1/score", json=example()).json()["model"]["version"] == good.version
+        bad = registry.publish_run(
+            Lake.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", {name: good.path / name for name in good.manifest.files},
+            metrics=good.manifest.metrics, lineage=good.manifest.lineage, feature_version=good.manifest.feature_version, promote_to="production",
+        )
+        flip_a_byte(bad.path / "fraud.tflite")
+        answered = http.post("/v1/score", json=example())
+        metrics = http.get("/metrics").text
+    assert registry.production_line(models, "fraud") == [bad.version, good.version]
+    assert answered.status_code == 200 and answered.json()["model"]["version"] == good.version
+    assert f"edgelake_fraud_model_refused_version {float(bad.version)}" in metrics
+    assert f"edgelake_fraud_model_version {float(good.version)}" in metrics
+    with client(serve, settings, tokens["producer"]) as http:
+        restarted = http.post("/v1/score", json=example())
+    assert restarted.status_code == 200 and restarted.json()["model"]["version"] == good.version
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
 
 
 def test_scores_are_answered_and_wait_while_the_broker_is_unreachable(lake: Settings, tokens, serve) -> None:

@@ -58,7 +58,7 @@ from edgelake.training.registry.rollout import (
     rollout_policy,
     set_rollout,
 )
-from edgelake.training.registry.stages import STAGES, Stage, StageBook, Transition, current, promote, rollback, versions
+from edgelake.training.registry.stages import STAGES, Stage, StageBook, Transition, current, production_line, promote, rollback, versions
 
 __all__ = [
     "KEYS_DIR",
@@ -83,6 +83,7 @@ __all__ = [
     "key_set_sequence",
     "local_public_key",
     "models",
+    "production_line",
     "promote",
     "publish",
     "publish_run",

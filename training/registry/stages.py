@@ -51,6 +51,14 @@ class StageBook(BaseModel):
         """The newest version in ``stage``."""
         return max((version for version, held in self.stages.items() if held == stage), default=None)
 
+    def production_line(self) -> list[int]:
+        """The production version, then each earlier production version now archived, newest first; empty without one."""
+        current = self.holder("production")
+        if current is None:
+            return []
+        earlier = (t.version for t in reversed(self.history) if t.to == "production" and self.stage(t.version) == "archived")
+        return [current, *dict.fromkeys(earlier)]
+
     def move(self, version: int, to: Stage, actor: str | None, reason: str | None) -> None:
         """Put ``version`` in stage ``to`` and record the transition."""
         self.history.append(
@@ -85,6 +93,13 @@ def current(root: Path, name: str, stage: Stage = "production") -> int | None:
     """The version of ``name`` in ``stage``, or None; no fallback to another stage."""
     versions(root, name)
     return read_book(root / name).holder(stage)
+
+
+def production_line(root: Path, name: str) -> list[int]:
+    """The version of ``name`` in production, then the earlier production versions it displaced (not rolled back), newest
+    first: what a server falls back to, in order, while newer ones fail its checks."""
+    versions(root, name)
+    return read_book(root / name).production_line()
 
 
 def promote(
@@ -132,10 +147,12 @@ def rollback(
     """
     versions(root, name)
     book = read_book(root / name)
-    failing = book.holder("production")
-    if failing is None:
+    line = book.production_line()
+    if not line:
         raise NothingToRollBack(f"{name} has no production version to roll back")
-    previous = _previous_production(book, failing)
+    if len(line) == 1:
+        raise NothingToRollBack(f"no earlier production version to roll back to (v{line[0]} is the only one left)")
+    failing, previous = line[:2]
     refuse_unverified(root, name, previous, public_key, "roll back to")
     with stage_book(root / name) as book:
         if book.holder("production") != failing or book.stage(previous) != "archived":
@@ -158,10 +175,3 @@ def reject(root: Path, name: str, version: int, *, actor: str | None = None, rea
         book.move(version, "rolled_back", actor, reason)
         return book.history[start:]
 
-
-def _previous_production(book: StageBook, failing: int) -> int:
-    earlier = [t.version for t in book.history if t.to == "production" and t.version != failing]
-    for version in reversed(earlier):
-        if book.stage(version) == "archived":
-            return version
-    raise NothingToRollBack(f"no earlier production version to roll back to (v{failing} is the only one left)")
