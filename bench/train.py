@@ -2,10 +2,11 @@
 
 The feature job builds ``gold_card_features`` from scratch through delta-spark, on the given
 Spark master and on one core (``local[1]``), in the same run, so the ratio shows how it scales
-with the cores it gets (a ``local[N]`` run is pinned to N cores), and then on a Spark standalone cluster of ``CLUSTER_WORKERS`` one-core
-workers started on loopback for the run. Each runs in a driver process (and JVM) of its own, first
-builds a smaller lake ``runs`` times (the JVMs compile Spark's hot paths: on 2 cores builds keep getting
-faster for about five), then the timed lake ``runs`` times from scratch; the best timed build counts.
+with the cores it gets (a ``local[N]`` run is pinned to N cores), and then on a Spark standalone
+cluster of ``CLUSTER_WORKERS`` one-core workers started on loopback for the run. Each runs in a
+driver process (and JVM) of its own, first builds a smaller lake ``runs`` times (the JVMs compile
+Spark's hot paths: on 2 cores builds keep getting faster for about five), then the timed lake
+``runs`` times from scratch; the best timed build counts.
 Training figures are samples per second of ``fit`` alone, on the device ``--device`` picks.
 """
 
