@@ -159,8 +159,8 @@ class Scorer:
             version = self.model().version
         except ModelUnavailable as error:
             return ModelStatus(False, None, str(error))
-        newer = {v: why for v, why in self._refused.items() if v > version}
-        return ModelStatus(True, version, "; ".join(f"refused: {why}" for why in newer.values()) or None)
+        newer = [f"refused: {why}" for refused, why in self._refused.items() if refused > version]
+        return ModelStatus(True, version, "; ".join(newer) or None)
 
     def record(self, transactions: Sequence[Transaction]) -> None:
         """Add ``transactions`` to their cards' histories without scoring them; event ids already held are skipped."""
