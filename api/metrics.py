@@ -22,11 +22,12 @@ def request_histogram(registry: CollectorRegistry) -> Histogram:
 
 @dataclass(frozen=True)
 class ScoreMetrics:
-    """Scores by decision, the fraud model version in use, and score events on their way to the broker or lost."""
+    """Scores by decision, the fraud model versions in use (production and shadow), and score events on their way to the broker or lost."""
 
     decisions: Counter
     model_version: Gauge
     model_refused: Gauge
+    shadow_version: Gauge
     unpublished: Counter
     pending: Gauge
 
@@ -38,6 +39,11 @@ class ScoreMetrics:
             Gauge(
                 "edgelake_fraud_model_refused_version",
                 "The latest fraud model version refused for failing its signature, feature-version or loading checks; 0 for none.",
+                registry=registry,
+            ),
+            Gauge(
+                "edgelake_fraud_shadow_model_version",
+                "Version of the canary fraud model scoring in shadow beside production (callers never get its scores); 0 for none.",
                 registry=registry,
             ),
             Counter(

@@ -11,6 +11,11 @@ fails these checks or does not load is refused (logged, and named by the
 version in use, or for a server that has none yet, the newest earlier production version
 that passes (``registry.production_line``).
 
+The fraud model's canary runs in shadow: the registry's ``canary`` version of ``fraud``,
+checked and loaded the same way, scores every transaction beside production from the same
+inputs, and its scores are sent to the topic marked ``shadow`` for the rollout gate to
+judge on matured labels; the caller only ever gets production's.
+
 Card features come from one ``CardHistory`` per process (or a ``RedisCardHistory`` shared
 by every replica, as the settings choose), fed by the transactions scored here and, where
 the app runs an ``api.card_feed.CardFeed``, by those read from the transactions topic
@@ -104,21 +109,32 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """Whether a production fraud model is served now: its version, or why not."""
+    """Whether a production fraud model is served now: its version, or why not; and the version scoring in shadow, if any."""
 
     loaded: bool
     version: int | None
     detail: str | None
+    shadow_version: int | None = None
+
+
+@dataclass(frozen=True)
+class ShadowScore:
+    """The shadow (canary) version's score of a transaction and the decision it would have led to."""
+
+    version: int
+    score: float
+    decision: Decision
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One transaction's score, decision and the card features it was scored with."""
+    """One transaction's score, decision and the card features it was scored with, and the shadow version's score if one runs."""
 
     transaction: Transaction
     score: float
     decision: Decision
     features: FeatureValues
+    shadow: ShadowScore | None = None
 
 
 def decide(score: float, review: float, decline: float) -> Decision:
@@ -139,6 +155,7 @@ class Scorer:
         self._history_lock = threading.Lock()
         self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter
         self._model: ServedModel | ModelUnavailable = ModelUnavailable(f"no production version of model '{MODEL_NAME}' loaded yet")
+        self._shadow: ServedModel | None = None
         self._refused: dict[int, str] = {}  # versions that failed their checks in this process, and why
         self._next_check = 0.0
 
@@ -152,6 +169,10 @@ class Scorer:
                 raise self._model
             return self._model
 
+    def shadow(self) -> ServedModel | None:
+        """The shadow (canary) version scoring beside production, as of the last registry check; None if there is none."""
+        return self._shadow
+
     def status(self) -> ModelStatus:
         """The model in use (checking the registry as ``model`` does) and why a newer production version is not, or why none is;
         never raises ModelUnavailable."""
@@ -160,7 +181,8 @@ class Scorer:
         except ModelUnavailable as error:
             return ModelStatus(False, None, str(error))
         newer = [f"refused: {why}" for refused, why in self._refused.items() if refused > version]
-        return ModelStatus(True, version, "; ".join(newer) or None)
+        shadow = self._shadow
+        return ModelStatus(True, version, "; ".join(newer) or None, shadow.version if shadow is not None else None)
 
     def record(self, transactions: Sequence[Transaction]) -> None:
         """Add ``transactions`` to their cards' histories without scoring them; event ids already held are skipped."""
@@ -173,18 +195,31 @@ class Scorer:
         model = self.model()
         with self._history_lock, _card_state_errors():
             features = [self._history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id) for t in transactions]
+        inputs = fraud_inputs(online_input_columns(transactions, features))
         with self._model_lock:
-            scores = model.predict(fraud_inputs(online_input_columns(transactions, features))).reshape(-1)
-        review, decline = self.settings.score_review_threshold, self.settings.score_decline_threshold
+            shadow = self._shadow
+            scores = model.predict(inputs).reshape(-1)
+            shadow_scores = shadow.predict(inputs).reshape(-1) if shadow is not None else None
         scored = []
-        for transaction, score, values in zip(transactions, scores, features, strict=True):
-            probability = min(max(float(score), 0.0), 1.0)
-            decision = decide(probability, review, decline)
+        for index, (transaction, values) in enumerate(zip(transactions, features, strict=True)):
+            probability, decision = self._decided(scores[index])
             self._metrics.decisions.labels(decision).inc()
-            scored.append(Scored(transaction, probability, decision, values))
+            shadow_score = None
+            if shadow is not None and shadow_scores is not None:
+                shadow_score = ShadowScore(shadow.version, *self._decided(shadow_scores[index]))
+            scored.append(Scored(transaction, probability, decision, values, shadow_score))
         return model, scored
 
+    def _decided(self, score: float) -> tuple[float, Decision]:
+        """A model output as a probability in [0, 1] and the decision the thresholds make of it."""
+        probability = min(max(float(score), 0.0), 1.0)
+        return probability, decide(probability, self.settings.score_review_threshold, self.settings.score_decline_threshold)
+
     def _refresh(self) -> None:
+        self._refresh_production()
+        self._refresh_shadow()
+
+    def _refresh_production(self) -> None:
         """Serve the first version of the production line that passes its checks: the production version, else the one in
         use or an earlier production version; remember why refused ones were."""
         try:
@@ -200,9 +235,7 @@ class Scorer:
             try:
                 self._model = self._load(version)
             except ModelUnavailable as error:
-                self._refused[version] = str(error)
-                self._metrics.model_refused.set(version)
-                log.error("refusing %s v%d: %s", MODEL_NAME, version, error)
+                self._refuse(version, error)
                 continue
             log.info("serving %s v%d (%s)", MODEL_NAME, version, self._model.runtime)
             break
@@ -212,6 +245,28 @@ class Scorer:
             elif in_use is None:
                 self._model = ModelUnavailable("; ".join(self._refused[v] for v in line))
         self._metrics.model_version.set(0 if isinstance(self._model, ModelUnavailable) else self._model.version)
+
+    def _refresh_shadow(self) -> None:
+        """Run the canary version in shadow if it passes the production checks; none if there is no canary or it fails them."""
+        try:
+            version = registry.current(self._root, MODEL_NAME, "canary")
+        except registry.UnknownModel:
+            version = None
+        if version is None or version in self._refused:
+            self._shadow = None
+        elif self._shadow is None or self._shadow.version != version:
+            try:
+                self._shadow = self._load(version)
+                log.info("shadow scoring with %s v%d (%s)", MODEL_NAME, version, self._shadow.runtime)
+            except ModelUnavailable as error:
+                self._refuse(version, error)
+                self._shadow = None
+        self._metrics.shadow_version.set(0 if self._shadow is None else self._shadow.version)
+
+    def _refuse(self, version: int, error: ModelUnavailable) -> None:
+        self._refused[version] = str(error)
+        self._metrics.model_refused.set(version)
+        log.error("refusing %s v%d: %s", MODEL_NAME, version, error)
 
     def _load(self, version: int) -> ServedModel:
         key = registry.local_public_key(self.settings.data_dir / registry.KEYS_DIR)

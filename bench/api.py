@@ -7,6 +7,12 @@ response, but scoring with the Keras model's ``model.predict`` on every request 
 the TFLite interpreter. Score events go to a broker address where nothing listens: the
 publisher drops them from its background thread and never delays a score.
 
+Shadow scoring's cost is measured on two score servers at once: one over the scratch world,
+and one over a copy of it whose registry also has a canary (a copy of the production version),
+so that it scores every request twice. They take the same requests at each fixed rate in
+turn, ``SHADOW_ROUNDS`` times; each figure is the median over the rounds (the errors summed),
+since on a small machine one run's p99 varies severalfold from one run to the next.
+
 The load generator runs in another process, open loop: request ``i`` is due at
 ``start + i / rate`` whether or not earlier ones were answered, and its latency counts from
 then, so a slow server cannot slow the load down (no coordinated omission). It keeps
@@ -25,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +67,7 @@ CONNECTIONS = 64
 SEARCH_START = {"score": 100, "baseline": 10}
 MAX_RATE = 3200
 REFINE = 2
+SHADOW_ROUNDS = 3
 PAUSE_S = 0.5  # between runs, so that one run's stragglers do not land in the next
 TRAINING_ROWS = 5000
 CARDS = 5000
@@ -92,9 +101,11 @@ def run(settings: Settings, rates: tuple[int, ...] = RATES, seconds: float = SEC
             results = {
                 variant: measure(variant, world, token, Path(scratch), loader, rates, seconds, search) for variant in ("score", "baseline")
             }
+            shadow = shadow_cost(world, token, Path(scratch), loader, rates, seconds)
     output: dict[str, Any] = {variant: {str(m.rate): m.figures() for m in fixed} for variant, (fixed, _) in results.items()}
+    output["shadow"] = shadow
     if search:
-        sustainable = {variant: rate for variant, (_, rate) in results.items()}
+        sustainable = {variant: results[variant][1] for variant in ("score", "baseline")}
         output["sustainable_rps"] = sustainable
         output["throughput_ratio"] = round(sustainable["score"] / max(sustainable["baseline"], 1), 1)
     return {**output, "load_average": load_average}
@@ -131,6 +142,57 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
         lineage=trained.lineage, feature_version=trained.feature_version, promote_to="production",
     )
     return world, KeyStore(keys_path(world.data_dir)).create("bench api", "producer")[1]
+
+
+def shadow_cost(
+    world: Settings, token: str, scratch: Path, loader: ProcessPoolExecutor, rates: tuple[int, ...], seconds: float
+) -> dict[str, Any]:
+    """Latency without and with a shadow model, from paired runs at each rate; the p99 shadow scoring adds."""
+    shadowed = shadow_world(world, scratch / "shadow")
+    runs: dict[str, dict[int, list[Measured]]] = {"without": {rate: [] for rate in rates}, "with": {rate: [] for rate in rates}}
+    with Server("score", world, scratch / "shadow") as alone, Server("shadow", shadowed, scratch / "shadow") as twice:
+        servers = {"without": (alone, Feed(alone.port, token)), "with": (twice, Feed(twice.port, token))}
+        for served, feed in servers.values():
+            loader.submit(load, served.port, feed.take(int(SEARCH_START["score"] // 2 * WARM_UP_S)), SEARCH_START["score"] // 2).result()
+        if _readiness(twice.port)["fraud_model"]["shadow_version"] is None:
+            raise RuntimeError(f"the shadow server scores without a shadow model: see {twice.log}")
+        for _ in range(SHADOW_ROUNDS):
+            for rate in rates:
+                for kind, (served, feed) in servers.items():
+                    runs[kind][rate].append(loader.submit(load, served.port, feed.take(int(rate * seconds)), rate).result())
+                    served.check()
+                    time.sleep(PAUSE_S)
+    figures = {kind: {str(rate): _median(measured) for rate, measured in by_rate.items()} for kind, by_rate in runs.items()}
+    added = {rate: round(figures["with"][rate]["p99_ms"] - figures["without"][rate]["p99_ms"], 2) for rate in figures["with"]}
+    return {"rounds": SHADOW_ROUNDS, **figures, "added_p99_ms": added}
+
+
+def _median(runs: list[Measured]) -> dict[str, float | int]:
+    """p50 and p99 as the median over ``runs``, their errors summed."""
+    return {
+        "p50_ms": round(float(np.median([r.p50_ms for r in runs])), 2),
+        "p99_ms": round(float(np.median([r.p99_ms for r in runs])), 2),
+        "errors": sum(r.errors for r in runs),
+    }
+
+
+def shadow_world(world: Settings, directory: Path) -> Settings:
+    """A copy of ``world`` (its keys, lake and registry) in ``directory`` whose registry has a canary fraud version: a copy of
+    the production version's files, published again."""
+    from edgelake.lake.catalog import Lake
+
+    shutil.copytree(world.data_dir, directory / "data")
+    shutil.copytree(world.lake_root, directory / "lake")
+    shadowed = world.model_copy(update={"data_dir": directory / "data", "lake_root": str(directory / "lake")})
+    lake = Lake.from_settings(shadowed)
+    root = registry.registry_root(lake)
+    production = registry.get(root, MODEL_NAME, registry.current(root, MODEL_NAME))
+    manifest = production.manifest
+    registry.publish_run(
+        lake, shadowed.data_dir / registry.KEYS_DIR, MODEL_NAME, {name: production.path / name for name in manifest.files},
+        metrics=manifest.metrics, lineage=manifest.lineage, feature_version=manifest.feature_version, promote_to="canary",
+    )
+    return shadowed
 
 
 def measure(
@@ -227,9 +289,23 @@ def _healthy(port: int) -> bool:
         connection.close()
 
 
+def _readiness(port: int) -> dict[str, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/readyz")
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
 def score_app() -> FastAPI:
     """The API over settings from the environment, with no practical per-key rate limit: what ``/v1/score`` is measured on."""
     return create_app(Settings(), rate_per_s=UNLIMITED, burst=UNLIMITED)
+
+
+def shadow_app() -> FastAPI:
+    """``score_app``, over a registry with a canary fraud version (``shadow_world``): every request is scored in shadow too."""
+    return score_app()
 
 
 def baseline_app() -> FastAPI:

@@ -186,7 +186,9 @@ class FraudScore(Event):
     """The API's verdict on a transaction; ``event_id`` is the score's unique id.
 
     ``features`` holds the card features the model saw, by ``lake.features`` name; a null
-    one (``seconds_since_previous`` of a card's first transaction) is left out.
+    one (``seconds_since_previous`` of a card's first transaction) is left out. A ``shadow``
+    score is the canary version's, made beside production's on the same inputs and never
+    answered to the caller: the rollout gate's evidence.
     """
 
     type_name = "fraud_score"
@@ -203,6 +205,7 @@ class FraudScore(Event):
     model_version: Annotated[int, Field(ge=1)]
     features: dict[str, FiniteFloat] = Field(default_factory=dict)
     latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    shadow: bool = False
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (Transaction, FraudLabel, IoTReading, ImageFrame, EdgeInference, FraudScore)

@@ -19,13 +19,16 @@ def test_bench_api_reports_latency_and_errors_of_both_variants(tmp_path: Path) -
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(figures) == {"score", "baseline", "load_average"}
-    for variant in ("score", "baseline"):
-        assert set(figures[variant]) == {"10", "20"}
-        for measured in figures[variant].values():
+    assert set(figures) == {"score", "baseline", "shadow", "load_average"}
+    shadow = figures["shadow"]
+    assert set(shadow) == {"rounds", "without", "with", "added_p99_ms"} and shadow["rounds"] == 3
+    for variant in (figures["score"], figures["baseline"], shadow["without"], shadow["with"]):
+        assert set(variant) == {"10", "20"}
+        for measured in variant.values():
             assert set(measured) == {"p50_ms", "p99_ms", "errors"}
             assert 0 < measured["p50_ms"] <= measured["p99_ms"]
-    assert all(measured["errors"] == 0 for measured in figures["score"].values())
+    assert all(v[rate]["errors"] == 0 for v in (figures["score"], shadow["without"], shadow["with"]) for rate in ("10", "20"))
+    assert shadow["added_p99_ms"] == {rate: round(shadow["with"][rate]["p99_ms"] - shadow["without"][rate]["p99_ms"], 2) for rate in ("10", "20")}
 
 
 @pytest.mark.parametrize(("capacity", "start", "found"), [(700, 100, 700), (7, 10, 7), (5000, 100, 3200), (0, 10, 0)])

@@ -43,6 +43,11 @@ RECORDED: dict[str, dict[str, Any]] = {
     "api": {
         "score": {"200": {"p50_ms": 1.92, "p99_ms": 3.01, "errors": 0}, "500": {"p50_ms": 1.61, "p99_ms": 3.21, "errors": 0}},
         "baseline": {"200": {"p50_ms": 1000.83, "p99_ms": 5676.92, "errors": 1981}, "500": {"p50_ms": 1000.71, "p99_ms": 4831.56, "errors": 4981}},
+        "shadow": {
+            "rounds": 3, "without": {"200": {"p50_ms": 1.9, "p99_ms": 3.0, "errors": 0}, "500": {"p50_ms": 1.6, "p99_ms": 3.2, "errors": 0}},
+            "with": {"200": {"p50_ms": 2.1, "p99_ms": 3.4, "errors": 0}, "500": {"p50_ms": 1.8, "p99_ms": 3.59, "errors": 0}},
+            "added_p99_ms": {"200": 0.4, "500": 0.39},
+        },
         "sustainable_rps": {"score": 1000, "baseline": 17}, "throughput_ratio": 58.8, "load_average": 3.49,
     },
     "edge": {
@@ -122,6 +127,7 @@ def test_the_report_compares_each_recorded_result_with_its_baseline_and_goal(tmp
     assert rows[("api", "/v1/score p99 at 500 req/s (ms)")][5:] == ["1505.16", "≤ 10 ms", "yes"]
     assert rows[("api", "/v1/score errors at 500 req/s (errors)")][2:] == ["0", "Keras predict per request", "4,981", "—", "≤ 0 errors", "yes"]
     assert rows[("api", "sustainable throughput (req/s)")][5:] == ["58.824", "ratio ≥ 10", "yes"]
+    assert rows[("api", "p99 added by shadow scoring at 500 req/s (ms)")][2:] == ["0.39", "—", "—", "—", "≤ 1 ms", "yes"]
     assert rows[("edge", "int8 model size (bytes)")][5:] == ["3.747", "ratio ≥ 3.5", "yes"]
     assert rows[("edge", "agent peak RSS (MB)")][5:] == ["—", "≤ 150 MB", "yes"]
     headlines = json.loads((tmp_path / "results.json").read_text())["headlines"]

@@ -208,21 +208,24 @@ def _ingest_state(table: DeltaTable, name: str, topic: str, now: datetime) -> In
 
 
 def score_stats(settings: Settings, lake: Lake) -> ScoreStats | None:
-    """The score histogram and decisions over time from the fraud-scores silver table; None if it holds none."""
-    if not lake.exists(SCORES_TABLE):
+    """The histogram and decisions over time of the scores answered (not shadow ones) in the fraud-scores silver table; None if it holds none."""
+    table = lake.find(SCORES_TABLE)
+    if table is None:
         return None
-    span = _query(settings, lake, f"SELECT count(*) AS n, min(event_time) AS first, max(event_time) AS last FROM {SCORES_TABLE}")[0]
+    # The scores callers got: shadow scores are left out (a table written before shadow scoring has no such column).
+    answered = f"{SCORES_TABLE} WHERE shadow IS NOT TRUE" if "shadow" in {f.name for f in table.schema().fields} else SCORES_TABLE
+    span = _query(settings, lake, f"SELECT count(*) AS n, min(event_time) AS first, max(event_time) AS last FROM {answered}")[0]
     if not span["n"]:
         return None
     bins = _query(
         settings, lake,
         f"SELECT CASE WHEN score >= 1 THEN {HISTOGRAM_BINS - 1} ELSE CAST(floor(score * {HISTOGRAM_BINS}) AS INT) END AS bin, "
-        f"count(*) AS n FROM {SCORES_TABLE} GROUP BY 1",
+        f"count(*) AS n FROM {answered} GROUP BY 1",
     )
     unit = _bucket_unit((span["last"] - span["first"]).total_seconds())
     rows = _query(
         settings, lake,
-        f"SELECT date_trunc('{unit}', event_time) AS start, decision, count(*) AS n FROM {SCORES_TABLE} GROUP BY 1, 2 ORDER BY 1",
+        f"SELECT date_trunc('{unit}', event_time) AS start, decision, count(*) AS n FROM {answered} GROUP BY 1, 2 ORDER BY 1",
     )
     return ScoreStats(total=span["n"], histogram=_histogram(bins), bucket=unit, decisions=_decision_buckets(rows))
 

@@ -29,6 +29,7 @@ class FraudModel(BaseModel):
     loaded: bool = Field(description="A verified production fraud model is served.")
     version: int | None = Field(description="Its registry version; null when none is loaded.")
     detail: str | None = Field(description="Why none is loaded; null when one is.")
+    shadow_version: int | None = Field(None, description="The canary version scoring in shadow beside it; null when none is.")
 
 
 class Readiness(BaseModel):
@@ -66,7 +67,7 @@ def readyz(request: Request, require: Annotated[list[Literal["fraud_model"]], Qu
     return Readiness(
         status="ready" if model.loaded else "degraded",
         lake=Lake(reachable=True),
-        fraud_model=FraudModel(loaded=model.loaded, version=model.version, detail=model.detail),
+        fraud_model=FraudModel(loaded=model.loaded, version=model.version, detail=model.detail, shadow_version=model.shadow_version),
     )
 
 

@@ -4,7 +4,8 @@ Bodies are ``Transaction`` events, validated as strictly as the ingest path vali
 them (the contract is strict, so the body's JSON is validated as JSON, not as decoded
 Python values). Each card's transactions should arrive in event-time order: the card
 features are computed online from the transactions scored before. Every score is also
-sent to the ``fraud-scores`` topic as a ``FraudScore`` event.
+sent to the ``fraud-scores`` topic as a ``FraudScore`` event, and so is the shadow (canary)
+version's score of it where one runs (marked ``shadow``; never in the answer).
 """
 
 from __future__ import annotations
@@ -138,12 +139,20 @@ def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResul
                 model=ModelRef(name=MODEL_NAME, version=model.version), features=item.features, thresholds=thresholds,
             )
         )
+        features = {name: float(value) for name, value in item.features.items() if value is not None}
         events.append(
             FraudScore(
                 event_id=score_id, event_time=now, transaction_id=t.event_id, card_id=t.card_id, score=item.score,
-                decision=item.decision, model_name=MODEL_NAME, model_version=model.version, latency_ms=latency_ms,
-                features={name: float(value) for name, value in item.features.items() if value is not None},
+                decision=item.decision, model_name=MODEL_NAME, model_version=model.version, latency_ms=latency_ms, features=features,
             )
         )
+        if item.shadow is not None:
+            events.append(
+                FraudScore(
+                    event_id=f"score-{uuid.uuid4().hex}", event_time=now, transaction_id=t.event_id, card_id=t.card_id,
+                    score=item.shadow.score, decision=item.shadow.decision, model_name=MODEL_NAME, model_version=item.shadow.version,
+                    latency_ms=latency_ms, features=features, shadow=True,
+                )
+            )
     publisher.publish(events)
     return results

@@ -47,6 +47,15 @@ ORDER BY device_id
 """
 
 SCORED = 5_000  # the latest ULB transactions, scored through the API
+# Production's decisions against the shadow (canary) model's on the same transactions, from the lake.
+SHADOW_QUERY = """
+SELECT p.decision AS production, s.decision AS shadow, count(*) AS transactions
+FROM silver_fraud_scores p
+JOIN silver_fraud_scores s ON s.transaction_id = p.transaction_id AND s.shadow
+WHERE NOT p.shadow
+GROUP BY p.decision, s.decision
+ORDER BY p.decision, s.decision
+"""
 SCORE_BATCH = 500
 
 # (kind, source, events when no --limit is given; None = the whole data set)
@@ -110,7 +119,7 @@ def demo(
         console.print(EXAMPLE_QUERY.strip(), style="dim", highlight=False)
         print_result(run_query(Lake.from_settings(settings), EXAMPLE_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
         story.done("answered over the gold tables by the guarded SQL engine")
-        story.step("train the fraud and vision models; publish them, signed, to the registry")
+        story.step("train the fraud and vision models, and a second fraud model to run in shadow; publish them, signed")
         if limit is None:
             story.done(train_models(settings))
         else:
@@ -164,15 +173,18 @@ class Story:
 
 
 def train_models(settings: Settings) -> str:
-    """Train both models on the full data sets in the lake and put them into production; what is in production."""
+    """Train both models on the full data sets in the lake and put them into production, and a second fraud model (another
+    seed) into canary, where it scores in shadow; what is where."""
     from edgelake.cli.train import Stage, print_published, train_and_publish_fraud, train_and_publish_vision
     from edgelake.training.fraud import FraudConfig
 
     fraud = train_and_publish_fraud(settings, FraudConfig(source="ulb"), settings.spark_master, Stage.production)
     print_published(fraud)
+    shadow = train_and_publish_fraud(settings, FraudConfig(source="ulb", seed=2), settings.spark_master, Stage.canary)
+    print_published(shadow)
     vision = train_and_publish_vision(settings, None, None, "auto", 1, Stage.production)
     print_published(vision)
-    return f"fraud v{fraud.version} and vision v{vision.version} signed and in production"
+    return f"fraud v{fraud.version} and vision v{vision.version} signed and in production, fraud v{shadow.version} in canary (shadow)"
 
 
 def serve_and_score(settings: Settings) -> str:
@@ -180,9 +192,14 @@ def serve_and_score(settings: Settings) -> str:
     scores it produced, and print the decisions and the dashboard's address; what was scored and landed."""
     from urllib.parse import urlparse
 
+    import httpx2
+
     from edgelake.api.keys import KeyStore, keys_path
     from edgelake.cli.serve import start_background
+    from edgelake.cli.sql import print_result
     from edgelake.ingest.loop import IngestOptions, ingest
+    from edgelake.lake.catalog import Lake
+    from edgelake.lake.sql import run_query
 
     address = urlparse(settings.api_url)
     url = start_background(settings, address.hostname or "127.0.0.1", address.port or 8000)
@@ -190,16 +207,22 @@ def serve_and_score(settings: Settings) -> str:
     _, producer_key = keys.create("demo-scoring", "producer")
     _, analyst_key = keys.create("demo-dashboard", "analyst")
     decisions, latencies = _score_stream(url, producer_key, _latest_ulb_transactions(settings, SCORED))
-    listing = Table("decision", "transactions", title=f"{sum(decisions.values()):,} transactions scored through {url}/v1/score:batch")
+    scored = sum(decisions.values())
+    listing = Table("decision", "transactions", title=f"{scored:,} transactions scored through {url}/v1/score:batch")
     for decision in ("approve", "review", "decline"):
         listing.add_row(decision, f"{decisions[decision]:,}")
     console.print(listing)
     console.print(f"batches of {SCORE_BATCH}: median {statistics.median(latencies) * 1000:.1f} ms a batch", highlight=False)
-    _wait_for_scores(settings, sum(decisions.values()))
+    shadow = httpx2.get(f"{url}/readyz", timeout=10).json()["fraud_model"]["shadow_version"]
+    _wait_for_scores(settings, scored * (2 if shadow else 1))
     totals = ingest(settings, IngestOptions(topics=(FraudScore.topic,)), once=True)
     landed = totals.counts.get(FraudScore.topic, {}).get("silver", 0)
+    if shadow:
+        console.print(f"fraud v{shadow} scored every transaction in shadow; production's decisions against its:", highlight=False)
+        console.print(SHADOW_QUERY.strip(), style="dim", highlight=False)
+        print_result(run_query(Lake.from_settings(settings), SHADOW_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
     console.print(f"[bold]dashboard:[/] {url}/?key={analyst_key}   (stop the API with `edgelake serve --stop`)", highlight=False)
-    return f"{sum(decisions.values()):,} transactions scored through the API, {landed:,} fraud scores landed in silver"
+    return f"{scored:,} transactions scored through the API, {landed:,} fraud scores (production and shadow) landed in silver"
 
 
 def run_edge_fleet(settings: Settings) -> str:
@@ -238,7 +261,7 @@ def _run_fleet(settings: Settings, enrollment_token: str, max_frames: int) -> Fl
 
 
 def rotate_signing_key(settings: Settings) -> str:
-    """Rotate the registry's key, re-sign and promote every production version with the new one, run the fleet
+    """Rotate the registry's key, re-sign and promote every production and canary version with the new one, run the fleet
     again (its agents adopt the new key set and install the re-signed vision model), then revoke the old key; how
     many devices follow the new key set."""
     from edgelake.edge.fleet import device_names
@@ -253,11 +276,12 @@ def rotate_signing_key(settings: Settings) -> str:
     signer = registry.ensure_signing_key(key_dir, lake)
     console.print(f"key set release {released.sequence}: signing key {released.keys[-1].fingerprint[:16]} replaces {str(old)[:16]}", highlight=False)
     for name in registry.models(root):
-        production = registry.current(root, name)
-        if production is not None:
-            resigned = registry.resign(root, name, production, signer)
-            registry.promote(root, name, resigned.version, "production", actor="demo", reason="re-signed by the new key")
-            console.print(f"{name}: v{production} re-signed as v{resigned.version}, now in production", highlight=False)
+        for stage in ("production", "canary"):
+            version = registry.current(root, name, stage)
+            if version is not None:
+                resigned = registry.resign(root, name, version, signer)
+                registry.promote(root, name, resigned.version, stage, actor="demo", reason="re-signed by the new key")
+                console.print(f"{name}: v{version} re-signed as v{resigned.version}, now in {stage}", highlight=False)
     options = _run_fleet(settings, "", ROTATION_FRAMES)  # enrolled already: no token
     adopted = [adopted_key_set(options.state_root / name) for name in device_names(options)]
     trusting = sum(1 for key_set in adopted if key_set is not None and key_set.sequence == released.sequence)

@@ -90,7 +90,7 @@ def promote(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Model name."),
     version: int = typer.Argument(..., min=1, help="Version to promote."),
-    to: str | None = typer.Option(None, "--to", help="canary or production; default: the next stage."),
+    to: str | None = typer.Option(None, "--to", help="canary (fraud: scores in shadow; vision: part of the fleet) or production; default: the next stage."),
     reason: str | None = typer.Option(None, "--reason", help="Why, recorded in the stage history."),
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:

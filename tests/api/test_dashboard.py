@@ -17,6 +17,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from kafka import KafkaProducer
 
 from edgelake.api.app import create_app
+from edgelake.api.routers.dashboard import score_stats
 from edgelake.api.keys import ROLES, KeyStore, keys_path
 from edgelake.bench.silver import silver_rows
 from edgelake.broker import EmbeddedBroker
@@ -159,6 +160,19 @@ def test_dashboard_data_shape(board: Board) -> None:
 
     (device,) = body["devices"]
     assert (device["id"], device["name"], device["last_heartbeat"]["models"]) == (board.device_id, "gate-dash", {"fraud": 1})
+
+
+def test_score_figures_count_the_answered_scores_not_the_shadow_ones(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", lake_root=str(tmp_path / "lake"))
+    answered = fraud_scores()
+    shadow = [
+        score.model_copy(update={"event_id": f"shadow-{score.event_id}", "score": 0.99, "decision": "decline", "model_version": 2, "shadow": True})
+        for score in answered
+    ]
+    append_silver(settings.lake_root, answered + shadow)
+    stats = score_stats(settings, Lake.from_settings(settings))
+    assert stats is not None and stats.total == SCORES
+    assert [b.count for b in stats.histogram] == [3] * 10 and sum(b.decline for b in stats.decisions) == 3
 
 
 def test_page_and_assets_need_no_key(board: Board) -> None:

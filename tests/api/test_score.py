@@ -29,7 +29,7 @@ from edgelake.api.keys import ROLES, KeyStore, keys_path
 from edgelake.api.scoring import decide
 from edgelake.broker import free_port
 from edgelake.contracts import FraudScore, Transaction
-from edgelake.kafka import read_topic
+from edgelake.kafka import ensure_topics, read_topic
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest
 from edgelake.ingest.sources import synthetic
@@ -37,6 +37,7 @@ from edgelake.lake.catalog import Lake
 from edgelake.lake.features.definitions import CARD_FEATURES
 from edgelake.lake.features.online import CardHistory
 from edgelake.lake.features.online_redis import RedisCardHistory
+from edgelake.lake.tables import SILVER
 from support import append_silver, isolated_settings
 from edgelake.training import registry
 
@@ -296,6 +297,54 @@ def test_a_refused_production_version_leaves_the_last_good_one_answering(lake: S
     with client(serve, settings, tokens["producer"]) as http:
         restarted = http.post("/v1/score", json=example())
     assert restarted.status_code == 200 and restarted.json()["model"]["version"] == good.version
+
+
+def test_a_canary_version_scores_in_shadow_and_only_production_answers(spark, lake: Settings, tokens, serve, tmp_path: Path) -> None:
+    """Each transaction is scored by production and by the canary (a model trained with another seed), from the same inputs:
+    the caller gets production's score, both land in the lake, the shadow one marked; a rejected canary stops scoring."""
+    from edgelake.training.fraud import FraudConfig, train_fraud
+    from edgelake.training.registry.stages import reject
+
+    root = tmp_path / "shadow-lake"
+    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), root / "models")
+    settings = lake.model_copy(update={"lake_root": str(root), "topic_prefix": f"shadow{uuid.uuid4().hex[:8]}-", "score_model_check_s": 0.0})
+    models = registry.registry_root(Lake.from_settings(settings))
+    production = registry.current(models, "fraud")
+    other = train_fraud(spark, Lake.from_settings(lake), tmp_path / "run", FraudConfig(source="synthetic", epochs=1, seed=7, device="cpu"))
+    canary = registry.publish_run(
+        Lake.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", other.files, metrics={"auprc": other.metrics["auprc"]},
+        lineage=other.lineage, feature_version=other.feature_version, promote_to="canary",
+    ).version
+    feed = [body(t) for t in synthetic.transactions(synthetic.SyntheticConfig(seed=12, cards=4), 20)]
+    ensure_topics(settings, settings.kafka_bootstrap_servers)
+    with client(serve, settings, tokens["producer"]) as http:
+        answered = [http.post("/v1/score", json=transaction).json() for transaction in feed]
+        metrics, ready = http.get("/metrics").text, http.get("/readyz").json()
+        reject(models, "fraud", canary, reason="test: shadow over")
+        after = http.post("/v1/score", json=example()).json()
+
+    assert {a["model"]["version"] for a in answered} == {production} and "shadow" not in json.dumps(answered)
+    assert f"edgelake_fraud_shadow_model_version {float(canary)}" in metrics and ready["fraud_model"]["shadow_version"] == canary
+    events = scores_on_topic(settings, 2 * len(feed) + 1)
+    assert len(events) == 2 * len(feed) + 1, f"{len(events)} score events, expected one per answer and one per shadow score"
+    by_transaction: dict[str, dict[bool, FraudScore]] = {}
+    for event in events:
+        assert event.shadow not in by_transaction.setdefault(event.transaction_id, {}), f"two {event.shadow=} scores of one transaction"
+        by_transaction[event.transaction_id][event.shadow] = event
+    for answer in answered:
+        scores = by_transaction[answer["transaction_id"]]
+        assert (scores[False].event_id, scores[False].score, scores[False].model_version) == (answer["score_id"], answer["score"], production)
+        assert scores[True].model_version == canary
+        assert scores[True].decision == decide(scores[True].score, settings.score_review_threshold, settings.score_decline_threshold)
+        assert scores[True].features == scores[False].features
+    assert any(not math.isclose(s[True].score, s[False].score, abs_tol=1e-6) for s in by_transaction.values() if True in s), "shadow = production"
+    assert list(by_transaction[after["transaction_id"]]) == [False], "a rejected canary still scored in shadow"
+
+    ingest(settings, IngestOptions(topics=(FraudScore.topic,)), once=True)
+    landed = Lake.from_settings(settings).open(SILVER[FraudScore.topic].name).to_pyarrow_table(columns=["model_version", "shadow"])
+    assert sorted(zip(landed["model_version"].to_pylist(), landed["shadow"].to_pylist(), strict=True)) == sorted(
+        [(production, False)] * (len(feed) + 1) + [(canary, True)] * len(feed)
+    )
 
 
 def flip_a_byte(path: Path) -> None:
