@@ -169,10 +169,6 @@ class Scorer:
                 raise self._model
             return self._model
 
-    def shadow(self) -> ServedModel | None:
-        """The shadow (canary) version scoring beside production, as of the last registry check; None if there is none."""
-        return self._shadow
-
     def status(self) -> ModelStatus:
         """The model in use (checking the registry as ``model`` does) and why a newer production version is not, or why none is;
         never raises ModelUnavailable."""
