@@ -15,7 +15,7 @@ from edgelake.bench.api import MAX_RATE, sustainable_rate
 
 def test_bench_api_reports_latency_and_errors_of_both_variants(tmp_path: Path) -> None:
     env = {**os.environ, "EDGELAKE_DATA_DIR": str(tmp_path), "EDGELAKE_LAKE_ROOT": str(tmp_path / "lake"), "EDGELAKE_SPARK_MASTER": "local[1]"}
-    command = [sys.executable, "-m", "edgelake", "bench", "api", "--rates", "10,20", "--seconds", "2", "--no-search", "--json"]
+    command = [sys.executable, "-m", "edgelake", "bench", "api", "--rates", "10,20", "--seconds", "1", "--no-search", "--json"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
