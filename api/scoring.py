@@ -196,13 +196,13 @@ class Scorer:
             shadow = self._shadow
             scores = model.predict(inputs).reshape(-1)
             shadow_scores = shadow.predict(inputs).reshape(-1) if shadow is not None else None
+        shadows: list[ShadowScore | None] = [None] * len(transactions)
+        if shadow is not None and shadow_scores is not None:
+            shadows = [ShadowScore(shadow.version, *self._decided(score)) for score in shadow_scores]
         scored = []
-        for index, (transaction, values) in enumerate(zip(transactions, features, strict=True)):
-            probability, decision = self._decided(scores[index])
+        for transaction, score, values, shadow_score in zip(transactions, scores, features, shadows, strict=True):
+            probability, decision = self._decided(score)
             self._metrics.decisions.labels(decision).inc()
-            shadow_score = None
-            if shadow is not None and shadow_scores is not None:
-                shadow_score = ShadowScore(shadow.version, *self._decided(shadow_scores[index]))
             scored.append(Scored(transaction, probability, decision, values, shadow_score))
         return model, scored
 

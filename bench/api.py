@@ -153,15 +153,13 @@ def shadow_cost(
     with Server("score", world, scratch / "shadow") as alone, Server("shadow", shadowed, scratch / "shadow") as twice:
         servers = {"without": (alone, Feed(alone.port, token)), "with": (twice, Feed(twice.port, token))}
         for served, feed in servers.values():
-            loader.submit(load, served.port, feed.take(int(SEARCH_START["score"] // 2 * WARM_UP_S)), SEARCH_START["score"] // 2).result()
+            run_at(served, feed, loader, SEARCH_START["score"] // 2, WARM_UP_S)
         if _readiness(twice.port)["fraud_model"]["shadow_version"] is None:
             raise RuntimeError(f"the shadow server scores without a shadow model: see {twice.log}")
         for _ in range(SHADOW_ROUNDS):
             for rate in rates:
                 for kind, (served, feed) in servers.items():
-                    runs[kind][rate].append(loader.submit(load, served.port, feed.take(int(rate * seconds)), rate).result())
-                    served.check()
-                    time.sleep(PAUSE_S)
+                    runs[kind][rate].append(run_at(served, feed, loader, rate, seconds))
     figures = {kind: {str(rate): _median(measured) for rate, measured in by_rate.items()} for kind, by_rate in runs.items()}
     added = {rate: round(figures["with"][rate]["p99_ms"] - figures["without"][rate]["p99_ms"], 2) for rate in figures["with"]}
     return {"rounds": SHADOW_ROUNDS, **figures, "added_p99_ms": added}
@@ -203,16 +201,21 @@ def measure(
         feed = Feed(served.port, token)
 
         def at(rate: int, duration: float) -> Measured:
-            requests = feed.take(int(rate * duration))
-            measured: Measured = loader.submit(load, served.port, requests, rate).result()
-            served.check()
-            time.sleep(PAUSE_S)
-            return measured
+            return run_at(served, feed, loader, rate, duration)
 
         at(SEARCH_START[variant] // 2, WARM_UP_S)
         fixed = [at(rate, seconds) for rate in rates]
         sustainable = sustainable_rate(lambda rate: at(rate, STEP_S).errors == 0, SEARCH_START[variant]) if search else 0
     return fixed, sustainable
+
+
+def run_at(served: Server, feed: Feed, loader: ProcessPoolExecutor, rate: int, duration: float) -> Measured:
+    """``feed``'s next ``rate * duration`` requests sent to ``served`` at ``rate`` from the load generator's process, measured;
+    raises if the server stopped."""
+    measured: Measured = loader.submit(load, served.port, feed.take(int(rate * duration)), rate).result()
+    served.check()
+    time.sleep(PAUSE_S)
+    return measured
 
 
 def sustainable_rate(sustains: Callable[[int], bool], start: int) -> int:
@@ -278,24 +281,26 @@ def server_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, **world, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
 
 
-def _healthy(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+def _get(port: int, path: str, timeout_s: float) -> tuple[int, bytes]:
+    """The status and body of ``GET path`` on the loopback server at ``port``."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        connection.request("GET", "/healthz")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
     finally:
         connection.close()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return _get(port, "/healthz", 1)[0] == 200
+    except OSError:
+        return False
 
 
 def _readiness(port: int) -> dict[str, Any]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", "/readyz")
-        return json.loads(connection.getresponse().read())
-    finally:
-        connection.close()
+    return json.loads(_get(port, "/readyz", 10)[1])
 
 
 def score_app() -> FastAPI:
