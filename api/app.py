@@ -19,12 +19,13 @@ from edgelake.api.card_feed import CardFeed, Start
 from edgelake.api.devices import DeviceStore, ResultForwarder, devices_path
 from edgelake.api.keys import KeyStore, keys_path
 from edgelake.api.log_redaction import redact_access_log
-from edgelake.api.metrics import CardFeedMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
+from edgelake.api.metrics import CardFeedMetrics, DriftMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
 from edgelake.api.problems import install_problem_handlers
 from edgelake.api.publisher import ScorePublisher
 from edgelake.api.ratelimit import RateLimiter
 from edgelake.api.routers import dashboard, devices, health, models, score, sql, tables
 from edgelake.api.routers.dashboard import TopicEnds
+from edgelake.api.shadow_gate import ShadowGate
 from edgelake.api.scoring import Scorer
 from edgelake.settings import Settings
 from edgelake.lake.catalog import Lake
@@ -43,11 +44,14 @@ TAGS = [
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the card feed, if any; on shutdown stop it, hand what is still queued for Kafka to the broker and close the producers."""
+    """Start the card feed, if any, and the fraud shadow gate; on shutdown stop them, hand what is still queued for Kafka to
+    the broker and close the producers."""
     feed: CardFeed | None = app.state.card_feed
     if feed is not None:
         feed.start()
+    app.state.shadow_gate.start()
     yield
+    app.state.shadow_gate.close()
     if feed is not None:
         feed.close()
     app.state.score_publisher.close()
@@ -86,8 +90,10 @@ def create_app(
     app.state.sql_pool = QueryPool(settings.sql_workers)
     score_metrics = ScoreMetrics.create(registry)
     app.state.scorer = Scorer(settings, score_metrics)
+    registry.register(DriftMetrics(app.state.scorer.drift))
     app.state.score_publisher = ScorePublisher(settings, score_metrics)
     feed_metrics = CardFeedMetrics.create(registry)
+    app.state.shadow_gate = ShadowGate(settings)
     app.state.card_feed = CardFeed(settings, app.state.scorer, feed_metrics, start=card_feed_start) if card_feed else None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=request_histogram(registry))

@@ -22,7 +22,6 @@ amount beyond what the scorer accepts) and the lag behind the topic are Promethe
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Literal
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from edgelake.api.background import BackgroundThread
 from edgelake.api.metrics import CardFeedMetrics
 from edgelake.api.scoring import Scorer, unscorable
 from edgelake.broker import configured_servers
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 Start = Literal["end", "beginning"]
 
 
-class CardFeed:
+class CardFeed(BackgroundThread):
     """Feeds the transactions topic of ``settings`` into ``scorer``'s card histories from a daemon thread: ``start()``, ``close()``."""
 
     def __init__(
@@ -60,17 +60,7 @@ class CardFeed:
         self._poll_ms = poll_ms
         self._max_records = max_records
         self._positions: dict[TopicPartition, int] = {}  # the next offset to feed, per partition seen
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="card-feed", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop reading; waits at most ``timeout_s`` for the thread (a daemon, it never holds the process)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        super().__init__("card-feed")
 
     def _run(self) -> None:
         what = f"card feed reading {self._topic} at {self._servers}"

@@ -1,12 +1,19 @@
-"""Prometheus metrics of one app: request latency per route template, method and status; fraud scoring; the card feed."""
+"""Prometheus metrics of one app: request latency per route template, method and status; fraud scoring and the drift of
+its traffic; the card feed."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from edgelake.api.drift import DriftReading, DriftWindow
 
 UNMATCHED = "<unmatched>"  # one label for every path no route matched, so scanners cannot grow the label set
 
@@ -53,6 +60,45 @@ class ScoreMetrics:
                 "edgelake_fraud_score_events_pending", "Score events queued or in flight, not yet acknowledged by the fraud-scores topic.",
                 registry=registry,
             ),
+        )
+
+
+class DriftMetrics:
+    """PSI of the scored traffic against the production fraud version's test part (its training distributions), per input, for the score
+    and per watched transaction field, computed when scraped from the drift window ``window()`` gives (none: no PSI)."""
+
+    def __init__(self, window: Callable[[], DriftWindow | None]) -> None:
+        self._window = window
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(None, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        window = self._window()
+        return self._families(window.reading(), window.transactions) if window is not None else self._families(None, 0)
+
+    @staticmethod
+    def _families(reading: DriftReading | None, transactions: int) -> Iterator[Metric]:
+        inputs = GaugeMetricFamily(
+            "edgelake_fraud_input_psi", "PSI of each fraud model input in the drift window against the production version's test part.", labels=["input"]
+        )
+        score = GaugeMetricFamily(
+            "edgelake_fraud_score_psi", "PSI of the fraud scores in the drift window against the production version's scores of its test part."
+        )
+        fields = GaugeMetricFamily(
+            "edgelake_fraud_field_psi", "PSI of the mix of values of each transaction field the model does not read (merchant "
+            "category, country) in the drift window against the production version's test part.", labels=["field"],
+        )
+        if reading is not None:
+            for name, value in reading.inputs.items():
+                inputs.add_metric([name], value)
+            score.add_metric([], reading.score)
+            for name, value in reading.fields.items():
+                fields.add_metric([name], value)
+        yield from (inputs, score, fields)
+        yield GaugeMetricFamily(
+            "edgelake_fraud_drift_window_transactions",
+            "Scored transactions the drift window holds; PSI is reported from EDGELAKE_DRIFT_MIN_TRANSACTIONS on.", transactions,
         )
 
 

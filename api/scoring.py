@@ -16,6 +16,10 @@ checked and loaded the same way, scores every transaction beside production from
 inputs, and its scores are sent to the topic marked ``shadow`` for the rollout gate to
 judge on matured labels; the caller only ever gets production's.
 
+Production's traffic is watched for drift: each transaction scored is counted into a ``DriftWindow`` over the
+version's training distributions (``training_distributions.json``), started afresh whenever another version is
+served; a version published without them is served unwatched.
+
 Card features come from one ``CardHistory`` per process (or a ``RedisCardHistory`` shared
 by every replica, as the settings choose), fed by the transactions scored here and, where
 the app runs an ``api.card_feed.CardFeed``, by those read from the transactions topic
@@ -40,6 +44,7 @@ from typing import Literal
 import numpy as np
 from redis.exceptions import RedisError
 
+from edgelake.api.drift import DriftWindow
 from edgelake.api.metrics import ScoreMetrics
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Transaction
 from edgelake.lake.catalog import Lake
@@ -49,6 +54,7 @@ from edgelake.lake.features.online import CardHistory
 from edgelake.lake.features.online_redis import RedisCardHistory
 from edgelake.settings import Settings
 from edgelake.training import registry
+from edgelake.training.drift import DISTRIBUTIONS_FILE, TrainingDistributions
 
 MODEL_NAME = "fraud"
 TFLITE_FILE = f"{MODEL_NAME}.tflite"
@@ -156,6 +162,7 @@ class Scorer:
         self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter
         self._model: ServedModel | ModelUnavailable = ModelUnavailable(f"no production version of model '{MODEL_NAME}' loaded yet")
         self._shadow: ServedModel | None = None
+        self._drift: DriftWindow | None = None
         self._refused: dict[int, str] = {}  # versions that failed their checks in this process, and why
         self._next_check = 0.0
 
@@ -180,6 +187,10 @@ class Scorer:
         shadow = self._shadow
         return ModelStatus(True, version, "; ".join(newer) or None, shadow.version if shadow is not None else None)
 
+    def drift(self) -> DriftWindow | None:
+        """The drift window of the production version served; None while none is, or it has no training distributions."""
+        return self._drift
+
     def record(self, transactions: Sequence[Transaction]) -> None:
         """Add ``transactions`` to their cards' histories without scoring them; event ids already held are skipped."""
         with self._history_lock, _card_state_errors():
@@ -196,6 +207,9 @@ class Scorer:
             shadow = self._shadow
             scores = model.predict(inputs).reshape(-1)
             shadow_scores = shadow.predict(inputs).reshape(-1) if shadow is not None else None
+        drift = self._drift
+        if drift is not None and drift.version == model.version:
+            drift.add(inputs, scores, transactions)
         shadows: list[ShadowScore | None] = [None] * len(transactions)
         if shadow is not None and shadow_scores is not None:
             shadows = [ShadowScore(shadow.version, *self._decided(score)) for score in shadow_scores]
@@ -234,10 +248,12 @@ class Scorer:
                 self._refuse(version, error)
                 continue
             log.info("serving %s v%d (%s)", MODEL_NAME, version, self._model.runtime)
+            self._drift = self._drift_window(version)
             break
         else:
             if not line:
                 self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._root}")
+                self._drift = None
             elif in_use is None:
                 self._model = ModelUnavailable("; ".join(self._refused[v] for v in line))
         self._metrics.model_version.set(0 if isinstance(self._model, ModelUnavailable) else self._model.version)
@@ -258,6 +274,19 @@ class Scorer:
                 self._refuse(version, error)
                 self._shadow = None
         self._metrics.shadow_version.set(0 if self._shadow is None else self._shadow.version)
+
+    def _drift_window(self, version: int) -> DriftWindow | None:
+        """An empty drift window over ``version``'s training distributions; None if its manifest lists none or they do not read."""
+        if DISTRIBUTIONS_FILE not in registry.get(self._root, MODEL_NAME, version).manifest.files:
+            log.warning("%s v%d has no %s: its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE)
+            return None
+        try:
+            distributions = TrainingDistributions.read(self._root / MODEL_NAME / str(version) / DISTRIBUTIONS_FILE)
+        except (OSError, ValueError) as error:
+            log.warning("%s v%d: %s does not read (%s): its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE, error)
+            return None
+        settings = self.settings
+        return DriftWindow(version, distributions, settings.drift_window, settings.drift_min_transactions, settings.drift_snapshot_s)
 
     def _refuse(self, version: int, error: ModelUnavailable) -> None:
         self._refused[version] = str(error)

@@ -69,6 +69,22 @@ class Settings(BaseSettings):
     score_model_check_s: float = Field(
         5.0, ge=0, description="Seconds between checks of the registry for a new production fraud model; 0 checks on every request."
     )
+    drift_window: int = Field(
+        10_000, gt=0,
+        description="Last scored transactions whose inputs, scores and fields are compared (PSI) with the production fraud version's "
+        "test part (its training_distributions.json), per server process.",
+    )
+    drift_min_transactions: int = Field(
+        500, gt=0, description="Transactions the drift window must hold before PSI is reported: on fewer it is noise."
+    )
+    drift_snapshot_s: float = Field(60.0, ge=0, description="Seconds of scoring between the PSI snapshots the dashboard plots over time.")
+    fraud_label_maturity_days: float = Field(
+        7.0, ge=0, allow_inf_nan=False,
+        description="Days of event time after a transaction by which its fraud label is known (chargebacks); the shadow gate judges matured ones only.",
+    )
+    fraud_gate_check_s: float = Field(
+        60.0, gt=0, description="Seconds between the API's checks of a fraud canary in shadow against matured labels (the rollout gate)."
+    )
 
     online_features: Literal["memory", "redis"] = Field(
         "memory",
@@ -114,6 +130,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"score_review_threshold ({self.score_review_threshold}) must not exceed score_decline_threshold ({self.score_decline_threshold})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _drift_minimum_fits_the_window(self) -> Settings:
+        if self.drift_min_transactions > self.drift_window:
+            raise ValueError(f"drift_min_transactions ({self.drift_min_transactions}) must not exceed drift_window ({self.drift_window})")
         return self
 
     @model_validator(mode="after")

@@ -2,8 +2,9 @@
 # Debian packages edgelake needs: Java 17 and Maven (Apache Kafka and Spark run on the JVM; Maven
 # fetches Kafka's jars from the pinned poms under infra/jars), the Fashion-MNIST data set, Chromium
 # (the dashboard's test renders the page in headless Chromium), redis-server (the card histories
-# shared by several API replicas; its tests start a real one) and kcat (an independent Kafka
-# client the interop tests produce with).
+# shared by several API replicas; its tests start a real one), kcat (an independent Kafka
+# client the interop tests produce with) and prometheus, for its promtool (the tests check and unit-test the
+# alert rules under infra/prometheus; the Prometheus server the package also installs is kept stopped).
 set -euo pipefail
 
 missing=()
@@ -14,6 +15,7 @@ command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -29,3 +31,7 @@ echo "installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Only promtool is wanted: where systemd runs, the package starts a Prometheus server; stop it and keep it off.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo[@]}" systemctl disable --now prometheus.service
+fi

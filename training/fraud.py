@@ -208,6 +208,7 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
     import keras
 
     from edgelake.interpreters import load_interpreter, predict
+    from edgelake.training.drift import DISTRIBUTIONS_FILE, TrainingDistributions
     from edgelake.training.tflite import float_tflite
 
     started = time.perf_counter()
@@ -255,6 +256,9 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
         metrics["anchors"] = ULB_ANCHORS
     plots = write_plots(test.labels, scores, out_dir, "fraud (test: latest transactions)")
     files.update({path.name: path for path in plots.values()})
+    # Drift is measured against the test part (the frame's latest rows): the traffic this version's metrics describe.
+    distributions = TrainingDistributions.of(test.inputs, scores, frame.iloc[len(frame) - len(test.labels) :])
+    files[DISTRIBUTIONS_FILE] = distributions.write(out_dir / DISTRIBUTIONS_FILE)
     files["metrics.json"] = out_dir / "metrics.json"
     files["metrics.json"].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     logger.info("fraud model: AUPRC %.3f, ROC-AUC %.3f on %d test transactions", metrics["auprc"], metrics["roc_auc"], len(test.labels))

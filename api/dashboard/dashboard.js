@@ -154,6 +154,43 @@ function renderScores(scores) {
   ];
 }
 
+/** A small line of `values` from 0 to their maximum (at least twice `major`), with a dashed line at `major`. */
+function sparkline(values, major) {
+  const width = 160, height = 28, pad = 3, top = Math.max(2 * major, ...values);
+  const x = i => pad + (width - 2 * pad) * (values.length > 1 ? i / (values.length - 1) : 1);
+  const y = v => height - pad - (height - 2 * pad) * v / top;
+  const chart = svg("svg", { class: "chart sparkline", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "data-points": values.length });
+  chart.append(svg("line", { class: "major", x1: pad, y1: y(major), x2: width - pad, y2: y(major) }));
+  chart.append(svg("polyline", { class: "psi", points: values.map((v, i) => `${x(i)},${y(v)}`).join(" ") }));
+  const last = values.length - 1;
+  chart.append(svg("circle", { class: "psi", cx: x(last), cy: y(values[last]), r: 2 }));
+  chart.append(Object.assign(svg("title"), { textContent: values.map(v => v.toFixed(3)).join(", ") }));
+  return chart;
+}
+
+/** One row per series (the score, the watched fields, then the inputs by PSI now) with its PSI now and over time. */
+function renderDrift(drift) {
+  if (!drift) return [el("p", { class: "muted", id: "no-drift" }, "This server process serves no production fraud model with training distributions.")];
+  if (!drift.times.length) {
+    return [el("p", { class: "muted", id: "no-drift" }, `The drift window holds ${drift.transactions} of the ${drift.min_transactions} scored transactions PSI needs.`)];
+  }
+  const now = series => series.psi[series.psi.length - 1];
+  const order = { score: 0, field: 1, input: 2 };
+  const rows = [...drift.series].sort((a, b) => order[a.kind] - order[b.kind] || (a.kind === "input" ? now(b) - now(a) : 0));
+  const head = el("tr", {}, ...["series", "kind", "PSI now", `PSI from ${formatTime(drift.times[0])} to now`].map(heading => el("th", {}, heading)));
+  const body = rows.map(series => {
+    const band = now(series) >= drift.major ? "major" : now(series) >= drift.moderate ? "moderate" : "stable";
+    return el("tr", { class: `drift-row ${band}`, "data-name": series.name, "data-kind": series.kind, "data-psi": now(series) },
+      el("td", {}, series.name), el("td", {}, series.kind), el("td", { class: "num" }, now(series).toFixed(3)),
+      el("td", {}, sparkline(series.psi, drift.major)));
+  });
+  return [
+    el("p", {}, `PSI of the last ${drift.transactions} transactions scored by this server process (at most ${drift.window}) against ` +
+      `the traffic fraud v${drift.version} was tested on: moderate from ${drift.moderate}, major from ${drift.major} (dashed).`),
+    el("table", { class: "drift" }, el("thead", {}, head), el("tbody", {}, ...body)),
+  ];
+}
+
 /** Each model's versions; plot PNGs are fetched with the key and shown as blob URLs. */
 function renderModels(models, key) {
   if (!models.length) return { nodes: [el("p", { class: "muted" }, "No model published yet.")], loading: [] };
@@ -201,6 +238,7 @@ async function load(key) {
     fill("tables", renderTables(data.tables));
     fill("ingest", renderIngest(data.ingest));
     fill("scores", renderScores(data.scores));
+    fill("drift", renderDrift(data.drift));
     const models = renderModels(data.models, key);
     fill("models", models.nodes);
     fill("devices", renderDevices(data.devices));

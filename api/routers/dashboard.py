@@ -8,6 +8,9 @@ Ingest lag: for each silver table, the Kafka offsets its Delta log has committed
 partition (what ingest recorded as ``app_transactions``), the time since the last ingest commit,
 and the lag — records in the topic beyond those offsets — from the topics' end offsets, asked of
 the broker at most every ``TopicEnds.ttl_s`` seconds (none while the broker cannot be reached).
+
+Drift: the PSI of this server process's scored traffic against the production fraud version's training
+distributions, per input, for the score and per watched field, at each snapshot its drift window kept and now.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from edgelake.api.auth import require
 from edgelake.api.devices import Device, DeviceStore
+from edgelake.api.drift import DriftWindow
 from edgelake.api.problems import PROBLEM_RESPONSES, Problem
 from edgelake.api.routers.tables import TableSummary, list_tables
 from edgelake.broker import configured_servers
@@ -37,6 +41,7 @@ from edgelake.lake.catalog import Lake, ingest_app_id
 from edgelake.lake.sql import QueryFailed, QueryTimeout, run_query
 from edgelake.lake.tables import SILVER
 from edgelake.training import registry
+from edgelake.training.drift import PSI_MAJOR, PSI_MODERATE
 from edgelake.training.registry import Stage
 
 SCORES_TABLE = SILVER["fraud-scores"].name
@@ -99,6 +104,25 @@ class ModelCard(BaseModel):
     versions: list[VersionCard]
 
 
+class DriftSeries(BaseModel):
+    name: str
+    kind: Literal["score", "field", "input"] = Field(description="The model's score, a transaction field it does not read, or one of its inputs.")
+    psi: list[float] = Field(description="PSI at each of the drift's times.")
+
+
+class Drift(BaseModel):
+    """PSI of the traffic this server process scored with the production fraud version against its training distributions."""
+
+    version: int
+    window: int = Field(description="Most transactions the window holds: the latest scored.")
+    transactions: int = Field(description="Transactions it holds now.")
+    min_transactions: int = Field(description="Transactions it must hold before PSI is given.")
+    moderate: float = Field(description="PSI from which a shift is moderate.")
+    major: float = Field(description="PSI from which a shift is major (the alert's threshold).")
+    times: list[datetime] = Field(description="Snapshots, oldest first, then now; empty while the window holds too few transactions.")
+    series: list[DriftSeries]
+
+
 class Dashboard(BaseModel):
     """Everything the dashboard page draws."""
 
@@ -108,6 +132,7 @@ class Dashboard(BaseModel):
     scores: ScoreStats | None = Field(description=f"None until {SCORES_TABLE} holds a score.")
     models: list[ModelCard]
     devices: list[Device]
+    drift: Drift | None = Field(description="None while no production fraud version with training distributions is served here.")
 
 
 # The page may be opened as /?key=…: no Referer may carry that address to the assets it loads, and the page runs
@@ -138,15 +163,33 @@ def asset(file: str) -> Response:
     return Response(_asset(file), media_type=STATIC[file], headers={**PAGE_HEADERS, "Cache-Control": "no-cache"})
 
 
-@router.get("/dashboard", summary="What the dashboard at / shows: tables, ingest, scores, models, devices")
+@router.get("/dashboard", summary="What the dashboard at / shows: tables, ingest, scores, models, devices, drift")
 def dashboard(request: Request) -> Dashboard:
     settings: Settings = request.app.state.settings
     lake: Lake = request.app.state.lake
     now = datetime.now(UTC)
     devices: DeviceStore = request.app.state.devices
+    window = request.app.state.scorer.drift()
     return Dashboard(
         generated=now, tables=list_tables(request), ingest=with_lag(ingest_states(lake, now), request.app.state.topic_ends),
         scores=score_stats(settings, lake), models=model_cards(registry.registry_root(lake)), devices=devices.devices(),
+        drift=drift(window) if window is not None else None,
+    )
+
+
+def drift(window: DriftWindow) -> Drift:
+    """The window's PSI at each snapshot and now: the score's, each watched field's, then each input's."""
+    readings = window.history()
+    if (now := window.reading()) is not None:
+        readings.append(now)
+    series: list[DriftSeries] = []
+    if readings:
+        series.append(DriftSeries(name="score", kind="score", psi=[r.score for r in readings]))
+        series += [DriftSeries(name=name, kind="field", psi=[r.fields[name] for r in readings]) for name in readings[0].fields]
+        series += [DriftSeries(name=name, kind="input", psi=[r.inputs[name] for r in readings]) for name in readings[0].inputs]
+    return Drift(
+        version=window.version, window=window.size, transactions=window.transactions, min_transactions=window.min_transactions,
+        moderate=PSI_MODERATE, major=PSI_MAJOR, times=[r.time for r in readings], series=series,
     )
 
 

@@ -221,8 +221,25 @@ def serve_and_score(settings: Settings) -> str:
         console.print(f"fraud v{shadow} scored every transaction in shadow; production's decisions against its:", highlight=False)
         console.print(SHADOW_QUERY.strip(), style="dim", highlight=False)
         print_result(run_query(Lake.from_settings(settings), SHADOW_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s))
+        console.print("the rollout gate judges the shadow on the transactions whose labels matured:", highlight=False)
+        _settle_shadow(settings)
     console.print(f"[bold]dashboard:[/] {url}/?key={analyst_key}   (stop the API with `edgelake serve --stop`)", highlight=False)
     return f"{scored:,} transactions scored through the API, {landed:,} fraud scores (production and shadow) landed in silver"
+
+
+def _settle_shadow(settings: Settings) -> None:
+    """Judge the fraud shadow and carry the verdict out; if the API's own gate settled it first, say how."""
+    from edgelake.cli.models import evaluate_shadow
+    from edgelake.lake.catalog import Lake
+    from edgelake.training import registry
+    from edgelake.training.registry.stages import read_book
+
+    root = registry.registry_root(Lake.from_settings(settings))
+    if registry.rollout_policy(root, "fraud").canary_version is not None:
+        evaluate_shadow(settings, settle=True)
+        return
+    last = read_book(root / "fraud").history[-1]
+    console.print(f"the API's gate settled it: fraud v{last.version} {last.from_} -> {last.to}: {last.reason}", highlight=False)
 
 
 def run_edge_fleet(settings: Settings) -> str:

@@ -192,6 +192,59 @@ def _print_gate(settings: Settings, root: Path, name: str) -> None:
     console.print(f"waiting for: {'; '.join(gate.missing) or 'nothing'} · {gate.deadline_s_left:.0f} s left", highlight=False)
 
 
+@app.command("evaluate")
+def evaluate(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name: fraud (vision's canary evidence shows in `models rollout vision`)."),
+    apply: bool = typer.Option(False, "--settle", help="Carry the verdict out: promote or reject the shadow version (as the API's gate does)."),
+) -> None:
+    """Judge the fraud canary in shadow against production on the scored transactions whose labels matured: AUPRC, ROC-AUC
+    and recall at 1% FPR with paired bootstrap intervals, and the gate's verdict."""
+    from edgelake.training.matured_labels import MODEL_NAME
+
+    with reported_errors():
+        if name != MODEL_NAME:
+            raise UserError(f"evaluate judges the {MODEL_NAME} model's shadow on matured labels; see `edgelake models rollout {name}` for its canary")
+        evaluate_shadow(ctx.obj, settle=apply)
+
+
+def evaluate_shadow(settings: Settings, *, settle: bool) -> None:
+    """Print the fraud shadow's matured-label evidence and the gate's verdict, and with ``settle`` carry it out; UserError
+    when no fraud version is in shadow under a rollout policy."""
+    from datetime import timedelta
+
+    from edgelake.lake.catalog import Lake
+    from edgelake.training import registry
+    from edgelake.training.matured_labels import METRIC_NAMES, MODEL_NAME, matured_evidence, settle_shadow
+    from edgelake.training.registry.rollout import judge
+
+    maturity = timedelta(days=settings.fraud_label_maturity_days)
+    lake = Lake.from_settings(settings)
+    policy = registry.rollout_policy(registry.registry_root(lake), MODEL_NAME)
+    if policy.canary_version is None:
+        raise UserError(
+            f"no {MODEL_NAME} version is in shadow under a rollout policy: `edgelake train fraud --promote-to canary`, "
+            f"or `edgelake models rollout {MODEL_NAME} --canary-version N --max-accuracy-drop 0`"
+        )
+    evidence = matured_evidence(lake, policy, maturity)
+    verdict = judge(policy, evidence)
+    console.print(
+        f"[bold]{MODEL_NAME}[/] v{policy.canary_version} in shadow for {evidence.elapsed_s / 3600:,.1f} h: {len(evidence.pairs.matured):,} "
+        f"transactions scored beside production, {evidence.matured:,} with matured labels "
+        f"({settings.fraud_label_maturity_days:g} days), {evidence.matured_frauds:,} frauds among them",
+        highlight=False,
+    )
+    if 0 < evidence.matured_frauds < evidence.matured:
+        canary, production, difference = evidence.estimates
+        listing = Table("metric (95% interval)", f"shadow v{policy.canary_version}", "production", "shadow - production")
+        for metric, title in METRIC_NAMES.items():
+            listing.add_row(title, str(canary[metric]), str(production[metric]), difference[metric].signed())
+        console.print(listing)
+    console.print(f"verdict: {verdict.outcome}: {verdict.reason}", highlight=False)
+    if settle and verdict.outcome != "wait":
+        _print_transitions(MODEL_NAME, settle_shadow(lake, maturity, actor=os.environ.get("USER")))
+
+
 @app.command("verify")
 def verify(
     ctx: typer.Context,

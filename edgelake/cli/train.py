@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import typer
 from rich.table import Table
 
 from edgelake.console import console, metric_text, reported_errors
+from edgelake.errors import UserError
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,13 +51,22 @@ PROMOTE_OPTION = typer.Option(None, "--promote-to", help="Also promote the new v
 @app.command("fraud")
 def fraud(
     ctx: typer.Context,
-    source: Source = typer.Option(Source.ulb, "--source", help="Which transactions to learn from, by the source that produced them."),
+    source: Source | None = typer.Option(
+        None, "--source", help="Which transactions to learn from, by the source that produced them; default ulb, or the --since-version run's."
+    ),
     cutoff: datetime | None = typer.Option(None, "--cutoff", help="Only labels known by this time (UTC ISO 8601); default now."),
     epochs: int = typer.Option(20, "--epochs", min=1),
     device: Device = DEVICE_OPTION,
     seed: int = SEED_OPTION,
     master: str | None = typer.Option(None, "--master", help="Spark master for the feature job; default the spark_master setting."),
-    promote_to: Stage | None = PROMOTE_OPTION,
+    promote_to: Stage | None = typer.Option(
+        None, "--promote-to", help="Also promote the new version: canary puts it in shadow, judged against production on matured labels."
+    ),
+    since_version: int | None = typer.Option(
+        None, "--since-version", min=1,
+        help="Retrain version N on the lake as of now (its source unless --source) and put the new version in shadow; refused when "
+        "nothing N learned from has changed.",
+    ),
 ) -> None:
     """Build features with Spark, train the fraud model on the earlier transactions, test it on the later ones, publish it."""
     from datetime import UTC
@@ -63,13 +74,33 @@ def fraud(
     from edgelake.training.fraud import FraudConfig
 
     settings: Settings = ctx.obj
-    config = FraudConfig(
-        source=source.value, cutoff=cutoff.replace(tzinfo=cutoff.tzinfo or UTC) if cutoff else None,
-        epochs=epochs, seed=seed, device=device.value,
-    )
     with reported_errors():
-        published = train_and_publish_fraud(settings, config, master or settings.spark_master, promote_to)
+        if since_version is not None:
+            if promote_to is Stage.production:
+                raise UserError("a retrained version enters shadow and the gate promotes it: leave out --promote-to production")
+            source = source or Source(retrained_source(settings, since_version))
+            promote_to = Stage.canary
+        config = FraudConfig(
+            source=(source or Source.ulb).value, cutoff=cutoff.replace(tzinfo=cutoff.tzinfo or UTC) if cutoff else None,
+            epochs=epochs, seed=seed, device=device.value,
+        )
+        published = train_and_publish_fraud(settings, config, master or settings.spark_master, promote_to, since_version)
     print_published(published)
+
+
+def retrained_source(settings: Settings, version: int) -> str:
+    """The source fraud ``version`` learned from; UserError if none of the tables it learned from changed since."""
+    from edgelake.lake.catalog import Lake
+    from edgelake.training import registry
+    from edgelake.training.fraud import SILVER_TABLES
+
+    lake = Lake.from_settings(settings)
+    manifest = registry.get(registry.registry_root(lake), "fraud", version).manifest
+    learned = {table: manifest.lineage.get(table) for table in SILVER_TABLES}
+    if all(lake.open(table).version() == at for table, at in learned.items()):
+        tables = ", ".join(f"{table}@v{at}" for table, at in learned.items())
+        raise UserError(f"nothing new since fraud v{version}: it learned from {tables}, which have not changed")
+    return str(manifest.extra.get("details", {}).get("source", Source.ulb.value))
 
 
 @app.command("vision")
@@ -88,12 +119,17 @@ def vision(
     print_published(published)
 
 
-def train_and_publish_fraud(settings: Settings, config: FraudConfig, master: str, promote_to: Stage | None) -> ModelVersion:
-    """Bring the card features (gold) up to date with Spark on ``master``, train the fraud model on them and publish it."""
+def train_and_publish_fraud(
+    settings: Settings, config: FraudConfig, master: str, promote_to: Stage | None, retrained_from: int | None = None
+) -> ModelVersion:
+    """Bring the card features (gold) up to date with Spark on ``master``, train the fraud model on them and publish it;
+    promoted to canary, it enters shadow under the fraud rollout rules (``training.matured_labels.shadow_rules``)."""
     from edgelake.lake.catalog import Lake
     from edgelake.lake.gold import build_card_features
     from edgelake.lake.spark import spark_session
+    from edgelake.training import registry
     from edgelake.training.fraud import train_fraud
+    from edgelake.training.matured_labels import put_in_shadow
 
     lake = Lake.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="edgelake-train-fraud-") as out:
@@ -101,7 +137,16 @@ def train_and_publish_fraud(settings: Settings, config: FraudConfig, master: str
             spark = spark_session(master, "edgelake-train-fraud", jars_dir=settings.jars_path, driver_memory=settings.spark_driver_memory)
             build_card_features(spark, lake)
             result = train_fraud(spark, lake, Path(out), config)
-        return publish(settings, lake, "fraud", result.files, result.metrics, result.lineage, result.feature_version, promote_to)
+        extra = None if retrained_from is None else {"retrained_from": retrained_from}
+        shadow = promote_to is Stage.canary
+        published = publish(
+            settings, lake, "fraud", result.files, result.metrics, result.lineage, result.feature_version, None if shadow else promote_to, extra
+        )
+    if not shadow:
+        return published
+    root = registry.registry_root(lake)
+    put_in_shadow(root, published.version, timedelta(days=settings.fraud_label_maturity_days), actor=os.environ.get("USER"))
+    return registry.get(root, "fraud", published.version)
 
 
 def train_and_publish_vision(

@@ -4,7 +4,9 @@ A transaction's own fields plus its card features (``definitions``) make ``INPUT
 training gets them from Spark (``batch_input_columns``: silver transactions joined with
 ``gold_card_features``), online scoring from the transactions it scores and their
 ``CardHistory`` values (``online_input_columns``). ``fraud_inputs`` turns either into the
-model's input matrix, in ``INPUT_NAMES`` order, the same way.
+model's input matrix, in ``INPUT_NAMES`` order, the same way. Training also reads
+``WATCHED_FIELDS``, transaction fields the model does not read, to record their mix for drift
+monitoring.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ CHANNELS: tuple[str, ...] = get_args(Channel)
 # Columns ``fraud_inputs`` reads: the transaction's own fields, then the card features.
 TRANSACTION_COLUMNS = ("amount", "event_time", "channel", *ATTRIBUTES)
 INPUT_COLUMNS = (*TRANSACTION_COLUMNS, *(feature.name for feature in CARD_FEATURES))
+# Categorical transaction fields the model does not read, whose mix in live traffic is compared with training's.
+WATCHED_FIELDS = ("merchant_category", "country")
 INPUT_NAMES: tuple[str, ...] = (
     *ATTRIBUTES,
     "log_amount",
@@ -43,11 +47,12 @@ INPUTS_VERSION = f"{FEATURE_VERSION}.1"
 
 
 def batch_input_columns(transactions: DataFrame, card_features: DataFrame) -> DataFrame:
-    """Silver ``transactions`` with ``INPUT_COLUMNS`` (and ``event_id``), their card features from ``gold_card_features`` rows."""
+    """Silver ``transactions`` with ``INPUT_COLUMNS`` (and ``event_id`` and ``WATCHED_FIELDS``), their card features from
+    ``gold_card_features`` rows."""
     from pyspark.sql import functions as F
 
     own = transactions.select(
-        "event_id", "event_time", "amount", "channel", *(F.col("attributes")[name].alias(name) for name in ATTRIBUTES)
+        "event_id", "event_time", "amount", "channel", *WATCHED_FIELDS, *(F.col("attributes")[name].alias(name) for name in ATTRIBUTES)
     )
     return own.join(card_features.select("event_id", *(f.name for f in CARD_FEATURES)), "event_id")
 

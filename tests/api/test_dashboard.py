@@ -133,7 +133,8 @@ def test_dashboard_data_shape(board: Board) -> None:
         response = analyst.get("/v1/dashboard")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"generated", "tables", "ingest", "scores", "models", "devices"}
+    assert set(body) == {"generated", "tables", "ingest", "scores", "models", "devices", "drift"}
+    assert body["drift"] is None  # no production fraud model served
     rows = {t["name"]: t["rows"] for t in body["tables"] if t["written"]}
     assert rows == {"silver_transactions": TRANSACTIONS, "silver_fraud_scores": SCORES}
     assert all(t["last_commit"] for t in body["tables"] if t["written"])

@@ -28,6 +28,7 @@ from edgelake.lake.features.model_inputs import INPUT_COLUMNS, INPUT_NAMES, INPU
 from edgelake.lake.gold import build_card_features
 from support import append_silver
 from edgelake.training import registry
+from edgelake.training.drift import DISTRIBUTIONS_FILE, Bins, Categories, TrainingDistributions
 from edgelake.training.evaluation import best_f1_threshold, binary_metrics
 from edgelake.training.fraud import Examples, FraudConfig, FraudResult, build_model, labelled_transactions, split_by_time, train_fraud
 
@@ -111,7 +112,7 @@ def ulb_examples(spark, fraud_lake: FraudLake) -> pd.DataFrame:
 
 
 def test_a_run_writes_the_model_its_tflite_twin_metrics_and_plots(ulb_run: FraudResult) -> None:
-    expected = {"fraud.keras", "fraud.tflite", "metrics.json", "pr_curve.png", "roc_curve.png", "score_histogram.png"}
+    expected = {"fraud.keras", "fraud.tflite", "metrics.json", "pr_curve.png", "roc_curve.png", "score_histogram.png", DISTRIBUTIONS_FILE}
     assert set(ulb_run.files) == expected
     assert all(path.is_file() and path.stat().st_size > 0 for path in ulb_run.files.values())
     assert all(ulb_run.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in expected if name.endswith(".png"))
@@ -122,6 +123,20 @@ def test_a_run_writes_the_model_its_tflite_twin_metrics_and_plots(ulb_run: Fraud
     assert metrics["inputs"] == list(INPUT_NAMES) and metrics["source"] == "ulb" and "anchors" in metrics
     assert ulb_run.feature_version == INPUTS_VERSION
     assert set(ulb_run.lineage) == {"silver_transactions", "silver_fraud_labels", "gold_card_features"}
+
+
+def test_a_run_records_the_distributions_of_its_test_part(ulb_run: FraudResult, ulb_examples: pd.DataFrame) -> None:
+    distributions = TrainingDistributions.read(ulb_run.files[DISTRIBUTIONS_FILE])
+    test = split_by_time(ulb_examples, small())[2]
+    for i, name in enumerate(INPUT_NAMES):
+        assert distributions.inputs[name] == Bins.of(test.inputs[:, i]), name
+    amounts = distributions.inputs["log_amount"]
+    assert len(amounts.shares) >= 10 and amounts.edges[1] == pytest.approx(np.log1p(ulb_examples["amount"].iloc[-len(test.labels) :].min()))
+    assert distributions.inputs["is_first_transaction"].shares == (0.0, 1.0, 0.0)  # one transaction per ULB card: a constant 1
+    assert len(distributions.score.shares) >= 10 and sum(distributions.score.shares) == pytest.approx(1.0)
+    assert distributions.score.edges[-1] <= 1.0 and distributions.score.shares[-1] == 0.0
+    assert distributions.fields["merchant_category"] == Categories(values=("unknown",), shares=(1.0, 0.0))
+    assert distributions.fields["country"] == Categories(values=(None,), shares=(1.0, 0.0))  # ULB has no countries
 
 
 def test_the_model_learns_the_ulb_sample(ulb_run: FraudResult) -> None:

@@ -51,6 +51,37 @@ def test_train_fraud_publishes_a_signed_candidate_and_promotes_it(cli: CliRunner
     assert "fraud v1: verified" in run(cli, "models", "verify", "fraud")
 
 
+def test_retraining_since_a_version_needs_new_data_and_puts_the_new_version_in_shadow(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgelake.lake.catalog import Lake
+    from edgelake.training import registry
+
+    lake = str(tmp_path / "lake")
+    config = synthetic.SyntheticConfig(seed=3, cards=80, merchants=60, fraud_rate=0.06)
+    transactions, labels = list(synthetic.transactions(config, 3500)), list(synthetic.labels(config, 3500))
+    append_silver(lake, transactions[:3000])
+    append_silver(lake, labels[:3000])
+    monkeypatch.setenv("EDGELAKE_LAKE_ROOT", lake)
+    run(cli, "train", "fraud", "--source", "synthetic", "--epochs", "1", "--device", "cpu", "--promote-to", "production")
+
+    unchanged = cli.invoke(app, ["train", "fraud", "--since-version", "1", "--epochs", "1", "--device", "cpu"])
+    assert unchanged.exit_code != 0 and "nothing new since fraud v1" in " ".join(unchanged.output.split()), unchanged.output
+    append_silver(lake, transactions[3000:], first_offset=3000)
+    append_silver(lake, labels[3000:], first_offset=3000)
+    out = run(cli, "train", "fraud", "--since-version", "1", "--epochs", "1", "--device", "cpu")
+    assert "fraud v2 published as canary" in out, out
+
+    shown = json.loads(run(cli, "models", "show", "fraud", "--version", "2", "--json"))
+    assert shown["extra"]["retrained_from"] == 1 and shown["extra"]["details"]["source"] == "synthetic"
+    first = json.loads(run(cli, "models", "show", "fraud", "--version", "1", "--json"))
+    assert shown["lineage"]["silver_transactions"] > first["lineage"]["silver_transactions"]
+    policy = registry.rollout_policy(registry.registry_root(Lake(lake)), "fraud")
+    assert (policy.canary_version, policy.canary_percent, policy.max_accuracy_drop) == (2, 100, 0.0)
+    waiting = run(cli, "models", "evaluate", "fraud")
+    assert "0 transactions scored beside production" in waiting and "verdict: wait" in waiting, waiting
+
+
 def test_train_vision_publishes_the_int8_model_with_its_smoke_test(cli: CliRunner, frames_lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     shutil.copytree(frames_lake.root, lake)  # the session's frames, with a registry of this test's own

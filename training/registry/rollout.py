@@ -37,9 +37,14 @@ class RolloutRules(BaseModel):
     canary_version: int | None = Field(None, ge=1, description="The version canary devices run; none means every device runs production.")
     promote_after_reports: int = Field(10, ge=1, le=1_000_000, description="Healthy canary reports needed before the gate decides.")
     max_accuracy_drop: float = Field(
-        0.02, ge=0, le=1, allow_inf_nan=False, description="How far the canary's accuracy may fall below production's and still be promoted."
+        0.02, ge=0, le=1, allow_inf_nan=False,
+        description="How far the canary's measure (vision: accuracy; fraud: AUPRC, the lower bound of the difference's interval) "
+        "may fall below production's and still be promoted.",
     )
-    min_labelled: int = Field(200, ge=1, le=1_000_000_000, description="Labelled inferences each side must pool before they are compared.")
+    min_labelled: int = Field(
+        200, ge=1, le=1_000_000_000,
+        description="Labelled inferences (fraud: scored transactions with matured labels) each side must pool before they are compared.",
+    )
     deadline_s: float = Field(
         900, gt=0, le=30 * 86_400, allow_inf_nan=False, description="Seconds the canary has to gather that evidence; then it is rolled back."
     )
@@ -54,21 +59,32 @@ class RolloutPolicy(RolloutRules):
 
 @dataclass(frozen=True)
 class Measured:
-    """One side's accuracy and the number of labelled outcomes it rests on."""
+    """One side's measure (vision: accuracy; fraud: AUPRC) and the number of labelled outcomes it rests on."""
 
     version: int
-    accuracy: float
+    value: float
     labelled: int
+    metric: str = "accuracy"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval, e.g. of the canary's measure minus production's over paired bootstrap resamples."""
+
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Complete evidence set side by side: the canary, production (none without a production version), and what else the
-    numbers rest on (e.g. ``12 healthy reports``)."""
+    """Complete evidence set side by side: the canary, production (none without a production version), what else the
+    numbers rest on (e.g. ``12 healthy reports``), and where the evidence gives one, the interval of the canary's
+    measure minus production's."""
 
     canary: Measured
     production: Measured | None
     basis: str
+    difference: Interval | None = None
 
 
 class CanaryEvidence(Protocol):
@@ -104,7 +120,9 @@ def judge(rules: RolloutRules, evidence: CanaryEvidence) -> Verdict:
     """The verdict on a canary under ``rules`` given ``evidence``.
 
     A failure rejects at once. Evidence still lacking waits, until ``deadline_s`` rejects it. Complete evidence promotes
-    a canary at most ``max_accuracy_drop`` below production's accuracy (or with no production to compare with), else rejects it.
+    a canary at most ``max_accuracy_drop`` below production's measure (or with no production to compare with), else
+    rejects it. Where the evidence gives an interval of the difference, its lower bound must be above ``-max_accuracy_drop``:
+    with a drop of 0, the canary must be better than production beyond the interval.
     """
     failure = evidence.failure()
     if failure is not None:
@@ -115,16 +133,21 @@ def judge(rules: RolloutRules, evidence: CanaryEvidence) -> Verdict:
             return Verdict("reject", f"not enough evidence after {rules.deadline_s:g} s: {'; '.join(lacking)}")
         return Verdict("wait", f"short of evidence: {'; '.join(lacking)}")
     sides = evidence.comparison()
-    canary, production = sides.canary, sides.production
-    measured = f"canary v{canary.version} accuracy {canary.accuracy:.3f} on {canary.labelled:,} labelled"
+    canary, production, gap = sides.canary, sides.production, sides.difference
+    measured = f"canary v{canary.version} {canary.metric} {canary.value:.3f} on {canary.labelled:,} labelled"
     if production is None:
         return Verdict("promote", f"{measured}, {sides.basis}; no production version to compare with")
-    within = canary.accuracy >= production.accuracy - rules.max_accuracy_drop
-    return Verdict(
-        "promote" if within else "reject",
-        f"{measured} vs production v{production.version} {production.accuracy:.3f} on {production.labelled:,} "
-        f"({'within' if within else 'more than'} the max drop {rules.max_accuracy_drop:g}), {sides.basis}",
-    )
+    versus = f"vs production v{production.version} {production.value:.3f} on {production.labelled:,}"
+    drop = rules.max_accuracy_drop
+    if gap is None:
+        within = canary.value >= production.value - drop
+        judged = f"{'within' if within else 'more than'} the max drop {drop:g}"
+    else:
+        within = gap.low > -drop
+        judged = f"difference {canary.value - production.value:+.3f}, interval [{gap.low:+.3f}, {gap.high:+.3f}], " + (
+            f"{'above' if within else 'not above'} {-drop:+g}" if drop else f"{'above' if within else 'not above'} 0"
+        )
+    return Verdict("promote" if within else "reject", f"{measured} {versus} ({judged}), {sides.basis}")
 
 
 def rollout_policy(root: Path, name: str) -> RolloutPolicy:

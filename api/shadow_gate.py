@@ -1,0 +1,39 @@
+"""The fraud canary's rollout gate on the API's side: every ``fraud_gate_check_s`` seconds a daemon thread judges the
+version scoring in shadow on the labels that matured (:mod:`edgelake.training.matured_labels`) and promotes or rejects
+it once the evidence is complete. Every server process may run it: the registry's gate carries a verdict out once."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from edgelake.api.background import BackgroundThread
+from edgelake.lake.catalog import Lake
+from edgelake.settings import Settings
+from edgelake.training import registry
+from edgelake.training.matured_labels import settle_shadow
+
+ACTOR = "shadow-gate"
+log = logging.getLogger(__name__)
+
+
+class ShadowGate(BackgroundThread):
+    """Settles the fraud model's shadow canary of ``settings``' lake from a daemon thread: ``start()``, ``close()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._lake = Lake.from_settings(settings)
+        self._maturity = timedelta(days=settings.fraud_label_maturity_days)
+        self._interval_s = settings.fraud_gate_check_s
+        super().__init__("shadow-gate")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                transitions = settle_shadow(self._lake, self._maturity, actor=ACTOR)
+            except registry.UnknownModel:
+                continue  # no fraud model published yet
+            except Exception:  # a lake or registry failure must not end the checks: the next one tries again
+                log.exception("the fraud shadow gate's check failed")
+                continue
+            for transition in transitions:
+                log.info("shadow gate: fraud v%d %s -> %s: %s", transition.version, transition.from_, transition.to, transition.reason)
