@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -105,12 +105,34 @@ def card_history(settings: Settings) -> CardHistory | RedisCardHistory:
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """The scores from which a transaction is sent to review and declined."""
+
+    review: float
+    decline: float
+
+
+# For a version whose manifest carries no thresholds of its own (one published before they were recorded).
+DEFAULT_THRESHOLDS = Thresholds(review=0.5, decline=0.9)
+
+
+def served_thresholds(metrics: dict[str, float], settings: Settings) -> Thresholds:
+    """A version's decision thresholds: the settings' where set, else the version's own from its validation (its metrics
+    ``threshold``, the best-F1 one, and ``decline_threshold``), else ``DEFAULT_THRESHOLDS``; decline never below review."""
+    own = metrics.get("threshold", DEFAULT_THRESHOLDS.review), metrics.get("decline_threshold", DEFAULT_THRESHOLDS.decline)
+    review = settings.score_review_threshold if settings.score_review_threshold is not None else own[0]
+    decline = settings.score_decline_threshold if settings.score_decline_threshold is not None else own[1]
+    return Thresholds(review, max(review, decline))
+
+
+@dataclass(frozen=True)
 class ServedModel:
-    """A verified production version and how to run it: float32 inputs to fraud probabilities."""
+    """A verified production version, how to run it (float32 inputs to fraud probabilities) and its decision thresholds."""
 
     version: int
     runtime: str
     predict: Callable[[np.ndarray], np.ndarray]
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
 
 
 @dataclass(frozen=True)
@@ -212,18 +234,13 @@ class Scorer:
             drift.add(inputs, scores, transactions)
         shadows: list[ShadowScore | None] = [None] * len(transactions)
         if shadow is not None and shadow_scores is not None:
-            shadows = [ShadowScore(shadow.version, *self._decided(score)) for score in shadow_scores]
+            shadows = [ShadowScore(shadow.version, *_decided(score, shadow.thresholds)) for score in shadow_scores]
         scored = []
         for transaction, score, values, shadow_score in zip(transactions, scores, features, shadows, strict=True):
-            probability, decision = self._decided(score)
+            probability, decision = _decided(score, model.thresholds)
             self._metrics.decisions.labels(decision).inc()
             scored.append(Scored(transaction, probability, decision, values, shadow_score))
         return model, scored
-
-    def _decided(self, score: float) -> tuple[float, Decision]:
-        """A model output as a probability in [0, 1] and the decision the thresholds make of it."""
-        probability = min(max(float(score), 0.0), 1.0)
-        return probability, decide(probability, self.settings.score_review_threshold, self.settings.score_decline_threshold)
 
     def _refresh(self) -> None:
         self._refresh_production()
@@ -306,14 +323,25 @@ class Scorer:
             raise ModelUnavailable(
                 f"{MODEL_NAME} v{version} was trained on inputs version {manifest.feature_version}; this server computes {INPUTS_VERSION}"
             )
-        directory = self._root / MODEL_NAME / str(version)
-        try:
-            return _tflite(version, directory / TFLITE_FILE) if TFLITE_FILE in manifest.files else _keras(version, directory / KERAS_FILE)
-        except (OSError, ValueError, RuntimeError, ImportError) as error:
-            if TFLITE_FILE in manifest.files and KERAS_FILE in manifest.files:
-                log.warning("%s v%d: %s does not load (%s); falling back to %s", MODEL_NAME, version, TFLITE_FILE, error, KERAS_FILE)
-                return _keras(version, directory / KERAS_FILE)
-            raise ModelUnavailable(f"{MODEL_NAME} v{version} does not load: {error}") from None
+        runnable = _runnable(version, self._root / MODEL_NAME / str(version), set(manifest.files))
+        return replace(runnable, thresholds=served_thresholds(manifest.metrics, self.settings))
+
+
+def _runnable(version: int, directory: Path, files: set[str]) -> ServedModel:
+    """The version's TFLite file under LiteRT, else (absent, or not loading) its Keras file."""
+    try:
+        return _tflite(version, directory / TFLITE_FILE) if TFLITE_FILE in files else _keras(version, directory / KERAS_FILE)
+    except (OSError, ValueError, RuntimeError, ImportError) as error:
+        if TFLITE_FILE in files and KERAS_FILE in files:
+            log.warning("%s v%d: %s does not load (%s); falling back to %s", MODEL_NAME, version, TFLITE_FILE, error, KERAS_FILE)
+            return _keras(version, directory / KERAS_FILE)
+        raise ModelUnavailable(f"{MODEL_NAME} v{version} does not load: {error}") from None
+
+
+def _decided(score: float, thresholds: Thresholds) -> tuple[float, Decision]:
+    """A model output as a probability in [0, 1] and the decision ``thresholds`` make of it."""
+    probability = min(max(float(score), 0.0), 1.0)
+    return probability, decide(probability, thresholds.review, thresholds.decline)
 
 
 def _tflite(version: int, path: Path) -> ServedModel:

@@ -64,8 +64,12 @@ class Settings(BaseSettings):
     sql_timeout_s: float = Field(30.0, gt=0, description="Seconds a SQL query may run before it is stopped.")
     sql_workers: int = Field(2, gt=0, description="SQL queries the API runs at once, each in a worker process; more wait briefly, then get a 503.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the edgelake API.")
-    score_review_threshold: float = Field(0.5, ge=0, le=1, description="Fraud score from which a transaction is sent to review.")
-    score_decline_threshold: float = Field(0.9, ge=0, le=1, description="Fraud score from which a transaction is declined.")
+    score_review_threshold: float | None = Field(
+        None, ge=0, le=1, description="Fraud score from which a transaction is sent to review; default the model's own, from its validation."
+    )
+    score_decline_threshold: float | None = Field(
+        None, ge=0, le=1, description="Fraud score from which a transaction is declined; default the model's own, from its validation."
+    )
     score_model_check_s: float = Field(
         5.0, ge=0, description="Seconds between checks of the registry for a new production fraud model; 0 checks on every request."
     )
@@ -126,7 +130,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ordered_thresholds(self) -> Settings:
-        if self.score_review_threshold > self.score_decline_threshold:
+        review, decline = self.score_review_threshold, self.score_decline_threshold
+        if review is not None and decline is not None and review > decline:
             raise ValueError(
                 f"score_review_threshold ({self.score_review_threshold}) must not exceed score_decline_threshold ({self.score_decline_threshold})"
             )

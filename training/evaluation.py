@@ -38,6 +38,19 @@ def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1))])
 
 
+DECLINE_PRECISION = 0.9
+
+
+def decline_threshold(labels: np.ndarray, scores: np.ndarray, review: float, precision: float = DECLINE_PRECISION) -> float:
+    """The lowest score threshold, not below ``review``, from which at least ``precision`` of these examples are frauds;
+    1.0 (only a certain fraud) where none reaches it."""
+    from sklearn.metrics import precision_recall_curve
+
+    precisions, _, thresholds = precision_recall_curve(labels, scores)
+    eligible = (precisions[:-1] >= precision) & (thresholds >= review)
+    return float(thresholds[int(np.argmax(eligible))]) if eligible.any() else 1.0
+
+
 RANKING_METRICS = ("auprc", "roc_auc", "recall_at_1pct_fpr")
 BOOTSTRAP_ROUNDS = 1000
 

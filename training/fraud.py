@@ -28,7 +28,7 @@ from edgelake.lake.features.model_inputs import INPUT_NAMES, INPUTS_VERSION, bat
 from edgelake.lake.gold import has_card_features
 from edgelake.lake.tables import GOLD_CARD_FEATURES
 from edgelake.training.devices import Device, set_seeds, training_strategy
-from edgelake.training.evaluation import best_f1_threshold, binary_metrics, write_plots
+from edgelake.training.evaluation import best_f1_threshold, binary_metrics, decline_threshold, write_plots
 
 if TYPE_CHECKING:
     import keras
@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Which transactions a training run uses, as a Spark SQL condition on silver transactions.
+# Which transactions a training run uses, as a Spark SQL condition on silver transactions: the ULB set's, the synthetic
+# generator's, those from files and other producers (neither of the two), or every one.
 SOURCES: dict[str, str | None] = {
     "ulb": "event_id LIKE 'ulb-tx-%'",
     "synthetic": "event_id LIKE 'syn-%'",
+    "file": "event_id NOT LIKE 'ulb-tx-%' AND event_id NOT LIKE 'syn-%'",
     "all": None,
 }
 # Published AutoML results on the ULB data set, for comparison in the metrics.
@@ -229,7 +231,8 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
     )
     fit_s = time.perf_counter() - fit_started
     model = calibrated(logit_model, validation)
-    threshold = best_f1_threshold(validation.labels, model.predict(validation.inputs, batch_size=8192, verbose=0).ravel())
+    validation_scores = model.predict(validation.inputs, batch_size=8192, verbose=0).ravel()
+    threshold = best_f1_threshold(validation.labels, validation_scores)  # the scorer's review threshold
     scores = model.predict(test.inputs, batch_size=8192, verbose=0).ravel()
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +242,7 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
     tflite_scores = predict(load_interpreter(files["fraud.tflite"]), test.inputs).ravel()
     metrics = {
         **binary_metrics(test.labels, scores, threshold),
+        "decline_threshold": decline_threshold(validation.labels, validation_scores, threshold),
         "tflite_max_abs_diff": float(np.max(np.abs(tflite_scores - scores))),
         "split": {
             "train": len(train.labels), "validation": len(validation.labels), "test": len(test.labels),

@@ -127,8 +127,7 @@ def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResul
         raise Problem(503, str(error), kind="card-state-unavailable", title="Online card state unavailable") from None
     latency_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(UTC)
-    settings = scorer.settings
-    thresholds = Thresholds(review=settings.score_review_threshold, decline=settings.score_decline_threshold)
+    thresholds = Thresholds(review=model.thresholds.review, decline=model.thresholds.decline)
     results, events = [], []
     for item in scored:
         score_id = f"score-{uuid.uuid4().hex}"

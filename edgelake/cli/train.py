@@ -35,6 +35,7 @@ class Device(str, Enum):
 class Source(str, Enum):
     ulb = "ulb"
     synthetic = "synthetic"
+    file = "file"
     all = "all"
 
 
@@ -52,7 +53,8 @@ PROMOTE_OPTION = typer.Option(None, "--promote-to", help="Also promote the new v
 def fraud(
     ctx: typer.Context,
     source: Source | None = typer.Option(
-        None, "--source", help="Which transactions to learn from, by the source that produced them; default ulb, or the --since-version run's."
+        None, "--source", help="Which transactions to learn from: ulb, synthetic, file (your own files: any other producer) or all; "
+        "default ulb, or the --since-version run's."
     ),
     cutoff: datetime | None = typer.Option(None, "--cutoff", help="Only labels known by this time (UTC ISO 8601); default now."),
     epochs: int = typer.Option(20, "--epochs", min=1),

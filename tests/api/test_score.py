@@ -26,7 +26,7 @@ import redis
 
 from edgelake.api.app import create_app
 from edgelake.api.keys import ROLES, KeyStore, keys_path
-from edgelake.api.scoring import decide
+from edgelake.api.scoring import DEFAULT_THRESHOLDS, decide
 from edgelake.broker import free_port
 from edgelake.contracts import FraudScore, Transaction
 from edgelake.kafka import ensure_topics, read_topic
@@ -127,7 +127,7 @@ def test_replayed_transactions_get_the_batch_card_features_and_reach_the_topic(s
     assert {s["model"]["version"] for s in scored} == {1}
     for s in scored:
         assert 0 <= s["score"] <= 1 and s["decision"] == decide(s["score"], 0.5, 0.9)
-        assert s["thresholds"] == {"review": 0.5, "decline": 0.9}
+        assert s["thresholds"] == {"review": 0.5, "decline": 0.9}  # the fixture's version records none: the defaults
     decisions = {d: sum(s["decision"] == d for s in scored) for d in ("approve", "review", "decline")}
     for decision, count in decisions.items():
         if count:
@@ -335,7 +335,7 @@ def test_a_canary_version_scores_in_shadow_and_only_production_answers(spark, la
         scores = by_transaction[answer["transaction_id"]]
         assert (scores[False].event_id, scores[False].score, scores[False].model_version) == (answer["score_id"], answer["score"], production)
         assert scores[True].model_version == canary
-        assert scores[True].decision == decide(scores[True].score, settings.score_review_threshold, settings.score_decline_threshold)
+        assert scores[True].decision == decide(scores[True].score, DEFAULT_THRESHOLDS.review, DEFAULT_THRESHOLDS.decline)  # none in its manifest
         assert scores[True].features == scores[False].features
     assert any(not math.isclose(s[True].score, s[False].score, abs_tol=1e-6) for s in by_transaction.values() if True in s), "shadow = production"
     assert list(by_transaction[after["transaction_id"]]) == [False], "a rejected canary still scored in shadow"
@@ -366,6 +366,33 @@ def test_scores_are_answered_and_wait_while_the_broker_is_unreachable(lake: Sett
 @pytest.mark.parametrize(("score", "decision"), [(0.0, "approve"), (0.49, "approve"), (0.5, "review"), (0.89, "review"), (0.9, "decline"), (1.0, "decline")])
 def test_decisions_follow_the_thresholds(score: float, decision: str) -> None:
     assert decide(score, 0.5, 0.9) == decision
+
+
+def test_decisions_follow_the_served_versions_own_thresholds_unless_the_settings_set_them(lake: Settings, tokens, serve, tmp_path: Path) -> None:
+    """A version's manifest carries the thresholds its validation chose (``threshold``, ``decline_threshold``); the
+    scorer decides with them, and a setting overrides either."""
+    root = tmp_path / "threshold-lake"
+    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), root / "models")
+    settings = lake.model_copy(update={"lake_root": str(root), "topic_prefix": f"thr{uuid.uuid4().hex[:8]}-"})
+    models = registry.registry_root(Lake.from_settings(settings))
+    trained = registry.get(models, "fraud", registry.current(models, "fraud"))
+    with client(serve, settings, tokens["producer"]) as http:
+        score = http.post("/v1/score", json=example()).json()["score"]
+    assert score > 0
+    own = {"review": score / 2, "decline": min(1.0, score * 1.5)}  # this transaction's score lies between them
+    registry.publish_run(
+        Lake.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", {name: trained.path / name for name in trained.manifest.files},
+        metrics={**trained.manifest.metrics, "threshold": own["review"], "decline_threshold": own["decline"]},
+        lineage=trained.manifest.lineage, feature_version=trained.manifest.feature_version, promote_to="production",
+    )
+    for overrides, thresholds, decision in (
+        ({}, own, "review"),
+        ({"score_review_threshold": min(1.0, score * 1.2)}, {"review": min(1.0, score * 1.2), "decline": own["decline"]}, "approve"),
+        ({"score_decline_threshold": score}, {"review": own["review"], "decline": score}, "decline"),
+    ):
+        with client(serve, settings.model_copy(update=overrides), tokens["producer"]) as http:
+            answer = http.post("/v1/score", json=example()).json()
+        assert answer["score"] == score and answer["thresholds"] == pytest.approx(thresholds) and answer["decision"] == decision, (overrides, answer)
 
 
 def test_thresholds_must_be_ordered() -> None:

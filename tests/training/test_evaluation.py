@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from edgelake.training.evaluation import binary_metrics, bootstrap_intervals, paired_differences
+from edgelake.training.evaluation import binary_metrics, bootstrap_intervals, decline_threshold, paired_differences
 
 
 def scored(seed: int, n: int = 20_000, separation: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
@@ -58,3 +58,12 @@ def test_a_paired_difference_sees_a_better_scorer_and_not_a_copy() -> None:
 def test_one_class_is_refused() -> None:
     with pytest.raises(ValueError, match="both frauds and legitimate"):
         bootstrap_intervals(np.zeros(10), np.linspace(0, 1, 10))
+
+
+def test_the_decline_threshold_is_the_lowest_reaching_the_precision_and_not_below_review() -> None:
+    labels = np.array([0, 0, 0, 1, 0, 1, 1, 1], dtype=np.float64)
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert decline_threshold(labels, scores, review=0.0, precision=0.75) == 0.4  # 4 frauds among the 5 from 0.4
+    assert decline_threshold(labels, scores, review=0.0, precision=0.9) == 0.6
+    assert decline_threshold(labels, scores, review=0.7, precision=0.75) == 0.7
+    assert decline_threshold(np.array([0.0, 1.0]), np.array([0.9, 0.1]), review=0.0) == 1.0  # never precise enough

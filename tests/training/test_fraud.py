@@ -120,6 +120,7 @@ def test_a_run_writes_the_model_its_tflite_twin_metrics_and_plots(ulb_run: Fraud
     assert metrics == json.loads(json.dumps(ulb_run.metrics))
     for key in ("auprc", "roc_auc", "recall_at_1pct_fpr", "threshold", "precision_at_threshold", "recall_at_threshold"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["threshold"] <= metrics["decline_threshold"] <= 1.0  # the scorer's review and decline thresholds
     assert metrics["inputs"] == list(INPUT_NAMES) and metrics["source"] == "ulb" and "anchors" in metrics
     assert ulb_run.feature_version == INPUTS_VERSION
     assert set(ulb_run.lineage) == {"silver_transactions", "silver_fraud_labels", "gold_card_features"}
@@ -174,11 +175,12 @@ def test_the_split_is_by_time(ulb_run: FraudResult, ulb_examples: pd.DataFrame) 
 
 
 def test_sources_select_their_transactions(spark, fraud_lake: FraudLake, ulb_examples: pd.DataFrame) -> None:
-    frames = {source: labelled_transactions(spark, Lake(fraud_lake.root), small(source=source))[0] for source in ("synthetic", "all")}
+    frames = {source: labelled_transactions(spark, Lake(fraud_lake.root), small(source=source))[0] for source in ("synthetic", "file", "all")}
     frames["ulb"] = ulb_examples
     assert frames["ulb"]["event_id"].str.startswith("ulb-tx-").all()
     assert (len(frames["ulb"]), int(frames["ulb"]["is_fraud"].sum())) == (fraud_lake.ulb_transactions, fraud_lake.ulb_frauds)
     assert frames["synthetic"]["event_id"].str.startswith("syn-").all() and len(frames["synthetic"]) == SYNTHETIC_COUNT
+    assert sorted(frames["file"]["event_id"]) == ["pit-flip", "pit-late"]  # neither the ULB set's nor the generator's
     assert len(frames["all"]) == fraud_lake.ulb_transactions + SYNTHETIC_COUNT + 2  # and the point-in-time cases
     assert frames["all"]["event_time"].is_monotonic_increasing
     with pytest.raises(ValueError, match="unknown source 'shuttle'"):
