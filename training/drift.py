@@ -31,6 +31,9 @@ MOST_COMMON = 30  # values of a watched field kept by name; the rest share one b
 PSI_FLOOR = 1e-4
 PSI_MODERATE = 0.1
 PSI_MAJOR = 0.25
+# Inputs that follow the clock: a window shorter than a day never holds a whole day's mix of hours, so their PSI is
+# exported and plotted but no alert watches it (the latest 5,000 ULB transactions, 1.5 hours, gave PSI 8.3).
+TIME_OF_DAY_INPUTS = ("hour_sin", "hour_cos")
 
 
 class Bins(BaseModel):

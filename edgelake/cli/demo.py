@@ -213,6 +213,7 @@ def serve_and_score(settings: Settings) -> str:
         listing.add_row(decision, f"{decisions[decision]:,}")
     console.print(listing)
     console.print(f"batches of {SCORE_BATCH}: median {statistics.median(latencies) * 1000:.1f} ms a batch", highlight=False)
+    _print_drift(httpx2.get(f"{url}/metrics", timeout=10).text)
     shadow = httpx2.get(f"{url}/readyz", timeout=10).json()["fraud_model"]["shadow_version"]
     _wait_for_scores(settings, scored * (2 if shadow else 1))
     totals = ingest(settings, IngestOptions(topics=(FraudScore.topic,)), once=True)
@@ -225,6 +226,32 @@ def serve_and_score(settings: Settings) -> str:
         _settle_shadow(settings)
     console.print(f"[bold]dashboard:[/] {url}/?key={analyst_key}   (stop the API with `edgelake serve --stop`)", highlight=False)
     return f"{scored:,} transactions scored through the API, {landed:,} fraud scores (production and shadow) landed in silver"
+
+
+def _print_drift(metrics: str) -> None:
+    """The PSI of the traffic just scored against the production version's test part, from the server's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgelake.training.drift import PSI_MAJOR, TIME_OF_DAY_INPUTS
+
+    psi = {
+        (family.name, *sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name in ("edgelake_fraud_input_psi", "edgelake_fraud_score_psi", "edgelake_fraud_field_psi")
+        for sample in family.samples
+    }
+    if not psi:
+        return
+    inputs = sorted(((value, key[1]) for key, value in psi.items() if key[0] == "edgelake_fraud_input_psi"), reverse=True)
+    watched = [(value, name) for value, name in inputs if name not in TIME_OF_DAY_INPUTS]
+    fields = ", ".join(f"{key[1]} {value:.3f}" for key, value in psi.items() if key[0] == "edgelake_fraud_field_psi")
+    hours = ", ".join(f"{name} {value:.2f}" for value, name in inputs if name in TIME_OF_DAY_INPUTS)
+    console.print(
+        f"drift against the model's test part (PSI, alert above {PSI_MAJOR:g}): score {psi.get(('edgelake_fraud_score_psi',), float('nan')):.3f}; "
+        f"largest inputs {', '.join(f'{name} {value:.3f}' for value, name in watched[:3])}; fields {fields} "
+        f"(time of day, not alerted on: {hours})",
+        highlight=False,
+    )
 
 
 def _settle_shadow(settings: Settings) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgelake.training.drift import PSI_MAJOR
+from edgelake.training.drift import PSI_MAJOR, TIME_OF_DAY_INPUTS
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "infra" / "prometheus"
 RULES = PROMETHEUS / "rules.yml"
@@ -41,7 +41,8 @@ def test_the_drift_alerts_fire_past_the_major_psi_the_code_names() -> None:
     alerts = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
     assert DRIFT_ALERTS <= set(alerts)
     for name in DRIFT_ALERTS:
-        assert float(re.fullmatch(r"edgelake_fraud_\w+_psi > ([\d.]+)", alerts[name]).group(1)) == PSI_MAJOR, name  # type: ignore[union-attr]
+        assert float(re.fullmatch(r"edgelake_fraud_\w+_psi(\{[^}]*\})? > ([\d.]+)", alerts[name]).group(2)) == PSI_MAJOR, name  # type: ignore[union-attr]
+    assert alerts["EdgelakeFraudInputDrift"].startswith(f'edgelake_fraud_input_psi{{input!~"{"|".join(TIME_OF_DAY_INPUTS)}"}}')
 
 
 def test_a_wrong_expectation_fails_the_unit_tests(tmp_path: Path) -> None:
