@@ -28,11 +28,12 @@ from edgelake.lake.features.model_inputs import INPUT_NAMES, INPUTS_VERSION, bat
 from edgelake.lake.gold import has_card_features
 from edgelake.lake.tables import GOLD_CARD_FEATURES
 from edgelake.training.devices import Device, set_seeds, training_strategy
-from edgelake.training.evaluation import best_f1_threshold, binary_metrics, decline_threshold, write_plots
+from edgelake.training.evaluation import best_f1_threshold, binary_metrics, bootstrap_intervals, decline_threshold, write_plots
 
 if TYPE_CHECKING:
     import keras
     import pandas as pd
+    import tensorflow as tf
     from pyspark.sql import DataFrame, SparkSession
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class NothingToLearn(UserError, ValueError):
 
 @dataclass(frozen=True)
 class FraudConfig:
-    """One training run's choices; the defaults are the ones measured on the ULB data set."""
+    """One training run's choices; the defaults are the ones measured on the ULB data set (bench/RESULTS.md, "Fraud model variants")."""
 
     source: str = "ulb"
     cutoff: datetime | None = None  # labels known by then; default now
@@ -64,7 +65,9 @@ class FraudConfig:
     validation_fraction: float = 0.15  # of the training part, its latest examples
     epochs: int = 20
     batch_size: int = 2048
-    fraud_weight: float = 5.0
+    fraud_weight: float = 20.0  # a fraud's weight in the MLPs' loss, a legitimate transaction's being 1
+    towers: int = 5  # MLPs trained side by side from different initial weights, their logits averaged
+    quadratic_c: float = 0.003  # scikit-learn's C (inverse L2 strength) of the quadratic logistic regression; 0: none
     seed: int = 1
     device: Device = "auto"
 
@@ -174,8 +177,10 @@ def split_by_time(frame: pd.DataFrame, config: FraudConfig) -> tuple[Examples, E
     return train, validation, test
 
 
-def build_model(train: Examples) -> keras.Model:
-    """Normalization to the training inputs' mean and variance, then a small MLP giving a fraud logit."""
+def build_model(train: Examples, towers: int = FraudConfig.towers) -> keras.Model:
+    """Normalization to the training inputs' mean and variance, then ``towers`` small MLPs (64-32, dropout 0.2) side by
+    side, each giving a fraud logit: the output has a column per tower. Trained together (each on its own loss, the
+    same batches), they differ by their initial weights; ``mean_logit`` averages them."""
     import keras
 
     variance = train.inputs.var(axis=0, dtype=np.float64)
@@ -184,31 +189,94 @@ def build_model(train: Examples) -> keras.Model:
     variance[variance == 0] = 1.0
     normalization = keras.layers.Normalization(mean=train.inputs.mean(axis=0, dtype=np.float64), variance=variance, name="normalization")
     inputs = keras.Input((train.inputs.shape[1],), name="inputs")
-    hidden = normalization(inputs)
-    for width in (64, 32):
-        hidden = keras.layers.Dense(width, activation="relu")(hidden)
-        hidden = keras.layers.Dropout(0.2)(hidden)
-    logit = keras.layers.Dense(1, dtype="float32", name="logit")(hidden)
-    return keras.Model(inputs, logit, name="fraud_logit")
+    normalized = normalization(inputs)
+    logits = []
+    for tower in range(towers):
+        hidden = normalized
+        for width in (64, 32):
+            hidden = keras.layers.Dense(width, activation="relu")(hidden)
+            hidden = keras.layers.Dropout(0.2)(hidden)
+        logits.append(keras.layers.Dense(1, dtype="float32", name=f"logit_{tower}")(hidden))
+    output = keras.layers.Concatenate(dtype="float32", name="tower_logits")(logits) if towers > 1 else logits[0]
+    return keras.Model(inputs, output, name="fraud_towers")
 
 
-def calibrated(logit_model: keras.Model, validation: Examples) -> keras.Model:
-    """The model with Platt scaling fitted on ``validation``: it outputs a fraud probability."""
+def mean_logit(towers_model: keras.Model) -> keras.Model:
+    """The model giving the mean of ``towers_model``'s logits (a fixed layer, so the exported graph stays one matrix in, one
+    column out); the model itself if it has one tower."""
+    import keras
+
+    towers = towers_model.output.shape[-1]
+    if towers == 1:
+        return towers_model
+    mean = keras.layers.Dense(1, use_bias=False, dtype="float32", name="logit", trainable=False)
+    logit = mean(towers_model.output)
+    mean.set_weights([np.full((towers, 1), 1 / towers, np.float32)])
+    return keras.Model(towers_model.input, logit, name="fraud_logit")
+
+
+def with_quadratic_logit(logit_model: keras.Model, train: Examples, c: float) -> keras.Model:
+    """``logit_model`` with a second logit beside its own: a logistic regression on the normalized inputs and their
+    squares (a quadratic boundary: the farther a transaction lies from the usual ones, the more suspect), fitted by
+    scikit-learn on ``train`` with an L2 penalty of inverse strength ``c`` and no class weights. It is convex, so its
+    fit does not depend on the seed; it is computed inside the model from the MLPs' normalization layer, in float32.
+    It ranks the frauds that look least like the usual transactions, among which the MLPs' logits, learnt from a few
+    hundred frauds, say little. The model's output is both logits, the MLPs' first."""
     import keras
     from sklearn.linear_model import LogisticRegression
 
-    logits = logit_model.predict(validation.inputs, batch_size=8192, verbose=0).reshape(-1, 1)
+    normalized = logit_model.get_layer("normalization").output
+    squares = keras.layers.Multiply(dtype="float32", name="squares")([normalized, normalized])
+    terms = keras.layers.Concatenate(dtype="float32", name="quadratic_terms")([normalized, squares])
+    features = keras.Model(logit_model.input, terms).predict(train.inputs, batch_size=8192, verbose=0)
+    regression = LogisticRegression(C=c, max_iter=5000).fit(features, train.labels)
+    dense = keras.layers.Dense(1, dtype="float32", name="quadratic_logit", trainable=False)
+    quadratic = dense(terms)
+    dense.set_weights([regression.coef_.astype(np.float32).reshape(-1, 1), regression.intercept_.astype(np.float32)])
+    logits = keras.layers.Concatenate(dtype="float32", name="logits")([logit_model.output, quadratic])
+    return keras.Model(logit_model.input, logits, name="fraud_logits")
+
+
+def calibrated(logit_model: keras.Model, validation: Examples) -> keras.Model:
+    """The model with Platt scaling fitted on ``validation``: it outputs a fraud probability. Where the model gives
+    several logits (the MLPs' and the quadratic regression's), the scaling is a logistic regression on all of them,
+    so the validation slice, the latest examples before the test part, also decides how much each one counts."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    logits = logit_model.predict(validation.inputs, batch_size=8192, verbose=0).reshape(len(validation.labels), -1)
     platt = LogisticRegression(C=1e6).fit(logits, validation.labels)
     scale = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="calibrated", trainable=False)
     probability = scale(logit_model.output)
-    scale.set_weights([platt.coef_.astype(np.float32).reshape(1, 1), platt.intercept_.astype(np.float32)])
+    scale.set_weights([platt.coef_.astype(np.float32).reshape(-1, 1), platt.intercept_.astype(np.float32)])
     return keras.Model(logit_model.input, probability, name="fraud")
+
+
+def fitted_model(train: Examples, validation: Examples, config: FraudConfig, strategy: tf.distribute.Strategy) -> tuple[keras.Model, float]:
+    """The calibrated fraud model learnt from ``train`` (the MLP towers under ``strategy``, then the quadratic regression
+    unless ``config.quadratic_c`` is 0) and the seconds the towers' fit took."""
+    import keras
+
+    with strategy.scope():
+        towers_model = build_model(train, config.towers)
+        towers_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    # Every tower learns the same labels (one column each); frauds weigh ``fraud_weight`` as sample weights, since Keras
+    # reads labels with several columns as one-hot classes when it turns a class_weight into weights.
+    labels = np.repeat(train.labels.reshape(-1, 1), config.towers, axis=1)
+    weights = np.where(train.labels == 1, config.fraud_weight, 1.0).astype(np.float32)
+    started = time.perf_counter()
+    towers_model.fit(
+        train.inputs, labels, sample_weight=weights, batch_size=config.batch_size, epochs=config.epochs, verbose=0, shuffle=True,
+    )
+    fit_s = time.perf_counter() - started
+    logit_model = mean_logit(towers_model)
+    if config.quadratic_c > 0:
+        logit_model = with_quadratic_logit(logit_model, train, config.quadratic_c)
+    return calibrated(logit_model, validation), fit_s
 
 
 def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudConfig = FraudConfig()) -> FraudResult:
     """Train, calibrate, evaluate on the latest transactions, and write the model, its TFLite twin, metrics and plots."""
-    import keras
-
     from edgelake.interpreters import load_interpreter, predict
     from edgelake.training.drift import DISTRIBUTIONS_FILE, TrainingDistributions
     from edgelake.training.tflite import float_tflite
@@ -221,16 +289,9 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
     train, validation, test = split_by_time(frame, config)
     set_seeds(config.seed)
     strategy, where = training_strategy(config.device)
-    with strategy.scope():
-        logit_model = build_model(train)
-        logit_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
     fit_started = time.perf_counter()
-    logit_model.fit(
-        train.inputs, train.labels, batch_size=config.batch_size, epochs=config.epochs, verbose=0,
-        class_weight={0: 1.0, 1: config.fraud_weight}, shuffle=True,
-    )
-    fit_s = time.perf_counter() - fit_started
-    model = calibrated(logit_model, validation)
+    model, mlp_fit_s = fitted_model(train, validation, config, strategy)
+    fit_s = time.perf_counter() - fit_started  # the towers' fit, the quadratic regression's and the calibration
     validation_scores = model.predict(validation.inputs, batch_size=8192, verbose=0).ravel()
     threshold = best_f1_threshold(validation.labels, validation_scores)  # the scorer's review threshold
     scores = model.predict(test.inputs, batch_size=8192, verbose=0).ravel()
@@ -242,6 +303,9 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
     tflite_scores = predict(load_interpreter(files["fraud.tflite"]), test.inputs).ravel()
     metrics = {
         **binary_metrics(test.labels, scores, threshold),
+        # 95% percentile bootstrap intervals of the ranking metrics (1,000 resamples of the test part, frauds and
+        # legitimate transactions drawn apart), flat so that the registry's manifest and `edgelake models show` carry them.
+        **{f"{name}_{end}": getattr(estimate, end) for name, estimate in bootstrap_intervals(test.labels, scores).items() for end in ("low", "high")},
         "decline_threshold": decline_threshold(validation.labels, validation_scores, threshold),
         "tflite_max_abs_diff": float(np.max(np.abs(tflite_scores - scores))),
         "split": {
@@ -251,7 +315,7 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
         "source": config.source,
         "inputs": list(INPUT_NAMES),
         "device": where,
-        "train_samples_per_s": round(len(train.labels) * config.epochs / fit_s, 1),
+        "train_samples_per_s": round(len(train.labels) * config.epochs / mlp_fit_s, 1),  # the towers' fit (each sample feeds every tower)
         "examples_seconds": round(examples_s, 1),  # Spark: examples assembled
         "fit_seconds": round(fit_s, 1),
         "seconds": round(time.perf_counter() - started, 1),

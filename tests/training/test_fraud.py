@@ -30,7 +30,10 @@ from support import append_silver
 from edgelake.training import registry
 from edgelake.training.drift import DISTRIBUTIONS_FILE, Bins, Categories, TrainingDistributions
 from edgelake.training.evaluation import best_f1_threshold, binary_metrics
-from edgelake.training.fraud import Examples, FraudConfig, FraudResult, build_model, labelled_transactions, split_by_time, train_fraud
+from edgelake.training.fraud import (
+    Examples, FraudConfig, FraudResult, build_model, calibrated, labelled_transactions, mean_logit, split_by_time, train_fraud,
+    with_quadratic_logit,
+)
 
 ULB_START = datetime(2013, 9, 1, tzinfo=UTC)
 LEGIT_EVERY = 100
@@ -147,6 +150,14 @@ def test_the_model_learns_the_ulb_sample(ulb_run: FraudResult) -> None:
     assert metrics["roc_auc"] > 0.95  # a constant scorer has 0.5
     assert metrics["auprc"] > max(0.7, 3 * fraud_share)  # a constant scorer has the fraud share
     assert metrics["recall_at_threshold"] > 0.5 and metrics["precision_at_threshold"] > 0.5
+
+
+def test_the_test_metrics_come_with_their_bootstrap_intervals(ulb_run: FraudResult) -> None:
+    metrics = ulb_run.metrics
+    for name in ("auprc", "roc_auc", "recall_at_1pct_fpr"):
+        low, high = metrics[f"{name}_low"], metrics[f"{name}_high"]
+        assert 0.0 <= low < high <= 1.0 and low <= metrics[name] <= high, name
+    assert metrics["roc_auc_high"] - metrics["roc_auc_low"] < 0.1  # the sample's test part holds enough frauds to pin it down
 
 
 def test_tflite_gives_the_keras_probabilities(ulb_run: FraudResult, ulb_examples: pd.DataFrame) -> None:
@@ -296,3 +307,31 @@ def test_an_input_constant_in_training_is_only_centred() -> None:
     model = build_model(Examples(inputs, np.zeros(50, np.float32), np.zeros(50)))
     normalized = np.asarray(model.get_layer("normalization")(np.array([[0.0, 3.0, 0.0]], np.float32)))
     assert normalized[0, 1] == pytest.approx(1.0)  # not (3 - 2) / 1e-7
+
+
+def test_the_towers_logits_are_averaged_in_the_model() -> None:
+    inputs = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    towers = build_model(Examples(inputs, np.zeros(50, np.float32), np.zeros(50)), towers=3)
+    logits = towers.predict(inputs, verbose=0)
+    assert logits.shape == (50, 3) and np.ptp(logits, axis=1).min() > 0  # initial weights differ between towers
+    np.testing.assert_allclose(mean_logit(towers).predict(inputs, verbose=0).ravel(), logits.mean(axis=1), rtol=1e-5, atol=1e-6)
+    one = build_model(Examples(inputs, np.zeros(50, np.float32), np.zeros(50)), towers=1)
+    assert mean_logit(one) is one
+
+
+def test_the_quadratic_regression_finds_frauds_far_from_the_usual_transactions_and_the_calibration_weighs_both_logits() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    inputs = np.random.default_rng(0).normal(size=(4000, 3)).astype(np.float32)
+    labels = (np.linalg.norm(inputs, axis=1) > 2.5).astype(np.float32)  # on every side of the usual ones: no linear boundary
+    examples = Examples(inputs, labels, np.zeros(len(labels)))
+    mlp = mean_logit(build_model(examples))
+    logits = with_quadratic_logit(mlp, examples, c=1.0)
+    both = logits.predict(inputs, verbose=0)
+    assert both.shape == (len(labels), 2)
+    np.testing.assert_allclose(both[:, 0], mlp.predict(inputs, verbose=0).ravel(), rtol=1e-5, atol=1e-6)  # the MLPs' logit first, as it was
+    assert roc_auc_score(labels, both[:, 1]) > 0.99
+    model = calibrated(logits, examples)
+    weights = model.get_layer("calibrated").get_weights()[0].ravel()
+    assert weights.shape == (2,) and weights[1] > abs(weights[0])  # the untrained MLPs' logit counts for little
+    assert roc_auc_score(labels, model.predict(inputs, verbose=0).ravel()) > 0.99
