@@ -5,7 +5,6 @@ it once the evidence is complete. Every server process may run it: the registry'
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from edgelake.api.background import BackgroundThread
 from edgelake.lake.catalog import Lake
@@ -22,7 +21,7 @@ class ShadowGate(BackgroundThread):
 
     def __init__(self, settings: Settings) -> None:
         self._lake = Lake.from_settings(settings)
-        self._maturity = timedelta(days=settings.fraud_label_maturity_days)
+        self._maturity = settings.fraud_label_maturity
         self._interval_s = settings.fraud_gate_check_s
         super().__init__("shadow-gate")
 

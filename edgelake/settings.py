@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -122,6 +122,11 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Python log level.")
     log_format: Literal["json", "console"] = Field("console", description="Log line format.")
+
+    @property
+    def fraud_label_maturity(self) -> timedelta:
+        """``fraud_label_maturity_days`` as a time span."""
+        return timedelta(days=self.fraud_label_maturity_days)
 
     @property
     def embedded_broker(self) -> bool:

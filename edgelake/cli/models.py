@@ -211,14 +211,12 @@ def evaluate(
 def evaluate_shadow(settings: Settings, *, settle: bool) -> None:
     """Print the fraud shadow's matured-label evidence and the gate's verdict, and with ``settle`` carry it out; UserError
     when no fraud version is in shadow under a rollout policy."""
-    from datetime import timedelta
-
     from edgelake.lake.catalog import Lake
     from edgelake.training import registry
     from edgelake.training.matured_labels import METRIC_NAMES, MODEL_NAME, matured_evidence, settle_shadow
     from edgelake.training.registry.rollout import judge
 
-    maturity = timedelta(days=settings.fraud_label_maturity_days)
+    maturity = settings.fraud_label_maturity
     lake = Lake.from_settings(settings)
     policy = registry.rollout_policy(registry.registry_root(lake), MODEL_NAME)
     if policy.canary_version is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,7 +147,7 @@ def train_and_publish_fraud(
     if not shadow:
         return published
     root = registry.registry_root(lake)
-    put_in_shadow(root, published.version, timedelta(days=settings.fraud_label_maturity_days), actor=os.environ.get("USER"))
+    put_in_shadow(root, published.version, settings.fraud_label_maturity, actor=os.environ.get("USER"))
     return registry.get(root, "fraud", published.version)
 
 
