@@ -18,6 +18,7 @@ from edgelake.errors import UserError
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+CategoryValue = Annotated[str, Field(min_length=1, max_length=256)]
 Channel = Literal["pos", "ecom", "atm", "moto", "unknown"]
 # The event times consumers accept (ingest's cleaning, the scorer's card histories): from 1990 to a producer's
 # plausible clock skew ahead of now. The contract itself admits any time; a consumer checks against its own "now".
@@ -101,6 +102,7 @@ class Transaction(Event):
     channel: Channel = "unknown"
     terminal_id: Id | None = None
     attributes: dict[str, FiniteFloat] = Field(default_factory=dict)
+    categories: dict[str, CategoryValue] = Field(default_factory=dict)  # text attributes: product code, e-mail domain, device type
 
 
 class FraudLabel(Event):

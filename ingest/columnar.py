@@ -60,6 +60,7 @@ class _Column:
     null_ok: bool  # a null (or absent) value is the field's default None, unambiguously
     checks: tuple[Check, ...] = ()
     min_items: int = 0  # maps only
+    item_kind: Kind = "float"  # maps only: their values' kind, "float" or "str"
 
     @property
     def wire_type(self) -> pa.DataType | None:
@@ -205,13 +206,15 @@ def _column(name: str, info: FieldInfo) -> _Column:
     if typing.get_origin(base) is dict:
         key, item = typing.get_args(base)
         item_base, item_metadata = _unannotated(item, [])
-        if key is not str or item_base is not float:
-            raise Unsupported(f"field '{name}': only maps of strings to floats are checked column-wise")
+        if key is not str or item_base not in (float, str):
+            raise Unsupported(f"field '{name}': only maps of strings to floats or strings are checked column-wise")
         min_items = 0
         for constraint in metadata:
             if not isinstance(constraint, at.MinLen):
                 raise Unsupported(f"field '{name}': constraint {constraint!r}")
             min_items = constraint.min_length
+        if item_base is str:
+            return _Column(name, "map", silver_type, null_ok, _string_checks(name, item_metadata), min_items, item_kind="str")
         return _Column(name, "map", silver_type, null_ok, _number_checks(name, item_metadata, finite=True), min_items)
     if typing.get_origin(base) is Literal:
         options = typing.get_args(base)
@@ -310,8 +313,8 @@ def _instants(values: pa.Array, ok: pa.Array) -> pa.Array | None:
 
 
 def _map_passes(column: _Column, values: pa.Array | None, rows: int) -> tuple[pa.Array, np.ndarray]:
-    """Rows whose object has at least ``min_items`` keys, every value a number that passes,
-    and which of the block's keys each has.
+    """Rows whose object has at least ``min_items`` keys, every value of the map's kind (a number or a string) that
+    passes, and which of the block's keys each has.
 
     Arrow reads the objects of a block as structs with every key any of them has: a key an
     object lacks reads as null, like a key given ``null``. Here a null is taken for an
@@ -327,12 +330,18 @@ def _map_passes(column: _Column, values: pa.Array | None, rows: int) -> tuple[pa
     for j, child in enumerate(values.flatten()):
         if pa.types.is_null(child.type):
             continue
-        if not (pa.types.is_float64(child.type) or pa.types.is_int64(child.type)):
+        if column.item_kind == "str":
+            if not pa.types.is_string(child.type):
+                ok &= ~present[:, j]
+                continue
+            as_kind = child
+        elif pa.types.is_float64(child.type) or pa.types.is_int64(child.type):
+            as_kind = pc.cast(child, pa.float64(), safe=False)
+        else:
             ok &= ~present[:, j]
             continue
-        as_float = pc.cast(child, pa.float64(), safe=False)
         for check in column.checks:
-            ok &= pc.fill_null(check(as_float), True).to_numpy(zero_copy_only=False)
+            ok &= pc.fill_null(check(as_kind), True).to_numpy(zero_copy_only=False)
     return pc.if_else(struct_valid, pa.array(ok), column.null_ok), present
 
 
@@ -348,22 +357,25 @@ def _silver_values(column: _Column, values: pa.Array | None, rows: int) -> pa.Ar
     if values is None or pa.types.is_null(values.type):
         return pa.nulls(rows, column.silver_type)
     if column.kind == "map":
-        return _map_values(values, column.silver_type)
+        return _map_values(values, column.silver_type, column.item_kind)
     if column.kind == "datetime":
         return pc.cast(values, TIMESTAMP)
     return pc.cast(values, column.silver_type)
 
 
-def _map_values(values: pa.StructArray, map_type: pa.DataType) -> pa.Array:
+def _map_values(values: pa.StructArray, map_type: pa.DataType, item_kind: Kind) -> pa.Array:
     """Struct rows as map rows of the keys each has, in the struct's field order."""
     present = _present(values)
-    items = np.zeros(present.shape, dtype=np.float64)
+    items = np.zeros(present.shape, dtype=np.float64 if item_kind == "float" else object)
     for j, child in enumerate(values.flatten()):
-        if not pa.types.is_null(child.type):
+        # A key whose values are of another kind is absent from every accepted row (``_map_passes``).
+        if item_kind == "str" and pa.types.is_string(child.type):
+            items[:, j] = child.to_numpy(zero_copy_only=False)
+        elif item_kind == "float" and (pa.types.is_float64(child.type) or pa.types.is_int64(child.type)):
             items[:, j] = pc.fill_null(pc.cast(child, pa.float64(), safe=False), 0.0).to_numpy(zero_copy_only=False)
     names = np.array([values.type.field(j).name for j in range(values.type.num_fields)], dtype=object)
     keys = np.broadcast_to(names, present.shape)[present]
     offsets = np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32)
     return pa.MapArray.from_arrays(
-        pa.array(offsets), pa.array(keys, pa.string()), pa.array(items[present], pa.float64()), type=map_type
+        pa.array(offsets), pa.array(keys, pa.string()), pa.array(items[present], map_type.item_type), type=map_type
     )

@@ -2,12 +2,14 @@
 
 ``mapping`` maps contract fields to column names (``{"amount": "Amount"}``). Numeric
 columns that no field maps go to the event's free-form map (``attributes`` or
-``values``). ``event_time`` may be an ISO timestamp, a datetime, or a number of
+``values``), and a transaction's unmapped text columns to its ``categories``; an empty
+cell is left out of either (a missing value). Booleans count as numbers (0 or 1). ``event_time`` may be an ISO timestamp, a datetime, or a number of
 seconds after ``base_time``. A missing ``event_id`` becomes ``<file stem>-<row>``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, UTC
 from pathlib import Path
@@ -22,7 +24,8 @@ DEFAULTS: dict[type[Event], dict[str, Any]] = {
     FraudLabel: {"card_id": "unknown", "source": "dataset"},
     IoTReading: {"device_id": "unknown", "sensor": "file"},
 }
-FREE_FORM = {Transaction: "attributes", IoTReading: "values"}
+FREE_FORM: dict[type[Event], str] = {Transaction: "attributes", IoTReading: "values"}
+TEXT_FORM: dict[type[Event], str] = {Transaction: "categories"}
 SUPPORTED = tuple(DEFAULTS)
 
 
@@ -50,7 +53,8 @@ def events(
     if event_type not in SUPPORTED:
         raise MappingError(f"the file source produces {', '.join(t.type_name for t in SUPPORTED)}")
     fields = _event_fields(event_type, mapping)
-    free_form = FREE_FORM.get(event_type)
+    free_form, text_form = FREE_FORM.get(event_type), TEXT_FORM.get(event_type)
+    mapped = set(mapping.values())
     for row, record in enumerate(_records(path, count)):
         if row == 0:
             _check_columns(mapping, record)
@@ -65,12 +69,13 @@ def events(
             data.setdefault("transaction_id", f"{path.stem}-{row}")
             data["event_id"] = f"{data['transaction_id']}-label"
         if free_form is not None:
-            mapped = set(mapping.values())
             data[free_form] = {
                 column: float(value)
                 for column, value in record.items()
-                if column not in mapped and isinstance(value, (int, float)) and not isinstance(value, bool)
+                if column not in mapped and isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
             }
+        if text_form is not None:
+            data[text_form] = {column: value for column, value in record.items() if column not in mapped and isinstance(value, str) and value.strip()}
         try:
             yield event_type.parse(data)
         except InvalidEvent as error:

@@ -42,6 +42,8 @@ HOSTILE_TIMES = [
 HOSTILE_MAPS: list[Any] = [
     {}, {"a": 1}, {"a": 1.5, "b": -2}, {"a": None}, {"a": "1"}, {"a": True}, {"a": {"b": 1}}, {"a": [1]},
     {"": 1.0}, {"A": 1, "a": 2}, [], "x", 1, None, DROP,
+    # maps of text (a transaction's categories)
+    {"a": "x"}, {"a": ""}, {"a": " x"}, {"a": "x\u2003"}, {"a": "x" * 256}, {"a": "x" * 257}, {"a": "Zürich", "b": "W"}, {"a": "x", "b": 2},
 ]
 RAW_VARIANTS = [
     lambda v: b" " + v, lambda v: v + b"\n", lambda v: v[:-1] + b',"extra": 1}', lambda v: v + v, lambda v: b"",
@@ -56,6 +58,10 @@ def real_events(ulb_csv: Path) -> dict[type[Event], list[Event]]:
         Transaction: [
             *ulb.transactions(ulb_csv, BASE, count=40),
             *synthetic.transactions(synthetic.SyntheticConfig(seed=5), 40),
+            *(
+                t.model_copy(update={"categories": {"ProductCD": "W", **({"P_emaildomain": "gmail.com"} if i % 2 else {})}})
+                for i, t in enumerate(synthetic.transactions(synthetic.SyntheticConfig(seed=6), 10))
+            ),
         ],
         FraudLabel: [*ulb.labels(ulb_csv, BASE, count=20), *synthetic.labels(synthetic.SyntheticConfig(seed=5), 40)],
         IoTReading: list(shuttle.readings(BASE, count=60)),

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, UTC
 from itertools import islice
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -81,6 +82,22 @@ def test_parquet_file_with_numeric_event_time(tmp_path) -> None:
     got = list(events(path, IoTReading, mapping, BASE))
     assert [(r.device_id, r.values, r.anomaly) for r in got] == [("a", {"temp": 20.5}, False), ("b", {"temp": 21.0}, True)]
     assert got[1].event_time == BASE + timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_transaction_keeps_its_unmapped_numeric_and_text_columns_and_leaves_out_empty_cells(tmp_path, suffix: str) -> None:
+    table = pa.table({
+        "id": [1, 2], "t": [0, 60], "amt": [10.0, 20.0], "card": [7, 8],
+        "C1": [3.0, None], "flag": [True, False], "ProductCD": ["W", None], "P_emaildomain": ["gmail.com", "  "],
+    })
+    path = tmp_path / f"wide{suffix}"
+    pacsv.write_csv(table, path) if suffix == ".csv" else pq.write_table(table, path)
+    got = list(events(path, Transaction, parse_mapping(["event_id=id,event_time=t,amount=amt,card_id=card"]), BASE))
+    assert [(t.event_id, t.card_id, t.attributes, t.categories) for t in got] == [
+        ("1", "7", {"C1": 3.0, "flag": 1.0}, {"ProductCD": "W", "P_emaildomain": "gmail.com"}),
+        ("2", "8", {"flag": 0.0}, {}),
+    ]
+    assert [Transaction.parse(t.to_bytes()) for t in got] == got
 
 
 @pytest.mark.parametrize(

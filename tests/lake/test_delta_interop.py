@@ -53,7 +53,7 @@ def _value(kind: pa.DataType, n: int) -> Any:
     if pa.types.is_date(kind):
         return date(2026, 1, 1) + timedelta(days=n % 3)
     if pa.types.is_map(kind):
-        return [("m", n / 2)]
+        return [("m", _value(kind.item_type, n))]
     raise TypeError(f"no sample value of {kind}")
 
 
