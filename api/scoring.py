@@ -49,7 +49,7 @@ from edgelake.api.metrics import ScoreMetrics
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Transaction
 from edgelake.lake.catalog import Lake
 from edgelake.lake.features.definitions import FeatureValues
-from edgelake.lake.features.model_inputs import ATTRIBUTES, INPUTS_VERSION, fraud_inputs, online_input_columns
+from edgelake.lake.features.model_inputs import INPUTS_FILE, INPUTS_VERSION, InputSpec, online_input_columns
 from edgelake.lake.features.online import CardHistory
 from edgelake.lake.features.online_redis import RedisCardHistory
 from edgelake.settings import Settings
@@ -74,7 +74,7 @@ def unscorable(transaction: Transaction, now: datetime) -> list[tuple[tuple[str,
     """Why a transaction may not be scored nor enter a card's history: ``(field path, reason)`` for each field; empty if it may."""
     problems: list[tuple[tuple[str, ...], str]] = []
     values: list[tuple[tuple[str, ...], float]] = [(("amount",), transaction.amount)]
-    values += [(("attributes", name), transaction.attributes[name]) for name in ATTRIBUTES if name in transaction.attributes]
+    values += [(("attributes", name), value) for name, value in transaction.attributes.items()]
     for field, value in values:
         if abs(value) > MAX_MAGNITUDE:
             problems.append((field, f"must be at most {MAX_MAGNITUDE:g} in magnitude to be scored"))
@@ -127,11 +127,13 @@ def served_thresholds(metrics: dict[str, float], settings: Settings) -> Threshol
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A verified production version, how to run it (float32 inputs to fraud probabilities) and its decision thresholds."""
+    """A verified production version, how to run it (float32 inputs to fraud probabilities), its inputs and its decision
+    thresholds."""
 
     version: int
     runtime: str
     predict: Callable[[np.ndarray], np.ndarray]
+    inputs: InputSpec = InputSpec()
     thresholds: Thresholds = DEFAULT_THRESHOLDS
 
 
@@ -224,11 +226,13 @@ class Scorer:
         model = self.model()
         with self._history_lock, _card_state_errors():
             features = [self._history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id) for t in transactions]
-        inputs = fraud_inputs(online_input_columns(transactions, features))
+        columns = online_input_columns(transactions, features)
+        inputs = model.inputs.matrix(columns)
+        shadow = self._shadow
+        shadow_inputs = None if shadow is None else inputs if shadow.inputs == model.inputs else shadow.inputs.matrix(columns)
         with self._model_lock:
-            shadow = self._shadow
             scores = model.predict(inputs).reshape(-1)
-            shadow_scores = shadow.predict(inputs).reshape(-1) if shadow is not None else None
+            shadow_scores = shadow.predict(shadow_inputs).reshape(-1) if shadow is not None and shadow_inputs is not None else None
         drift = self._drift
         if drift is not None and drift.version == model.version:
             drift.add(inputs, scores, transactions)
@@ -265,7 +269,7 @@ class Scorer:
                 self._refuse(version, error)
                 continue
             log.info("serving %s v%d (%s)", MODEL_NAME, version, self._model.runtime)
-            self._drift = self._drift_window(version)
+            self._drift = self._drift_window(self._model)
             break
         else:
             if not line:
@@ -292,13 +296,14 @@ class Scorer:
                 self._shadow = None
         self._metrics.shadow_version.set(0 if self._shadow is None else self._shadow.version)
 
-    def _drift_window(self, version: int) -> DriftWindow | None:
-        """An empty drift window over ``version``'s training distributions; None if its manifest lists none or they do not read."""
+    def _drift_window(self, model: ServedModel) -> DriftWindow | None:
+        """An empty drift window over ``model``'s training distributions; None if its manifest lists none or they do not read."""
+        version = model.version
         if DISTRIBUTIONS_FILE not in registry.get(self._root, MODEL_NAME, version).manifest.files:
             log.warning("%s v%d has no %s: its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE)
             return None
         try:
-            distributions = TrainingDistributions.read(self._root / MODEL_NAME / str(version) / DISTRIBUTIONS_FILE)
+            distributions = TrainingDistributions.read(self._root / MODEL_NAME / str(version) / DISTRIBUTIONS_FILE, model.inputs.names)
         except (OSError, ValueError) as error:
             log.warning("%s v%d: %s does not read (%s): its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE, error)
             return None
@@ -323,8 +328,15 @@ class Scorer:
             raise ModelUnavailable(
                 f"{MODEL_NAME} v{version} was trained on inputs version {manifest.feature_version}; this server computes {INPUTS_VERSION}"
             )
-        runnable = _runnable(version, self._root / MODEL_NAME / str(version), set(manifest.files))
-        return replace(runnable, thresholds=served_thresholds(manifest.metrics, self.settings))
+        directory = self._root / MODEL_NAME / str(version)
+        if INPUTS_FILE not in manifest.files:
+            raise ModelUnavailable(f"{MODEL_NAME} v{version} has no {INPUTS_FILE}: its inputs are unknown")
+        try:
+            inputs = InputSpec.read(directory / INPUTS_FILE)
+        except (OSError, ValueError) as error:
+            raise ModelUnavailable(f"{MODEL_NAME} v{version}: {error}") from None
+        runnable = _runnable(version, directory, set(manifest.files))
+        return replace(runnable, inputs=inputs, thresholds=served_thresholds(manifest.metrics, self.settings))
 
 
 def _runnable(version: int, directory: Path, files: set[str]) -> ServedModel:

@@ -2,8 +2,8 @@
 
 Each version stores, from its training run, ``TrainingDistributions`` in ``training_distributions.json``: over the
 test part of the time split (the latest examples, held out from fitting, on which the version's metrics were
-measured), for every model input (``INPUT_NAMES``) and for the model's score the bins of their values, and for each
-of ``WATCHED_FIELDS`` (transaction fields the model does not read) the shares of its most common values. The scorer
+measured), for every model input (its ``InputSpec.names``) and for the model's score the bins of their values, and for each
+of ``WATCHED_FIELDS`` (transaction fields, whether the model reads them or not) the shares of its most common values. The scorer
 counts live traffic into the same bins and ``psi`` compares the counts with the stored shares: below
 ``PSI_MODERATE`` the distributions agree, above ``PSI_MAJOR`` they have drifted.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from edgelake.lake.features.model_inputs import INPUT_NAMES, WATCHED_FIELDS
+from edgelake.lake.features.model_inputs import WATCHED_FIELDS
 
 DISTRIBUTIONS_FILE = "training_distributions.json"
 QUANTILE_BINS = 10
@@ -93,15 +93,17 @@ class TrainingDistributions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    inputs: dict[str, Bins]  # in INPUT_NAMES order
+    inputs: dict[str, Bins]  # in the version's input order
     score: Bins
     fields: dict[str, Categories]  # in WATCHED_FIELDS order
 
     @classmethod
-    def of(cls, inputs: np.ndarray, scores: np.ndarray, fields: Mapping[str, Sequence[str | None]]) -> TrainingDistributions:
-        """From the model ``inputs`` (``INPUT_NAMES`` columns), ``scores`` and ``fields`` (``WATCHED_FIELDS``) of the same examples."""
+    def of(
+        cls, names: Sequence[str], inputs: np.ndarray, scores: np.ndarray, fields: Mapping[str, Sequence[str | None]]
+    ) -> TrainingDistributions:
+        """From the model ``inputs`` (columns ``names``), ``scores`` and ``fields`` (``WATCHED_FIELDS``) of the same examples."""
         return cls(
-            inputs={name: Bins.of(inputs[:, i]) for i, name in enumerate(INPUT_NAMES)},
+            inputs={name: Bins.of(inputs[:, i]) for i, name in enumerate(names)},
             score=Bins.of(scores),
             fields={name: Categories.of(fields[name]) for name in WATCHED_FIELDS},
         )
@@ -111,11 +113,12 @@ class TrainingDistributions(BaseModel):
         return path
 
     @classmethod
-    def read(cls, path: Path) -> TrainingDistributions:
-        """The distributions in ``path``; ValueError if it holds none, or other inputs or fields than this code's."""
+    def read(cls, path: Path, names: Sequence[str]) -> TrainingDistributions:
+        """The distributions in ``path``; ValueError if it holds none, or other inputs than ``names`` (the version's) or
+        other fields than this code's."""
         distributions = cls.model_validate_json(path.read_bytes())
-        if tuple(distributions.inputs) != INPUT_NAMES or tuple(distributions.fields) != WATCHED_FIELDS:
-            raise ValueError(f"{path.name} describes other inputs or fields than this code's")
+        if tuple(distributions.inputs) != tuple(names) or tuple(distributions.fields) != WATCHED_FIELDS:
+            raise ValueError(f"{path.name} describes other inputs or fields than the version's")
         return distributions
 
 

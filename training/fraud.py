@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import resource
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +28,8 @@ import numpy as np
 from edgelake.errors import UserError
 from edgelake.lake.catalog import Lake, UnknownTable
 from edgelake.lake.features.definitions import FEATURE_VERSION
-from edgelake.lake.features.model_inputs import INPUT_NAMES, INPUTS_VERSION, batch_input_columns, fraud_inputs
+from edgelake.lake.features.input_profile import InputProfile
+from edgelake.lake.features.model_inputs import INPUTS_FILE, INPUTS_VERSION, WATCHED_FIELDS, InputSpec, arrow_columns, batch_input_columns
 from edgelake.lake.gold import has_card_features
 from edgelake.lake.tables import GOLD_CARD_FEATURES
 from edgelake.training.devices import Device, set_seeds, training_strategy
@@ -32,7 +37,7 @@ from edgelake.training.evaluation import best_f1_threshold, binary_metrics, boot
 
 if TYPE_CHECKING:
     import keras
-    import pandas as pd
+    import pyarrow as pa
     import tensorflow as tf
     from pyspark.sql import DataFrame, SparkSession
 
@@ -49,6 +54,10 @@ SOURCES: dict[str, str | None] = {
 # Published AutoML results on the ULB data set, for comparison in the metrics.
 ULB_ANCHORS = {"roc_auc": [0.985, 0.992], "recall_at_1pct_fpr": [0.85, 0.88]}
 SILVER_TABLES = ("silver_transactions", "silver_fraud_labels")
+BATCH_ROWS = 50_000  # examples read and turned into model inputs at a time
+# The quadratic regression's features (rows × twice the inputs) are computed for every n-th training example, n the
+# smallest keeping them within this many values (400 MB as float64): all of the ULB set's, a sample of a wide file's.
+QUADRATIC_CELLS = 50_000_000
 
 
 class NothingToLearn(UserError, ValueError):
@@ -91,11 +100,48 @@ class Examples:
     event_time: np.ndarray
 
 
-def labelled_transactions(spark: SparkSession, lake: Lake, config: FraudConfig) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Every selected transaction with a label known by the cut-off, with its card features, oldest first.
+@dataclass(frozen=True)
+class LabelledTransactions:
+    """Labelled examples (``batch_input_columns`` rows and ``is_fraud``) as Spark's executors wrote them: Parquet files
+    whose rows, file after file, run oldest first."""
 
-    Also the lake table versions read. The card features are ``gold_card_features`` as the lake's gold build
-    (``lake.gold.build_card_features``) left it: UserError if it has not built it, or built it with other features.
+    files: tuple[Path, ...]
+
+    @property
+    def rows(self) -> int:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
+
+    def batches(self, columns: Sequence[str] | None = None, rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The examples (their ``columns``, default all) in batches, oldest first; only the first ``rows`` if given."""
+        import pyarrow.parquet as pq
+
+        left = self.rows if rows is None else rows
+        for path in self.files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+                if left <= 0:
+                    return
+                yield batch.slice(0, left)
+                left -= batch.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of every example, as NumPy values (datetime64 for times, None for nulls)."""
+        import pyarrow as pa
+
+        chunks = [batch.column(0) for batch in self.batches([name])]
+        return pa.chunked_array(chunks).to_numpy() if chunks else np.empty(0)
+
+
+@contextmanager
+def labelled_transactions(spark: SparkSession, lake: Lake, config: FraudConfig) -> Iterator[tuple[LabelledTransactions, dict[str, int]]]:
+    """Every selected transaction with a label known by the cut-off, with its card features, oldest first, in a
+    temporary folder for the ``with`` block; also the lake table versions read.
+
+    The card features are ``gold_card_features`` as the lake's gold build (``lake.gold.build_card_features``) left it:
+    UserError if it has not built it, or built it with other features. Spark's executors sort the examples and write
+    them as Parquet, read back here with Arrow: nothing is collected through the Spark driver. The staging folder is a
+    local one: a cluster on several hosts needs it shared (it is the temporary folder, ``TMPDIR``).
     """
     from edgelake.lake.spark import read_table
 
@@ -112,20 +158,12 @@ def labelled_transactions(spark: SparkSession, lake: Lake, config: FraudConfig) 
         transactions = transactions.where(where)
     labels = latest_labels(frames["silver_fraud_labels"], config.cutoff or datetime.now(UTC))
     examples = batch_input_columns(transactions, frames[GOLD_CARD_FEATURES.name]).join(labels, "event_id")
-    return _in_this_process(examples), lineage
-
-
-def _in_this_process(examples: DataFrame) -> pd.DataFrame:
-    """The examples here, oldest first: written as Parquet by Spark's executors and read back with Arrow, not
-    collected through the Spark driver. The staging folder is a local one: a cluster on several hosts needs it
-    shared (it is the temporary folder, ``TMPDIR``)."""
-    import pyarrow.parquet as pq
-
     with tempfile.TemporaryDirectory(prefix="edgelake-fraud-examples-") as staging:
         folder = Path(staging) / "examples"
-        examples.write.parquet(folder.as_uri())  # (Spark's INT96 timestamps: Arrow reads them as Spark collects them, UTC, naive)
-        frame = pq.read_table(folder).to_pandas()
-    return frame.sort_values(["event_time", "event_id"], ignore_index=True)
+        # A global sort: range partitions, written one file each, named by partition number. (Spark's INT96
+        # timestamps: Arrow reads them as Spark collects them, UTC, naive.)
+        examples.orderBy("event_time", "event_id").write.parquet(folder.as_uri())
+        yield LabelledTransactions(tuple(sorted(folder.glob("part-*.parquet")))), lineage
 
 
 def _card_features_to_train_on(lake: Lake) -> int:
@@ -160,21 +198,34 @@ def latest_labels(labels: DataFrame, cutoff: datetime) -> DataFrame:
     )
 
 
-def split_by_time(frame: pd.DataFrame, config: FraudConfig) -> tuple[Examples, Examples, Examples]:
-    """Train, validation and test examples of ``frame`` (oldest first): the test part is the latest, validation
-    the latest of the rest. Raise ValueError if a part lacks frauds or legitimate transactions."""
-    inputs = fraud_inputs({name: frame[name].to_numpy() for name in frame.columns})
-    labels = frame["is_fraud"].to_numpy(dtype=np.float32)
-    times = frame["event_time"].to_numpy()
-    test_start = int(len(frame) * (1 - config.test_fraction))
+def split_by_time(examples: LabelledTransactions, config: FraudConfig) -> tuple[InputSpec, Examples, Examples, Examples]:
+    """The model's inputs, decided from the training part, and the train, validation and test examples (oldest first):
+    the test part is the latest, validation the latest of the rest. Raise NothingToLearn if a part lacks frauds or
+    legitimate transactions.
+
+    The input matrix is filled batch by batch: the examples' columns are never all in memory at once."""
+    labels = examples.column("is_fraud").astype(np.float32)
+    times = examples.column("event_time")
+    if np.any(times[1:] < times[:-1]):
+        raise RuntimeError("the examples are not in event-time order")  # Spark's sort failed us: a bug, not bad data
+    test_start = int(len(labels) * (1 - config.test_fraction))
     validation_start = int(test_start * (1 - config.validation_fraction))
-    parts = [slice(0, validation_start), slice(validation_start, test_start), slice(test_start, len(frame))]
-    train, validation, test = (Examples(inputs[p], labels[p], times[p]) for p in parts)
-    for name, part in (("train", train), ("validation", validation), ("test", test)):
-        if len(np.unique(part.labels)) < 2:
-            missing = "legitimate" if part.labels.all() else "fraud"
-            raise NothingToLearn(f"the {name} part of the time split has {len(part.labels)} transactions, no {missing} one: too few labels")
-    return train, validation, test
+    parts = {"train": slice(0, validation_start), "validation": slice(validation_start, test_start), "test": slice(test_start, len(labels))}
+    for name, part in parts.items():
+        if len(np.unique(labels[part])) < 2:
+            missing = "legitimate" if labels[part].all() else "fraud"
+            raise NothingToLearn(f"the {name} part of the time split has {len(labels[part])} transactions, no {missing} one: too few labels")
+    profile = InputProfile()
+    for batch in examples.batches(rows=validation_start):
+        profile.add(batch)
+    spec = profile.spec()
+    inputs = np.empty((len(labels), len(spec.names)), dtype=np.float32)
+    done = 0
+    for batch in examples.batches():
+        inputs[done : done + batch.num_rows] = spec.matrix(arrow_columns(batch))
+        done += batch.num_rows
+    train, validation, test = (Examples(inputs[p], labels[p], times[p]) for p in parts.values())
+    return spec, train, validation, test
 
 
 def build_model(train: Examples, towers: int = FraudConfig.towers) -> keras.Model:
@@ -183,11 +234,11 @@ def build_model(train: Examples, towers: int = FraudConfig.towers) -> keras.Mode
     same batches), they differ by their initial weights; ``mean_logit`` averages them."""
     import keras
 
-    variance = train.inputs.var(axis=0, dtype=np.float64)
+    mean, variance = _moments(train.inputs)
     # An input constant in training (every card feature of a data set with one transaction per card) is only
     # centred: scaled by its zero variance, any other value met when scoring would become enormous.
     variance[variance == 0] = 1.0
-    normalization = keras.layers.Normalization(mean=train.inputs.mean(axis=0, dtype=np.float64), variance=variance, name="normalization")
+    normalization = keras.layers.Normalization(mean=mean, variance=variance, name="normalization")
     inputs = keras.Input((train.inputs.shape[1],), name="inputs")
     normalized = normalization(inputs)
     logits = []
@@ -199,6 +250,18 @@ def build_model(train: Examples, towers: int = FraudConfig.towers) -> keras.Mode
         logits.append(keras.layers.Dense(1, dtype="float32", name=f"logit_{tower}")(hidden))
     output = keras.layers.Concatenate(dtype="float32", name="tower_logits")(logits) if towers > 1 else logits[0]
     return keras.Model(inputs, output, name="fraud_towers")
+
+
+def _moments(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and variance in float64, ``BATCH_ROWS`` rows at a time: never a float64 copy of the whole matrix."""
+    mean = np.zeros(inputs.shape[1])
+    for start in range(0, len(inputs), BATCH_ROWS):
+        mean += inputs[start : start + BATCH_ROWS].sum(axis=0, dtype=np.float64)
+    mean /= len(inputs)
+    squares = np.zeros(inputs.shape[1])
+    for start in range(0, len(inputs), BATCH_ROWS):
+        squares += np.square(inputs[start : start + BATCH_ROWS] - mean).sum(axis=0)
+    return mean, squares / len(inputs)
 
 
 def mean_logit(towers_model: keras.Model) -> keras.Model:
@@ -216,20 +279,28 @@ def mean_logit(towers_model: keras.Model) -> keras.Model:
 
 
 def with_quadratic_logit(logit_model: keras.Model, train: Examples, c: float) -> keras.Model:
-    """``logit_model`` with a second logit beside its own: a logistic regression on the normalized inputs and their
-    squares (a quadratic boundary: the farther a transaction lies from the usual ones, the more suspect), fitted by
+    """``logit_model`` with a second logit beside its own: a logistic regression on the normalized inputs and the
+    squares of those that are not 0/1 flags (a quadratic boundary: the farther a transaction lies from the usual ones, the more suspect), fitted by
     scikit-learn on ``train`` with an L2 penalty of inverse strength ``c`` and no class weights. It is convex, so its
     fit does not depend on the seed; it is computed inside the model from the MLPs' normalization layer, in float32.
     It ranks the frauds that look least like the usual transactions, among which the MLPs' logits, learnt from a few
-    hundred frauds, say little. The model's output is both logits, the MLPs' first."""
+    hundred frauds, say little. On wide inputs it learns from every n-th training example (``QUADRATIC_CELLS``). The
+    model's output is both logits, the MLPs' first."""
     import keras
     from sklearn.linear_model import LogisticRegression
 
+    every = math.ceil(train.inputs.shape[0] * 2 * train.inputs.shape[1] / QUADRATIC_CELLS)
+    # A 0/1 input's square is an affine function of it: only the others are squared.
+    sample = train.inputs[::every]
+    squared = np.flatnonzero(~((sample == 0) | (sample == 1)).all(axis=0))
     normalized = logit_model.get_layer("normalization").output
-    squares = keras.layers.Multiply(dtype="float32", name="squares")([normalized, normalized])
+    select = keras.layers.Dense(len(squared), use_bias=False, dtype="float32", name="graded_inputs", trainable=False)
+    graded = select(normalized)
+    select.set_weights([np.eye(train.inputs.shape[1], dtype=np.float32)[:, squared]])
+    squares = keras.layers.Multiply(dtype="float32", name="squares")([graded, graded])
     terms = keras.layers.Concatenate(dtype="float32", name="quadratic_terms")([normalized, squares])
-    features = keras.Model(logit_model.input, terms).predict(train.inputs, batch_size=8192, verbose=0)
-    regression = LogisticRegression(C=c, max_iter=5000).fit(features, train.labels)
+    features = keras.Model(logit_model.input, terms).predict(sample, batch_size=8192, verbose=0)
+    regression = LogisticRegression(C=c, max_iter=5000).fit(features, train.labels[::every])
     dense = keras.layers.Dense(1, dtype="float32", name="quadratic_logit", trainable=False)
     quadratic = dense(terms)
     dense.set_weights([regression.coef_.astype(np.float32).reshape(-1, 1), regression.intercept_.astype(np.float32)])
@@ -282,11 +353,13 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
     from edgelake.training.tflite import float_tflite
 
     started = time.perf_counter()
-    frame, lineage = labelled_transactions(spark, lake, config)
+    with labelled_transactions(spark, lake, config) as (examples, lineage):
+        labelled = examples.column("is_fraud")
+        if len(labelled) == 0 or len(np.unique(labelled)) < 2:
+            raise NothingToLearn(f"source '{config.source}' has {len(labelled)} labelled transactions, not both classes: nothing to learn")
+        spec, train, validation, test = split_by_time(examples, config)
+        test_fields = {name: examples.column(name)[-len(test.labels) :].tolist() for name in WATCHED_FIELDS}
     examples_s = time.perf_counter() - started
-    if len(frame) == 0 or frame["is_fraud"].nunique() < 2:
-        raise NothingToLearn(f"source '{config.source}' has {len(frame)} labelled transactions, not both classes: nothing to learn")
-    train, validation, test = split_by_time(frame, config)
     set_seeds(config.seed)
     strategy, where = training_strategy(config.device)
     fit_started = time.perf_counter()
@@ -313,20 +386,22 @@ def train_fraud(spark: SparkSession, lake: Lake, out_dir: Path, config: FraudCon
             "test_from": str(test.event_time[0]), "test_until": str(test.event_time[-1]),
         },
         "source": config.source,
-        "inputs": list(INPUT_NAMES),
+        "inputs": spec.report(),
         "device": where,
         "train_samples_per_s": round(len(train.labels) * config.epochs / mlp_fit_s, 1),  # the towers' fit (each sample feeds every tower)
-        "examples_seconds": round(examples_s, 1),  # Spark: examples assembled
+        "examples_seconds": round(examples_s, 1),  # Spark: examples assembled; here: inputs decided and computed
         "fit_seconds": round(fit_s, 1),
         "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # this process's, Spark's JVM aside
     }
     if config.source == "ulb":
         metrics["anchors"] = ULB_ANCHORS
     plots = write_plots(test.labels, scores, out_dir, "fraud (test: latest transactions)")
     files.update({path.name: path for path in plots.values()})
-    # Drift is measured against the test part (the frame's latest rows): the traffic this version's metrics describe.
-    distributions = TrainingDistributions.of(test.inputs, scores, frame.iloc[len(frame) - len(test.labels) :])
+    # Drift is measured against the test part (the latest examples): the traffic this version's metrics describe.
+    distributions = TrainingDistributions.of(spec.names, test.inputs, scores, test_fields)
     files[DISTRIBUTIONS_FILE] = distributions.write(out_dir / DISTRIBUTIONS_FILE)
+    files[INPUTS_FILE] = spec.write(out_dir / INPUTS_FILE)
     files["metrics.json"] = out_dir / "metrics.json"
     files["metrics.json"].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     logger.info("fraud model: AUPRC %.3f, ROC-AUC %.3f on %d test transactions", metrics["auprc"], metrics["roc_auc"], len(test.labels))

@@ -195,3 +195,25 @@ def print_published(version: ModelVersion) -> None:
     for metric, value in sorted(manifest.metrics.items()):
         listing.add_row(metric, metric_text(value, metric))
     console.print(listing)
+    if isinstance(report := manifest.extra.get("details", {}).get("inputs"), dict):
+        print_inputs(report)
+
+
+def print_inputs(report: dict[str, Any]) -> None:
+    """Which of the data's columns the model reads, and which it set aside and why (``InputSpec.report``)."""
+    attributes, categories = report["attributes"], report["categories"]
+    indicators = len(report["missing_indicators"])
+    console.print(
+        f"inputs: {report['count']} — {len(attributes)} numeric attributes ({indicators} with a missing-value indicator), "
+        f"{len(categories)} categorical ({', '.join(f'{name}: {len(values)} values' for name, values in categories.items()) or 'none'}), "
+        "and the built-in amount, time of day, channel and card features",
+        highlight=False,
+    )
+    if attributes:
+        shown = ", ".join(attributes[:12]) + (f" and {len(attributes) - 12} more" if len(attributes) > 12 else "")
+        console.print(f"numeric attributes read: {shown}", highlight=False)
+    aside = Table("set aside", "why", title="columns the model does not read")
+    for column, why in report["set_aside"].items():
+        aside.add_row(column, why)
+    if report["set_aside"]:
+        console.print(aside)

@@ -29,7 +29,7 @@ from edgelake.api.keys import KeyStore, keys_path
 from edgelake.contracts import Transaction
 from edgelake.ingest.sources import synthetic
 from edgelake.lake.catalog import Lake
-from edgelake.lake.features.model_inputs import INPUT_NAMES, WATCHED_FIELDS
+from edgelake.lake.features.model_inputs import INPUTS_FILE, WATCHED_FIELDS, InputSpec
 from edgelake.settings import Settings
 from edgelake.training import registry
 from edgelake.training.drift import DISTRIBUTIONS_FILE, PSI_MAJOR, PSI_MODERATE, TrainingDistributions
@@ -42,6 +42,13 @@ TRAINED, SHIFTED = 3_000, 1_000
 WINDOW, MIN_TRANSACTIONS, BATCH = 1_000, 500, 500
 NEW_COUNTRIES = ("NG", "ZA", "AE")  # 2 % of the simulated world's merchants each
 RNG = np.random.default_rng(3)
+NAMES = InputSpec().names  # the window's own tests: a model reading the built-in inputs only
+
+
+def input_names(settings: Settings) -> tuple[str, ...]:
+    """The inputs of the session's fraud model (its production version)."""
+    models = registry.registry_root(Lake.from_settings(settings))
+    return InputSpec.read(models / "fraud" / str(registry.current(models, "fraud")) / INPUTS_FILE).names
 
 
 def body(t: Transaction) -> dict[str, Any]:
@@ -77,8 +84,8 @@ def scraped(metrics: str) -> Psi:
 
 
 def distributions() -> TrainingDistributions:
-    inputs = RNG.normal(size=(2_000, len(INPUT_NAMES))).astype(np.float32)
-    return TrainingDistributions.of(inputs, RNG.uniform(size=2_000), {"merchant_category": ["grocery", "fuel"] * 1_000, "country": ["BE"] * 2_000})
+    inputs = RNG.normal(size=(2_000, len(NAMES))).astype(np.float32)
+    return TrainingDistributions.of(NAMES, inputs, RNG.uniform(size=2_000), {"merchant_category": ["grocery", "fuel"] * 1_000, "country": ["BE"] * 2_000})
 
 
 def traffic(n: int, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[Transaction]]:
@@ -90,7 +97,7 @@ def traffic(n: int, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[T
         )
         for i in range(n)
     ]
-    return (RNG.normal(size=(n, len(INPUT_NAMES))) + offset).astype(np.float32), RNG.uniform(size=n), transactions
+    return (RNG.normal(size=(n, len(NAMES))) + offset).astype(np.float32), RNG.uniform(size=n), transactions
 
 
 def test_the_window_holds_the_latest_transactions_only() -> None:
@@ -118,7 +125,7 @@ def test_psi_waits_for_the_minimum_and_snapshots_keep_time() -> None:
     window.add(*traffic(400, offset=2.0))
     history = window.history()
     assert [r.transactions for r in history] == [250, 650]
-    assert history[0].time <= history[1].time and history[1].inputs[INPUT_NAMES[0]] > history[0].inputs[INPUT_NAMES[0]]
+    assert history[0].time <= history[1].time and history[1].inputs[NAMES[0]] > history[0].inputs[NAMES[0]]
     assert history[0].fields == {"merchant_category": pytest.approx(0.0, abs=0.01), "country": 0.0}
 
 
@@ -177,10 +184,10 @@ def drifted(fraud_lake: Settings, keys: dict[str, str], serve, tmp_path_factory:
     return Drifted(trained, moved, dashboard, page)
 
 
-def test_the_traffic_the_model_was_trained_on_stays_under_the_moderate_psi(drifted: Drifted) -> None:
+def test_the_traffic_the_model_was_trained_on_stays_under_the_moderate_psi(drifted: Drifted, fraud_lake: Settings) -> None:
     trained = drifted.trained
     assert trained.transactions == WINDOW
-    assert set(trained.inputs) == set(INPUT_NAMES) and set(trained.fields) == set(WATCHED_FIELDS)
+    assert set(trained.inputs) == set(input_names(fraud_lake)) and set(trained.fields) == set(WATCHED_FIELDS)
     assert max(trained.inputs.values()) < PSI_MODERATE, trained.inputs
     assert trained.score is not None and trained.score < PSI_MODERATE
     assert max(trained.fields.values()) < PSI_MODERATE, trained.fields
@@ -202,11 +209,11 @@ def expanded(template: str, labels: dict[str, str]) -> str:
     return template
 
 
-def test_the_alerts_fire_on_the_shifted_traffic_only(drifted: Drifted, tmp_path: Path) -> None:
+def test_the_alerts_fire_on_the_shifted_traffic_only(drifted: Drifted, fraud_lake: Settings, tmp_path: Path) -> None:
     """promtool gets the scraped PSI as 15 minutes of the trained traffic, then 30 of the shifted one."""
     rules = {rule["alert"]: rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"] if "alert" in rule}
     before, after = drifted.trained, drifted.shifted
-    series = [("edgelake_fraud_input_psi", {"input": n}, before.inputs[n], after.inputs[n]) for n in INPUT_NAMES]
+    series = [("edgelake_fraud_input_psi", {"input": n}, before.inputs[n], after.inputs[n]) for n in input_names(fraud_lake)]
     series += [("edgelake_fraud_field_psi", {"field": n}, before.fields[n], after.fields[n]) for n in WATCHED_FIELDS]
     series += [("edgelake_fraud_score_psi", {}, before.score, after.score)]
     alerts = {"edgelake_fraud_input_psi": "EdgelakeFraudInputDrift", "edgelake_fraud_field_psi": "EdgelakeFraudTrafficMixDrift",
@@ -243,12 +250,12 @@ def test_the_alerts_fire_on_the_shifted_traffic_only(drifted: Drifted, tmp_path:
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
-def test_the_dashboard_plots_the_psi_over_time(drifted: Drifted) -> None:
+def test_the_dashboard_plots_the_psi_over_time(drifted: Drifted, fraud_lake: Settings) -> None:
     drift = drifted.dashboard["drift"]
     points = TRAINED // BATCH + SHIFTED // BATCH + 1  # a snapshot per batch (drift_snapshot_s 0), then now
     assert (drift["version"], drift["window"], drift["transactions"], len(drift["times"])) == (1, WINDOW, WINDOW, points)
     series = {s["name"]: s for s in drift["series"]}
-    assert [s["kind"] for s in drift["series"][:3]] == ["score", "field", "field"] and set(series) == {"score", *WATCHED_FIELDS, *INPUT_NAMES}
+    assert [s["kind"] for s in drift["series"][:3]] == ["score", "field", "field"] and set(series) == {"score", *WATCHED_FIELDS, *input_names(fraud_lake)}
     amount = series["log_amount"]["psi"]
     assert max(amount[: TRAINED // BATCH]) < PSI_MAJOR < amount[-1]
 
@@ -292,7 +299,7 @@ def test_a_new_version_restarts_the_window_and_one_without_distributions_is_serv
         unwatched = publish([name for name in first.manifest.files if name != DISTRIBUTIONS_FILE])
         answered = http.post("/v1/score:batch", json=feed[50:])
         without = scraped(http.get("/metrics").text)
-    assert served.transactions == 40 and len(served.inputs) == len(INPUT_NAMES)
-    assert restarted.transactions == 10 and len(restarted.inputs) == len(INPUT_NAMES)
+    assert served.transactions == 40 and len(served.inputs) == len(input_names(fraud_lake))
+    assert restarted.transactions == 10 and len(restarted.inputs) == len(input_names(fraud_lake))
     assert answered.status_code == 200 and answered.json()["scores"][0]["model"]["version"] == unwatched
     assert without == Psi(inputs={}, score=None, fields={}, transactions=0.0)

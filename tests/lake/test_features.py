@@ -1,5 +1,5 @@
 """``lake.features``: one definition of each card feature, two computations. Spark's batch gold table
-(``batch``) and ``CardHistory`` online (``online``) give the same card features, and ``fraud_inputs`` the same
+(``batch``) and ``CardHistory`` online (``online``) give the same card features, and ``InputSpec.matrix`` the same
 model inputs from either path's columns (``model_inputs``), for the same transactions.
 
 The parity lake holds synthetic cards with many transactions each, hand-made edge cases
@@ -21,13 +21,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from edgelake.contracts import Transaction
 from edgelake.ingest.sources import synthetic, ulb
 from edgelake.lake.catalog import Lake
 from edgelake.lake.features.definitions import CARD_FEATURES, WINDOWS, FeatureValues
-from edgelake.lake.features.model_inputs import ATTRIBUTES, INPUT_COLUMNS, INPUT_NAMES, fraud_inputs, online_input_columns
+from edgelake.lake.features.model_inputs import CategoricalInput, InputSpec, NumericInput, arrow_columns, online_input_columns
 from edgelake.lake.features.online import CardHistory
 from support import append_silver
 
@@ -37,10 +38,21 @@ SYNTHETIC = synthetic.SyntheticConfig(seed=5, cards=6, merchants=40, fraud_rate=
 ULB_ROWS = 1500
 
 
+# The inputs of a model that learnt from these transactions: the ULB set's attributes, the edge cases' own, and categories.
+SPEC = InputSpec(
+    numeric=(*(NumericInput(f"V{i}", fill=0.1 * i, indicator=True) for i in range(1, 29)), NumericInput("score", 2.0, indicator=True)),
+    categorical=(CategoricalInput("merchant_category", ("grocery", "travel")), CategoricalInput("device", ("mobile", "tablet"))),
+)
+
+
 def transaction(event_id: str, card: str, when: datetime, amount: float, merchant: str = "m1", channel: str = "pos") -> Transaction:
+    """One of the edge cases, with a free-form attribute and category on some."""
+    other = len(event_id) % 3 == 0
     return Transaction(
         event_id=event_id, event_time=when, card_id=card, merchant_id=merchant, merchant_category="grocery",
         amount=amount, currency="EUR", channel=channel,  # type: ignore[arg-type]
+        attributes={"score": float(len(event_id))} if other else {},
+        categories={"device": "tablet" if other else "desktop"} if len(event_id) % 2 == 0 else {},
     )
 
 
@@ -67,7 +79,7 @@ class Parity(NamedTuple):
     transactions: list[Transaction]  # in (event_time, event_id) order
     batch: pd.DataFrame  # gold_card_features, indexed by event_id
     online: dict[str, FeatureValues]  # CardHistory.add's values, by event_id
-    batch_inputs: pd.DataFrame  # batch_input_columns from Spark (what training reads), indexed by event_id
+    batch_inputs: pa.Table  # batch_input_columns from Spark, as Arrow (as training reads them)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +100,7 @@ def parity(spark, ulb_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     online = {t.event_id: history.add(t.card_id, t.event_time, t.amount, t.merchant_id, t.event_id) for t in ordered}
     batch = Lake(lake).open("gold_card_features").to_pyarrow_table().to_pandas().set_index("event_id")
     inputs = batch_input_columns(read_table(spark, Lake(lake), "silver_transactions"), read_table(spark, Lake(lake), "gold_card_features"))
-    return Parity(ordered, batch, online, inputs.toPandas().set_index("event_id"))
+    return Parity(ordered, batch, online, inputs.toArrow())
 
 
 def later_ties(transactions: list[Transaction]) -> set[str]:
@@ -186,15 +198,21 @@ def test_a_repeated_event_id_is_counted_once() -> None:
     assert history.add("c", START, 10.0, "m1", "e-1")["amount_to_card_mean"] == pytest.approx(10.0 / (52.0 / 5))
 
 
-def test_fraud_inputs_are_equal_both_ways(parity: Parity) -> None:
+def test_model_inputs_are_equal_both_ways(parity: Parity) -> None:
     followed = later_ties(parity.transactions)
     kept = [t for t in parity.transactions if t.event_id not in followed]
-    batch = parity.batch_inputs.loc[[t.event_id for t in kept]]
-    batch_matrix = fraud_inputs({name: batch[name].to_numpy() for name in INPUT_COLUMNS})
-    online_matrix = np.vstack([fraud_inputs(online_input_columns([t], [parity.online[t.event_id]])) for t in kept])
-    assert batch_matrix.shape == (len(kept), len(INPUT_NAMES)) and batch_matrix.dtype == np.float32
+    row_of = {event_id: i for i, event_id in enumerate(parity.batch_inputs.column("event_id").to_pylist())}
+    batch = parity.batch_inputs.take([row_of[t.event_id] for t in kept]).combine_chunks().to_batches()[0]
+    batch_matrix = SPEC.matrix(arrow_columns(batch))
+    online_matrix = np.vstack([SPEC.matrix(online_input_columns([t], [parity.online[t.event_id]])) for t in kept])
+    assert batch_matrix.shape == (len(kept), len(SPEC.names)) and batch_matrix.dtype == np.float32
     np.testing.assert_allclose(online_matrix, batch_matrix, rtol=1e-6, atol=1e-6)
     assert np.isfinite(batch_matrix).all()
     ulb_rows = np.array([t.event_id.startswith("ulb-") for t in kept])
-    assert ulb_rows.sum() == ULB_ROWS and np.abs(batch_matrix[ulb_rows, : len(ATTRIBUTES)]).sum(axis=1).min() > 0
+    assert ulb_rows.sum() == ULB_ROWS and np.abs(batch_matrix[ulb_rows, :28]).sum(axis=1).min() > 0
+    assert batch_matrix[ulb_rows, SPEC.names.index("V1_missing")].max() == 0 and batch_matrix[~ulb_rows, SPEC.names.index("V1_missing")].min() == 1
+    # the edge cases' own attribute and categories, and the values no vocabulary holds
+    assert {*batch_matrix[:, SPEC.names.index("score_missing")]} == {0.0, 1.0}
+    for name in ("device=tablet", "device=other", "device=missing", "merchant_category=grocery", "merchant_category=other"):
+        assert batch_matrix[:, SPEC.names.index(name)].max() == 1.0, name
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgelake.lake.features.model_inputs import INPUT_NAMES, WATCHED_FIELDS
+from edgelake.lake.features.model_inputs import WATCHED_FIELDS, InputSpec
 from edgelake.training.drift import PSI_MAJOR, PSI_MODERATE, Bins, Categories, TrainingDistributions, bin_indices, psi
 
 RNG = np.random.default_rng(19)
@@ -85,19 +85,20 @@ def test_categories_keep_the_most_common_values_and_pool_the_rest() -> None:
 
 
 def test_distributions_cover_every_input_the_score_and_the_watched_fields_and_survive_a_round_trip(tmp_path: Path) -> None:
-    inputs = RNG.normal(size=(300, len(INPUT_NAMES))).astype(np.float32)
+    names = InputSpec().names
+    inputs = RNG.normal(size=(300, len(names))).astype(np.float32)
     inputs[:, 0] = 0.0  # a constant input
     fields = {"merchant_category": ["grocery", "fuel"] * 150, "country": ["BE", None, "FR"] * 100}
-    distributions = TrainingDistributions.of(inputs, RNG.uniform(size=100), fields)
-    assert tuple(distributions.inputs) == INPUT_NAMES and tuple(distributions.fields) == WATCHED_FIELDS
+    distributions = TrainingDistributions.of(names, inputs, RNG.uniform(size=100), fields)
+    assert tuple(distributions.inputs) == names and tuple(distributions.fields) == WATCHED_FIELDS
     path = distributions.write(tmp_path / "distributions.json")
-    assert TrainingDistributions.read(path) == distributions
-    assert TrainingDistributions.read(path).inputs[INPUT_NAMES[0]].edges == (-5e-324, 0.0)
+    assert TrainingDistributions.read(path, names) == distributions
+    assert TrainingDistributions.read(path, names).inputs[names[0]].edges == (-5e-324, 0.0)
 
     other = distributions.model_copy(update={"inputs": dict(list(distributions.inputs.items())[1:])})
     other.write(tmp_path / "other.json")
     with pytest.raises(ValueError, match="other inputs or fields"):
-        TrainingDistributions.read(tmp_path / "other.json")
+        TrainingDistributions.read(tmp_path / "other.json", names)
     (tmp_path / "bad.json").write_text(path.read_text().replace('"shares"', '"share"', 1))
     with pytest.raises(ValueError):
-        TrainingDistributions.read(tmp_path / "bad.json")
+        TrainingDistributions.read(tmp_path / "bad.json", names)

@@ -14,25 +14,29 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from edgelake.contracts import FraudLabel, Transaction
 from edgelake.ingest.sources import synthetic, ulb
 from edgelake.errors import UserError
 from edgelake.lake.catalog import Lake
-from edgelake.lake.features.model_inputs import INPUT_COLUMNS, INPUT_NAMES, INPUTS_VERSION
+from edgelake.lake.features.definitions import CARD_FEATURES
+from edgelake.lake.features.model_inputs import INPUTS_FILE, INPUTS_VERSION, InputSpec
 from edgelake.lake.gold import build_card_features
 from support import append_silver
 from edgelake.training import registry
 from edgelake.training.drift import DISTRIBUTIONS_FILE, Bins, Categories, TrainingDistributions
 from edgelake.training.evaluation import best_f1_threshold, binary_metrics
 from edgelake.training.fraud import (
-    Examples, FraudConfig, FraudResult, build_model, calibrated, labelled_transactions, mean_logit, split_by_time, train_fraud,
-    with_quadratic_logit,
+    Examples, FraudConfig, FraudResult, LabelledTransactions, build_model, calibrated, labelled_transactions, mean_logit, split_by_time,
+    train_fraud, with_quadratic_logit,
 )
 
 ULB_START = datetime(2013, 9, 1, tzinfo=UTC)
@@ -40,7 +44,7 @@ LEGIT_EVERY = 100
 SYNTHETIC = synthetic.SyntheticConfig(seed=3, cards=40, merchants=60, fraud_rate=0.05)
 SYNTHETIC_COUNT = 400
 CUTOFF = datetime(2025, 3, 1, tzinfo=UTC)
-TIMINGS = ("seconds", "examples_seconds", "fit_seconds", "train_samples_per_s")
+TIMINGS = ("seconds", "examples_seconds", "fit_seconds", "train_samples_per_s", "peak_rss_mb")
 
 
 class FraudLake(NamedTuple):
@@ -109,13 +113,20 @@ def ulb_run(spark, fraud_lake: FraudLake, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
-def ulb_examples(spark, fraud_lake: FraudLake) -> pd.DataFrame:
+def ulb_examples(spark, fraud_lake: FraudLake) -> Iterator[LabelledTransactions]:
     """The labelled ULB transactions the runs here learn from."""
-    return labelled_transactions(spark, Lake(fraud_lake.root), small())[0]
+    with labelled_transactions(spark, Lake(fraud_lake.root), small()) as (examples, _):
+        yield examples
+
+
+def labelled(spark, lake: str | Lake, config: FraudConfig) -> pd.DataFrame:
+    """The ids, times and labels of the transactions ``config`` learns from in ``lake``, oldest first."""
+    with labelled_transactions(spark, lake if isinstance(lake, Lake) else Lake(lake), config) as (examples, _):
+        return pa.Table.from_batches(list(examples.batches(["event_id", "event_time", "is_fraud"]))).to_pandas()
 
 
 def test_a_run_writes_the_model_its_tflite_twin_metrics_and_plots(ulb_run: FraudResult) -> None:
-    expected = {"fraud.keras", "fraud.tflite", "metrics.json", "pr_curve.png", "roc_curve.png", "score_histogram.png", DISTRIBUTIONS_FILE}
+    expected = {"fraud.keras", "fraud.tflite", "metrics.json", "pr_curve.png", "roc_curve.png", "score_histogram.png", DISTRIBUTIONS_FILE, INPUTS_FILE}
     assert set(ulb_run.files) == expected
     assert all(path.is_file() and path.stat().st_size > 0 for path in ulb_run.files.values())
     assert all(ulb_run.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in expected if name.endswith(".png"))
@@ -124,18 +135,21 @@ def test_a_run_writes_the_model_its_tflite_twin_metrics_and_plots(ulb_run: Fraud
     for key in ("auprc", "roc_auc", "recall_at_1pct_fpr", "threshold", "precision_at_threshold", "recall_at_threshold"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["threshold"] <= metrics["decline_threshold"] <= 1.0  # the scorer's review and decline thresholds
-    assert metrics["inputs"] == list(INPUT_NAMES) and metrics["source"] == "ulb" and "anchors" in metrics
+    assert metrics["source"] == "ulb" and "anchors" in metrics and metrics["peak_rss_mb"] > 100
+    assert metrics["inputs"] == InputSpec.read(ulb_run.files[INPUTS_FILE]).report()
+    assert metrics["inputs"]["attributes"] == [f"V{i}" for i in range(1, 29)] and metrics["inputs"]["categories"] == {}
+    assert metrics["inputs"]["set_aside"] == {"merchant_category": "constant ('unknown' in every row)", "country": "never present"}
     assert ulb_run.feature_version == INPUTS_VERSION
     assert set(ulb_run.lineage) == {"silver_transactions", "silver_fraud_labels", "gold_card_features"}
 
 
-def test_a_run_records_the_distributions_of_its_test_part(ulb_run: FraudResult, ulb_examples: pd.DataFrame) -> None:
-    distributions = TrainingDistributions.read(ulb_run.files[DISTRIBUTIONS_FILE])
-    test = split_by_time(ulb_examples, small())[2]
-    for i, name in enumerate(INPUT_NAMES):
+def test_a_run_records_the_distributions_of_its_test_part(ulb_run: FraudResult, ulb_examples: LabelledTransactions) -> None:
+    spec, _, _, test = split_by_time(ulb_examples, small())
+    distributions = TrainingDistributions.read(ulb_run.files[DISTRIBUTIONS_FILE], spec.names)
+    for i, name in enumerate(spec.names):
         assert distributions.inputs[name] == Bins.of(test.inputs[:, i]), name
     amounts = distributions.inputs["log_amount"]
-    assert len(amounts.shares) >= 10 and amounts.edges[1] == pytest.approx(np.log1p(ulb_examples["amount"].iloc[-len(test.labels) :].min()))
+    assert len(amounts.shares) >= 10 and amounts.edges[1] == pytest.approx(np.log1p(ulb_examples.column("amount")[-len(test.labels) :].min()))
     assert distributions.inputs["is_first_transaction"].shares == (0.0, 1.0, 0.0)  # one transaction per ULB card: a constant 1
     assert len(distributions.score.shares) >= 10 and sum(distributions.score.shares) == pytest.approx(1.0)
     assert distributions.score.edges[-1] <= 1.0 and distributions.score.shares[-1] == 0.0
@@ -160,12 +174,12 @@ def test_the_test_metrics_come_with_their_bootstrap_intervals(ulb_run: FraudResu
     assert metrics["roc_auc_high"] - metrics["roc_auc_low"] < 0.1  # the sample's test part holds enough frauds to pin it down
 
 
-def test_tflite_gives_the_keras_probabilities(ulb_run: FraudResult, ulb_examples: pd.DataFrame) -> None:
+def test_tflite_gives_the_keras_probabilities(ulb_run: FraudResult, ulb_examples: LabelledTransactions) -> None:
     import keras
 
     from edgelake.interpreters import load_interpreter, predict
 
-    test = split_by_time(ulb_examples, small())[2]
+    test = split_by_time(ulb_examples, small())[3]
     model = keras.models.load_model(ulb_run.files["fraud.keras"])
     keras_scores = model.predict(test.inputs, verbose=0).ravel()
     tflite_scores = predict(load_interpreter(ulb_run.files["fraud.tflite"]), test.inputs).ravel()
@@ -174,20 +188,18 @@ def test_tflite_gives_the_keras_probabilities(ulb_run: FraudResult, ulb_examples
     assert ulb_run.metrics["tflite_max_abs_diff"] < 1e-5
 
 
-def test_the_split_is_by_time(ulb_run: FraudResult, ulb_examples: pd.DataFrame) -> None:
-    frame = ulb_examples
-    train, validation, test = split_by_time(frame, small())
+def test_the_split_is_by_time(ulb_run: FraudResult, ulb_examples: LabelledTransactions) -> None:
+    _, train, validation, test = split_by_time(ulb_examples, small())
     assert train.event_time.max() <= validation.event_time.min() <= validation.event_time.max() <= test.event_time.min()
     assert (len(train.labels), len(validation.labels), len(test.labels)) == tuple(
         ulb_run.metrics["split"][part] for part in ("train", "validation", "test")
     )
-    assert len(test.labels) == pytest.approx(0.3 * len(frame), abs=1)
+    assert len(test.labels) == pytest.approx(0.3 * ulb_examples.rows, abs=1)
     assert len(validation.labels) == pytest.approx(0.15 * (len(train.labels) + len(validation.labels)), abs=1)
 
 
-def test_sources_select_their_transactions(spark, fraud_lake: FraudLake, ulb_examples: pd.DataFrame) -> None:
-    frames = {source: labelled_transactions(spark, Lake(fraud_lake.root), small(source=source))[0] for source in ("synthetic", "file", "all")}
-    frames["ulb"] = ulb_examples
+def test_sources_select_their_transactions(spark, fraud_lake: FraudLake) -> None:
+    frames = {source: labelled(spark, fraud_lake.root, small(source=source)) for source in ("ulb", "synthetic", "file", "all")}
     assert frames["ulb"]["event_id"].str.startswith("ulb-tx-").all()
     assert (len(frames["ulb"]), int(frames["ulb"]["is_fraud"].sum())) == (fraud_lake.ulb_transactions, fraud_lake.ulb_frauds)
     assert frames["synthetic"]["event_id"].str.startswith("syn-").all() and len(frames["synthetic"]) == SYNTHETIC_COUNT
@@ -195,19 +207,19 @@ def test_sources_select_their_transactions(spark, fraud_lake: FraudLake, ulb_exa
     assert len(frames["all"]) == fraud_lake.ulb_transactions + SYNTHETIC_COUNT + 2  # and the point-in-time cases
     assert frames["all"]["event_time"].is_monotonic_increasing
     with pytest.raises(ValueError, match="unknown source 'shuttle'"):
-        labelled_transactions(spark, Lake(fraud_lake.root), small(source="shuttle"))
+        labelled(spark, fraud_lake.root, small(source="shuttle"))
 
 
 def test_labels_are_taken_as_known_at_the_cutoff(spark, fraud_lake: FraudLake) -> None:
     def verdicts(cutoff: datetime | None) -> dict[str, bool]:
-        frame = labelled_transactions(spark, Lake(fraud_lake.root), small(source="all", cutoff=cutoff))[0]
+        frame = labelled(spark, fraud_lake.root, small(source="all", cutoff=cutoff))
         return {event_id: bool(fraud) for event_id, fraud in zip(frame["event_id"], frame["is_fraud"], strict=True)}
 
     at_cutoff, now = verdicts(CUTOFF), verdicts(None)
     assert "pit-late" not in at_cutoff and at_cutoff["pit-flip"] is False  # later labels do not exist yet
     assert now["pit-late"] is True and now["pit-flip"] is True  # by now they do: the latest one counts
     assert {k: v for k, v in at_cutoff.items() if not k.startswith("pit-")} == {k: v for k, v in now.items() if not k.startswith("pit-")}
-    ulb_only = labelled_transactions(spark, Lake(fraud_lake.root), small(cutoff=ULB_START + timedelta(days=3)))[0]
+    ulb_only = labelled(spark, fraud_lake.root, small(cutoff=ULB_START + timedelta(days=3)))
     assert 0 < len(ulb_only) < fraud_lake.ulb_transactions  # legitimate ULB rows are confirmed after 7 days
 
 
@@ -259,34 +271,42 @@ def test_training_reads_the_gold_build_s_card_features_and_builds_none(spark, tm
     append_silver(lake.root, list(synthetic.transactions(config, 50)))
     append_silver(lake.root, list(synthetic.labels(config, 50)))
     with pytest.raises(UserError, match="no card features to train on: table 'gold_card_features' has no data yet.*edgelake lake build-gold"):
-        labelled_transactions(spark, lake, small(source="synthetic"))
+        labelled(spark, lake, small(source="synthetic"))
     assert not lake.exists("gold_card_features")  # training built none
 
     monkeypatch.setattr(gold, "_CARD_FEATURES", replace(gold._CARD_FEATURES, feature_version=gold.FEATURE_VERSION + 1))
     build_card_features(spark, lake)
     monkeypatch.undo()
     with pytest.raises(UserError, match=f"gold_card_features was not built with this code's feature version {gold.FEATURE_VERSION}"):
-        labelled_transactions(spark, lake, small(source="synthetic"))
+        labelled(spark, lake, small(source="synthetic"))
 
     build_card_features(spark, lake)
-    frame, lineage = labelled_transactions(spark, lake, small(source="synthetic"))
-    assert len(frame) == 50 and lineage["gold_card_features"] == lake.open("gold_card_features").version()
+    with labelled_transactions(spark, lake, small(source="synthetic")) as (examples, lineage):
+        assert examples.rows == 50 and lineage["gold_card_features"] == lake.open("gold_card_features").version()
 
 
-def examples_frame(frauds: list[bool]) -> pd.DataFrame:
-    """Transactions one minute apart, oldest first, with these labels and otherwise neutral inputs."""
-    times = pd.date_range("2025-01-01", periods=len(frauds), freq="min").to_numpy()
-    columns = {name: [1.0] * len(frauds) for name in INPUT_COLUMNS} | {"event_time": times, "channel": ["pos"] * len(frauds)}
-    return pd.DataFrame({"event_id": [f"tx-{i}" for i in range(len(frauds))], "is_fraud": frauds, **columns})
+def examples_file(frauds: list[bool], folder: Path) -> LabelledTransactions:
+    """Transactions one minute apart, oldest first, with these labels and otherwise neutral inputs, in one Parquet file."""
+    n = len(frauds)
+    columns = {
+        "event_id": [f"tx-{i}" for i in range(n)], "event_time": pd.date_range("2025-01-01", periods=n, freq="min").to_numpy(),
+        "amount": [1.0] * n, "channel": ["pos"] * n, "merchant_category": ["m"] * n, "country": pa.nulls(n, pa.string()),
+        "attributes": pa.array([[("V1", 1.0)]] * n, pa.map_(pa.string(), pa.float64())),
+        "categories": pa.array([[]] * n, pa.map_(pa.string(), pa.string())),
+        **{f.name: [1.0] * n for f in CARD_FEATURES}, "is_fraud": frauds,
+    }
+    folder.mkdir(exist_ok=True)
+    pq.write_table(pa.table(columns), folder / "part-00000.parquet")
+    return LabelledTransactions((folder / "part-00000.parquet",))
 
 
-def test_a_split_part_without_both_classes_is_a_clear_error() -> None:
-    train, validation, test = split_by_time(examples_frame([False, True] * 10), small())
+def test_a_split_part_without_both_classes_is_a_clear_error(tmp_path: Path) -> None:
+    _, train, validation, test = split_by_time(examples_file([False, True] * 10, tmp_path / "a"), small())
     assert (len(train.labels), len(validation.labels), len(test.labels)) == (11, 3, 6)
     with pytest.raises(ValueError, match="the test part of the time split has 6 transactions, no fraud one"):
-        split_by_time(examples_frame([False, True] * 7 + [False] * 6), small())
+        split_by_time(examples_file([False, True] * 7 + [False] * 6, tmp_path / "b"), small())
     with pytest.raises(ValueError, match="the validation part of the time split has 3 transactions, no legitimate one"):
-        split_by_time(examples_frame([False, True] * 5 + [False] + [True] * 3 + [False, True] * 3), small())
+        split_by_time(examples_file([False, True] * 5 + [False] + [True] * 3 + [False, True] * 3, tmp_path / "c"), small())
 
 
 def test_binary_metrics_on_known_scores() -> None:
