@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgelake.bench.silver import write_silver
 from edgelake.fashion_mnist import Split
@@ -34,6 +34,7 @@ from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transacti
 if TYPE_CHECKING:
     from edgelake.lake.catalog import Lake
 
+T = TypeVar("T")
 FRAUD_EPOCHS = 3
 VISION_EPOCHS = 1
 FEATURE_RUNS = 3
@@ -102,13 +103,13 @@ def _standalone_cluster(data_dir: Path) -> Iterator[str]:
         cluster.stop()
 
 
-def _in_own_process(function: Callable[..., float], *args: Any) -> float:
+def _in_own_process(function: Callable[..., T], *args: Any) -> T:
     """``function(*args)`` in a fresh Python process: a Spark driver, and JVM, of its own."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as process:
         return process.submit(_with_plain_errors, function, *args).result()
 
 
-def _with_plain_errors(function: Callable[..., float], *args: Any) -> float:
+def _with_plain_errors(function: Callable[..., T], *args: Any) -> T:
     """``function(*args)``, its error raised again as a RuntimeError with its text: Spark's errors hold locks, which cannot be
     sent back to the parent process."""
     try:

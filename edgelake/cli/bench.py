@@ -126,6 +126,26 @@ def train(
     report("train", result, as_json, record)
 
 
+@app.command("wide-train")
+def wide_train(
+    ctx: typer.Context,
+    rows: int = typer.Option(600_000, "--rows", min=6_000, help="Rows of the generated wide file (a baseline run takes a sixth of them)."),
+    numeric: int = typer.Option(360, "--numeric", min=2, help="Its numeric columns."),
+    categorical: int = typer.Option(40, "--categorical", min=2, help="Its text columns."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+    master: str = MASTER_OPTION,
+    as_json: bool = JSON_OPTION,
+    record: bool = RECORD_OPTION,
+) -> None:
+    """Peak RSS of fraud training on a generated wide file, against its input matrix and a run on a sixth of the rows."""
+    from edgelake.bench import wide_train as bench_wide_train
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        result = bench_wide_train.run(settings, rows, numeric, categorical, master or settings.spark_master, device)
+    report("wide-train", result, as_json, record)
+
+
 @app.command("api")
 def api(
     ctx: typer.Context,
