@@ -123,7 +123,7 @@ def test_the_report_compares_each_recorded_result_with_its_baseline_and_goal(tmp
     assert rows[("ingest", "ingest --once throughput (events/s)")][4:] == ["147,119", "0.225", "ratio ≥ 0.5", "**no**"]
     assert rows[("ingest", "ingest --once on ULB transactions (events/s)")][6:] == ["≥ 100000 events/s", "**no**"]
     assert rows[("sql", "aggregate query p50 (s)")][2:] == ["0.048", "Spark SQL", "0.6126", "12.763", "≤ 0.3 s", "yes"]
-    assert rows[("train", "fraud MLP training (samples/s)")][3:] == ["—", "—", "—", "—", "—"]
+    assert rows[("train", "fraud towers training (samples fed to every tower) (samples/s)")][3:] == ["—", "—", "—", "—", "—"]
     assert rows[("api", "/v1/score p99 at 500 req/s (ms)")][5:] == ["1505.16", "≤ 10 ms", "yes"]
     assert rows[("api", "/v1/score errors at 500 req/s (errors)")][2:] == ["0", "Keras predict per request", "4,981", "—", "≤ 0 errors", "yes"]
     assert rows[("api", "sustainable throughput (req/s)")][5:] == ["58.824", "ratio ≥ 10", "yes"]
