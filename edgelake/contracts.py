@@ -18,7 +18,8 @@ from edgelake.errors import UserError
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-CategoryValue = Annotated[str, Field(min_length=1, max_length=256)]
+# One of a transaction's categories: text that is not only blanks (a missing category is an absent key).
+CategoryValue = Annotated[str, Field(min_length=1, max_length=256, pattern=r"\S")]
 Channel = Literal["pos", "ecom", "atm", "moto", "unknown"]
 # The event times consumers accept (ingest's cleaning, the scorer's card histories): from 1990 to a producer's
 # plausible clock skew ahead of now. The contract itself admits any time; a consumer checks against its own "now".

@@ -5,9 +5,10 @@ reader and checking each contract constraint as one vectorised operation costs a
 fraction of validating record by record. The lane is conservative: it accepts a record
 only where every check passes and nothing about it is ambiguous (a null that may be a
 missing field with a default, a string that may need trimming, a field outside the
-contract, a map with a null or missing value); every other record goes to
-``clean_record``, which decides it and says why. An accepted record gives the same
-silver row as ``clean_record`` would, which the tests check on a corpus of hostile records.
+contract, a map with a null or missing value, a map that may be null rather than left
+out); every other record goes to ``clean_record``, which decides it and says why. An
+accepted record gives the same silver row as ``clean_record`` would, which the tests check
+on a corpus of hostile records.
 
 The checks are derived from the contract's fields. A contract with a type, a
 constraint or a validator this module does not know gets no fast lane at all.
@@ -61,6 +62,12 @@ class _Column:
     checks: tuple[Check, ...] = ()
     min_items: int = 0  # maps only
     item_kind: Kind = "float"  # maps only: their values' kind, "float" or "str"
+    empty_default: bool = False  # maps only: an absent map is the field's default, an empty one
+
+    @property
+    def missing_ok(self) -> bool:
+        """Whether a null value may stand for a valid one (absent maps are told from nulls by the caller)."""
+        return self.null_ok or self.empty_default
 
     @property
     def wire_type(self) -> pa.DataType | None:
@@ -123,7 +130,10 @@ class ColumnarContract:
             checked = self._passes(table, now)
             if checked is None:
                 continue
-            ok, gaps, keys = checked
+            ok, gaps, keys, unread = checked
+            for name, null in unread.items():
+                if null[ok].any():
+                    ok &= ~null | _lacking(name, [values[i] for i in block])
             without_nulls = np.fromiter((b"null" not in values[i] for i in block), dtype=bool, count=len(block))
             kept = np.flatnonzero(ok & (~gaps | without_nulls))
             if len(kept):
@@ -156,25 +166,30 @@ class ColumnarContract:
             yield from self._parsed(values, block[:middle])
             yield from self._parsed(values, block[middle:])
 
-    def _passes(self, table: pa.Table, now: datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def _passes(self, table: pa.Table, now: datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
         """Where every column passes if a map's missing keys are absent, where some map misses
-        a key of the block, and which keys the maps have; None where no row can pass."""
+        a key of the block, which keys the maps have, and, per map whose default is empty, where
+        it reads as null (taken here for an omitted map; the caller settles which it was); None
+        where no row can pass."""
         rows = table.num_rows
         ok = np.ones(rows, dtype=bool)
         gaps = np.zeros(rows, dtype=bool)
         keys = [np.zeros((rows, 0), dtype=bool)]
+        unread: dict[str, np.ndarray] = {}
         for column in self.columns:
             values = table.column(column.name).combine_chunks() if column.name in table.column_names else None
             if column.kind == "map":
                 passes, present = _map_passes(column, values, rows)
                 gaps |= ~present.all(axis=1)
                 keys.append(present)
+                if column.empty_default and values is not None:  # a map no object of the block has is omitted in all
+                    unread[column.name] = ~pc.is_valid(values).to_numpy(zero_copy_only=False)
             else:
                 passes = _passes(column, values, rows, now)
             if passes is None:
                 return None
             ok &= passes.to_numpy(zero_copy_only=False)
-        return ok, gaps, np.hstack(keys)
+        return ok, gaps, np.hstack(keys), unread
 
     def _silver(self, table: pa.Table) -> pa.Table:
         """Accepted rows as the silver table's contract columns plus ``event_date``."""
@@ -202,6 +217,7 @@ def _column(name: str, info: FieldInfo) -> _Column:
     annotation, optional = _without_none(info.annotation)
     base, metadata = _unannotated(annotation, list(info.metadata))
     null_ok = optional and not info.is_required() and info.default is None and info.default_factory is None
+    empty_default = info.default_factory is dict
     silver_type = arrow_type(info)
     if typing.get_origin(base) is dict:
         key, item = typing.get_args(base)
@@ -213,9 +229,9 @@ def _column(name: str, info: FieldInfo) -> _Column:
             if not isinstance(constraint, at.MinLen):
                 raise Unsupported(f"field '{name}': constraint {constraint!r}")
             min_items = constraint.min_length
-        if item_base is str:
-            return _Column(name, "map", silver_type, null_ok, _string_checks(name, item_metadata), min_items, item_kind="str")
-        return _Column(name, "map", silver_type, null_ok, _number_checks(name, item_metadata, finite=True), min_items)
+        item_kind: Kind = "str" if item_base is str else "float"
+        checks = _string_checks(name, item_metadata) if item_base is str else _number_checks(name, item_metadata, finite=True)
+        return _Column(name, "map", silver_type, null_ok, checks, min_items, item_kind, empty_default)
     if typing.get_origin(base) is Literal:
         options = typing.get_args(base)
         if metadata or not (all(type(o) is str for o in options) or all(type(o) is int for o in options)):
@@ -321,10 +337,10 @@ def _map_passes(column: _Column, values: pa.Array | None, rows: int) -> tuple[pa
     absent key; the caller settles which it was.
     """
     if values is None or pa.types.is_null(values.type):
-        return pa.array(np.full(rows, column.null_ok)), np.ones((rows, 0), dtype=bool)
+        return pa.array(np.full(rows, column.missing_ok)), np.ones((rows, 0), dtype=bool)
     struct_valid = pc.is_valid(values)
     if not pa.types.is_struct(values.type):
-        return pc.and_(pc.invert(struct_valid), pa.scalar(column.null_ok)), np.ones((rows, 0), dtype=bool)
+        return pc.and_(pc.invert(struct_valid), pa.scalar(column.missing_ok)), np.ones((rows, 0), dtype=bool)
     present = _present(values)
     ok = present.sum(axis=1) >= column.min_items
     for j, child in enumerate(values.flatten()):
@@ -342,7 +358,13 @@ def _map_passes(column: _Column, values: pa.Array | None, rows: int) -> tuple[pa
             continue
         for check in column.checks:
             ok &= pc.fill_null(check(as_kind), True).to_numpy(zero_copy_only=False)
-    return pc.if_else(struct_valid, pa.array(ok), column.null_ok), present
+    return pc.if_else(struct_valid, pa.array(ok), column.missing_ok), present
+
+
+def _lacking(key: str, records: list[bytes]) -> np.ndarray:
+    """Which JSON objects certainly lack ``key``: they hold neither its plain spelling nor a backslash (any escaped one)."""
+    spelled = f'"{key}"'.encode()
+    return np.fromiter((spelled not in record and b"\\" not in record for record in records), dtype=bool, count=len(records))
 
 
 def _present(values: pa.StructArray) -> np.ndarray:
@@ -354,17 +376,26 @@ def _present(values: pa.StructArray) -> np.ndarray:
 
 
 def _silver_values(column: _Column, values: pa.Array | None, rows: int) -> pa.Array:
+    if column.kind == "map":
+        if values is None or not pa.types.is_struct(values.type):  # no accepted row has a map (``_map_passes``)
+            return _empty_maps(rows, column.silver_type) if column.empty_default else pa.nulls(rows, column.silver_type)
+        return _map_values(values, column.silver_type, column.item_kind)
     if values is None or pa.types.is_null(values.type):
         return pa.nulls(rows, column.silver_type)
-    if column.kind == "map":
-        return _map_values(values, column.silver_type, column.item_kind)
     if column.kind == "datetime":
         return pc.cast(values, TIMESTAMP)
     return pc.cast(values, column.silver_type)
 
 
+def _empty_maps(rows: int, map_type: pa.DataType) -> pa.Array:
+    """``rows`` empty maps: the silver value of a map left out."""
+    return pa.MapArray.from_arrays(
+        pa.array(np.zeros(rows + 1, dtype=np.int32)), pa.array([], pa.string()), pa.array([], map_type.item_type), type=map_type
+    )
+
+
 def _map_values(values: pa.StructArray, map_type: pa.DataType, item_kind: Kind) -> pa.Array:
-    """Struct rows as map rows of the keys each has, in the struct's field order."""
+    """Struct rows as map rows of the keys each has, in the struct's field order; a null row is an empty map."""
     present = _present(values)
     items = np.zeros(present.shape, dtype=np.float64 if item_kind == "float" else object)
     for j, child in enumerate(values.flatten()):

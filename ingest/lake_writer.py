@@ -31,7 +31,7 @@ from deltalake.exceptions import CommitFailedError
 
 from edgelake.contracts import EVENT_BY_TOPIC
 from edgelake.lake.catalog import Lake, ingest_app_id, spec_of
-from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec
+from edgelake.lake.tables import BRONZE, QUARANTINE, SILVER, TableSpec, current_schema
 
 LANDED = ("bronze", "silver", "quarantined", "duplicates", "bytes")  # what ``LakeWriter.landed`` counts
 _OUTCOME = {"bronze": "bronze", "silver": "silver", "quarantine": "quarantined"}  # a table's layer -> what its rows count as
@@ -82,10 +82,10 @@ class LakeWriter:
         return min(version for version in committed if version is not None) + 1
 
     def silver_schema(self, topic: str) -> pa.Schema:
-        """The silver table's current schema (with evolved columns), or its defined one."""
+        """The silver table's current schema (with evolved columns and any its contract gained since), or its defined one."""
         spec = SILVER[self.event_topic(topic)]
         table = self._open(spec)
-        return pa.schema(table.schema().to_arrow()) if table is not None else spec.schema
+        return current_schema(spec, pa.schema(table.schema().to_arrow())) if table is not None else spec.schema
 
     def commit(self, batch: TopicBatch) -> CommitResult:
         """Write bronze, then quarantine, then silver, each skipping offsets its log holds."""

@@ -23,7 +23,7 @@ from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow, split_
 from edgelake.ingest.lake_writer import SilverIds
 from edgelake.lake.catalog import Lake
 from edgelake.lake.quarantine import QuarantineFilter, quarantined
-from edgelake.lake.tables import QUARANTINE_REPLAYS, SILVER, TableSpec
+from edgelake.lake.tables import QUARANTINE_REPLAYS, SILVER, TableSpec, current_schema
 
 DONE = ("replayed", "duplicate")
 
@@ -54,7 +54,7 @@ def replay(lake: Lake, topic_prefix: str, which: QuarantineFilter = QuarantineFi
 
 def _replay_batch(lake: Lake, spec: TableSpec, event_type: Any, records: list[dict[str, Any]], counts: ReplayCounts) -> None:
     silver = lake.find(spec.name)
-    schema = pa.schema(silver.schema().to_arrow()) if silver is not None else spec.schema
+    schema = current_schema(spec, pa.schema(silver.schema().to_arrow())) if silver is not None else spec.schema
     now = datetime.now(UTC)
     cleaned, refused = [], []
     for record in records:

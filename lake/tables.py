@@ -174,6 +174,12 @@ GOLD_FRAUD_RATES = TableSpec(
 GOLD = {spec.name: spec for spec in (GOLD_CARD_FEATURES, GOLD_DEVICE_HEALTH, GOLD_FRAUD_RATES)}
 
 
+def current_schema(spec: TableSpec, written: pa.Schema) -> pa.Schema:
+    """The schema a written table's next rows follow: its columns as written (evolved ones included), then the
+    defined columns it lacks (fields its contract gained since), nullable because its earlier rows have none."""
+    return pa.schema([*written, *(field.with_nullable(True) for field in spec.schema if field.name not in written.names)])
+
+
 def table_uri(lake_root: str, spec: TableSpec) -> str:
     """The table's URI under ``lake_root`` (a path or any URI deltalake accepts)."""
     return f"{lake_root.rstrip('/')}/{spec.path}"

@@ -1,10 +1,12 @@
 """Events from a user's own CSV or Parquet file through a column mapping.
 
-``mapping`` maps contract fields to column names (``{"amount": "Amount"}``). Numeric
-columns that no field maps go to the event's free-form map (``attributes`` or
-``values``), and a transaction's unmapped text columns to its ``categories``; an empty
-cell is left out of either (a missing value). Booleans count as numbers (0 or 1). ``event_time`` may be an ISO timestamp, a datetime, or a number of
-seconds after ``base_time``. A missing ``event_id`` becomes ``<file stem>-<row>``.
+``mapping`` maps contract fields to column names (``{"amount": "Amount"}``). The columns
+no field maps go to the event's free-form maps: numeric ones to ``attributes`` (a reading's
+``values``), booleans among them as 0 or 1, and a transaction's text ones to ``categories``.
+An empty cell (null, NaN or blank text) is left out: a missing value. Other unmapped columns
+(dates, binary data, a reading's text) are left aside. ``event_time`` may be an ISO timestamp,
+a datetime, or a number of seconds after ``base_time``. A missing ``event_id`` becomes
+``<file stem>-<row>``.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def events(
                 if column not in mapped and isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
             }
         if text_form is not None:
-            data[text_form] = {column: value for column, value in record.items() if column not in mapped and isinstance(value, str) and value.strip()}
+            data[text_form] = {
+                column: value for column, value in record.items() if column not in mapped and isinstance(value, str) and value.strip()
+            }
         try:
             yield event_type.parse(data)
         except InvalidEvent as error:

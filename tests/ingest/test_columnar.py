@@ -19,7 +19,9 @@ from pydantic import Field
 
 from edgelake.contracts import EdgeInference, Event, FraudLabel, ImageFrame, IoTReading, Transaction
 from edgelake.ingest.clean import Rejection, clean_record
-from edgelake.ingest.columnar import columnar_contract
+from edgelake.ingest.columnar import ColumnarContract, columnar_contract
+from edgelake.ingest.kafka_source import Fetched, OffsetRange
+from edgelake.ingest.pipeline import Chunk, bronze_rows, classify
 from edgelake.ingest.sources import shuttle, synthetic, ulb
 from edgelake.lake.tables import SILVER
 
@@ -43,13 +45,16 @@ HOSTILE_MAPS: list[Any] = [
     {}, {"a": 1}, {"a": 1.5, "b": -2}, {"a": None}, {"a": "1"}, {"a": True}, {"a": {"b": 1}}, {"a": [1]},
     {"": 1.0}, {"A": 1, "a": 2}, [], "x", 1, None, DROP,
     # maps of text (a transaction's categories)
-    {"a": "x"}, {"a": ""}, {"a": " x"}, {"a": "x\u2003"}, {"a": "x" * 256}, {"a": "x" * 257}, {"a": "Zürich", "b": "W"}, {"a": "x", "b": 2},
+    {"a": "x"}, {"a": ""}, {"a": " "}, {"a": "\u2003\t"}, {"a": "\x1c"}, {"a": " x"}, {"a": "x\u2003"}, {"a": "x" * 256}, {"a": "x" * 257},
+    {"a": "Zürich", "b": "W"}, {"a": "x", "b": 2}, {"a": "x", "b": None}, {"a": ["x"]},
 ]
 RAW_VARIANTS = [
     lambda v: b" " + v, lambda v: v + b"\n", lambda v: v[:-1] + b',"extra": 1}', lambda v: v + v, lambda v: b"",
     lambda v: b"{}", lambda v: v[: len(v) // 2], lambda v: v.replace(b":", b": \n", 1), lambda v: b"\xff" + v,
     lambda v: v.replace(b'"event_id":', b'"event_id":"dup","event_id":', 1), lambda v: b"[" + v + b"]",
     lambda v: v.replace(b'"', b'"\\ud800', 1), lambda v: v[:-1] + b',"attributes":{}}', lambda v: b"null",
+    lambda v: v.replace(b'"categories":', b'"categorie\\u0073":', 1), lambda v: v.replace(b'"categories":', b'"categorie\\u0073":null,"categories":', 1),
+    lambda v: v.replace(b'"categories":', b'"categories":null,"x":', 1), lambda v: v.replace(b'"categories":{}', b'"categorie\\u0073":null', 1),
 ]
 
 
@@ -140,6 +145,35 @@ def test_records_the_lane_passes_on_are_decided_by_clean_record_one_by_one(ulb_c
     assert accepted.indices == [0]
     assert accepted.rest == [1, 2]
     assert clean_record(Transaction, records[1], SILVER["transactions"].schema, NOW)["currency"] == "USD"  # type: ignore[index]
+
+
+def classified(values: list[bytes], lane: ColumnarContract | None) -> Chunk:
+    """Transaction records as the pipeline classifies them, read from one partition, with or without the fast lane."""
+    fetched = Fetched(OffsetRange("transactions", 0, 0, len(values)), [None] * len(values), values, list(range(len(values))), [0] * len(values))
+    return classify(bronze_rows(fetched, NOW), values, Transaction, lane, SILVER["transactions"].schema)
+
+
+def test_categories_keep_transactions_on_the_fast_lane_and_bad_ones_are_quarantined_as_record_by_record(ulb_csv: Path) -> None:
+    events = [event.to_bytes() for event in real_events(ulb_csv)[Transaction]]
+    # as producers from before categories send them: some blocks without the field at all, others mixed
+    older = [json.dumps({k: v for k, v in json.loads(event).items() if k != "categories"}).encode() for event in events]
+    pristine = events + older + [b for pair in zip(events, older, strict=True) for b in pair]
+    document = json.loads(events[-1])
+    bad = {
+        "": "String should have at least 1 character",
+        " ": "String should match pattern '\\S'",
+        "W" * 257: "String should have at most 256 characters",
+        7: "Input should be a valid string",
+    }
+    records = pristine + [json.dumps({**document, "categories": {"ProductCD": value}}).encode() for value in bad]
+    lane = columnar_contract(Transaction)
+    assert lane is not None and any(b'"categories":{"' in record for record in events)
+
+    assert sorted(lane.accept(records, NOW).indices) == list(range(len(pristine)))
+    fast, slow = classified(records, lane), classified(records, None)
+    assert as_python(fast.silver.sort_by("_offset")) == as_python(slow.silver.sort_by("_offset"))
+    assert fast.quarantine.equals(slow.quarantine)
+    assert fast.quarantine["reason"].to_pylist() == [f"field 'categories.ProductCD': {message}" for message in bad.values()]
 
 
 def test_a_chunk_with_nothing_acceptable_gives_an_empty_table_of_the_silver_columns() -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from kafka import KafkaProducer
 
+from edgelake.bench.silver import silver_rows
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
 from edgelake.ingest.loop import IngestOptions, ingest
@@ -149,6 +150,37 @@ def test_schema_evolution_adds_a_nullable_column(kafka: EmbeddedBroker, tmp_path
     }
     reasons = table(settings, QUARANTINE)["reason"].to_pylist()
     assert len(reasons) == 1 and "loyalty_tier" in reasons[0]
+
+
+def test_transactions_land_with_their_categories_also_in_a_silver_table_written_before_categories(kafka: EmbeddedBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(kafka.bootstrap_servers, tmp_path)
+    earlier, pristine, padded, bad, plain = transactions(SyntheticConfig(seed=31), 5)
+    # silver_transactions as ingest wrote it before transactions had categories
+    write_deltalake(table_uri(settings.lake_root, SILVER[TOPIC]), silver_rows([earlier]).drop_columns(["categories"]), partition_by=["event_date"])
+    categories = {"ProductCD": "W", "P_emaildomain": "gmail.com"}
+    records = [
+        pristine.model_copy(update={"categories": categories}).to_bytes(),  # the fast lane's
+        json.dumps({**json.loads(padded.to_bytes()), "currency": " eur ", "categories": {"DeviceType": "mobile"}}).encode(),  # cleaned first
+        json.dumps({**json.loads(bad.to_bytes()), "categories": {"ProductCD": "W" * 257}}).encode(),
+        json.dumps({k: v for k, v in json.loads(plain.to_bytes()).items() if k != "categories"}).encode(),  # as sent before categories
+    ]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    for record in records:
+        producer.send(settings.topic(TOPIC), record, key=b"k")
+    producer.flush()
+
+    ingest(settings, IngestOptions(topics=(TOPIC,)), once=True)
+
+    silver = table(settings, SILVER[TOPIC])
+    assert silver.schema.field("categories").type == pa.map_(pa.string(), pa.string())
+    landed = {row["event_id"]: row["categories"] for row in silver.select(["event_id", "categories"]).to_pylist()}
+    assert landed == {
+        earlier.event_id: None,
+        pristine.event_id: list(categories.items()),
+        padded.event_id: [("DeviceType", "mobile")],
+        plain.event_id: [],
+    }
+    assert table(settings, QUARANTINE)["reason"].to_pylist() == ["field 'categories.ProductCD': String should have at most 256 characters"]
 
 
 @dataclass

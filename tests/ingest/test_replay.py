@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from edgelake.bench.silver import silver_rows
 from edgelake.contracts import Transaction
 from edgelake.settings import Settings
 from edgelake.ingest.replay import replay
@@ -61,6 +62,21 @@ def test_a_replay_killed_at_random_moments_lands_each_record_once(tmp_path: Path
 
     again = replay(Lake.from_settings(settings), settings.topic_prefix)  # nothing left but what is still invalid
     assert (again.replayed, again.duplicates, again.refused) == (0, 0, BROKEN)
+
+
+def test_a_replayed_transaction_keeps_its_categories_in_a_silver_table_written_before_categories(tmp_path: Path) -> None:
+    lake_root = str(tmp_path / "lake")
+    earlier, later = transactions(SyntheticConfig(seed=43), 2)
+    later = later.model_copy(update={"categories": {"ProductCD": "W"}})
+    silver_uri = table_uri(lake_root, SILVER[Transaction.topic])
+    write_deltalake(silver_uri, silver_rows([earlier]).drop_columns(["categories"]), partition_by=["event_date"])
+    _quarantine(lake_root, [later])
+
+    counts = replay(Lake(lake_root), "")
+
+    assert (counts.replayed, counts.refused) == (1, BROKEN)
+    silver = DeltaTable(silver_uri).to_pyarrow_table(columns=["event_id", "categories"]).to_pylist()
+    assert {row["event_id"]: row["categories"] for row in silver} == {earlier.event_id: None, later.event_id: [("ProductCD", "W")]}
 
 
 def _quarantine(lake_root: str, events: list[Transaction]) -> None:

@@ -88,14 +88,15 @@ def test_parquet_file_with_numeric_event_time(tmp_path) -> None:
 def test_a_transaction_keeps_its_unmapped_numeric_and_text_columns_and_leaves_out_empty_cells(tmp_path, suffix: str) -> None:
     table = pa.table({
         "id": [1, 2], "t": [0, 60], "amt": [10.0, 20.0], "card": [7, 8],
-        "C1": [3.0, None], "flag": [True, False], "ProductCD": ["W", None], "P_emaildomain": ["gmail.com", "  "],
+        "C1": [3.0, None], "C2": [float("nan"), -1.5], "flag": [True, False], "ProductCD": ["W", None], "P_emaildomain": ["gmail.com", "  "],
+        "seen": [BASE, BASE],
     })
     path = tmp_path / f"wide{suffix}"
     pacsv.write_csv(table, path) if suffix == ".csv" else pq.write_table(table, path)
     got = list(events(path, Transaction, parse_mapping(["event_id=id,event_time=t,amount=amt,card_id=card"]), BASE))
     assert [(t.event_id, t.card_id, t.attributes, t.categories) for t in got] == [
         ("1", "7", {"C1": 3.0, "flag": 1.0}, {"ProductCD": "W", "P_emaildomain": "gmail.com"}),
-        ("2", "8", {"flag": 0.0}, {}),
+        ("2", "8", {"C2": -1.5, "flag": 0.0}, {}),
     ]
     assert [Transaction.parse(t.to_bytes()) for t in got] == got
 
@@ -108,6 +109,7 @@ def test_a_transaction_keeps_its_unmapped_numeric_and_text_columns_and_leaves_ou
         ("a,b\n1,2\n", "amount", MappingError, "FIELD=COLUMN"),
         ("t,amount\n2024-01-01T00:00:00,1\nnot-a-time,2\n", "event_time=t,amount=amount", ValueError, "at row 1: field 'event_time'"),
         ("t,amount\n2024-01-01T00:00:00,-5\n", "event_time=t,amount=amount", ValueError, "at row 0: field 'amount'"),
+        (f"t,amount,note\n0,1,ok\n1,2,{'x' * 257}\n", "event_time=t,amount=amount", ValueError, "at row 1: field 'categories.note': .*at most 256"),
     ],
 )
 def test_bad_files_and_mappings_are_refused_with_the_reason(tmp_path, content, mapping, error, message) -> None:

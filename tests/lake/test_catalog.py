@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, write_deltalake
 
 from edgelake.lake import catalog
 from edgelake.lake.catalog import Lake
-from edgelake.lake.tables import QUARANTINE, table_uri
+from edgelake.lake.tables import QUARANTINE, SILVER, current_schema, table_uri
 from edgelake.settings import Settings
 from support import quarantine_rows
 
@@ -43,6 +44,17 @@ def test_describe_gives_the_current_state_with_evolved_columns(lake_root: str) -
     assert result.returncode == 0, result.stderr
     assert "version 2 · 20 rows · 3 files" in result.stdout
     assert any("note" in line and "evolved" in line for line in result.stdout.splitlines())
+
+
+def test_a_silver_table_written_before_its_contract_gained_a_field_takes_it_as_a_nullable_column() -> None:
+    spec = SILVER["transactions"]
+    assert spec.schema.field("categories").type == pa.map_(pa.string(), pa.string())  # derived from Transaction.categories
+    written = pa.schema([field for field in spec.schema if field.name != "categories"]).append(pa.field("promo", pa.int64()))
+
+    schema = current_schema(spec, written)
+
+    assert schema.names == [*written.names, "categories"] and schema.field("categories").nullable
+    assert current_schema(spec, spec.schema) == spec.schema
 
 
 def test_history_lists_commits_newest_first_with_their_metadata(lake_root: str) -> None:
