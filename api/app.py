@@ -16,14 +16,17 @@ from prometheus_client import CollectorRegistry
 
 from edgelake.api.body_limit import BodyLimitMiddleware
 from edgelake.api.card_feed import CardFeed, Start
-from edgelake.api.devices import DeviceStore, ResultForwarder, devices_path
-from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.audit import AuditLog, AuditMiddleware
+from edgelake.api.audit_export import AuditExporter
+from edgelake.api.control_db import ControlDb
+from edgelake.api.devices import DeviceStore, ResultForwarder
+from edgelake.api.keys import KeyStore
 from edgelake.api.log_redaction import redact_access_log
 from edgelake.api.metrics import CardFeedMetrics, DriftMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
 from edgelake.api.problems import install_problem_handlers
 from edgelake.api.publisher import ScorePublisher
-from edgelake.api.ratelimit import RateLimiter
-from edgelake.api.routers import dashboard, devices, health, models, score, sql, tables
+from edgelake.api.ratelimit import rate_limiter
+from edgelake.api.routers import audit, dashboard, devices, health, models, score, sql, tables
 from edgelake.api.routers.dashboard import TopicEnds
 from edgelake.api.shadow_gate import ShadowGate
 from edgelake.api.scoring import Scorer
@@ -39,30 +42,36 @@ TAGS = [
     {"name": "score", "description": "Online fraud scores of transactions with the production fraud model. Role: producer."},
     {"name": "dashboard", "description": "The operators' dashboard: the page at / and its data. Role: analyst."},
     {"name": "devices", "description": "Edge devices: enrollment, heartbeats, model assignments, results. Role: device (its own)."},
+    {"name": "audit", "description": "Who did what: every admin action and every refused request. Role: admin."},
 ]
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the card feed, if any, and the fraud shadow gate; on shutdown stop them, hand what is still queued for Kafka to
-    the broker and close the producers."""
+    """Start the card feed, if any, the fraud shadow gate and the audit log's copy to the lake; on shutdown stop them,
+    hand what is still queued for Kafka to the broker and close the producers."""
     feed: CardFeed | None = app.state.card_feed
     if feed is not None:
         feed.start()
     app.state.shadow_gate.start()
+    app.state.audit_export.start()
     yield
     app.state.shadow_gate.close()
+    app.state.audit_export.close()
     if feed is not None:
         feed.close()
     app.state.score_publisher.close()
     app.state.forwarder.close()
     app.state.sql_pool.close()
+    app.state.audit.close()
+    await app.state.limiter.aclose()
 
 
 def create_app(
-    settings: Settings, *, rate_per_s: float = 50.0, burst: int = 100, card_feed: bool = False, card_feed_start: Start = "end"
+    settings: Settings, *, rate_per_s: float | None = None, burst: int | None = None, card_feed: bool = False, card_feed_start: Start = "end"
 ) -> FastAPI:
-    """The API over ``settings``' lake and keys; each key may make ``rate_per_s`` requests a second, ``burst`` at once.
+    """The API over ``settings``' lake and keys; each key may make ``rate_per_s`` requests a second, ``burst`` at once
+    (default: the settings' ``api_rate_per_s`` and ``api_burst``).
 
     With ``card_feed``, a background ``api.card_feed.CardFeed`` adds the transactions topic's
     transactions (from its end at startup, or its beginning: ``card_feed_start``) to the
@@ -81,10 +90,13 @@ def create_app(
     registry = CollectorRegistry()
     app.state.settings = settings
     app.state.lake = Lake.from_settings(settings)
-    app.state.keys = KeyStore(keys_path(settings.data_dir))
-    app.state.limiter = RateLimiter(rate_per_s, burst)
+    control = ControlDb.from_settings(settings)
+    app.state.keys = KeyStore(control, cache_s=settings.api_key_cache_s)
+    app.state.limiter = rate_limiter(settings, rate_per_s or settings.api_rate_per_s, burst or settings.api_burst)
     app.state.registry = registry
-    app.state.devices = DeviceStore(devices_path(settings.data_dir))
+    app.state.devices = DeviceStore(control)
+    app.state.audit = AuditLog(control)
+    app.state.audit_export = AuditExporter(settings, app.state.audit)
     app.state.forwarder = ResultForwarder(settings)
     app.state.topic_ends = TopicEnds(settings)
     app.state.sql_pool = QueryPool(settings.sql_workers)
@@ -93,12 +105,13 @@ def create_app(
     registry.register(DriftMetrics(app.state.scorer.drift))
     app.state.score_publisher = ScorePublisher(settings, score_metrics)
     feed_metrics = CardFeedMetrics.create(registry)
-    app.state.shadow_gate = ShadowGate(settings)
+    app.state.shadow_gate = ShadowGate(settings, app.state.audit)
     app.state.card_feed = CardFeed(settings, app.state.scorer, feed_metrics, start=card_feed_start) if card_feed else None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(AuditMiddleware, audit=app.state.audit)
     app.add_middleware(LatencyMiddleware, histogram=request_histogram(registry))
     install_problem_handlers(app)
-    routers = (health.router, sql.router, tables.router, models.router, models.keys_router, score.router, devices.router, devices.rollout_router)
+    routers = (audit.router, health.router, sql.router, tables.router, models.router, models.keys_router, score.router, devices.router, devices.rollout_router)
     for router in (*routers, dashboard.router, dashboard.page_router):
         app.include_router(router)
     return app

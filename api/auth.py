@@ -29,12 +29,13 @@ def require(*roles: Role) -> Callable[..., Awaitable[ApiKey]]:
             raise Problem(401, "an API key is required: send `Authorization: Bearer <key>`", kind="unauthenticated", headers=_CHALLENGE)
         keys: KeyStore = request.app.state.keys
         key = keys.authenticate(token)
+        request.state.api_key = key  # who is asking, for the audit log, refused or not
         if key is None:
             raise Problem(401, "the API key is unknown or revoked", kind="unauthenticated", headers=_CHALLENGE)
         if key.role != "admin" and key.role not in roles:
             raise Problem(403, f"this route needs the role {' or '.join(roles)}; key {key.id} is {key.role}", kind="forbidden")
         limiter: RateLimiter = request.app.state.limiter
-        wait = limiter.acquire(key.id)
+        wait = await limiter.acquire(key.id)
         if wait:
             raise Problem(
                 429, f"key {key.id} is over its rate limit of {limiter.rate_per_s:g} requests/s (burst {limiter.burst})",

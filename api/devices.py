@@ -1,8 +1,8 @@
 """Edge devices: enrollment tokens, enrolled devices, their last heartbeat and model reports, and forwarding their results.
 
-The store is SQLite at ``<data_dir>/api/devices.sqlite`` in WAL mode, shared by every server
-process (uvicorn worker) and the CLI; each operation opens its own connection because
-requests run on many threads. Enrollment tokens are kept only as sha256 hashes.
+They live in the control-plane database (:mod:`edgelake.api.control_db`), shared by every server
+process and replica and by the CLI. Enrollment tokens are kept only as sha256 hashes, and a
+token's uses are spent by the database, so two replicas racing for its last use cannot both win.
 """
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from kafka.errors import KafkaError
 from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy.dialects import postgresql, sqlite
 
-from edgelake.api.keys import token_hash
+from edgelake.api.control_db import ControlDb, devices, enrollment_tokens, forwarded_results, model_reports
+from edgelake.api.keys import KeyStore, token_hash
 from edgelake.broker import configured_servers
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import FAILURE_KINDS, AgentEvent, ModelReport, Track
@@ -32,28 +32,9 @@ log = logging.getLogger(__name__)
 
 ENROLLMENT_PREFIX = "enr_"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS enrollment_tokens (
-    id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
-    uses_left INTEGER NOT NULL, expires TEXT NOT NULL, created TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, hardware TEXT NOT NULL, key_id TEXT NOT NULL,
-    enrolled TEXT NOT NULL, token_id TEXT NOT NULL, heartbeat TEXT
-);
-CREATE TABLE IF NOT EXISTS forwarded_results (
-    event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, forwarded TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS model_reports (
-    device_id TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, track TEXT NOT NULL, time TEXT NOT NULL,
-    inferences INTEGER NOT NULL, labelled INTEGER NOT NULL, correct INTEGER NOT NULL, errors INTEGER NOT NULL,
-    failed INTEGER NOT NULL, detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS model_reports_by_time ON model_reports (model, time);
-"""
 # A report is healthy when its version ran without errors or failures; unhealthy when it erred or failed; else idle.
-_HEALTHY = "errors = 0 AND failed = 0 AND inferences >= 1"
-_UNHEALTHY = "(errors > 0 OR failed = 1)"
+_HEALTHY = sa.and_(model_reports.c.errors == 0, model_reports.c.failed.is_(False), model_reports.c.inferences >= 1)
+_UNHEALTHY = sa.or_(model_reports.c.errors > 0, model_reports.c.failed.is_(True))
 _DETAIL_MAX = 2000
 
 
@@ -127,11 +108,10 @@ class EnrollmentRefused(Exception):
 
 
 class DeviceStore:
-    """Enrollment tokens, devices and forwarded result ids in one SQLite file."""
+    """Enrollment tokens, devices, their reports and forwarded result ids in a control-plane database."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._ready = False
+    def __init__(self, db: ControlDb) -> None:
+        self.db = db
 
     def issue_token(self, name: str, uses: int, expires_in_s: int) -> tuple[EnrollmentToken, str]:
         """A new enrollment token good for ``uses`` enrollments within ``expires_in_s``; the token is shown this once."""
@@ -140,114 +120,108 @@ class DeviceStore:
         record = EnrollmentToken(
             id="et_" + secrets.token_hex(6), name=name, uses_left=uses, expires=now + timedelta(seconds=expires_in_s), created=now
         )
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO enrollment_tokens VALUES (?, ?, ?, ?, ?, ?)",
-                (record.id, token_hash(token), name, uses, record.expires.isoformat(), now.isoformat()),
-            )
+        with self.db.transaction() as connection:
+            connection.execute(enrollment_tokens.insert().values(sha256=token_hash(token), **record.model_dump()))
         return record, token
 
-    def enroll(self, token: str, name: str, hardware: dict[str, Any], new_key: Callable[[str], str]) -> Device:
-        """Spend one use of ``token`` on a new device named ``name``; ``new_key(device_id)`` makes its API key and returns the key id.
+    def enroll(self, token: str, name: str, hardware: dict[str, Any], keys: KeyStore) -> tuple[Device, str]:
+        """Spend one use of ``token`` on a new device named ``name`` with a new device key from ``keys``; the device and the key's token.
 
-        Nothing is spent when ``new_key`` fails. EnrollmentRefused for an unknown, used-up or expired token.
+        The use, the device and its key are kept together or not at all. EnrollmentRefused for an unknown, used-up or expired token.
         """
         now = datetime.now(UTC)
-        with self._transaction() as db:
-            row = db.execute("SELECT id, uses_left, expires FROM enrollment_tokens WHERE sha256 = ?", (token_hash(token),)).fetchone()
-            if row is None:
-                raise EnrollmentRefused("the enrollment token is unknown")
-            token_id, uses_left, expires = row
-            if uses_left < 1:
-                raise EnrollmentRefused(f"enrollment token {token_id} has been used up")
-            if datetime.fromisoformat(expires) <= now:
-                raise EnrollmentRefused(f"enrollment token {token_id} expired at {expires}")
-            device_id = "dev_" + secrets.token_hex(8)
-            device = Device(id=device_id, name=name, hardware=hardware, key_id=new_key(device_id), enrolled=now, last_heartbeat=None)
-            db.execute("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?", (token_id,))
-            db.execute(
-                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (device.id, name, json.dumps(hardware), device.key_id, now.isoformat(), token_id),
+        digest = token_hash(token)
+        with self.db.transaction() as connection:
+            spent = connection.execute(  # one statement: the database decides which of two racing enrollments gets the last use
+                enrollment_tokens.update()
+                .where(enrollment_tokens.c.sha256 == digest, enrollment_tokens.c.uses_left >= 1, enrollment_tokens.c.expires > now)
+                .values(uses_left=enrollment_tokens.c.uses_left - 1)
             )
-        return device
+            if not spent.rowcount:
+                raise EnrollmentRefused(_why_refused(connection, digest))
+            token_id = connection.execute(sa.select(enrollment_tokens.c.id).where(enrollment_tokens.c.sha256 == digest)).scalar_one()
+            device_id = "dev_" + secrets.token_hex(8)
+            key, device_token = keys.create(f"device {name}", "device", device_id=device_id, within=connection)
+            device = Device(id=device_id, name=name, hardware=hardware, key_id=key.id, enrolled=now, last_heartbeat=None)
+            connection.execute(
+                devices.insert().values(
+                    id=device.id, name=name, hardware=json.dumps(hardware), key_id=key.id, enrolled=now, token_id=token_id, heartbeat=None
+                )
+            )
+        return device, device_token
 
     def device(self, device_id: str) -> Device | None:
         """One device, or None."""
-        with self._transaction() as db:
-            row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        with self.db.transaction() as connection:
+            row = connection.execute(sa.select(devices).where(devices.c.id == device_id)).mappings().one_or_none()
         return None if row is None else _device(row)
 
     def devices(self) -> list[Device]:
         """Every device, first enrolled first."""
-        with self._transaction() as db:
-            rows = db.execute("SELECT * FROM devices ORDER BY enrolled, id").fetchall()
+        with self.db.transaction() as connection:
+            rows = connection.execute(sa.select(devices).order_by(devices.c.enrolled, devices.c.id)).mappings().all()
         return [_device(row) for row in rows]
 
     def record_heartbeat(self, device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) -> None:
         """Keep ``heartbeat`` as the device's last one, and its reports and failure events of each model in ``tracks``
         (model -> the track the device was assigned when it sent the heartbeat)."""
-        rows = [
-            (r.device_id, r.model, r.version, r.track, _timestamp(r.time), r.inferences, r.labelled, r.correct, r.errors, int(r.failed), r.detail)
-            for r in _reports(device_id, heartbeat, tracks)
-        ]
-        with self._transaction() as db:
-            db.execute("UPDATE devices SET heartbeat = ? WHERE id = ?", (heartbeat.model_dump_json(), device_id))
-            db.executemany("INSERT INTO model_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        rows = [report.model_dump() for report in _reports(device_id, heartbeat, tracks)]
+        with self.db.transaction() as connection:
+            connection.execute(devices.update().where(devices.c.id == device_id).values(heartbeat=heartbeat.model_dump_json()))
+            if rows:
+                connection.execute(model_reports.insert(), rows)
 
     def reports(self, model: str, since: datetime, *, unhealthy_only: bool = False) -> list[StoredReport]:
         """The reports of ``model`` made at or after ``since``, oldest first; only those with errors or failures if asked."""
-        where = f"model = ? AND time >= ?{f' AND {_UNHEALTHY}' if unhealthy_only else ''}"
-        with self._transaction() as db:
-            rows = db.execute(f"SELECT * FROM model_reports WHERE {where} ORDER BY time, rowid", (model, _timestamp(since))).fetchall()
-        fields = list(StoredReport.model_fields)
-        return [StoredReport.model_validate(dict(zip(fields, row, strict=True))) for row in rows]
+        query = sa.select(*(model_reports.c[name] for name in StoredReport.model_fields)).where(
+            model_reports.c.model == model, model_reports.c.time >= since
+        )
+        if unhealthy_only:
+            query = query.where(_UNHEALTHY)
+        with self.db.transaction() as connection:
+            rows = connection.execute(query.order_by(model_reports.c.time, model_reports.c.id)).mappings().all()
+        return [StoredReport.model_validate(dict(row)) for row in rows]
 
     def report_totals(self, model: str, since: datetime) -> list[ReportTotals]:
         """The reports of ``model`` made at or after ``since``, pooled per track, version and device."""
-        query = f"""
-            SELECT track, version, device_id, COUNT(*), SUM({_HEALTHY}), SUM({_UNHEALTHY}), SUM(inferences), SUM(labelled), SUM(correct)
-            FROM model_reports WHERE model = ? AND time >= ? GROUP BY track, version, device_id ORDER BY track, version, device_id
-        """
-        with self._transaction() as db:
-            rows = db.execute(query, (model, _timestamp(since))).fetchall()
-        fields = list(ReportTotals.model_fields)
-        return [ReportTotals.model_validate(dict(zip(fields, row, strict=True))) for row in rows]
+        r = model_reports.c
+        counted = {"healthy": _HEALTHY, "unhealthy": _UNHEALTHY}
+        query = (
+            sa.select(
+                r.track, r.version, r.device_id, sa.func.count().label("reports"),
+                *(sa.func.sum(sa.case((condition, 1), else_=0)).label(name) for name, condition in counted.items()),
+                *(sa.func.sum(r[name]).label(name) for name in ("inferences", "labelled", "correct")),
+            )
+            .where(r.model == model, r.time >= since)
+            .group_by(r.track, r.version, r.device_id)
+            .order_by(r.track, r.version, r.device_id)
+        )
+        with self.db.transaction() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [ReportTotals.model_validate(dict(row)) for row in rows]
 
     def forwarded(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` have already been forwarded."""
         ids = list(event_ids)
-        with self._transaction() as db:
-            rows = db.execute(f"SELECT event_id FROM forwarded_results WHERE event_id IN ({','.join('?' * len(ids))})", ids).fetchall()
-        return {event_id for (event_id,) in rows}
+        with self.db.transaction() as connection:
+            return set(connection.execute(sa.select(forwarded_results.c.event_id).where(forwarded_results.c.event_id.in_(ids))).scalars())
 
     def mark_forwarded(self, device_id: str, event_ids: Iterable[str]) -> None:
-        """Remember ``event_ids`` as forwarded, so a resent batch is not forwarded again."""
-        now = datetime.now(UTC).isoformat()
-        with self._transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO forwarded_results VALUES (?, ?, ?)", [(event_id, device_id, now) for event_id in event_ids])
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A connection inside one write transaction, committed when the block ends cleanly, else rolled back."""
-        if not self._ready:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with closing(sqlite3.connect(self.path, timeout=30)) as db:
-                db.execute("PRAGMA journal_mode=WAL")  # readers and one writer at a time, across processes
-                db.executescript(_SCHEMA)
-            self._ready = True
-        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock up front: read-then-write must not interleave
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        """Remember ``event_ids`` as forwarded, so a resent batch is not forwarded again; ids remembered before stay as they were."""
+        now = datetime.now(UTC)
+        rows = [{"event_id": event_id, "device_id": device_id, "forwarded": now} for event_id in dict.fromkeys(event_ids)]
+        if rows:
+            with self.db.transaction() as connection:
+                connection.execute(_insert_ignoring_known(connection), rows)
 
 
-def devices_path(data_dir: Path) -> Path:
-    """Where the devices of a data dir are kept."""
-    return data_dir / "api" / "devices.sqlite"
+def _why_refused(connection: sa.Connection, digest: str) -> str:
+    row = connection.execute(sa.select(enrollment_tokens).where(enrollment_tokens.c.sha256 == digest)).mappings().one_or_none()
+    if row is None:
+        return "the enrollment token is unknown"
+    if row["uses_left"] < 1:
+        return f"enrollment token {row['id']} has been used up"
+    return f"enrollment token {row['id']} expired at {row['expires'].isoformat()}"
 
 
 def _reports(device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) -> list[StoredReport]:
@@ -271,15 +245,17 @@ def _reports(device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) 
     return reports
 
 
-def _timestamp(moment: datetime) -> str:
-    """``moment`` as UTC ISO text of fixed width, so stored times compare as text."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+def _insert_ignoring_known(connection: sa.Connection) -> sa.Insert:
+    """An insert of forwarded ids that skips those remembered before (by this replica or another)."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(forwarded_results).on_conflict_do_nothing(index_elements=["event_id"])
+    return sqlite.insert(forwarded_results).on_conflict_do_nothing(index_elements=["event_id"])
 
 
-def _device(row: tuple[Any, ...]) -> Device:
-    device_id, name, hardware, key_id, enrolled, _token_id, heartbeat = row
+def _device(row: sa.RowMapping) -> Device:
+    heartbeat = row["heartbeat"]
     return Device(
-        id=device_id, name=name, hardware=json.loads(hardware), key_id=key_id, enrolled=datetime.fromisoformat(enrolled),
+        id=row["id"], name=row["name"], hardware=json.loads(row["hardware"]), key_id=row["key_id"], enrolled=row["enrolled"],
         last_heartbeat=None if heartbeat is None else Heartbeat.model_validate_json(heartbeat),
     )
 

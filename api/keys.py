@@ -1,25 +1,25 @@
-"""API keys: random tokens kept only as sha256 hashes in ``<data_dir>/api/keys.json``.
+"""API keys: random tokens kept only as sha256 hashes in the control-plane database (:mod:`edgelake.api.control_db`).
 
-The file is rewritten whole and atomically (temp file, fsync, rename; mode 0600) under a
-file lock, so the CLI can create and revoke keys while servers run; a server rereads it when it
-changes (its inode, size or mtime), so a revoked key stops working on its next request.
+The CLI and every server share the database; a server trusts what it read about a token for
+``api_key_cache_s``, so a key revoked anywhere stops working on every replica within that time
+(at once on the replica that revoked it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
-from filelock import FileLock
+import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 
+from edgelake.api.control_db import ControlDb, api_keys
 from edgelake.errors import UserError
-from edgelake.files import replace_durably
 
 Role = Literal["producer", "analyst", "device", "admin"]
 ROLES: tuple[Role, ...] = ("producer", "analyst", "device", "admin")
@@ -44,33 +44,26 @@ class ApiKey(BaseModel):
     device_id: str | None = Field(None, description="The one device a device key speaks for.")
 
 
-class KeyFile(BaseModel):
-    """The contents of ``keys.json``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keys: list[ApiKey] = Field(default_factory=list)
-
-
-def keys_path(data_dir: Path) -> Path:
-    """Where the keys of a data dir are kept."""
-    return data_dir / "api" / "keys.json"
-
-
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 class KeyStore:
-    """The keys in one ``keys.json``: create, list, revoke, and look a presented token up."""
+    """The API keys in a control-plane database: create, list, revoke, and look a presented token up."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: tuple[int, int, int] | None = None
-        self._by_hash: dict[str, ApiKey] = {}
+    def __init__(self, db: ControlDb, *, cache_s: float = 1.0) -> None:
+        self.db = db
+        self.cache_s = cache_s
+        self._seen: dict[str, tuple[float, ApiKey | None]] = {}  # token hash -> (when read, the key or None)
+        self._lock = threading.Lock()
 
-    def create(self, name: str, role: Role, *, device_id: str | None = None) -> tuple[ApiKey, str]:
-        """A new key and its token, bound to ``device_id`` if given; the token is shown this once and never stored."""
+    def create(
+        self, name: str, role: Role, *, device_id: str | None = None, within: Connection | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its token, bound to ``device_id`` if given; the token is shown this once and never stored.
+
+        ``within`` adds the key in a transaction the caller holds, so it is kept only if that transaction commits.
+        """
         if role not in ROLES:
             raise ValueError(f"no role '{role}'; choose one of {', '.join(ROLES)}")
         if device_id is not None and role != "device":
@@ -79,54 +72,47 @@ class KeyStore:
         key = ApiKey(
             id="key_" + secrets.token_hex(6), name=name, role=role, sha256=token_hash(token), created=datetime.now(UTC), device_id=device_id
         )
-        with self._editing() as file:
-            file.keys.append(key)
+        if within is not None:
+            within.execute(api_keys.insert().values(**key.model_dump()))
+        else:
+            with self.db.transaction() as connection:
+                connection.execute(api_keys.insert().values(**key.model_dump()))
         return key, token
 
     def keys(self) -> list[ApiKey]:
         """Every key, revoked ones included, oldest first."""
-        return self._read().keys
+        with self.db.transaction() as connection:
+            rows = connection.execute(sa.select(api_keys).order_by(api_keys.c.created, api_keys.c.id)).mappings().all()
+        return [ApiKey.model_validate(dict(row)) for row in rows]
 
     def revoke(self, key_id: str) -> ApiKey:
         """Mark ``key_id`` revoked (idempotent); UnknownApiKey if there is no such key."""
-        with self._editing() as file:
-            for index, key in enumerate(file.keys):
-                if key.id == key_id:
-                    file.keys[index] = key.model_copy(update={"revoked": True})
-                    return file.keys[index]
-        raise UnknownApiKey(f"no API key '{key_id}'; see `edgelake keys list`")
+        with self.db.transaction() as connection:
+            connection.execute(api_keys.update().where(api_keys.c.id == key_id).values(revoked=True))
+            row = connection.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().one_or_none()
+        if row is None:
+            raise UnknownApiKey(f"no API key '{key_id}'; see `edgelake keys list`")
+        key = ApiKey.model_validate(dict(row))
+        with self._lock:
+            self._seen.pop(key.sha256, None)
+        return key
 
     def authenticate(self, token: str) -> ApiKey | None:
         """The live key whose token is ``token``, or None (unknown or revoked)."""
-        self._refresh()
-        key = self._by_hash.get(token_hash(token))
+        digest = token_hash(token)
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(digest)
+        if seen is None or now - seen[0] >= self.cache_s:
+            with self.db.transaction() as connection:
+                row = connection.execute(sa.select(api_keys).where(api_keys.c.sha256 == digest)).mappings().one_or_none()
+            seen = (now, None if row is None else ApiKey.model_validate(dict(row)))
+            with self._lock:
+                if len(self._seen) >= _MAX_CACHED:
+                    self._seen.clear()  # a flood of made-up tokens must not grow memory without bound
+                self._seen[digest] = seen
+        key = seen[1]
         return key if key is not None and not key.revoked else None
 
-    def _refresh(self) -> None:
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            self._seen, self._by_hash = None, {}
-            return
-        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if seen != self._seen:
-            self._by_hash = {key.sha256: key for key in self._read().keys}
-            self._seen = seen
 
-    def _read(self) -> KeyFile:
-        try:
-            return KeyFile.model_validate_json(self.path.read_bytes())
-        except FileNotFoundError:
-            return KeyFile()
-
-    @contextmanager
-    def _editing(self) -> Iterator[KeyFile]:
-        """The key file, locked against other writers, written back atomically when the block ends."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with FileLock(self.path.with_suffix(".lock")):
-            file = self._read()
-            yield file
-            self._write(file)
-
-    def _write(self, file: KeyFile) -> None:
-        replace_durably(self.path, file.model_dump_json(indent=2).encode(), mode=0o600)
+_MAX_CACHED = 100_000

@@ -62,7 +62,8 @@ def problem_response(
     request: Request, status: int, detail: str | None, *, type_: str = "about:blank", title: str | None = None,
     headers: dict[str, str] | None = None, errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    """A problem+json response to ``request``."""
+    """A problem+json response to ``request``; its detail is kept as ``request.state.problem`` for the audit log."""
+    request.state.problem = detail or ""
     body = ProblemDetail(
         type=type_, title=title or HTTPStatus(status).phrase, status=status, detail=detail, instance=request.url.path, errors=errors
     )

@@ -123,9 +123,9 @@ def settle(store: DeviceStore, root: Path, name: str) -> list[Transition]:
     return rollout.settle(root, name, lambda policy: gather(store, root, name, policy), actor=ACTOR)
 
 
-def settle_all(store: DeviceStore, root: Path) -> list[Transition]:
-    """:func:`settle` every model of the registry at ``root``."""
-    return [transition for name in registry.models(root) for transition in settle(store, root, name)]
+def settle_all(store: DeviceStore, root: Path) -> dict[str, list[Transition]]:
+    """:func:`settle` every model of the registry at ``root``: the transitions made, by model."""
+    return {name: transitions for name in registry.models(root) if (transitions := settle(store, root, name))}
 
 
 def gate_status(store: DeviceStore, root: Path, name: str) -> GateStatus | None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 
+from edgelake.api.audit import AuditLog, gate_events
 from edgelake.api.background import BackgroundThread
 from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
 from edgelake.training import registry
-from edgelake.training.matured_labels import settle_shadow
+from edgelake.training.matured_labels import MODEL_NAME, settle_shadow
 
 ACTOR = "shadow-gate"
 log = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 class ShadowGate(BackgroundThread):
     """Settles the fraud model's shadow canary of ``settings``' lake from a daemon thread: ``start()``, ``close()``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, audit: AuditLog) -> None:
+        self._audit = audit
         self._lake = Lake.from_settings(settings)
         self._maturity = settings.fraud_label_maturity
         self._interval_s = settings.fraud_gate_check_s
@@ -36,3 +38,5 @@ class ShadowGate(BackgroundThread):
                 continue
             for transition in transitions:
                 log.info("shadow gate: fraud v%d %s -> %s: %s", transition.version, transition.from_, transition.to, transition.reason)
+            for event in gate_events(ACTOR, MODEL_NAME, transitions):
+                self._audit.record(event)

@@ -113,7 +113,9 @@ def run(settings: Settings, rates: tuple[int, ...] = RATES, seconds: float = SEC
 
 def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     """Settings over a new lake whose registry serves a fraud model trained on it, and a producer key's token."""
-    from edgelake.api.keys import KeyStore, keys_path
+
+    from edgelake.api.control_db import ControlDb
+    from edgelake.api.keys import KeyStore
     from edgelake.bench.silver import write_silver
     from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
     from edgelake.lake.catalog import Lake
@@ -141,7 +143,7 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
         lake, world.data_dir / registry.KEYS_DIR, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]},
         lineage=trained.lineage, feature_version=trained.feature_version, promote_to="production",
     )
-    return world, KeyStore(keys_path(world.data_dir)).create("bench api", "producer")[1]
+    return world, KeyStore(ControlDb.from_settings(world)).create("bench api", "producer")[1]
 
 
 def shadow_cost(

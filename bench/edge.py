@@ -35,7 +35,8 @@ import numpy as np
 import uvicorn
 
 from edgelake.api.app import create_app
-from edgelake.api.devices import DeviceStore, devices_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.devices import DeviceStore
 from edgelake.bench.scratch import scratch_settings
 from edgelake.broker import free_port
 from edgelake.errors import UserError
@@ -154,7 +155,7 @@ def agent_peak_rss_mb(settings: Settings, int8_model: Path, samples: np.ndarray,
     with scratch_settings(settings) as scratch, tempfile.TemporaryDirectory(prefix="edgelake-bench-edge-") as work:
         world = scratch.model_copy(update={"data_dir": Path(work) / "data", "log_level": "WARNING"})
         publish_edge_model(world, int8_model, samples, Path(work) / "publish")
-        _, token = DeviceStore(devices_path(world.data_dir)).issue_token("bench edge agent", uses=1, expires_in_s=3600)
+        _, token = DeviceStore(ControlDb.from_settings(world)).issue_token("bench edge agent", uses=1, expires_in_s=3600)
         with serving(world) as url:
             command = [
                 sys.executable, "-m", "edgelake.edge", "run", "--device-name", f"bench-{uuid.uuid4().hex[:6]}", "--api-url", url,

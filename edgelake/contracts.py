@@ -211,7 +211,30 @@ class FraudScore(Event):
     shadow: bool = False
 
 
-EVENT_TYPES: tuple[type[Event], ...] = (Transaction, FraudLabel, IoTReading, ImageFrame, EdgeInference, FraudScore)
+class AuditRecord(Event):
+    """An entry of the API's audit log, exported to the lake: who did what, when, from where and how it ended.
+
+    ``event_id`` is ``audit-<its id in the log>`` and ``event_time`` when it happened; the control
+    plane's audit log (``api/audit.py``) is the source, this topic its copy for SQL over the lake.
+    """
+
+    type_name = "audit_record"
+    topic = "audit-log"
+    key_field = "actor"
+    partitions = 1
+
+    schema_version: Literal[1] = 1
+    actor: Id
+    role: Id | None = None
+    action: Annotated[str, Field(min_length=1, max_length=256)]
+    target: Annotated[str, Field(max_length=1024)]
+    outcome: Literal["done", "failed", "refused"]
+    status: Annotated[int, Field(ge=100, le=599)] | None = None
+    client: Annotated[str, Field(max_length=256)]
+    detail: Annotated[str, Field(max_length=1000)] = ""
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (Transaction, FraudLabel, IoTReading, ImageFrame, EdgeInference, FraudScore, AuditRecord)
 EVENT_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in EVENT_TYPES}
 
 

@@ -75,6 +75,7 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # several INFO lines per micro-batch pipeline
     logging.getLogger("py4j").setLevel(logging.WARNING)  # a line per Spark gateway connection
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per HTTP request
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per schema check, on every first use of the control plane
 
 
 def _own_record(record: logging.LogRecord) -> bool:

@@ -95,7 +95,24 @@ class Settings(BaseSettings):
         description="Where the scorer keeps each card's recent transactions: in-process memory (one replica) or Redis (shared by several replicas).",
     )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis holding the card histories when online_features is redis."
+        "redis://127.0.0.1:6379/0", description="Redis holding the card histories and the rate limits when either is redis."
+    )
+    api_rate_per_s: float = Field(50.0, gt=0, description="Requests a second each API key may make, on average.")
+    api_burst: int = Field(100, ge=1, description="Requests each API key may make at once, above its rate.")
+    rate_limits: Literal["process", "redis"] = Field(
+        "process",
+        description="Where each API key's request budget is counted: per server process, or in Redis (one limit across every replica).",
+    )
+    control_db_url: SecretStr | None = Field(
+        None,
+        description="The control plane's database (keys, devices, enrollment tokens, audit log), an SQLAlchemy URL such as "
+        "postgresql+psycopg://edgelake:…@db:5432/edgelake, shared by every API replica; default SQLite under <data_dir>/api. Never shown.",
+    )
+    audit_export_s: float = Field(
+        10.0, gt=0, description="How often an API server copies new audit-log entries to the lake's audit-log topic."
+    )
+    api_key_cache_s: float = Field(
+        1.0, ge=0, description="How long a server trusts what it read about a key; a revocation reaches every replica within this time."
     )
 
     edge_state_dir: Path | None = Field(

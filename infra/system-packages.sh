@@ -4,7 +4,10 @@
 # (the dashboard's test renders the page in headless Chromium), redis-server (the card histories
 # shared by several API replicas; its tests start a real one), kcat (an independent Kafka
 # client the interop tests produce with) and prometheus, for its promtool (the tests check and unit-test the
-# alert rules under infra/prometheus; the Prometheus server the package also installs is kept stopped).
+# alert rules under infra/prometheus; the Prometheus server the package also installs is kept stopped) and
+# postgresql (the control plane shared by API replicas; its tests start their own cluster on loopback, and
+# the cluster the package creates is kept stopped) and nginx (the load balancer of the multi-replica test,
+# started by it on loopback; the package's own server is kept stopped).
 set -euo pipefail
 
 missing=()
@@ -16,6 +19,8 @@ command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -35,3 +40,8 @@ export DEBIAN_FRONTEND=noninteractive
 if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
     "${sudo[@]}" systemctl disable --now prometheus.service
 fi
+for service in postgresql nginx; do
+    if [[ " ${missing[*]} " == *" $service "* ]] && [ -d /run/systemd/system ]; then
+        "${sudo[@]}" systemctl disable --now "$service.service"
+    fi
+done

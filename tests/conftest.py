@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,6 +69,62 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
     with _server("redis-server", command, workdir, lambda: _answers(port, b"PING\r\n", b"+PONG")):
         yield f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A PostgreSQL server (Debian's) on loopback: the control plane every API replica shares."""
+
+    port: int
+
+    def new_database(self) -> str:
+        """The SQLAlchemy URL of a fresh, empty database of its own."""
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://edgelake@127.0.0.1:{self.port}/{name}"
+
+    def answers(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self._dsn("postgres"), connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def _dsn(self, database: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user=edgelake dbname={database}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A fresh PostgreSQL cluster on a free loopback port (trusting loopback, no fsync), removed afterwards."""
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    assert initdb, "PostgreSQL is missing: run infra/system-packages.sh (Debian package postgresql)"
+    binaries = initdb[-1].parent
+    workdir = Path(tempfile.mkdtemp(prefix="edgelake-postgres-"))  # not under pytest's root-only folders: its owner must reach it
+    owner: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: the package's postgres user runs it
+        shutil.chown(workdir, "postgres", "postgres")
+        owner = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+    cluster = workdir / "cluster"
+    subprocess.run(
+        [*owner, str(binaries / "initdb"), "-D", str(cluster), "-U", "edgelake", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        check=True, capture_output=True,
+    )
+    server = Postgres(free_port())
+    command = [
+        *owner, str(binaries / "postgres"), "-D", str(cluster), "-p", str(server.port), "-k", str(workdir),
+        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=300",
+    ]
+    try:
+        with _server("postgres", command, workdir, server.answers, timeout_s=60):
+            yield server
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import pytest
 
 from edgelake.broker import EmbeddedBroker
 from edgelake.console import metric_text
+from edgelake.contracts import EVENT_TYPES
 from support import DATASET_CACHE
 
 GROUPS = ["broker", "produce", "ingest", "lake", "sql", "train", "models", "serve", "edge", "bench"]
@@ -54,7 +55,7 @@ def test_config_show_reflects_the_environment(env: dict[str, str]) -> None:
 def test_schemas_export(tmp_path: Path) -> None:
     result = edgelake("schemas", "export", str(tmp_path / "schemas"))
     assert result.returncode == 0
-    assert len(list((tmp_path / "schemas").glob("*.v1.json"))) == 6
+    assert len(list((tmp_path / "schemas").glob("*.v1.json"))) == len(EVENT_TYPES)
 
 
 def test_produce_prints_a_delivery_summary(env: dict[str, str]) -> None:
@@ -84,10 +85,10 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path: Path) 
     unknown = edgelake("keys", "revoke", "key_nope", env=env)
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == ["error: no API key 'key_nope'; see `edgelake keys list`"]
-    (tmp_path / "api" / "keys.json").write_text('{"keys": "not a list"}')  # no edgelake writes this: reading it is a bug's path
+    (tmp_path / "api" / "control.sqlite").write_bytes(b"not a database " * 512)  # no edgelake writes this: reading it is a bug's path
     corrupt = edgelake("keys", "revoke", "key_nope", env=env)
     assert corrupt.returncode == 1
-    assert "Traceback (most recent call last)" in corrupt.stderr and "ValidationError" in corrupt.stderr, corrupt.stderr
+    assert "Traceback (most recent call last)" in corrupt.stderr and "DatabaseError" in corrupt.stderr, corrupt.stderr
     assert not corrupt.stderr.startswith("error:")
 
 

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from edgelake.api import rollout_gate
+from edgelake.api.audit import AuditLog, gate_events
 from edgelake.api.auth import require
 from edgelake.api.devices import BrokerUnavailable, Device, DeviceStore, EnrollmentRefused, Heartbeat, ResultForwarder
 from edgelake.api.keys import ApiKey, KeyStore
@@ -99,17 +100,11 @@ def issue_enrollment_token(request: Request, body: EnrollmentTokenRequest) -> Is
 )
 def enroll(request: Request, body: EnrollRequest) -> Enrollment:
     keys: KeyStore = request.app.state.keys
-    tokens: dict[str, str] = {}
-
-    def new_key(device_id: str) -> str:
-        key, tokens[device_id] = keys.create(f"device {body.device_name}", "device", device_id=device_id)
-        return key.id
-
     try:
-        device = _store(request).enroll(body.enrollment_token, body.device_name, body.hardware, new_key)
+        device, token = _store(request).enroll(body.enrollment_token, body.device_name, body.hardware, keys)
     except EnrollmentRefused as error:
         raise Problem(401, str(error), kind="enrollment-refused", title="Enrollment refused") from None
-    return Enrollment(device_id=device.id, device_token=tokens[device.id], registry_public_key=_public_key_pem(request))
+    return Enrollment(device_id=device.id, device_token=token, registry_public_key=_public_key_pem(request))
 
 
 @router.get("", summary="Every device with its last heartbeat", dependencies=[Depends(require("analyst"))])
@@ -139,6 +134,10 @@ def heartbeat(request: Request, body: HeartbeatRequest, device: Device = Depends
     store = _store(request)
     store.record_heartbeat(device.id, record, {name: assigned.track for name, assigned in before.models.items()})
     settled = rollout_gate.settle_all(store, registry_root_of(request))
+    audit: AuditLog = request.app.state.audit
+    for name, transitions in settled.items():
+        for event in gate_events(rollout_gate.ACTOR, name, transitions):
+            audit.record(event)
     return _assignment(request, device.id) if settled else before
 
 

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from edgelake.cli import bench, broker, cluster, config, demo, edge, ingest, jars, keys, lake, models, produce, quarantine, schemas, serve, sql, train
+from edgelake.cli import audit, bench, broker, cluster, config, demo, edge, ingest, jars, keys, lake, models, produce, quarantine, schemas, serve, sql, train
 from edgelake.console import err_console
 from edgelake.logs import configure_logging, divert_native_output
 from edgelake.settings import Settings
@@ -62,6 +62,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
 app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
 app.command("demo")(demo.demo)
 app.command("sql")(sql.sql)
 

@@ -194,7 +194,8 @@ def serve_and_score(settings: Settings) -> str:
 
     import httpx2
 
-    from edgelake.api.keys import KeyStore, keys_path
+    from edgelake.api.control_db import ControlDb
+    from edgelake.api.keys import KeyStore
     from edgelake.cli.serve import start_background
     from edgelake.cli.sql import print_result
     from edgelake.ingest.loop import IngestOptions, ingest
@@ -203,7 +204,7 @@ def serve_and_score(settings: Settings) -> str:
 
     address = urlparse(settings.api_url)
     url = start_background(settings, address.hostname or "127.0.0.1", address.port or 8000)
-    keys = KeyStore(keys_path(settings.data_dir))
+    keys = KeyStore(ControlDb.from_settings(settings))
     _, producer_key = keys.create("demo-scoring", "producer")
     _, analyst_key = keys.create("demo-dashboard", "analyst")
     decisions, latencies = _score_stream(url, producer_key, _latest_ulb_transactions(settings, SCORED))

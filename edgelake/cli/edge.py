@@ -59,10 +59,11 @@ def fleet(
 def issue_local_enrollment_token(settings: Settings, devices: int, name: str) -> str:
     """An enrollment token for ``devices`` devices from this machine's device store (the API's data dir)."""
     try:
-        from edgelake.api.devices import DeviceStore, devices_path
+        from edgelake.api.control_db import ControlDb
+        from edgelake.api.devices import DeviceStore
     except ImportError:
         raise UserError("no API on this machine to issue an enrollment token: give --enrollment-token") from None
-    _, token = DeviceStore(devices_path(settings.data_dir)).issue_token(f"fleet {name}", devices, 3600)
+    _, token = DeviceStore(ControlDb.from_settings(settings)).issue_token(f"fleet {name}", devices, 3600)
     return token
 
 

@@ -1,4 +1,4 @@
-"""``edgelake keys``: the API's keys, kept as hashes under the data dir."""
+"""``edgelake keys``: the API's keys, kept as hashes in the control-plane database."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edgelake.api.keys import ROLES, Role
+from edgelake.cli.audit import admin_command
 from edgelake.console import console, err_console, reported_errors
 from edgelake.settings import Settings
 
@@ -24,11 +25,13 @@ def create(
     role: RoleChoice = typer.Option(..., "--role", help="What the key may do; admin may do everything."),
 ) -> None:
     """Create a key and print it; this is the only time it is shown."""
-    from edgelake.api.keys import KeyStore, keys_path
+    from edgelake.api.control_db import ControlDb
+    from edgelake.api.keys import KeyStore
 
     settings: Settings = ctx.obj
-    with reported_errors():
-        key, token = KeyStore(keys_path(settings.data_dir)).create(name, cast(Role, role.value))
+    with reported_errors(), admin_command(settings, "keys create", name) as entry:
+        key, token = KeyStore(ControlDb.from_settings(settings)).create(name, cast(Role, role.value))
+        entry.update(target=key.id, detail=f"{key.role} key for {name}")
     print(token)
     err_console.print(f"created {key.id} ({key.role}) for {key.name}; the key above is not stored and will not be shown again", highlight=False)
 
@@ -36,23 +39,25 @@ def create(
 @app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key: id, name, role, creation time and whether it is revoked."""
-    from edgelake.api.keys import KeyStore, keys_path
+    from edgelake.api.control_db import ControlDb
+    from edgelake.api.keys import KeyStore
 
     settings: Settings = ctx.obj
     listing = Table("id", "name", "role", "created (UTC)", "revoked")
-    for key in KeyStore(keys_path(settings.data_dir)).keys():
+    for key in KeyStore(ControlDb.from_settings(settings)).keys():
         listing.add_row(key.id, key.name, key.role, key.created.strftime("%Y-%m-%d %H:%M:%S"), "yes" if key.revoked else "no")
     console.print(listing)
 
 
 @app.command("revoke")
 def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id, from `edgelake keys list`.")) -> None:
-    """Revoke a key; running servers refuse it from their next request."""
-    from edgelake.api.keys import KeyStore, keys_path
+    """Revoke a key; running servers refuse it within api_key_cache_s (1 s by default)."""
+    from edgelake.api.control_db import ControlDb
+    from edgelake.api.keys import KeyStore
 
     settings: Settings = ctx.obj
-    with reported_errors():
-        key = KeyStore(keys_path(settings.data_dir)).revoke(key_id)
+    with reported_errors(), admin_command(settings, "keys revoke", key_id):
+        key = KeyStore(ControlDb.from_settings(settings)).revoke(key_id)
     console.print(f"revoked {key.id} ({key.name})", highlight=False)
 
 
@@ -64,11 +69,13 @@ def enrollment_token(
     expires_in_s: int = typer.Option(86_400, "--expires-in-s", min=1, help="Seconds until it expires."),
 ) -> None:
     """Issue a token devices enroll with (`POST /v1/devices/enroll`); it is shown this once."""
-    from edgelake.api.devices import DeviceStore, devices_path
+    from edgelake.api.control_db import ControlDb
+    from edgelake.api.devices import DeviceStore
 
     settings: Settings = ctx.obj
-    with reported_errors():
-        record, token = DeviceStore(devices_path(settings.data_dir)).issue_token(name, uses, expires_in_s)
+    with reported_errors(), admin_command(settings, "keys enrollment-token", name) as entry:
+        record, token = DeviceStore(ControlDb.from_settings(settings)).issue_token(name, uses, expires_in_s)
+        entry.update(target=record.id, detail=f"{uses} use(s) for {expires_in_s} s")
     print(token)
     expires = record.expires.strftime("%Y-%m-%d %H:%M:%S")
     err_console.print(f"issued {record.id} for {uses} enrollment(s) until {expires} UTC; the token above is not stored", highlight=False)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from edgelake.cli.audit import admin_command
 from edgelake.console import console, err_console, metric_text, reported_errors
 from edgelake.errors import UserError
 from edgelake.settings import Settings
@@ -99,7 +100,8 @@ def promote(
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
-    with reported_errors():
+    with reported_errors(), admin_command(settings, f"models promote --to {to or 'next'}", f"{name} v{version}") as entry:
+        entry["detail"] = reason or ""
         transitions = registry.promote(
             registry.registry_root(Lake.from_settings(settings)), name, version, to,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
@@ -119,7 +121,8 @@ def rollback(
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
-    with reported_errors():
+    with reported_errors(), admin_command(settings, "models rollback", name) as entry:
+        entry["detail"] = reason or ""
         transitions = registry.rollback(
             registry.registry_root(Lake.from_settings(settings)), name,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
@@ -158,7 +161,9 @@ def rollout(
         policy = registry.rollout_policy(root, name)
         if given:
             rules = registry.RolloutRules.model_validate({**policy.model_dump(include=set(registry.RolloutRules.model_fields)), **given})
-            policy = registry.set_rollout(root, name, rules, actor=os.environ.get("USER"))
+            with admin_command(settings, "models rollout", name) as entry:
+                entry["detail"] = json.dumps(given)
+                policy = registry.set_rollout(root, name, rules, actor=os.environ.get("USER"))
         stages = registry.versions(root, name)
     canary = "no canary" if policy.canary_version is None else f"canary v{policy.canary_version} on {policy.canary_percent}% of devices"
     since = "" if policy.updated is None else f" (since {policy.updated:%Y-%m-%d %H:%M:%S} UTC, by {policy.actor or 'unknown'})"
@@ -174,11 +179,12 @@ def rollout(
 
 def _print_gate(settings: Settings, root: Path, name: str) -> None:
     """The canary's evidence as the local device store holds it (the API's, when it runs on this data dir)."""
-    from edgelake.api.devices import DeviceStore, devices_path
+    from edgelake.api.control_db import ControlDb, embedded_control_db
+    from edgelake.api.devices import DeviceStore
     from edgelake.api.rollout_gate import gate_status
 
-    path = devices_path(settings.data_dir)
-    gate = gate_status(DeviceStore(path), root, name) if path.is_file() else None
+    embedded = embedded_control_db(settings)
+    gate = None if embedded is not None and not embedded.is_file() else gate_status(DeviceStore(ControlDb.from_settings(settings)), root, name)
     if gate is None:
         return
     for side, tally in (("canary", gate.canary), ("production", gate.production)):
@@ -240,7 +246,10 @@ def evaluate_shadow(settings: Settings, *, settle: bool) -> None:
         console.print(listing)
     console.print(f"verdict: {verdict.outcome}: {verdict.reason}", highlight=False)
     if settle and verdict.outcome != "wait":
-        _print_transitions(MODEL_NAME, settle_shadow(lake, maturity, actor=os.environ.get("USER")))
+        with admin_command(settings, "models evaluate --settle", f"{MODEL_NAME} v{policy.canary_version}") as entry:
+            entry["detail"] = f"{verdict.outcome}: {verdict.reason}"
+            transitions = settle_shadow(lake, maturity, actor=os.environ.get("USER"))
+        _print_transitions(MODEL_NAME, transitions)
 
 
 @app.command("verify")
@@ -285,12 +294,13 @@ def resign(
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
-    with reported_errors():
+    with reported_errors(), admin_command(settings, "models resign", f"{name} v{version or 'production'}") as entry:
         lake = Lake.from_settings(settings)
         root = registry.registry_root(lake)
         source = registry.get(root, name, version).version
         signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, lake)
         published = registry.resign(root, name, source, signer)
+        entry["detail"] = f"v{source} published again as v{published.version}"
     console.print(
         f"{name} v{published.version}: v{source} signed by key {published.manifest.key_fingerprint[:16]}, a candidate "
         f"(promote it with `edgelake models promote {name} {published.version} --to production`)",
@@ -329,8 +339,9 @@ def rotate_key(
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
-    with reported_errors():
+    with reported_errors(), admin_command(settings, "models keys rotate", "registry signing key") as entry:
         trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, Lake.from_settings(settings), valid_days)
+        entry["detail"] = f"key set release {trusted.sequence}: {trusted.keys[-1].fingerprint[:16]} signs from now"
     new = trusted.keys[-1]
     console.print(f"key set release {trusted.sequence}: new signing key {new.fingerprint[:16]}, valid {new.period()}", highlight=False)
     console.print(
@@ -347,7 +358,7 @@ def revoke_key(ctx: typer.Context, key: str = typer.Argument(..., help="Fingerpr
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
-    with reported_errors():
+    with reported_errors(), admin_command(settings, "models keys revoke", key):
         lake = Lake.from_settings(settings)
         root = registry.registry_root(lake)
         trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, lake, key)

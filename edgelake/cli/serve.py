@@ -22,7 +22,7 @@ def serve(
     ctx: typer.Context,
     host: str | None = typer.Option(None, "--host", help="Interface to listen on; default the host of the api_url setting."),
     port: int | None = typer.Option(None, "--port", min=0, max=65535, help="Port; default the port of the api_url setting."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (metrics and rate limits are per worker)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (metrics are per worker; rate limits too unless rate_limits=redis)."),
     detach: bool = typer.Option(False, "--detach", help="Run in the background (pid and log in <data_dir>/api/); stop with --stop."),
     stop: bool = typer.Option(False, "--stop", help="Stop the server started with --detach."),
 ) -> None:

@@ -14,7 +14,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from edgelake.api.app import create_app
-from edgelake.api.keys import ROLES, KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import ROLES, KeyStore
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
 from edgelake.ingest.sources import synthetic
@@ -89,7 +90,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     first = append_silver(settings.lake_root, events[:FIRST_BATCH])
     second = append_silver(settings.lake_root, events[FIRST_BATCH:], first_offset=FIRST_BATCH)
     model = publish_model(Lake.from_settings(settings), settings.data_dir, base / "run")
-    store = KeyStore(keys_path(settings.data_dir))
+    store = KeyStore(ControlDb.from_settings(settings))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url:
         yield Deployment(settings, url, tokens, model, (first, second))

@@ -15,7 +15,8 @@ import httpx2
 import pytest
 
 from edgelake.api.app import create_app
-from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import KeyStore
 from edgelake.contracts import FraudScore
 from edgelake.kafka import ensure_topics, read_topic
 from edgelake.settings import Settings
@@ -35,7 +36,7 @@ def test_what_the_api_acknowledged_during_a_broker_outage_reaches_the_topics(fra
             update={"kafka_bootstrap_servers": broker.bootstrap_servers, "topic_prefix": f"o{uuid.uuid4().hex[:8]}-", "data_dir": tmp_path / "data"}
         )
         ensure_topics(settings, broker.bootstrap_servers)
-        keys = KeyStore(keys_path(settings.data_dir))
+        keys = KeyStore(ControlDb.from_settings(settings))
         admin, producer = keys.create("admin", "admin")[1], keys.create("app", "producer")[1]
         with serving(create_app(settings, rate_per_s=1e6, burst=10**6)) as url, httpx2.Client(base_url=url, timeout=60) as http:
             token = http.post("/v1/devices/enrollment-tokens", json={}, headers={"Authorization": f"Bearer {admin}"}).json()["token"]

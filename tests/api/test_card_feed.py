@@ -20,7 +20,8 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgelake.api.app import create_app
-from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import KeyStore
 from edgelake.broker import free_port
 from edgelake.contracts import Transaction
 from edgelake.kafka import EventProducer, ensure_topics
@@ -40,7 +41,7 @@ def feed_settings(fraud_lake: Settings) -> Settings:
 
 @pytest.fixture
 def token(fraud_lake: Settings) -> str:
-    return KeyStore(keys_path(fraud_lake.data_dir)).create("card feed producer", "producer")[1]
+    return KeyStore(ControlDb.from_settings(fraud_lake)).create("card feed producer", "producer")[1]
 
 
 def transaction(card: str, minutes: float, amount: float) -> Transaction:

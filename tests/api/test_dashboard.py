@@ -18,7 +18,8 @@ from kafka import KafkaProducer
 
 from edgelake.api.app import create_app
 from edgelake.api.routers.dashboard import score_stats
-from edgelake.api.keys import ROLES, KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import ROLES, KeyStore
 from edgelake.bench.silver import silver_rows
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import FraudScore
@@ -111,7 +112,7 @@ def board(tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> It
     producer.flush()
     producer.close()
     publish_model(Lake.from_settings(settings), settings.data_dir, base / "run")
-    store = KeyStore(keys_path(settings.data_dir))
+    store = KeyStore(ControlDb.from_settings(settings))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url:
         with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['admin']}"}) as admin, httpx2.Client(base_url=url) as anonymous:

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from edgelake.api.app import create_app
-from edgelake.api.devices import DeviceStore, ResultForwarder, devices_path
-from edgelake.api.keys import ROLES, KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.devices import DeviceStore, ResultForwarder
+from edgelake.api.keys import ROLES, KeyStore
 from edgelake.broker import EmbeddedBroker
 from edgelake.cli import app as cli
 from edgelake.contracts import EdgeInference
@@ -58,16 +60,19 @@ def enroll(client: httpx2.Client, admin: httpx2.Client, name: str, **token_optio
     return enrolled.json()
 
 
-@pytest.fixture(scope="module")
-def fleet(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fleet(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """The fleet with its control plane in the embedded SQLite file, then in a PostgreSQL database as replicas share it."""
     base = tmp_path_factory.mktemp("devices")
     settings = isolated_settings(kafka.bootstrap_servers, base / "data")
+    if request.param == "postgresql":
+        settings = settings.model_copy(update={"control_db_url": SecretStr(request.getfixturevalue("postgres").new_database())})
     lake = Lake.from_settings(settings)
     root = registry.registry_root(lake)
     for run in ("run1", "run2"):
         publish_model(lake, settings.data_dir, base / run)
     registry.promote(root, "fraud", 1, "production")
-    store = KeyStore(keys_path(settings.data_dir))
+    store = KeyStore(ControlDb.from_settings(settings))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url, httpx2.Client(base_url=url, timeout=30) as client:
         with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['admin']}"}, timeout=30) as admin:
@@ -90,7 +95,7 @@ def ids_on_topic(settings: Settings) -> list[str]:
 
 def test_enrollment_binds_a_device_key_and_hands_out_the_registry_key(fleet: Fleet) -> None:
     assert fleet.device_token.startswith("elk_")
-    key = KeyStore(keys_path(fleet.settings.data_dir)).authenticate(fleet.device_token)
+    key = KeyStore(ControlDb.from_settings(fleet.settings)).authenticate(fleet.device_token)
     assert key is not None and key.role == "device" and key.device_id == fleet.device_id
     with fleet.client() as client, fleet.admin() as admin:
         body = enroll(client, admin, "gate-2")
@@ -100,7 +105,7 @@ def test_enrollment_binds_a_device_key_and_hands_out_the_registry_key(fleet: Fle
 
 
 def test_a_used_up_expired_or_bogus_enrollment_token_is_refused(fleet: Fleet) -> None:
-    store = DeviceStore(devices_path(fleet.settings.data_dir))
+    store = DeviceStore(ControlDb.from_settings(fleet.settings))
     _, expired = store.issue_token("old", 1, 1)
     with fleet.client() as client, fleet.admin() as admin:
         token = admin.post("/v1/devices/enrollment-tokens", json={"name": "once"}).json()["token"]
@@ -127,6 +132,8 @@ class _Later(datetime):
 
 def test_the_cli_issues_enrollment_tokens_the_api_accepts(fleet: Fleet) -> None:
     env = {"EDGELAKE_DATA_DIR": str(fleet.settings.data_dir)}
+    if fleet.settings.control_db_url is not None:
+        env["EDGELAKE_CONTROL_DB_URL"] = fleet.settings.control_db_url.get_secret_value()
     issued = CliRunner().invoke(cli, ["keys", "enrollment-token", "--name", "site-a", "--uses", "1"], env=env)
     assert issued.exit_code == 0, issued.output
     with fleet.client() as client:
@@ -263,7 +270,7 @@ def test_results_wait_out_a_broker_outage(tmp_path: Path) -> None:
     broker = embedded_kafka(tmp_path / "broker")
     try:
         settings = isolated_settings(broker.bootstrap_servers, tmp_path / "data")
-        store = KeyStore(keys_path(settings.data_dir))
+        store = KeyStore(ControlDb.from_settings(settings))
         app = create_app(settings)
         app.state.forwarder = ResultForwarder(settings, timeout_s=2)
         with serving(app) as url, httpx2.Client(base_url=url, timeout=30) as client:

@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgelake.api.app import create_app
 from edgelake.api.drift import DriftWindow
-from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import KeyStore
 from edgelake.contracts import Transaction
 from edgelake.ingest.sources import synthetic
 from edgelake.lake.catalog import Lake
@@ -150,7 +151,7 @@ class Drifted:
 
 @pytest.fixture(scope="module")
 def keys(fraud_lake: Settings) -> dict[str, str]:
-    store = KeyStore(keys_path(fraud_lake.data_dir))
+    store = KeyStore(ControlDb.from_settings(fraud_lake))
     return {role: store.create(f"drift {role}", role)[1] for role in ("producer", "analyst")}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,8 @@ import httpx2
 import pytest
 
 from edgelake.api.app import create_app
-from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.control_db import ControlDb, embedded_control_db
+from edgelake.api.keys import KeyStore
 from edgelake.settings import Settings
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ ROUTES = [
     ("GET", "/v1/models/fraud", None, "analyst", "producer"),
     ("GET", "/v1/models/fraud/1/manifest", None, "device", "producer"),
     ("GET", "/v1/models/fraud/1/artifacts/model.tflite", None, "device", "producer"),
+    ("GET", "/v1/audit", None, "admin", "analyst"),
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, *_ in ROUTES]
 
@@ -96,18 +99,24 @@ def test_the_key_may_come_in_an_x_api_key_header(deployment: Deployment) -> None
 
 
 def test_keys_are_stored_only_as_hashes_in_a_private_file(deployment: Deployment) -> None:
-    path = keys_path(deployment.settings.data_dir)
-    assert path.stat().st_mode & 0o777 == 0o600
-    text = path.read_text()
-    assert all(token not in text and token.startswith("elk_") for token in deployment.tokens.values())
+    path = embedded_control_db(deployment.settings)
+    assert path is not None and path.stat().st_mode & 0o777 == 0o600
+    stored = b"".join(file.read_bytes() for file in path.parent.glob(f"{path.name}*"))  # the database and its write-ahead log
+    assert all(token.encode() not in stored and token.startswith("elk_") for token in deployment.tokens.values())
+    hashes = {key.sha256.encode() for key in KeyStore(ControlDb.from_settings(deployment.settings)).keys()}
+    assert len(hashes) >= len(deployment.tokens) and all(digest in stored for digest in hashes)
 
 
-def test_a_revoked_key_is_refused_from_its_next_request(deployment: Deployment) -> None:
-    store = KeyStore(keys_path(deployment.settings.data_dir))
+def test_a_key_revoked_elsewhere_is_refused_within_the_key_cache_time(deployment: Deployment) -> None:
+    store = KeyStore(ControlDb.from_settings(deployment.settings))  # as `edgelake keys revoke` or another replica would
     key, token = store.create("short-lived", "analyst")
     with httpx2.Client(base_url=deployment.url, headers={"Authorization": f"Bearer {token}"}) as client:
         assert client.get("/v1/tables").status_code == 200
         store.revoke(key.id)
+        revoked = time.monotonic()
+        while client.get("/v1/tables").status_code == 200:
+            assert time.monotonic() - revoked < deployment.settings.api_key_cache_s + 1, "the revoked key still works"
+            time.sleep(0.05)
         assert_problem(client.get("/v1/tables"), 401)
 
 
@@ -158,7 +167,7 @@ def test_the_openapi_document_names_the_contract(deployment: Deployment) -> None
     with deployment.client() as client:
         spec = client.get("/openapi.json").json()
     assert spec["info"]["title"] == "edgelake API" and spec["info"]["version"]
-    assert {tag["name"] for tag in spec["tags"]} == {"health", "sql", "tables", "models", "score", "devices", "dashboard"}
+    assert {tag["name"] for tag in spec["tags"]} == {"health", "sql", "tables", "models", "score", "devices", "dashboard", "audit"}
     assert set(spec["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
     sql = spec["paths"]["/v1/sql"]["post"]
     assert {"400", "401", "403", "422", "429", "504"} <= set(sql["responses"])

@@ -22,7 +22,8 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from edgelake.api.app import create_app
-from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import KeyStore
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import FraudScore, Transaction
 from edgelake.settings import Settings
@@ -122,7 +123,7 @@ def test_leader_kills_lose_and_double_nothing_while_the_api_scores(fraud_lake: S
         settings = isolated_settings(cluster.bootstrap_servers, tmp_path / "data").model_copy(
             update={"registry_dir": registry.registry_root(Lake.from_settings(fraud_lake)), "score_model_check_s": 5.0}
         )
-        token = KeyStore(keys_path(settings.data_dir)).create("failover", "producer")[1]
+        token = KeyStore(ControlDb.from_settings(settings)).create("failover", "producer")[1]
         topics = [settings.topic(Transaction.topic), settings.topic(FraudScore.topic)]
         env = {
             **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,

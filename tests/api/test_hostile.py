@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 import httpx2
 import pytest
 
-from edgelake.api.keys import KeyStore, keys_path
+
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import KeyStore
 from edgelake.broker import EmbeddedBroker, free_port
 from tests.api.test_errors_and_auth import assert_problem
 
@@ -72,7 +74,7 @@ def server(deployment: Deployment, kafka: EmbeddedBroker, tmp_path_factory: pyte
 
 
 def test_every_v1_route_refuses_no_key_a_forged_one_and_a_revoked_one(server: Server, deployment: Deployment) -> None:
-    store = KeyStore(keys_path(deployment.settings.data_dir))
+    store = KeyStore(ControlDb.from_settings(deployment.settings))
     revoked, token = store.create("revoked admin", "admin")
     store.revoke(revoked.id)
     spec = httpx2.get(f"{server.url}/openapi.json", timeout=10).json()

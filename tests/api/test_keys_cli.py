@@ -1,7 +1,10 @@
-"""``edgelake keys``: create prints the key once, list shows it without the secret, revoke locks it out of a running server."""
+"""``edgelake keys``: create prints the key once, list shows it without the secret, revoke locks it out of a running server within the key cache time."""
 
 from __future__ import annotations
 
+import getpass
+import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +12,8 @@ import httpx2
 from typer.testing import CliRunner
 
 from edgelake.api.app import create_app
+from edgelake.api.audit import AuditLog
+from edgelake.api.control_db import ControlDb
 from edgelake.cli import app
 from edgelake.settings import Settings
 
@@ -33,9 +38,16 @@ def test_keys_create_list_and_revoke(tmp_path: Path, serve: Serve) -> None:
             key_id = next(word for word in listed.stdout.split() if word.startswith("key_"))
             revoked = runner.invoke(app, ["keys", "revoke", key_id], env=env)
             assert revoked.exit_code == 0, revoked.output
-            response = client.get("/v1/models")
+            settings = Settings()
+            deadline = time.monotonic() + settings.api_key_cache_s + 1  # the server trusts what it read that long
+            while (response := client.get("/v1/models")).status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
     assert response.status_code == 401 and response.headers["content-type"] == "application/problem+json"
     assert "│ yes" in runner.invoke(app, ["keys", "list"], env=env).stdout
+    *entries, refused = AuditLog(ControlDb.from_settings(Settings(data_dir=tmp_path))).events()  # the server wrote its last at shutdown
+    assert [(e.action, e.target, e.outcome) for e in entries] == [("keys create", key_id, "done"), ("keys revoke", key_id, "done")]
+    assert (refused.action, refused.outcome, refused.status) == ("GET /v1/models", "refused", 401)
+    assert all(e.actor == f"cli:{getpass.getuser()}" and e.role == "admin" and e.client == socket.gethostname() for e in entries)
 
 
 def test_keys_refuse_an_unknown_role_and_an_unknown_id(tmp_path: Path) -> None:
@@ -45,3 +57,5 @@ def test_keys_refuse_an_unknown_role_and_an_unknown_id(tmp_path: Path) -> None:
     assert bad_role.exit_code == 2 and "'root' is not one of" in bad_role.stderr
     bad_id = runner.invoke(app, ["keys", "revoke", "key_nope"], env=env)
     assert bad_id.exit_code == 2 and "no API key 'key_nope'" in bad_id.stderr
+    [failed] = AuditLog(ControlDb.from_settings(Settings(data_dir=tmp_path))).events()
+    assert (failed.action, failed.target, failed.outcome) == ("keys revoke", "key_nope", "failed") and "no API key" in failed.detail

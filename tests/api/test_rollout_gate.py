@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgelake.api.app import create_app
-from edgelake.api.devices import DeviceStore, devices_path
-from edgelake.api.keys import KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.devices import DeviceStore
+from edgelake.api.keys import KeyStore
 from edgelake.api.rollout_gate import Evidence, Tally
 from edgelake.cli import app as cli
 from edgelake.lake.catalog import Lake
@@ -103,7 +104,7 @@ def fleet(tmp_path: Path) -> Iterator[GatedFleet]:
     for run in ("run1", "run2", "run3"):
         publish_model(lake, settings.data_dir, tmp_path / run)
     registry.promote(root, MODEL, 1, "production")
-    admin_token = KeyStore(keys_path(settings.data_dir)).create("test admin", "admin")[1]
+    admin_token = KeyStore(ControlDb.from_settings(settings)).create("test admin", "admin")[1]
     with serving(create_app(settings, rate_per_s=1e6, burst=10**6)) as url, httpx2.Client(base_url=url, timeout=30) as http:
         with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30) as admin:
             fleet = GatedFleet(settings, http, admin_token)
@@ -230,7 +231,7 @@ def test_reports_are_stored_with_their_track_and_failure_events_without_a_report
     first = fleet.canary()[0]
     events = [{"kind": "update_refused", "model": MODEL, "version": 3, "detail": "bad signature"}, {"kind": "activated", "model": MODEL, "version": 1}]
     fleet.beat(first, {"version": 1, "inferences": 5, "labelled": 4, "correct": 3}, events)
-    stored = DeviceStore(devices_path(fleet.settings.data_dir)).reports(MODEL, since)
+    stored = DeviceStore(ControlDb.from_settings(fleet.settings)).reports(MODEL, since)
     assert [(r.device_id, r.version, r.track, r.inferences, r.labelled, r.correct, r.failed, r.detail) for r in stored] == [
         (first.id, 1, "canary", 5, 4, 3, False, ""),
         (first.id, 3, "canary", 0, 0, 0, True, "update_refused: bad signature"),

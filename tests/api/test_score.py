@@ -25,7 +25,8 @@ import pytest
 import redis
 
 from edgelake.api.app import create_app
-from edgelake.api.keys import ROLES, KeyStore, keys_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import ROLES, KeyStore
 from edgelake.api.scoring import DEFAULT_THRESHOLDS, decide
 from edgelake.broker import free_port
 from edgelake.contracts import FraudScore, Transaction
@@ -53,7 +54,7 @@ def lake(fraud_lake: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def tokens(lake: Settings) -> dict[str, str]:
-    store = KeyStore(keys_path(lake.data_dir))
+    store = KeyStore(ControlDb.from_settings(lake))
     return {role: store.create(f"score {role}", role)[1] for role in ROLES}
 
 

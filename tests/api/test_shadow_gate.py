@@ -82,7 +82,9 @@ def stage_history(settings: Settings) -> list[registry.Transition]:
 def test_the_gate_rejects_a_shuffled_label_model_and_promotes_the_real_one_on_matured_labels(
     fraud_lake: Settings, shuffled_run: FraudResult, serve, tmp_path: Path
 ) -> None:
-    from edgelake.api.keys import KeyStore, keys_path
+
+    from edgelake.api.control_db import ControlDb
+    from edgelake.api.keys import KeyStore
 
     root = tmp_path / "lake"
     shutil.copytree(registry.registry_root(Lake.from_settings(fraud_lake)), root / "models")
@@ -90,7 +92,7 @@ def test_the_gate_rejects_a_shuffled_label_model_and_promotes_the_real_one_on_ma
         update={"lake_root": str(root), "topic_prefix": f"gate{uuid.uuid4().hex[:8]}-", "score_model_check_s": 0.0, "fraud_gate_check_s": 3600.0}
     )
     ensure_topics(settings, settings.kafka_bootstrap_servers)
-    token = KeyStore(keys_path(settings.data_dir)).create("gate producer", "producer")[1]
+    token = KeyStore(ControlDb.from_settings(settings)).create("gate producer", "producer")[1]
     models = registry.registry_root(Lake.from_settings(settings))
     real = registry.current(models, "fraud")
     assert real is not None

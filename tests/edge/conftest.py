@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from edgelake.api.app import create_app
-from edgelake.api.devices import DeviceStore, devices_path
+from edgelake.api.control_db import ControlDb
+from edgelake.api.devices import DeviceStore
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
@@ -49,7 +50,7 @@ class Cloud:
         return registry.registry_root(self.lake)
 
     def enrollment_token(self, uses: int = 1) -> str:
-        return DeviceStore(devices_path(self.settings.data_dir)).issue_token("edge tests", uses, 3600)[1]
+        return DeviceStore(ControlDb.from_settings(self.settings)).issue_token("edge tests", uses, 3600)[1]
 
     def publish(self, files: Mapping[str, Path], extra: Mapping[str, Any], promote_to: str | None = "production", accuracy: float = 0.0) -> int:
         """Publish a vision version signed with the registry's key; its number."""

@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from edgelake.api.keys import KeyStore, keys_path
+
+from edgelake.api.control_db import ControlDb
+from edgelake.api.keys import KeyStore
 from edgelake.edge.fleet import FleetOptions, run_fleet, statuses
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import ImageFrame
@@ -60,7 +62,7 @@ def test_the_gate_promotes_a_better_canary_and_rolls_back_a_worse_one(
         production = cloud.publish(weak.files, weak.extra)
         better = cloud.publish(vision_run.files, vision_run.extra, promote_to=None)
         worst = cloud.publish(worse.files, worse.extra, promote_to=None)
-        _, admin_token = KeyStore(keys_path(cloud.settings.data_dir)).create("fleet test", "admin")
+        _, admin_token = KeyStore(ControlDb.from_settings(cloud.settings)).create("fleet test", "admin")
         admin = httpx2.Client(base_url=cloud.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30)
         options = FleetOptions(
             devices=DEVICES, state_root=tmp_path / "fleet", api_url=cloud.url, enrollment_token=cloud.enrollment_token(DEVICES),

@@ -10,7 +10,9 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from kafka import KafkaProducer
 
-from edgelake.api.devices import DeviceStore, devices_path
+
+from edgelake.api.control_db import ControlDb
+from edgelake.api.devices import DeviceStore
 from edgelake.edge.agent import STATUS
 from edgelake.edge.outbox import Outbox
 from edgelake.contracts import EdgeInference
@@ -78,7 +80,7 @@ def test_a_device_that_reaches_kafka_publishes_there_and_the_api_forwards_nothin
     results = [EdgeInference.parse(record.value) for record in read_topic(servers, topic)]
     ids = [result.event_id for result in results if result.device_id == summary["device_id"]]
     assert summary["delivered"] == 40 and len(ids) == 40 and len(set(ids)) == 40
-    assert DeviceStore(devices_path(cloud.settings.data_dir)).forwarded(ids) == set()  # none went through the API
+    assert DeviceStore(ControlDb.from_settings(cloud.settings)).forwarded(ids) == set()  # none went through the API
 
 
 def _reported_delivered(device: Path) -> int:

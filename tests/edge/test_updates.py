@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgelake.api.devices import DeviceStore, devices_path
+
+from edgelake.api.control_db import ControlDb
+from edgelake.api.devices import DeviceStore
 from edgelake.edge.runner import EdgeFiles
 from edgelake.edge.updates import ModelSlot
 from edgelake.contracts import EdgeInference
@@ -77,7 +79,7 @@ def test_the_agent_takes_good_versions_and_refuses_or_rolls_back_bad_ones(cloud:
     assert summary["events"]["update_refused"] == 2 and summary["events"]["smoke_test_failed"] == 1
     assert summary["events"]["rolled_back"] == 1 and summary["events"]["runtime_error"] >= 1
     # Every refusal and the rollback reached the cloud in a heartbeat, as a failed report of its version.
-    failed = DeviceStore(devices_path(cloud.settings.data_dir)).reports(VISION, datetime(2000, 1, 1, tzinfo=UTC), unhealthy_only=True)
+    failed = DeviceStore(ControlDb.from_settings(cloud.settings)).reports(VISION, datetime(2000, 1, 1, tzinfo=UTC), unhealthy_only=True)
     assert {report.version for report in failed} == {tampered, forged, failing_smoke, failing_at_run_time}
     results = [EdgeInference.parse(record.value) for record in read_topic(cloud.settings.kafka_bootstrap_servers, cloud.settings.topic(EdgeInference.topic))]
     mine = [result for result in results if result.device_id == summary["device_id"]]

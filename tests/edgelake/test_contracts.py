@@ -5,6 +5,7 @@ import pytest
 
 from edgelake.contracts import (
     EVENT_BY_TOPIC,
+    AuditRecord,
     EVENT_TYPES,
     EdgeInference,
     Event,
@@ -36,6 +37,10 @@ EXAMPLES: dict[type[Event], dict] = {
     FraudScore: dict(
         event_id="s-1", event_time=NOW, transaction_id="tx-1", card_id="c1", score=0.42, decision="approve",
         model_name="fraud", model_version=2, features={"tx_count_1h": 3.0}, latency_ms=0.8,
+    ),
+    AuditRecord: dict(
+        event_id="audit-7", event_time=NOW, actor="key_0a1b2c3d4e5f", role="admin", action="PUT /v1/models/{name}/rollout",
+        target="name=vision", outcome="done", status=200, client="10.0.0.7",
     ),
 }
 

@@ -1,0 +1,73 @@
+"""The audit log's copy in the lake: every ``audit_export_s`` a daemon thread sends the entries not yet copied to the
+``audit-log`` topic (``AuditRecord`` events), which ingest lands in ``silver_audit_log`` like any other topic, for SQL.
+
+Every replica may run it: the export mark in the control plane lets one at a time copy an entry, and an entry sent
+twice (a crash between the broker's acknowledgement and the mark) is kept once by ingest's deduplication.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kafka.errors import KafkaError
+from sqlalchemy.exc import SQLAlchemyError
+
+from edgelake.api.audit import AuditLog
+from edgelake.api.background import BackgroundThread
+from edgelake.broker import configured_servers
+from edgelake.contracts import AuditRecord
+from edgelake.kafka import EventProducer
+from edgelake.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AuditNotExported(Exception):
+    """The broker did not acknowledge the audit records; the mark stays where it was."""
+
+
+class AuditExporter(BackgroundThread):
+    """Copies ``audit`` to the lake's ``audit-log`` topic: now (``export``), and every ``audit_export_s`` once started."""
+
+    def __init__(self, settings: Settings, audit: AuditLog, timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.audit = audit
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._producer: EventProducer | None = None
+        super().__init__("audit-export")
+
+    def export(self) -> int:
+        """Send the entries not yet copied; how many. AuditNotExported when the broker does not take them."""
+        with self._lock:
+            return self.audit.export(self._publish)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        super().close(timeout_s)
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.audit_export_s):
+            try:
+                self.export()
+            except (AuditNotExported, KafkaError, SQLAlchemyError) as error:  # the next round tries again
+                log.warning("audit log not copied to the lake this time: %s", error)
+
+    def _publish(self, records: list[AuditRecord]) -> None:
+        if self._producer is None:
+            timeout_ms = int(self.timeout_s * 1000)
+            self._producer = EventProducer(
+                self.settings, configured_servers(self.settings), max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
+                delivery_timeout_ms=2 * timeout_ms,
+            )
+        failed = self._producer.report.failed
+        self._producer.send_many(records)
+        report = self._producer.flush(self.timeout_s)
+        if report.failed != failed or report.pending:
+            producer, self._producer = self._producer, None
+            producer.close()
+            raise AuditNotExported(report.errors[-1] if report.errors else f"the broker did not acknowledge within {self.timeout_s:g} s")
