@@ -37,6 +37,7 @@ router = APIRouter(
 
 _ONE = TypeAdapter(Transaction)
 _BATCH = TypeAdapter(Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)])
+_SCORE_IDS = uuid.UUID("5c0e3b8a-6f1d-4e57-9a7e-0d6e1a4e5c01")  # the namespace of score ids (any fixed UUID)
 
 
 class ModelRef(BaseModel):
@@ -115,6 +116,12 @@ def _refuse_unscorable(transactions: list[Transaction], *, batch: bool) -> None:
         raise RequestValidationError(errors)
 
 
+def score_event_id(transaction_id: str, version: int, *, shadow: bool) -> str:
+    """The fraud-scores event id of one version's score of one transaction: a retried request answers the same one (the
+    card state holds the transaction once, so the score is the same too), and the lake keeps it once."""
+    return "score-" + uuid.uuid5(_SCORE_IDS, f"{transaction_id}/{version}/{'shadow' if shadow else 'production'}").hex
+
+
 def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResult]:
     scorer: Scorer = request.app.state.scorer
     publisher: ScorePublisher = request.app.state.score_publisher
@@ -130,8 +137,8 @@ def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResul
     thresholds = Thresholds(review=model.thresholds.review, decline=model.thresholds.decline)
     results, events = [], []
     for item in scored:
-        score_id = f"score-{uuid.uuid4().hex}"
         t = item.transaction
+        score_id = score_event_id(t.event_id, model.version, shadow=False)
         results.append(
             ScoreResult(
                 score_id=score_id, transaction_id=t.event_id, card_id=t.card_id, score=item.score, decision=item.decision,
@@ -148,7 +155,7 @@ def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResul
         if item.shadow is not None:
             events.append(
                 FraudScore(
-                    event_id=f"score-{uuid.uuid4().hex}", event_time=now, transaction_id=t.event_id, card_id=t.card_id,
+                    event_id=score_event_id(t.event_id, item.shadow.version, shadow=True), event_time=now, transaction_id=t.event_id, card_id=t.card_id,
                     score=item.shadow.score, decision=item.shadow.decision, model_name=MODEL_NAME, model_version=item.shadow.version,
                     latency_ms=latency_ms, features=features, shadow=True,
                 )
