@@ -478,7 +478,7 @@ def test_k8s_kustomize_build_validates(tmp_path: Path) -> None:
         pytest.skip("kubectl is not installed (kubectl kustomize runs offline)")
     base = tmp_path / "k8s"
     shutil.copytree(K8S, base)
-    for name in ("registry.key", "registry.pub", "object-store.env"):  # stand-ins for the operator's files
+    for name in ("registry.key", "registry.pub", "object-store.env", "control-db.env"):  # stand-ins for the operator's files
         (base / "secrets" / name).write_text("")
     rendered = subprocess.run([kubectl, "kustomize", str(base)], check=True, capture_output=True, text=True, timeout=120).stdout
     docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
