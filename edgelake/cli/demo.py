@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from edgelake.console import console, reported_errors
+from edgelake.cli.audit import admin_command
 from edgelake.cli.produce import print_deliveries, run_producer
 from edgelake.contracts import EVENT_BY_TOPIC, FraudScore, InvalidEvent
 from edgelake.errors import UserError
@@ -48,6 +49,12 @@ ORDER BY device_id
 
 SCORED = 5_000  # the latest ULB transactions, scored through the API
 # Production's decisions against the shadow (canary) model's on the same transactions, from the lake.
+AUDIT_QUERY = """
+SELECT actor, action, outcome, count(*) AS entries
+FROM silver_audit_log
+GROUP BY actor, action, outcome
+ORDER BY entries DESC, action
+"""
 SHADOW_QUERY = """
 SELECT p.decision AS production, s.decision AS shadow, count(*) AS transactions
 FROM silver_fraud_scores p
@@ -139,6 +146,11 @@ def demo(
             story.done(rotate_signing_key(settings))
         else:
             story.skipped("there is no model to re-sign")
+        story.step("who did what: the audit log, copied to the lake and asked with SQL")
+        if limit is None:
+            story.done(audit_in_the_lake(settings))
+        else:
+            story.skipped("the audit log fills as the API serves")
         story.end()
     if not all(d.complete for d in deliveries):
         raise typer.Exit(1)
@@ -205,8 +217,12 @@ def serve_and_score(settings: Settings) -> str:
     address = urlparse(settings.api_url)
     url = start_background(settings, address.hostname or "127.0.0.1", address.port or 8000)
     keys = KeyStore(ControlDb.from_settings(settings))
-    _, producer_key = keys.create("demo-scoring", "producer")
-    _, analyst_key = keys.create("demo-dashboard", "analyst")
+    with admin_command(settings, "keys create", "demo-scoring") as entry:
+        key, producer_key = keys.create("demo-scoring", "producer")
+        entry["target"] = key.id
+    with admin_command(settings, "keys create", "demo-dashboard") as entry:
+        key, analyst_key = keys.create("demo-dashboard", "analyst")
+        entry["target"] = key.id
     decisions, latencies = _score_stream(url, producer_key, _latest_ulb_transactions(settings, SCORED))
     scored = sum(decisions.values())
     listing = Table("decision", "transactions", title=f"{scored:,} transactions scored through {url}/v1/score:batch")
@@ -317,7 +333,8 @@ def rotate_signing_key(settings: Settings) -> str:
     lake = Lake.from_settings(settings)
     key_dir, root = settings.data_dir / registry.KEYS_DIR, registry.registry_root(lake)
     old = registry.current_fingerprint(key_dir)
-    released = registry.rotate(key_dir, lake)
+    with admin_command(settings, "models keys rotate", "registry signing key"):
+        released = registry.rotate(key_dir, lake)
     signer = registry.ensure_signing_key(key_dir, lake)
     console.print(f"key set release {released.sequence}: signing key {released.keys[-1].fingerprint[:16]} replaces {str(old)[:16]}", highlight=False)
     for name in registry.models(root):
@@ -330,12 +347,38 @@ def rotate_signing_key(settings: Settings) -> str:
     options = _run_fleet(settings, "", ROTATION_FRAMES)  # enrolled already: no token
     adopted = [adopted_key_set(options.state_root / name) for name in device_names(options)]
     trusting = sum(1 for key_set in adopted if key_set is not None and key_set.sequence == released.sequence)
-    revoked = registry.revoke(key_dir, lake, str(old))
+    with admin_command(settings, "models keys revoke", str(old)):
+        revoked = registry.revoke(key_dir, lake, str(old))
     console.print(
         f"key set release {revoked.sequence}: key {str(old)[:16]} revoked; the versions it signed are refused from the devices' next heartbeat",
         highlight=False,
     )
     return f"{trusting} of {FLEET_DEVICES} devices adopted key set release {released.sequence} and run the re-signed models; the old key is revoked"
+
+
+def audit_in_the_lake(settings: Settings) -> str:
+    """Copy the audit log's new entries to the lake now (the API does it every audit_export_s), land them and ask the lake
+    who did what; how many entries the lake holds."""
+    from edgelake.api.audit import AuditLog
+    from edgelake.api.audit_export import AuditExporter
+    from edgelake.api.control_db import ControlDb
+    from edgelake.cli.sql import print_result
+    from edgelake.contracts import AuditRecord
+    from edgelake.ingest.loop import IngestOptions, ingest
+    from edgelake.lake.catalog import Lake
+    from edgelake.lake.sql import run_query
+
+    exporter = AuditExporter(settings, AuditLog(ControlDb.from_settings(settings)))
+    try:
+        exporter.export()
+    finally:
+        exporter.close()
+    ingest(settings, IngestOptions(topics=(AuditRecord.topic,)), once=True)
+    console.print(AUDIT_QUERY.strip(), style="dim", highlight=False)
+    result = run_query(Lake.from_settings(settings), AUDIT_QUERY, limit=settings.sql_row_limit, timeout_s=settings.sql_timeout_s)
+    print_result(result)
+    entries = sum(int(n) for n in result.table.column("entries").to_pylist())
+    return f"{entries:,} audit {'entry' if entries == 1 else 'entries'} in silver_audit_log: admin commands, the gates' promotions and refused requests"
 
 
 def _latest_ulb_transactions(settings: Settings, count: int) -> list[dict[str, object]]:
