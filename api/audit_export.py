@@ -44,9 +44,15 @@ class AuditExporter(BackgroundThread):
             return self.audit.export(self._publish)
 
     def close(self, timeout_s: float = 5.0) -> None:
+        """Stop, and close the producer unless an export still uses it (one waiting for an absent broker must not hold
+        the server's shutdown; the daemon thread goes with the process)."""
         super().close(timeout_s)
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             producer, self._producer = self._producer, None
+        finally:
+            self._lock.release()
         if producer is not None:
             producer.close()
 

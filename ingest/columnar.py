@@ -122,23 +122,26 @@ class ColumnarContract:
     ) -> Iterator[tuple[list[int], pa.Table]]:
         """Accepted records by block, as their positions and silver columns.
 
-        A record whose map lacks a key other objects of its block have, and that holds
-        a JSON null somewhere, may have given that key ``null``; with ``regroup``, such
-        records are read again in blocks of records having the same keys.
+        A record whose map lacks a key other objects of its block have, that holds a JSON
+        null somewhere and that spells one of the keys it lacks, may have given that key
+        ``null``; with ``regroup``, such records are read again in blocks of records having
+        the same keys.
         """
         for block, table in self._parsed(values, candidates):
             checked = self._passes(table, now)
             if checked is None:
                 continue
-            ok, gaps, keys, unread = checked
+            ok, gaps, keys, key_names, unread = checked
             for name, null in unread.items():
                 if null[ok].any():
                     ok &= ~null | _lacking(name, [values[i] for i in block])
-            without_nulls = np.fromiter((b"null" not in values[i] for i in block), dtype=bool, count=len(block))
-            kept = np.flatnonzero(ok & (~gaps | without_nulls))
+            sure = ~gaps | np.fromiter((b"null" not in values[i] for i in block), dtype=bool, count=len(block))
+            for i in np.flatnonzero(ok & ~sure):
+                sure[i] = all(_lacking(key_names[j], [values[block[i]]])[0] for j in np.flatnonzero(~keys[i]))
+            kept = np.flatnonzero(ok & sure)
             if len(kept):
                 yield [block[i] for i in kept], self._silver(table.take(kept))
-            unsure = np.flatnonzero(ok & gaps & ~without_nulls)
+            unsure = np.flatnonzero(ok & ~sure)
             if regroup and len(unsure):
                 _, group_of = np.unique(keys[unsure], axis=0, return_inverse=True)
                 for group in range(group_of.max() + 1):
@@ -166,22 +169,26 @@ class ColumnarContract:
             yield from self._parsed(values, block[:middle])
             yield from self._parsed(values, block[middle:])
 
-    def _passes(self, table: pa.Table, now: datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+    def _passes(
+        self, table: pa.Table, now: datetime
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], dict[str, np.ndarray]] | None:
         """Where every column passes if a map's missing keys are absent, where some map misses
-        a key of the block, which keys the maps have, and, per map whose default is empty, where
-        it reads as null (taken here for an omitted map; the caller settles which it was); None
-        where no row can pass."""
+        a key of the block, which keys the maps have (and those keys' names), and, per map whose
+        default is empty, where it reads as null (taken here for an omitted map; the caller
+        settles which it was); None where no row can pass."""
         rows = table.num_rows
         ok = np.ones(rows, dtype=bool)
         gaps = np.zeros(rows, dtype=bool)
         keys = [np.zeros((rows, 0), dtype=bool)]
+        key_names: list[str] = []
         unread: dict[str, np.ndarray] = {}
         for column in self.columns:
             values = table.column(column.name).combine_chunks() if column.name in table.column_names else None
             if column.kind == "map":
-                passes, present = _map_passes(column, values, rows)
+                passes, present, names = _map_passes(column, values, rows)
                 gaps |= ~present.all(axis=1)
                 keys.append(present)
+                key_names.extend(names)
                 if column.empty_default and values is not None:  # a map no object of the block has is omitted in all
                     unread[column.name] = ~pc.is_valid(values).to_numpy(zero_copy_only=False)
             else:
@@ -189,7 +196,7 @@ class ColumnarContract:
             if passes is None:
                 return None
             ok &= passes.to_numpy(zero_copy_only=False)
-        return ok, gaps, np.hstack(keys), unread
+        return ok, gaps, np.hstack(keys), key_names, unread
 
     def _silver(self, table: pa.Table) -> pa.Table:
         """Accepted rows as the silver table's contract columns plus ``event_date``."""
@@ -328,19 +335,19 @@ def _instants(values: pa.Array, ok: pa.Array) -> pa.Array | None:
         return None
 
 
-def _map_passes(column: _Column, values: pa.Array | None, rows: int) -> tuple[pa.Array, np.ndarray]:
+def _map_passes(column: _Column, values: pa.Array | None, rows: int) -> tuple[pa.Array, np.ndarray, list[str]]:
     """Rows whose object has at least ``min_items`` keys, every value of the map's kind (a number or a string) that
-    passes, and which of the block's keys each has.
+    passes, which of the block's keys each has, and those keys.
 
     Arrow reads the objects of a block as structs with every key any of them has: a key an
     object lacks reads as null, like a key given ``null``. Here a null is taken for an
     absent key; the caller settles which it was.
     """
     if values is None or pa.types.is_null(values.type):
-        return pa.array(np.full(rows, column.missing_ok)), np.ones((rows, 0), dtype=bool)
+        return pa.array(np.full(rows, column.missing_ok)), np.ones((rows, 0), dtype=bool), []
     struct_valid = pc.is_valid(values)
     if not pa.types.is_struct(values.type):
-        return pc.and_(pc.invert(struct_valid), pa.scalar(column.missing_ok)), np.ones((rows, 0), dtype=bool)
+        return pc.and_(pc.invert(struct_valid), pa.scalar(column.missing_ok)), np.ones((rows, 0), dtype=bool), []
     present = _present(values)
     ok = present.sum(axis=1) >= column.min_items
     for j, child in enumerate(values.flatten()):
@@ -358,7 +365,7 @@ def _map_passes(column: _Column, values: pa.Array | None, rows: int) -> tuple[pa
             continue
         for check in column.checks:
             ok &= pc.fill_null(check(as_kind), True).to_numpy(zero_copy_only=False)
-    return pc.if_else(struct_valid, pa.array(ok), column.missing_ok), present
+    return pc.if_else(struct_valid, pa.array(ok), column.missing_ok), present, [field.name for field in values.type]
 
 
 def _lacking(key: str, records: list[bytes]) -> np.ndarray:

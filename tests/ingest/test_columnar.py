@@ -195,3 +195,29 @@ class Odd(Event):
 def test_contracts_with_validators_or_unknown_constraints_get_no_fast_lane() -> None:
     assert columnar_contract(ImageFrame) is None  # a model validator
     assert columnar_contract(Odd) is None  # multiple_of
+
+
+def test_records_whose_maps_lack_keys_others_have_stay_on_the_fast_lane_unless_they_may_give_one_null() -> None:
+    """A null elsewhere in a record (an optional field) makes a key it lacks ambiguous only if the record spells that key."""
+    lane = columnar_contract(Transaction)
+    assert lane is not None
+    events = list(synthetic.transactions(synthetic.SyntheticConfig(seed=8), 40))
+    records = []
+    for i, event in enumerate(events):
+        document = json.loads(event.to_bytes()) | {"terminal_id": None}  # a JSON null in every record
+        document["attributes"] = {f"V{n}": float(n) for n in range(1, 30) if (i + n) % 3}  # each record lacks other keys
+        records.append(json.dumps(document).encode())
+    given_null = json.loads(records[0])
+    missing = next(f"V{n}" for n in range(1, 30) if f"V{n}" not in given_null["attributes"])
+    records.append(json.dumps(given_null | {"attributes": {**given_null["attributes"], missing: None}}).encode())
+    spelled = json.loads(records[1]) | {"merchant_id": next(f"V{n}" for n in range(1, 30) if f"V{n}" not in json.loads(records[1])["attributes"])}
+    records.append(json.dumps(spelled).encode())
+
+    accepted = lane.accept(records, NOW)
+
+    assert sorted(accepted.indices)[: len(events)] == list(range(len(events)))
+    assert len(events) not in accepted.indices  # a key given null: clean_record decides (and refuses it)
+    assert isinstance(clean_record(Transaction, records[len(events)], SILVER[Transaction.topic].schema, NOW), Rejection)
+    rows = {index: row for index, row in zip(accepted.indices, as_python(accepted.table), strict=True)}
+    for index in accepted.indices:
+        assert rows[index] == clean_record(Transaction, records[index], SILVER[Transaction.topic].schema, NOW)
