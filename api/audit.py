@@ -110,23 +110,24 @@ class AuditLog:
         return [AuditEvent.model_validate(dict(row)) for row in rows]
 
     def export(self, publish: Callable[[list[AuditRecord]], None], *, batch: int = 1000) -> int:
-        """Hand the entries not yet copied to the lake to ``publish`` (which returns once the broker holds them), oldest
-        first, and move the mark past them; how many. The mark is locked meanwhile, so replicas exporting at once do not
-        both copy an entry; one published before a crash kept the mark back is published again (the lake keeps it once)."""
+        """Hand the entries past the export mark to ``publish`` (which returns once the broker holds them), oldest first,
+        then move the mark past them; how many. No transaction stays open while ``publish`` waits on the broker, so
+        replicas exporting at once, or an export repeated after a crash, may send an entry twice: the lake keeps it once."""
         exported = 0
         while True:
             with self.db.transaction() as connection:
                 connection.execute(_insert_mark(connection))
-                mark = connection.execute(
-                    sa.select(audit_exports.c.last_id).where(audit_exports.c.name == _LAKE_EXPORT).with_for_update()
-                ).scalar_one()
+                mark = connection.execute(sa.select(audit_exports.c.last_id).where(audit_exports.c.name == _LAKE_EXPORT)).scalar_one()
                 rows = connection.execute(
                     sa.select(audit_events).where(audit_events.c.id > mark).order_by(audit_events.c.id).limit(batch)
                 ).mappings().all()
-                if rows:
-                    publish([AuditEvent.model_validate(dict(row)).record() for row in rows])
+            if rows:
+                publish([AuditEvent.model_validate(dict(row)).record() for row in rows])
+                with self.db.transaction() as connection:  # forward only: another exporter may have gone further meanwhile
                     connection.execute(
-                        audit_exports.update().where(audit_exports.c.name == _LAKE_EXPORT).values(last_id=rows[-1]["id"])
+                        audit_exports.update()
+                        .where(audit_exports.c.name == _LAKE_EXPORT, audit_exports.c.last_id < rows[-1]["id"])
+                        .values(last_id=rows[-1]["id"])
                     )
             exported += len(rows)
             if len(rows) < batch:

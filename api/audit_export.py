@@ -1,8 +1,9 @@
 """The audit log's copy in the lake: every ``audit_export_s`` a daemon thread sends the entries not yet copied to the
 ``audit-log`` topic (``AuditRecord`` events), which ingest lands in ``silver_audit_log`` like any other topic, for SQL.
 
-Every replica may run it: the export mark in the control plane lets one at a time copy an entry, and an entry sent
-twice (a crash between the broker's acknowledgement and the mark) is kept once by ingest's deduplication.
+Every replica may run it. The export mark in the control plane says how far the log was copied; replicas exporting
+at once, or a crash between the broker's acknowledgement and the mark, may send an entry twice, and ingest's
+deduplication keeps it once.
 """
 
 from __future__ import annotations

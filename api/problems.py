@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
@@ -77,7 +78,8 @@ def _listed(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    """Answer raised Problems, HTTP errors (404, 405 …), validation errors and anything unexpected as problem+json."""
+    """Answer raised Problems, HTTP errors (404, 405 …), validation errors, a control-plane database that does not answer
+    (503) and anything unexpected as problem+json."""
 
     async def on_problem(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, Problem)
@@ -97,6 +99,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = [_listed(e) for e in found[:MAX_ERRORS_LISTED]]
         return problem_response(request, 422, detail, type_=TYPE_PREFIX + "invalid-request", errors=errors)
 
+    async def on_store_unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.warning("the control plane's database did not answer on %s %s: %s", request.method, request.url.path, error)
+        detail = "the control plane's database is unavailable or busy; try again"
+        return problem_response(request, 503, detail, type_=TYPE_PREFIX + "control-plane-unavailable", headers={"Retry-After": "1"})
+
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(request, 500, "an unexpected error occurred; it has been logged")
@@ -104,4 +111,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_invalid)
+    app.add_exception_handler(OperationalError, on_store_unavailable)
     app.add_exception_handler(Exception, on_unexpected)

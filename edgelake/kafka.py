@@ -43,6 +43,9 @@ def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         "linger_ms": 5,
         "batch_size": 256 * 1024,
         "max_request_size": 8 * 1024 * 1024,
+        # Back at most 5 s after a broker returns (the client's default backs off up to 30 s), as the consumers do.
+        "reconnect_backoff_ms": 200,
+        "reconnect_backoff_max_ms": 5000,
         **overrides,
     }
 

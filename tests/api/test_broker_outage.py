@@ -69,6 +69,10 @@ def test_what_the_api_acknowledged_during_a_broker_outage_reaches_the_topics(fra
             stop.set()
             for load in loads:
                 load.join()
+            deadline = time.monotonic() + 60  # the publisher catches up once the broker is back, without a shutdown to push it
+            while (pending := _pending_scores(http)) > 0:
+                assert time.monotonic() < deadline, f"{pending:.0f} score events still unpublished 60 s after the broker came back"
+                time.sleep(0.5)
         # the server has stopped: its publisher handed what it held to the broker
         results = ids_on_topic(settings)
         scores = [json.loads(r.value)["event_id"] for r in read_topic(broker.bootstrap_servers, settings.topic(FraudScore.topic))]
@@ -79,6 +83,12 @@ def test_what_the_api_acknowledged_during_a_broker_outage_reaches_the_topics(fra
         assert len(scores) == len(set(scores))
     finally:
         broker.stop()
+
+
+def _pending_scores(http: httpx2.Client) -> float:
+    """The server's score events queued or in flight, from its /metrics."""
+    metrics = http.get("/metrics").text
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("edgelake_fraud_score_events_pending"))
 
 
 def _at_rate(call: Callable[[int], None], per_s: float, stop: threading.Event) -> None:
