@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from edgelake.api.body_limit import BodyLimitMiddleware
 from edgelake.api.card_feed import CardFeed, Start
@@ -25,6 +25,7 @@ from edgelake.api.log_redaction import redact_access_log
 from edgelake.api.metrics import CardFeedMetrics, DriftMetrics, LatencyMiddleware, ScoreMetrics, request_histogram
 from edgelake.api.problems import install_problem_handlers
 from edgelake.api.publisher import ScorePublisher
+from edgelake.api.score_outbox import RedisScoreOutbox
 from edgelake.api.ratelimit import rate_limiter
 from edgelake.api.routers import audit, dashboard, devices, health, models, score, sql, tables
 from edgelake.api.routers.dashboard import TopicEnds
@@ -55,6 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         feed.start()
     app.state.shadow_gate.start()
     app.state.audit_export.start()
+    app.state.score_publisher.start()
     yield
     app.state.shadow_gate.close()
     app.state.audit_export.close()
@@ -96,6 +98,10 @@ def create_app(
     app.state.registry = registry
     app.state.devices = DeviceStore(control)
     app.state.audit = AuditLog(control)
+    Gauge(
+        "edgelake_audit_entries_dropped", "Refused requests the audit log could not keep (its queue full, or its database down).",
+        registry=registry,
+    ).set_function(lambda: app.state.audit.dropped)
     app.state.audit_export = AuditExporter(settings, app.state.audit)
     app.state.forwarder = ResultForwarder(settings)
     app.state.topic_ends = TopicEnds(settings)
@@ -103,7 +109,9 @@ def create_app(
     score_metrics = ScoreMetrics.create(registry)
     app.state.scorer = Scorer(settings, score_metrics)
     registry.register(DriftMetrics(app.state.scorer.drift))
-    app.state.score_publisher = ScorePublisher(settings, score_metrics)
+    app.state.score_publisher = (
+        RedisScoreOutbox(settings, score_metrics) if settings.score_events == "redis" else ScorePublisher(settings, score_metrics)
+    )
     feed_metrics = CardFeedMetrics.create(registry)
     app.state.shadow_gate = ShadowGate(settings, app.state.audit)
     app.state.card_feed = CardFeed(settings, app.state.scorer, feed_metrics, start=card_feed_start) if card_feed else None

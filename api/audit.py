@@ -3,7 +3,8 @@
 Rows are appended to the control-plane database's ``audit_events`` table and never changed.
 Admin actions are written before their answer leaves the server; refused requests (401, 403,
 429) are written by a background thread in batches, so a flood of them costs the database one
-insert per batch, and what the bounded queue cannot hold is counted as dropped.
+insert per batch, and what the bounded queue cannot hold is counted as dropped
+(``edgelake_audit_entries_dropped``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgelake.api.control_db import ControlDb, audit_events, audit_exports
+from edgelake.api.control_db import ControlDb, audit_events, audit_exports, insert_unless_present
 from edgelake.contracts import AuditRecord
 from edgelake.training.registry import Transition
 
@@ -43,7 +43,7 @@ class AuditEvent(BaseModel):
 
     id: int | None = Field(None, description="Its place in the log, given when it is stored.")
     time: AwareDatetime
-    actor: str = Field(description="The API key id, `cli:<user>` for a command, or `gate:<model>` for an automatic gate.")
+    actor: str = Field(description="The API key id (`anonymous` without one), `cli:<user>` for a command, `gate:<name>` for a gate.")
     role: str | None = Field(description="The actor's role, where it has one.")
     action: str = Field(description="The route (`PUT /v1/models/{name}/rollout`) or command (`keys revoke`).")
     target: str = Field(description="What it acted on: the path's parameters or the command's subject.")
@@ -116,7 +116,7 @@ class AuditLog:
         exported = 0
         while True:
             with self.db.transaction() as connection:
-                connection.execute(_insert_mark(connection))
+                connection.execute(insert_unless_present(connection, audit_exports).values(name=_LAKE_EXPORT, last_id=0))
                 mark = connection.execute(sa.select(audit_exports.c.last_id).where(audit_exports.c.name == _LAKE_EXPORT)).scalar_one()
                 rows = connection.execute(
                     sa.select(audit_events).where(audit_events.c.id > mark).order_by(audit_events.c.id).limit(batch)
@@ -159,12 +159,6 @@ class AuditLog:
                 log.warning("%d audit entries not written: %s", len(batch), error)
             if first is None:
                 return
-
-
-def _insert_mark(connection: sa.Connection) -> sa.Insert:
-    """The export mark's row, made at 0 unless it is there."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(audit_exports).values(name=_LAKE_EXPORT, last_id=0).on_conflict_do_nothing(index_elements=["name"])
 
 
 def gate_events(gate: str, model: str, transitions: Iterable[Transition]) -> list[AuditEvent]:

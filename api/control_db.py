@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine
 
 from edgelake.settings import Settings
@@ -122,6 +123,12 @@ audit_exports = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("last_id", sa.BigInteger, nullable=False),
 )
+
+
+def insert_unless_present(connection: Connection, table: sa.Table) -> sa.Insert:
+    """An insert into ``table`` that skips rows whose primary key is there already, on either backend."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=[column.name for column in table.primary_key])
 
 
 def embedded_control_db(settings: Settings) -> Path | None:

@@ -18,9 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from kafka.errors import KafkaError
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy.dialects import postgresql, sqlite
 
-from edgelake.api.control_db import ControlDb, devices, enrollment_tokens, forwarded_results, model_reports
+from edgelake.api.control_db import ControlDb, devices, enrollment_tokens, forwarded_results, insert_unless_present, model_reports
 from edgelake.api.keys import KeyStore, token_hash
 from edgelake.broker import configured_servers
 from edgelake.contracts import EdgeInference
@@ -212,7 +211,7 @@ class DeviceStore:
         rows = [{"event_id": event_id, "device_id": device_id, "forwarded": now} for event_id in dict.fromkeys(event_ids)]
         if rows:
             with self.db.transaction() as connection:
-                connection.execute(_insert_ignoring_known(connection), rows)
+                connection.execute(insert_unless_present(connection, forwarded_results), rows)  # ids remembered meanwhile stay
 
 
 def _why_refused(connection: sa.Connection, digest: str) -> str:
@@ -243,13 +242,6 @@ def _reports(device_id: str, heartbeat: Heartbeat, tracks: Mapping[str, Track]) 
             )
         )
     return reports
-
-
-def _insert_ignoring_known(connection: sa.Connection) -> sa.Insert:
-    """An insert of forwarded ids that skips those remembered before (by this replica or another)."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(forwarded_results).on_conflict_do_nothing(index_elements=["event_id"])
-    return sqlite.insert(forwarded_results).on_conflict_do_nothing(index_elements=["event_id"])
 
 
 def _device(row: sa.RowMapping) -> Device:

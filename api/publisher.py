@@ -5,6 +5,8 @@ broker outage or a leader election delays them, and the idempotent producer's re
 write each once. Events are lost only when the queue is full, when the producer gives up
 on them (its delivery timeout) or when they are still unsent at shutdown; those are
 counted in ``ScoreMetrics.unpublished``. Events queued or in flight are ``ScoreMetrics.pending``.
+This is the default (``score_events = "memory"``); :mod:`edgelake.api.score_outbox` keeps them in Redis instead, so a
+killed replica loses none.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import queue
 import threading
 from collections.abc import Sequence
+from typing import Protocol
 
 from kafka.errors import KafkaError
 
@@ -26,6 +29,16 @@ from edgelake.retry import retrying
 log = logging.getLogger(__name__)
 
 _STOP: Sequence[FraudScore] = ()
+
+
+class ScoreEvents(Protocol):
+    """Where answered score events go on their way to the fraud-scores topic."""
+
+    def start(self) -> None: ...
+
+    def publish(self, events: Sequence[FraudScore]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class ScorePublisher:
@@ -56,6 +69,9 @@ class ScorePublisher:
         """Events queued or sent but not yet acknowledged."""
         producer = self._producer
         return self._queued + (producer.report.pending if producer is not None else 0)
+
+    def start(self) -> None:
+        """Nothing to start: the sending thread starts with the first events."""
 
     def publish(self, events: Sequence[FraudScore]) -> None:
         """Queue ``events`` for sending; never blocks, never raises."""

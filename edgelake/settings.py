@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis holding the card histories and the rate limits when either is redis."
     )
+    score_events: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Where answered score events wait for the fraud-scores topic: a queue in the server process (a killed "
+        "process loses what it held) or a Redis stream every replica relays (nothing answered is lost while Redis keeps it).",
+    )
     api_rate_per_s: float = Field(50.0, gt=0, description="Requests a second each API key may make, on average.")
     api_burst: int = Field(100, ge=1, description="Requests each API key may make at once, above its rate.")
     rate_limits: Literal["process", "redis"] = Field(

@@ -67,7 +67,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert binary, "redis-server is missing: run infra/system-packages.sh (Debian package redis-server)"
     port, workdir = free_port(), tmp_path_factory.mktemp("redis")
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    with _server("redis-server", command, workdir, lambda: _answers(port, b"PING\r\n", b"+PONG")):
+    with server_process("redis-server", command, workdir, lambda: _answers(port, b"PING\r\n", b"+PONG")):
         yield f"redis://127.0.0.1:{port}/0"
 
 
@@ -121,14 +121,14 @@ def postgres() -> Iterator[Postgres]:
         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=300",
     ]
     try:
-        with _server("postgres", command, workdir, server.answers, timeout_s=60):
+        with server_process("postgres", command, workdir, server.answers, timeout_s=60):
             yield server
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager
-def _server(name: str, command: list[str], workdir: Path, ready: Callable[[], bool], timeout_s: float = 20) -> Iterator[None]:
+def server_process(name: str, command: list[str], workdir: Path, ready: Callable[[], bool], timeout_s: float = 20) -> Iterator[None]:
     """``command`` running in ``workdir`` (logging there) until the block ends, from when ``ready()``."""
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
@@ -202,7 +202,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
     os.environ.update(variables)
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     try:
-        with _server("moto_server", command, tmp_path_factory.mktemp("s3"), lambda: _answers(port, b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1")):
+        with server_process("moto_server", command, tmp_path_factory.mktemp("s3"), lambda: _answers(port, b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1")):
             yield ObjectStore(endpoint)
     finally:
         for name, value in saved.items():

@@ -23,7 +23,8 @@ from pydantic_core import from_json
 
 from edgelake.api.auth import require
 from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
-from edgelake.api.publisher import ScorePublisher
+from edgelake.api.publisher import ScoreEvents
+from edgelake.api.score_outbox import ScoreEventsUnavailable
 from edgelake.api.scoring import MODEL_NAME, CardStateUnavailable, Decision, ModelUnavailable, Scorer, unscorable
 from edgelake.contracts import FraudScore, Transaction
 from edgelake.lake.features.definitions import FeatureValues
@@ -124,7 +125,7 @@ def score_event_id(transaction_id: str, version: int, *, shadow: bool) -> str:
 
 def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResult]:
     scorer: Scorer = request.app.state.scorer
-    publisher: ScorePublisher = request.app.state.score_publisher
+    publisher: ScoreEvents = request.app.state.score_publisher
     started = time.perf_counter()
     try:
         model, scored = scorer.score(transactions)
@@ -160,5 +161,8 @@ def _score(request: Request, transactions: list[Transaction]) -> list[ScoreResul
                     latency_ms=latency_ms, features=features, shadow=True,
                 )
             )
-    publisher.publish(events)
+    try:
+        publisher.publish(events)
+    except ScoreEventsUnavailable as error:  # nothing is answered that the lake might not get; a retry scores it again
+        raise Problem(503, str(error), kind="score-events-unavailable", title="Score events cannot be kept") from None
     return results
