@@ -83,9 +83,11 @@ def serve() -> Serve:
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     base = tmp_path_factory.mktemp("api")
-    settings = Settings(data_dir=base / "data", lake_root=str(base / "lake"), sql_row_limit=100, sql_byte_limit=1_000_000, sql_timeout_s=20)
+    settings = isolated_settings(kafka.bootstrap_servers, base / "data").model_copy(  # its audit log goes to topics of its own
+        update={"lake_root": str(base / "lake"), "sql_row_limit": 100, "sql_byte_limit": 1_000_000, "sql_timeout_s": 20}
+    )
     events = list(synthetic.transactions(SYNTHETIC, FIRST_BATCH + SECOND_BATCH))
     first = append_silver(settings.lake_root, events[:FIRST_BATCH])
     second = append_silver(settings.lake_root, events[FIRST_BATCH:], first_offset=FIRST_BATCH)
