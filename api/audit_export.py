@@ -66,15 +66,9 @@ class AuditExporter(BackgroundThread):
 
     def _publish(self, records: list[AuditRecord]) -> None:
         if self._producer is None:
-            timeout_ms = int(self.timeout_s * 1000)
-            self._producer = EventProducer(
-                self.settings, configured_servers(self.settings), max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
-                delivery_timeout_ms=2 * timeout_ms,
-            )
-        failed = self._producer.report.failed
-        self._producer.send_many(records)
-        report = self._producer.flush(self.timeout_s)
-        if report.failed != failed or report.pending:
+            self._producer = EventProducer.within(self.settings, configured_servers(self.settings), self.timeout_s)
+        refused = self._producer.send_acknowledged(records, self.timeout_s)
+        if refused is not None:
             producer, self._producer = self._producer, None
             producer.close()
-            raise AuditNotExported(report.errors[-1] if report.errors else f"the broker did not acknowledge within {self.timeout_s:g} s")
+            raise AuditNotExported(refused)

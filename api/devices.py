@@ -273,16 +273,14 @@ class ResultForwarder:
         with self._lock:
             try:
                 producer = self._producer or self._open()
-                failed = producer.report.failed
-                producer.send_many(events)
-                report = producer.flush(self.timeout_s)
+                refused = producer.send_acknowledged(events, self.timeout_s)
             except KafkaError as error:
                 self._discard()
                 log.warning("results not forwarded: %r", error)
                 raise BrokerUnavailable(f"Kafka did not acknowledge the results within {self.timeout_s:g} s") from None
-            if report.failed != failed:
+            if refused is not None:
                 self._discard()
-                raise BrokerUnavailable(report.errors[-1] if report.errors else "the broker refused the results")
+                raise BrokerUnavailable(refused)
 
     def close(self) -> None:
         """Close the producer, delivering what it still holds."""
@@ -292,11 +290,7 @@ class ResultForwarder:
             _close_quietly(producer)
 
     def _open(self) -> EventProducer:
-        servers = configured_servers(self.settings)
-        timeout_ms = int(self.timeout_s * 1000)
-        self._producer = EventProducer(
-            self.settings, servers, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms, delivery_timeout_ms=2 * timeout_ms
-        )
+        self._producer = EventProducer.within(self.settings, configured_servers(self.settings), self.timeout_s)
         return self._producer
 
     def _discard(self) -> None:

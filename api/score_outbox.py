@@ -114,24 +114,16 @@ class RedisScoreOutbox(BackgroundThread):
     def _relay(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         if not entries:
             return
-        producer = self._producer or self._connect()
-        failed = producer.report.failed
-        producer.send_many([FraudScore.parse(fields[_FIELD]) for _, fields in entries])
-        report = producer.flush(self._timeout_s)
-        if report.failed != failed or report.pending:
+        if self._producer is None:
+            self._producer = EventProducer.within(self._settings, configured_servers(self._settings), self._timeout_s)
+        producer = self._producer
+        refused = producer.send_acknowledged([FraudScore.parse(fields[_FIELD]) for _, fields in entries], self._timeout_s)
+        if refused is not None:
             self._producer = None
             producer.close(0)
-            raise NotRelayed(report.errors[-1] if report.errors else f"the broker did not acknowledge within {self._timeout_s:g} s")
+            raise NotRelayed(refused)
         ids = [entry_id for entry_id, _ in entries]
         pipeline = self._redis.pipeline(transaction=True)
         pipeline.xack(self._stream, _GROUP, *ids)
         pipeline.xdel(self._stream, *ids)
         pipeline.execute()
-
-    def _connect(self) -> EventProducer:
-        timeout_ms = int(self._timeout_s * 1000)
-        self._producer = EventProducer(
-            self._settings, configured_servers(self._settings), max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
-            delivery_timeout_ms=2 * timeout_ms,
-        )
-        return self._producer

@@ -267,6 +267,21 @@ class EventProducer:
         self._lock = threading.Lock()
         self.report = DeliveryReport()
 
+    @classmethod
+    def within(cls, settings: Settings, bootstrap_servers: str, timeout_s: float) -> EventProducer:
+        """A producer that gives up on a broker after ``timeout_s`` (metadata, each request) and on an event after twice that."""
+        timeout_ms = int(timeout_s * 1000)
+        return cls(settings, bootstrap_servers, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms, delivery_timeout_ms=2 * timeout_ms)
+
+    def send_acknowledged(self, events: Iterable[Event], timeout_s: float) -> str | None:
+        """Send ``events`` and wait up to ``timeout_s`` for the broker: None once it acknowledged every one, else why not."""
+        failed = self.report.failed
+        self.send_many(events)
+        report = self.flush(timeout_s)
+        if report.failed == failed and not report.pending:
+            return None
+        return report.errors[-1] if report.errors else f"the broker did not acknowledge them within {timeout_s:g} s"
+
     def send(self, event: Event | Mapping[str, Any], event_type: type[Event] | None = None) -> None:
         """Validate one event (an instance, or a mapping with ``event_type``) and send it."""
         self._send(_validated(event, event_type))
