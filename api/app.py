@@ -18,7 +18,7 @@ from edgelake.api.body_limit import BodyLimitMiddleware
 from edgelake.api.card_feed import CardFeed, Start
 from edgelake.api.audit import AuditLog, AuditMiddleware
 from edgelake.api.audit_export import AuditExporter
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.devices import DeviceStore, ResultForwarder
 from edgelake.api.keys import KeyStore
 from edgelake.api.log_redaction import redact_access_log
@@ -32,6 +32,7 @@ from edgelake.api.routers.dashboard import TopicEnds
 from edgelake.api.shadow_gate import ShadowGate
 from edgelake.api.scoring import Scorer
 from edgelake.settings import Settings
+from edgelake.training.registry import Registry
 from edgelake.lake.catalog import Lake
 from edgelake.lake.sql_pool import QueryPool
 
@@ -93,6 +94,7 @@ def create_app(
     app.state.settings = settings
     app.state.lake = Lake.from_settings(settings)
     control = ControlDb.from_settings(settings)
+    app.state.model_registry = Registry.of(app.state.lake, control)
     app.state.keys = KeyStore(control, cache_s=settings.api_key_cache_s)
     app.state.limiter = rate_limiter(settings, rate_per_s or settings.api_rate_per_s, burst or settings.api_burst)
     app.state.registry = registry
@@ -107,13 +109,13 @@ def create_app(
     app.state.topic_ends = TopicEnds(settings)
     app.state.sql_pool = QueryPool(settings.sql_workers)
     score_metrics = ScoreMetrics.create(registry)
-    app.state.scorer = Scorer(settings, score_metrics)
+    app.state.scorer = Scorer(settings, app.state.model_registry, score_metrics)
     registry.register(DriftMetrics(app.state.scorer.drift))
     app.state.score_publisher = (
         RedisScoreOutbox(settings, score_metrics) if settings.score_events == "redis" else ScorePublisher(settings, score_metrics)
     )
     feed_metrics = CardFeedMetrics.create(registry)
-    app.state.shadow_gate = ShadowGate(settings, app.state.audit)
+    app.state.shadow_gate = ShadowGate(settings, app.state.model_registry, app.state.audit)
     app.state.card_feed = CardFeed(settings, app.state.scorer, feed_metrics, start=card_feed_start) if card_feed else None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(AuditMiddleware, audit=app.state.audit)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgelake.api.control_db import ControlDb, audit_events, audit_exports, insert_unless_present
+from edgelake.control_db import ControlDb, audit_events, audit_exports, insert_unless_present
 from edgelake.contracts import AuditRecord
 from edgelake.training.registry import Transition
 

@@ -1,6 +1,6 @@
 """Edge devices: enrollment tokens, enrolled devices, their last heartbeat and model reports, and forwarding their results.
 
-They live in the control-plane database (:mod:`edgelake.api.control_db`), shared by every server
+They live in the control-plane database (:mod:`edgelake.control_db`), shared by every server
 process and replica and by the CLI. Enrollment tokens are kept only as sha256 hashes, and a
 token's uses are spent by the database, so two replicas racing for its last use cannot both win.
 """
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from kafka.errors import KafkaError
 from pydantic import AwareDatetime, BaseModel, Field
 
-from edgelake.api.control_db import ControlDb, devices, enrollment_tokens, forwarded_results, insert_unless_present, model_reports
+from edgelake.control_db import ControlDb, devices, enrollment_tokens, forwarded_results, insert_unless_present, model_reports
 from edgelake.api.keys import KeyStore, token_hash
 from edgelake.broker import configured_servers
 from edgelake.contracts import EdgeInference

@@ -1,4 +1,4 @@
-"""API keys: random tokens kept only as sha256 hashes in the control-plane database (:mod:`edgelake.api.control_db`).
+"""API keys: random tokens kept only as sha256 hashes in the control-plane database (:mod:`edgelake.control_db`).
 
 The CLI and every server share the database; a server trusts what it read about a token for
 ``api_key_cache_s``, so a key revoked anywhere stops working on every replica within that time
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection
 
-from edgelake.api.control_db import ControlDb, api_keys
+from edgelake.control_db import ControlDb, api_keys
 from edgelake.errors import UserError
 
 Role = Literal["producer", "analyst", "device", "admin"]

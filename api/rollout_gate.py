@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import statistics
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -103,7 +102,7 @@ def status(policy: RolloutPolicy, evidence: Evidence) -> GateStatus:
     )
 
 
-def gather(store: DeviceStore, root: Path, name: str, policy: RolloutPolicy) -> Evidence:
+def gather(store: DeviceStore, models: registry.Registry, name: str, policy: RolloutPolicy) -> Evidence:
     """The evidence on the policy's canary of ``name``: the reports since the policy was set (all of them for a policy without a time)."""
     since = policy.updated or _EPOCH
     totals = store.report_totals(name, since)
@@ -113,25 +112,25 @@ def gather(store: DeviceStore, root: Path, name: str, policy: RolloutPolicy) -> 
         first = next(r for r in store.reports(name, since, unhealthy_only=True) if r.track == "canary" and r.version == canary.version)
         first_failure = f"{first.device_id}: {first.detail or f'{first.errors} errors in {first.inferences} inferences'}"
     return Evidence(
-        canary=canary, production=_tally(totals, "production", registry.current(root, name)), first_failure=first_failure,
+        canary=canary, production=_tally(totals, "production", registry.current(models, name)), first_failure=first_failure,
         elapsed_s=(datetime.now(UTC) - since).total_seconds(),
     )
 
 
-def settle(store: DeviceStore, root: Path, name: str) -> list[Transition]:
+def settle(store: DeviceStore, models: registry.Registry, name: str) -> list[Transition]:
     """Promote or reject the canary of ``name`` when its devices' evidence allows; the registry transitions made."""
-    return rollout.settle(root, name, lambda policy: gather(store, root, name, policy), actor=ACTOR)
+    return rollout.settle(models, name, lambda policy: gather(store, models, name, policy), actor=ACTOR)
 
 
-def settle_all(store: DeviceStore, root: Path) -> dict[str, list[Transition]]:
-    """:func:`settle` every model of the registry at ``root``: the transitions made, by model."""
-    return {name: transitions for name in registry.models(root) if (transitions := settle(store, root, name))}
+def settle_all(store: DeviceStore, models: registry.Registry) -> dict[str, list[Transition]]:
+    """:func:`settle` every model of ``models``: the transitions made, by model."""
+    return {name: transitions for name in registry.models(models.root) if (transitions := settle(store, models, name))}
 
 
-def gate_status(store: DeviceStore, root: Path, name: str) -> GateStatus | None:
+def gate_status(store: DeviceStore, models: registry.Registry, name: str) -> GateStatus | None:
     """The gate's view of the canary of ``name``; None when no canary is on."""
-    policy = registry.rollout_policy(root, name)
-    return None if policy.canary_version is None else status(policy, gather(store, root, name, policy))
+    policy = registry.rollout_policy(models, name)
+    return None if policy.canary_version is None else status(policy, gather(store, models, name, policy))
 
 
 def _tally(totals: list[ReportTotals], track: Track, version: int | None) -> Tally:

@@ -47,7 +47,6 @@ from redis.exceptions import RedisError
 from edgelake.api.drift import DriftWindow
 from edgelake.api.metrics import ScoreMetrics
 from edgelake.contracts import EARLIEST_EVENT_TIME, MAX_CLOCK_SKEW, Transaction
-from edgelake.lake.catalog import Lake
 from edgelake.lake.features.definitions import FeatureValues
 from edgelake.lake.features.model_inputs import INPUTS_FILE, INPUTS_VERSION, InputSpec, online_input_columns
 from edgelake.lake.features.online import CardHistory
@@ -177,10 +176,10 @@ def decide(score: float, review: float, decline: float) -> Decision:
 class Scorer:
     """Scores transactions with the production fraud model; safe to share between request threads."""
 
-    def __init__(self, settings: Settings, metrics: ScoreMetrics) -> None:
+    def __init__(self, settings: Settings, models: registry.Registry, metrics: ScoreMetrics) -> None:
         self.settings = settings
         self._metrics = metrics
-        self._root = registry.registry_root(Lake.from_settings(settings))
+        self._models = models
         self._history = card_history(settings)
         self._history_lock = threading.Lock()
         self._model_lock = threading.Lock()  # guards loading and the (not thread-safe) interpreter
@@ -254,7 +253,7 @@ class Scorer:
         """Serve the first version of the production line that passes its checks: the production version, else the one in
         use or an earlier production version; remember why refused ones were."""
         try:
-            line = registry.production_line(self._root, MODEL_NAME)
+            line = registry.production_line(self._models, MODEL_NAME)
         except registry.UnknownModel:
             line = []
         in_use = None if isinstance(self._model, ModelUnavailable) else self._model
@@ -273,7 +272,7 @@ class Scorer:
             break
         else:
             if not line:
-                self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._root}")
+                self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._models.root}")
                 self._drift = None
             elif in_use is None:
                 self._model = ModelUnavailable("; ".join(self._refused[v] for v in line))
@@ -282,7 +281,7 @@ class Scorer:
     def _refresh_shadow(self) -> None:
         """Run the canary version in shadow if it passes the production checks; none if there is no canary or it fails them."""
         try:
-            version = registry.current(self._root, MODEL_NAME, "canary")
+            version = registry.current(self._models, MODEL_NAME, "canary")
         except registry.UnknownModel:
             version = None
         if version is None or version in self._refused:
@@ -299,11 +298,11 @@ class Scorer:
     def _drift_window(self, model: ServedModel) -> DriftWindow | None:
         """An empty drift window over ``model``'s training distributions; None if its manifest lists none or they do not read."""
         version = model.version
-        if DISTRIBUTIONS_FILE not in registry.get(self._root, MODEL_NAME, version).manifest.files:
+        if DISTRIBUTIONS_FILE not in registry.get(self._models, MODEL_NAME, version).manifest.files:
             log.warning("%s v%d has no %s: its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE)
             return None
         try:
-            distributions = TrainingDistributions.read(self._root / MODEL_NAME / str(version) / DISTRIBUTIONS_FILE, model.inputs.names)
+            distributions = TrainingDistributions.read(self._models.root / MODEL_NAME / str(version) / DISTRIBUTIONS_FILE, model.inputs.names)
         except (OSError, ValueError) as error:
             log.warning("%s v%d: %s does not read (%s): its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE, error)
             return None
@@ -318,8 +317,8 @@ class Scorer:
     def _load(self, version: int) -> ServedModel:
         key = registry.local_public_key(self.settings.data_dir / registry.KEYS_DIR)
         try:
-            problems = registry.verify(self._root, MODEL_NAME, version, key)
-            manifest = registry.get(self._root, MODEL_NAME, version).manifest
+            problems = registry.verify(self._models.root, MODEL_NAME, version, key)
+            manifest = registry.get(self._models, MODEL_NAME, version).manifest
         except (OSError, ValueError) as error:
             raise ModelUnavailable(f"{MODEL_NAME} v{version} cannot be verified: {error}") from None
         if problems:
@@ -328,7 +327,7 @@ class Scorer:
             raise ModelUnavailable(
                 f"{MODEL_NAME} v{version} was trained on inputs version {manifest.feature_version}; this server computes {INPUTS_VERSION}"
             )
-        directory = self._root / MODEL_NAME / str(version)
+        directory = self._models.root / MODEL_NAME / str(version)
         if INPUTS_FILE not in manifest.files:
             raise ModelUnavailable(f"{MODEL_NAME} v{version} has no {INPUTS_FILE}: its inputs are unknown")
         try:

@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 
 
 class ShadowGate(BackgroundThread):
-    """Settles the fraud model's shadow canary of ``settings``' lake from a daemon thread: ``start()``, ``close()``."""
+    """Settles the fraud model's shadow canary in ``models`` on ``settings``' lake from a daemon thread: ``start()``, ``close()``."""
 
-    def __init__(self, settings: Settings, audit: AuditLog) -> None:
+    def __init__(self, settings: Settings, models: registry.Registry, audit: AuditLog) -> None:
         self._audit = audit
+        self._models = models
         self._lake = Lake.from_settings(settings)
         self._maturity = settings.fraud_label_maturity
         self._interval_s = settings.fraud_gate_check_s
@@ -30,7 +31,7 @@ class ShadowGate(BackgroundThread):
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             try:
-                transitions = settle_shadow(self._lake, self._maturity, actor=ACTOR)
+                transitions = settle_shadow(self._lake, self._models, self._maturity, actor=ACTOR)
             except registry.UnknownModel:
                 continue  # no fraud model published yet
             except Exception:  # a lake or registry failure must not end the checks: the next one tries again

@@ -55,6 +55,7 @@ from edgelake.api.app import create_app
 from edgelake.api.metrics import ScoreMetrics
 from edgelake.api.scoring import KERAS_FILE, MODEL_NAME, Scorer, ServedModel, _keras
 from edgelake.broker import free_port
+from edgelake.control_db import copy_embedded, embedded_control_db
 from edgelake.settings import Settings
 from edgelake.training import registry
 
@@ -114,7 +115,7 @@ def run(settings: Settings, rates: tuple[int, ...] = RATES, seconds: float = SEC
 def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     """Settings over a new lake whose registry serves a fraud model trained on it, and a producer key's token."""
 
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.api.keys import KeyStore
     from edgelake.bench.silver import write_silver
     from edgelake.ingest.sources.synthetic import SyntheticConfig, labels, transactions
@@ -127,6 +128,7 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
         update={
             "data_dir": scratch / "data", "lake_root": str(scratch / "lake"), "topic_prefix": f"bench-{uuid.uuid4().hex[:8]}-",
             "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}", "log_level": "WARNING",
+            "control_db_url": None, "registry_dir": None,  # keys and the registry's stages of its own, in the scratch data dir
         }
     )
     config = SyntheticConfig(seed=3, cards=200, merchants=100, fraud_rate=0.05)
@@ -140,7 +142,7 @@ def scratch_world(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     finally:
         spark.stop()
     registry.publish_run(
-        lake, world.data_dir / registry.KEYS_DIR, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]},
+        lake, ControlDb.from_settings(world), world.data_dir / registry.KEYS_DIR, "fraud", trained.files, metrics={"auprc": trained.metrics["auprc"]},
         lineage=trained.lineage, feature_version=trained.feature_version, promote_to="production",
     )
     return world, KeyStore(ControlDb.from_settings(world)).create("bench api", "producer")[1]
@@ -176,20 +178,29 @@ def _median(runs: list[Measured]) -> dict[str, float | int]:
     }
 
 
+def _embedded(world: Settings) -> Path:
+    """The SQLite control-plane database of a bench world (each keeps its own in its scratch data dir)."""
+    path = embedded_control_db(world)
+    if path is None:
+        raise ValueError("a bench world keeps its control plane in its scratch data dir")
+    return path
+
+
 def shadow_world(world: Settings, directory: Path) -> Settings:
     """A copy of ``world`` (its keys, lake and registry) in ``directory`` whose registry has a canary fraud version: a copy of
     the production version's files, published again."""
     from edgelake.lake.catalog import Lake
 
-    shutil.copytree(world.data_dir, directory / "data")
+    shutil.copytree(world.data_dir, directory / "data", ignore=shutil.ignore_patterns("control.sqlite*"))
     shutil.copytree(world.lake_root, directory / "lake")
     shadowed = world.model_copy(update={"data_dir": directory / "data", "lake_root": str(directory / "lake")})
+    copy_embedded(_embedded(world), _embedded(shadowed))
     lake = Lake.from_settings(shadowed)
-    root = registry.registry_root(lake)
-    production = registry.get(root, MODEL_NAME, registry.current(root, MODEL_NAME))
+    models = registry.Registry.from_settings(shadowed)
+    production = registry.get(models, MODEL_NAME, registry.current(models, MODEL_NAME))
     manifest = production.manifest
     registry.publish_run(
-        lake, shadowed.data_dir / registry.KEYS_DIR, MODEL_NAME, {name: production.path / name for name in manifest.files},
+        lake, models.db, shadowed.data_dir / registry.KEYS_DIR, MODEL_NAME, {name: production.path / name for name in manifest.files},
         metrics=manifest.metrics, lineage=manifest.lineage, feature_version=manifest.feature_version, promote_to="canary",
     )
     return shadowed
@@ -318,7 +329,7 @@ def shadow_app() -> FastAPI:
 def baseline_app() -> FastAPI:
     """``score_app`` whose scorer runs the production model's Keras file with ``model.predict`` on every request."""
     app = score_app()
-    app.state.scorer = KerasScorer(app.state.settings, ScoreMetrics.create(CollectorRegistry()))  # its metrics are not read
+    app.state.scorer = KerasScorer(app.state.settings, app.state.model_registry, ScoreMetrics.create(CollectorRegistry()))  # its metrics are not read
     return app
 
 
@@ -327,7 +338,7 @@ class KerasScorer(Scorer):
 
     def _load(self, version: int) -> ServedModel:
         super()._load(version)
-        directory = self._root / MODEL_NAME / str(version)
+        directory = self._models.root / MODEL_NAME / str(version)
         return _keras(version, directory / KERAS_FILE)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import uvicorn
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.devices import DeviceStore
 from edgelake.bench.scratch import scratch_settings
 from edgelake.broker import free_port
@@ -130,11 +130,11 @@ def has_production_model(settings: Settings) -> bool:
 
 def production_dir(settings: Settings) -> Path:
     """The version directory of the production vision model in the settings' registry."""
-    root = registry.registry_root(Lake.from_settings(settings))
+    models = registry.Registry.from_settings(settings)
     advice = "run `edgelake train vision --promote-to production` or `make demo`, or pass --model-dir"
-    if MODEL not in registry.models(root) or (version := registry.current(root, MODEL)) is None:
-        raise NoVisionModel(f"no production {MODEL} model in the registry at {root}: {advice}")
-    return registry.get(root, MODEL, version).path
+    if MODEL not in registry.models(models.root) or (version := registry.current(models, MODEL)) is None:
+        raise NoVisionModel(f"no production {MODEL} model in the registry at {models.root}: {advice}")
+    return registry.get(models, MODEL, version).path
 
 
 def sample_frames(fashion_mnist_dir: Path, count: int) -> np.ndarray:
@@ -153,7 +153,7 @@ def paired_latency_ms(first: Interpreter, second: Interpreter, frames: np.ndarra
 def agent_peak_rss_mb(settings: Settings, int8_model: Path, samples: np.ndarray, frames: int) -> tuple[float, float]:
     """The peak resident MiB of an agent that classifies ``frames`` frames with ``int8_model`` on a scratch world, and its seconds."""
     with scratch_settings(settings) as scratch, tempfile.TemporaryDirectory(prefix="edgelake-bench-edge-") as work:
-        world = scratch.model_copy(update={"data_dir": Path(work) / "data", "log_level": "WARNING"})
+        world = scratch.model_copy(update={"data_dir": Path(work) / "data", "log_level": "WARNING", "control_db_url": None, "registry_dir": None})
         publish_edge_model(world, int8_model, samples, Path(work) / "publish")
         _, token = DeviceStore(ControlDb.from_settings(world)).issue_token("bench edge agent", uses=1, expires_in_s=3600)
         with serving(world) as url:
@@ -175,7 +175,8 @@ def publish_edge_model(world: Settings, int8_model: Path, samples: np.ndarray, w
     expected = predict(load_interpreter(int8_model), samples).argmax(axis=1)
     np.savez_compressed(work / SAMPLES_FILE, inputs=samples, expected=expected)
     registry.publish_run(
-        Lake.from_settings(world), world.data_dir / registry.KEYS_DIR, MODEL, {INT8_TFLITE: int8_model, SAMPLES_FILE: work / SAMPLES_FILE},
+        Lake.from_settings(world), ControlDb.from_settings(world), world.data_dir / registry.KEYS_DIR, MODEL,
+        {INT8_TFLITE: int8_model, SAMPLES_FILE: work / SAMPLES_FILE},
         metrics={}, lineage={}, extra={"edge_model": INT8_TFLITE, "samples": {"file": SAMPLES_FILE, "expected": expected.tolist()}},
         promote_to="production",
     )

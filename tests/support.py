@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
+from pydantic import SecretStr
 
 from edgelake.bench.silver import silver_rows
 from edgelake.broker import EmbeddedBroker, free_ports
@@ -45,10 +47,14 @@ def isolated_settings(bootstrap_servers: str, data_dir: Path) -> Settings:
 
 
 def command_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """This process's environment with ``settings``' broker, topics, lake and data dir, for an ``edgelake`` command run as a process."""
+    """This process's environment with ``settings``' broker, topics, lake, data dir and control-plane database (and registry
+    folder, if set), for an ``edgelake`` command run as a process."""
+    shared = {"EDGELAKE_CONTROL_DB_URL": settings.control_db_url.get_secret_value()} if settings.control_db_url else {}
+    if settings.registry_dir is not None:
+        shared["EDGELAKE_REGISTRY_DIR"] = str(settings.registry_dir)
     return {
         **os.environ, "EDGELAKE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "EDGELAKE_TOPIC_PREFIX": settings.topic_prefix,
-        "EDGELAKE_LAKE_ROOT": settings.lake_root, "EDGELAKE_DATA_DIR": str(settings.data_dir), **extra,
+        "EDGELAKE_LAKE_ROOT": settings.lake_root, "EDGELAKE_DATA_DIR": str(settings.data_dir), **shared, **extra,
     }
 
 
@@ -76,3 +82,39 @@ def append_silver(lake_root: str, events: Sequence[Event], partition: int = 0, f
     write_deltalake(uri, silver_rows(events, partition, first_offset), mode="append", schema_mode="merge")
     return DeltaTable(uri).version()
 
+
+
+def copy_world(settings: Settings, directory: Path, **changes: object) -> Settings:
+    """``settings`` over a copy, under ``directory``, of their lake's model registry and of their (SQLite) control-plane
+    database with its keys and stage books: what a test changes there leaves the original alone."""
+    from edgelake.control_db import copy_embedded, embedded_control_db
+    from edgelake.lake.catalog import Lake
+    from edgelake.training import registry
+
+    source = embedded_control_db(settings)
+    assert source is not None, "copy_world copies the embedded control-plane database only"
+    shutil.copytree(registry.registry_root(Lake.from_settings(settings)), directory / "lake" / "models")
+    copy_embedded(source, directory / "control.sqlite")
+    url = SecretStr(f"sqlite:///{directory / 'control.sqlite'}")
+    return settings.model_copy(update={"lake_root": str(directory / "lake"), "control_db_url": url, **changes})
+
+
+def copy_stage_books(source: Settings, target: Settings) -> None:
+    """Give ``target``'s control-plane database the stage book and rollout policy of every model in ``source``'s registry."""
+    import sqlalchemy as sa
+
+    from edgelake.control_db import rollout_policies
+    from edgelake.training import registry
+    from edgelake.training.registry.stages import stage_book
+
+    origin, copy = registry.Registry.from_settings(source), registry.Registry.from_settings(target)
+    for name in registry.models(origin.root):
+        book = registry.read_book(origin, name)
+        with stage_book(copy, name) as copied:
+            copied.stages.update(book.stages)
+            copied.history.extend(book.history)
+    with origin.db.transaction() as connection:
+        policies = [dict(row._mapping) for row in connection.execute(sa.select(rollout_policies))]
+    if policies:
+        with copy.db.transaction() as connection:
+            connection.execute(sa.insert(rollout_policies), policies)

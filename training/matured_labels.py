@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +25,7 @@ from edgelake.contracts import FraudLabel, FraudScore, Transaction
 from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import SILVER
 from edgelake.training.evaluation import RANKING_METRICS, Estimate, bootstrap_intervals, paired_differences
-from edgelake.training.registry.layout import registry_root
+from edgelake.training.registry.layout import Registry
 from edgelake.training.registry.rollout import Comparison, Interval, Measured, RolloutPolicy, RolloutRules, set_rollout, settle
 from edgelake.training.registry.stages import Transition
 
@@ -127,14 +126,15 @@ def shadow_rules(version: int, maturity: timedelta) -> RolloutRules:
     return RolloutRules(canary_percent=100, canary_version=version, max_accuracy_drop=0.0, deadline_s=deadline_s)
 
 
-def put_in_shadow(root: Path, version: int, maturity: timedelta, *, actor: str | None = None) -> RolloutPolicy:
+def put_in_shadow(registry: Registry, version: int, maturity: timedelta, *, actor: str | None = None) -> RolloutPolicy:
     """Put fraud ``version`` (a candidate or the canary) in shadow under :func:`shadow_rules`, its evidence starting now."""
-    return set_rollout(root, MODEL_NAME, shadow_rules(version, maturity), actor=actor)
+    return set_rollout(registry, MODEL_NAME, shadow_rules(version, maturity), actor=actor)
 
 
-def settle_shadow(lake: Lake, maturity: timedelta, *, actor: str | None) -> list[Transition]:
-    """Judge the fraud canary in shadow on matured labels and promote or reject it when the evidence says so; the transitions made."""
-    return settle(registry_root(lake), MODEL_NAME, lambda policy: matured_evidence(lake, policy, maturity), actor=actor)
+def settle_shadow(lake: Lake, registry: Registry, maturity: timedelta, *, actor: str | None) -> list[Transition]:
+    """Judge the fraud canary of ``registry`` in shadow on ``lake``'s matured labels and promote or reject it when the
+    evidence says so; the transitions made."""
+    return settle(registry, MODEL_NAME, lambda policy: matured_evidence(lake, policy, maturity), actor=actor)
 
 
 def matured_evidence(lake: Lake, policy: RolloutPolicy, maturity: timedelta, now: datetime | None = None) -> MaturedEvidence:

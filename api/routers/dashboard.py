@@ -19,7 +19,6 @@ import math
 import time
 from datetime import UTC, datetime
 from importlib.resources import files
-from pathlib import Path
 from typing import Any, Literal
 
 from deltalake import DeltaTable
@@ -172,7 +171,7 @@ def dashboard(request: Request) -> Dashboard:
     window = request.app.state.scorer.drift()
     return Dashboard(
         generated=now, tables=list_tables(request), ingest=with_lag(ingest_states(lake, now), request.app.state.topic_ends),
-        scores=score_stats(settings, lake), models=model_cards(registry.registry_root(lake)), devices=devices.devices(),
+        scores=score_stats(settings, lake), models=model_cards(request.app.state.model_registry), devices=devices.devices(),
         drift=drift(window) if window is not None else None,
     )
 
@@ -306,17 +305,17 @@ def _decision_buckets(rows: list[dict[str, Any]]) -> list[DecisionBucket]:
     return [buckets[start] for start in sorted(buckets)]
 
 
-def model_cards(root: Path) -> list[ModelCard]:
+def model_cards(models: registry.Registry) -> list[ModelCard]:
     """Every model's versions, newest first, with stage, metrics and plot files."""
     cards = []
-    for name in registry.models(root):
-        stages = registry.versions(root, name)
+    for name in registry.models(models.root):
+        stages = registry.versions(models, name)
         versions = []
         for number in sorted(stages, reverse=True):
-            manifest = registry.get(root, name, number).manifest
+            manifest = registry.get(models, name, number).manifest
             plots = sorted(file for file in manifest.files if file.lower().endswith(".png"))
             versions.append(VersionCard(version=number, stage=stages[number], created=manifest.created, metrics=manifest.metrics, plots=plots))
-        cards.append(ModelCard(name=name, production=registry.current(root, name), versions=versions))
+        cards.append(ModelCard(name=name, production=registry.current(models, name), versions=versions))
     return cards
 
 

@@ -23,7 +23,7 @@ from edgelake.api.auth import require
 from edgelake.api.devices import BrokerUnavailable, Device, DeviceStore, EnrollmentRefused, Heartbeat, ResultForwarder
 from edgelake.api.keys import ApiKey, KeyStore
 from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
-from edgelake.api.routers.models import registry_root_of, unknown_model_is_404
+from edgelake.api.routers.models import registry_of, unknown_model_is_404
 from edgelake import signing
 from edgelake.contracts import EdgeInference
 from edgelake.device_api import AssignedVersion, Assignment, Enrollment, EnrollRequest, HeartbeatRequest
@@ -133,7 +133,7 @@ def heartbeat(request: Request, body: HeartbeatRequest, device: Device = Depends
     record = Heartbeat(time=now, models=body.models, reports=body.reports, health=body.health, events=body.events)
     store = _store(request)
     store.record_heartbeat(device.id, record, {name: assigned.track for name, assigned in before.models.items()})
-    settled = rollout_gate.settle_all(store, registry_root_of(request))
+    settled = rollout_gate.settle_all(store, registry_of(request))
     audit: AuditLog = request.app.state.audit
     for name, transitions in settled.items():
         for event in gate_events(rollout_gate.ACTOR, name, transitions):
@@ -224,33 +224,33 @@ def get_rollout(request: Request, name: ModelName) -> Rollout:
 def put_rollout(request: Request, name: ModelName, body: registry.RolloutRules, key: ApiKey = Depends(require("admin"))) -> Rollout:
     with unknown_model_is_404():
         try:
-            registry.set_rollout(registry_root_of(request), name, body, actor=key.id)
+            registry.set_rollout(registry_of(request), name, body, actor=key.id)
         except ValueError as error:
             raise Problem(409, str(error), kind="rollout-refused", title="Rollout refused") from None
         return _rollout(request, name)
 
 
 def _rollout(request: Request, name: str) -> Rollout:
-    root = registry_root_of(request)
+    models = registry_of(request)
     return Rollout(
-        name=name, production=registry.current(root, name), policy=registry.rollout_policy(root, name),
-        gate=rollout_gate.gate_status(_store(request), root, name),
+        name=name, production=registry.current(models, name), policy=registry.rollout_policy(models, name),
+        gate=rollout_gate.gate_status(_store(request), models, name),
     )
 
 
 def _assignment(request: Request, device_id: str) -> Assignment:
-    root = registry_root_of(request)
+    held = registry_of(request)
     models = {}
-    for name in registry.models(root):
-        assigned = registry.assigned_version(root, name, device_id)
+    for name in registry.models(held.root):
+        assigned = registry.assigned_version(held, name, device_id)
         if assigned is not None:
             models[name] = AssignedVersion(version=assigned[0], track=assigned[1])
-    return Assignment(device_id=device_id, models=models, key_set_sequence=registry.key_set_sequence(root))
+    return Assignment(device_id=device_id, models=models, key_set_sequence=registry.key_set_sequence(held.root))
 
 
 def _public_key_pem(request: Request) -> str | None:
     """The app's registry's published key, else the local signer's (nothing published yet), else None."""
-    for path in (registry_root_of(request) / registry.PUBLIC_KEY, _settings(request).data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
+    for path in (registry_of(request).root / registry.PUBLIC_KEY, _settings(request).data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
         if path.is_file():
             return path.read_text()
     return None

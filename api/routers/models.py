@@ -21,7 +21,6 @@ from pydantic import BaseModel, Field
 from edgelake.api.auth import require
 from edgelake.api.problems import PROBLEM_RESPONSES, Problem, documented
 from edgelake.device_api import MAX_VERSION, KeyReleases
-from edgelake.lake.catalog import Lake
 from edgelake import signing
 from edgelake.signing import MANIFEST, SIGNATURE, FileEntry
 from edgelake.training import registry
@@ -75,23 +74,23 @@ class ModelDetail(BaseModel):
 
 @router.get("", summary="Every model with its versions and their stages")
 def list_models(request: Request) -> list[ModelSummary]:
-    root = registry_root_of(request)
+    models = registry_of(request)
     summaries = []
-    for name in registry.models(root):
-        stages = registry.versions(root, name)
-        production = registry.current(root, name)
+    for name in registry.models(models.root):
+        stages = registry.versions(models, name)
+        production = registry.current(models, name)
         summaries.append(ModelSummary(name=name, production=production, versions=[VersionSummary(version=v, stage=s) for v, s in stages.items()]))
     return summaries
 
 
 @router.get("/{name}", summary="One model's versions with stage, metrics, lineage and files")
 def get_model(request: Request, name: ModelName) -> ModelDetail:
-    root = registry_root_of(request)
+    models = registry_of(request)
     with unknown_model_is_404():
-        stages = registry.versions(root, name)
+        stages = registry.versions(models, name)
         details = []
         for version in stages:
-            model = registry.get(root, name, version)
+            model = registry.get(models, name, version)
             manifest = model.manifest
             details.append(
                 VersionDetail(
@@ -99,7 +98,7 @@ def get_model(request: Request, name: ModelName) -> ModelDetail:
                     feature_version=manifest.feature_version, extra=manifest.extra, files=manifest.files, key_fingerprint=manifest.key_fingerprint,
                 )
             )
-        return ModelDetail(name=name, production=registry.current(root, name), versions=details)
+        return ModelDetail(name=name, production=registry.current(models, name), versions=details)
 
 
 @router.get(
@@ -150,18 +149,18 @@ def get_artifact(request: Request, name: ModelName, version: Version, file: str)
 def key_releases(
     request: Request, after: int = Query(0, ge=0, le=MAX_VERSION, description="The release the caller trusts already; 0: the anchor key alone.")
 ) -> KeyReleases:
-    return KeyReleases(releases=registry.key_releases(registry_root_of(request), after))
+    return KeyReleases(releases=registry.key_releases(registry_of(request).root, after))
 
 
-def registry_root_of(request: Request) -> Path:
+def registry_of(request: Request) -> registry.Registry:
     """The model registry of the app's lake."""
-    lake: Lake = request.app.state.lake
-    return registry.registry_root(lake)
+    models: registry.Registry = request.app.state.model_registry
+    return models
 
 
 def _version(request: Request, name: str, version: int) -> registry.ModelVersion:
     with unknown_model_is_404():
-        return registry.get(registry_root_of(request), name, version)
+        return registry.get(registry_of(request), name, version)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ app = typer.Typer(help="The audit log: admin actions and refused requests; its c
 def admin_command(settings: Settings, action: str, target: str) -> Iterator[dict[str, str]]:
     """Log the command the block runs in the control plane's audit log; the block may set the entry's ``target`` and ``detail``."""
     from edgelake.api.audit import AuditLog, audited
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
 
     log = AuditLog(ControlDb.from_settings(settings))
     with audited(log, actor=f"cli:{getpass.getuser()}", action=action, target=target, client=socket.gethostname()) as entry:
@@ -35,7 +35,7 @@ def list_entries(
 ) -> None:
     """Entries oldest first: when, who, what, on what, how it ended and why."""
     from edgelake.api.audit import AuditLog
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
 
     settings: Settings = ctx.obj
     with reported_errors():
@@ -54,7 +54,7 @@ def export(ctx: typer.Context) -> None:
     """Copy the entries not yet copied to the lake's audit-log topic now (API servers do it every audit_export_s)."""
     from edgelake.api.audit import AuditLog
     from edgelake.api.audit_export import AuditExporter
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.contracts import AuditRecord
 
     settings: Settings = ctx.obj

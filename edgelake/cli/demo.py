@@ -206,7 +206,7 @@ def serve_and_score(settings: Settings) -> str:
 
     import httpx2
 
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.api.keys import KeyStore
     from edgelake.cli.serve import start_background
     from edgelake.cli.sql import print_result
@@ -274,15 +274,13 @@ def _print_drift(metrics: str) -> None:
 def _settle_shadow(settings: Settings) -> None:
     """Judge the fraud shadow and carry the verdict out; if the API's own gate settled it first, say how."""
     from edgelake.cli.models import evaluate_shadow
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
-    from edgelake.training.registry.stages import read_book
 
-    root = registry.registry_root(Lake.from_settings(settings))
-    if registry.rollout_policy(root, "fraud").canary_version is not None:
+    models = registry.Registry.from_settings(settings)
+    if registry.rollout_policy(models, "fraud").canary_version is not None:
         evaluate_shadow(settings, settle=True)
         return
-    last = read_book(root / "fraud").history[-1]
+    last = registry.read_book(models, "fraud").history[-1]
     console.print(f"the API's gate settled it: fraud v{last.version} {last.from_} -> {last.to}: {last.reason}", highlight=False)
 
 
@@ -331,18 +329,18 @@ def rotate_signing_key(settings: Settings) -> str:
     from edgelake.training import registry
 
     lake = Lake.from_settings(settings)
-    key_dir, root = settings.data_dir / registry.KEYS_DIR, registry.registry_root(lake)
+    key_dir, models = settings.data_dir / registry.KEYS_DIR, registry.Registry.from_settings(settings)
     old = registry.current_fingerprint(key_dir)
     with admin_command(settings, "models keys rotate", "registry signing key"):
         released = registry.rotate(key_dir, lake)
     signer = registry.ensure_signing_key(key_dir, lake)
     console.print(f"key set release {released.sequence}: signing key {released.keys[-1].fingerprint[:16]} replaces {str(old)[:16]}", highlight=False)
-    for name in registry.models(root):
+    for name in registry.models(models.root):
         for stage in ("production", "canary"):
-            version = registry.current(root, name, stage)
+            version = registry.current(models, name, stage)
             if version is not None:
-                resigned = registry.resign(root, name, version, signer)
-                registry.promote(root, name, resigned.version, stage, actor="demo", reason="re-signed by the new key")
+                resigned = registry.resign(models, name, version, signer)
+                registry.promote(models, name, resigned.version, stage, actor="demo", reason="re-signed by the new key")
                 console.print(f"{name}: v{version} re-signed as v{resigned.version}, now in {stage}", highlight=False)
     options = _run_fleet(settings, "", ROTATION_FRAMES)  # enrolled already: no token
     adopted = [adopted_key_set(options.state_root / name) for name in device_names(options)]
@@ -361,7 +359,7 @@ def audit_in_the_lake(settings: Settings) -> str:
     who did what; how many entries the lake holds."""
     from edgelake.api.audit import AuditLog
     from edgelake.api.audit_export import AuditExporter
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.cli.sql import print_result
     from edgelake.contracts import AuditRecord
     from edgelake.ingest.loop import IngestOptions, ingest

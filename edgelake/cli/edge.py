@@ -59,7 +59,7 @@ def fleet(
 def issue_local_enrollment_token(settings: Settings, devices: int, name: str) -> str:
     """An enrollment token for ``devices`` devices from this machine's device store (the API's data dir)."""
     try:
-        from edgelake.api.control_db import ControlDb
+        from edgelake.control_db import ControlDb
         from edgelake.api.devices import DeviceStore
     except ImportError:
         raise UserError("no API on this machine to issue an enrollment token: give --enrollment-token") from None

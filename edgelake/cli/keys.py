@@ -25,7 +25,7 @@ def create(
     role: RoleChoice = typer.Option(..., "--role", help="What the key may do; admin may do everything."),
 ) -> None:
     """Create a key and print it; this is the only time it is shown."""
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.api.keys import KeyStore
 
     settings: Settings = ctx.obj
@@ -39,7 +39,7 @@ def create(
 @app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key: id, name, role, creation time and whether it is revoked."""
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.api.keys import KeyStore
 
     settings: Settings = ctx.obj
@@ -52,7 +52,7 @@ def list_keys(ctx: typer.Context) -> None:
 @app.command("revoke")
 def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id, from `edgelake keys list`.")) -> None:
     """Revoke a key; running servers refuse it within api_key_cache_s (1 s by default)."""
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.api.keys import KeyStore
 
     settings: Settings = ctx.obj
@@ -69,7 +69,7 @@ def enrollment_token(
     expires_in_s: int = typer.Option(86_400, "--expires-in-s", min=1, help="Seconds until it expires."),
 ) -> None:
     """Issue a token devices enroll with (`POST /v1/devices/enroll`); it is shown this once."""
-    from edgelake.api.control_db import ControlDb
+    from edgelake.control_db import ControlDb
     from edgelake.api.devices import DeviceStore
 
     settings: Settings = ctx.obj

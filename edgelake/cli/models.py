@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from edgelake.signing import TrustedKey
-    from edgelake.training.registry import Transition
+    from edgelake.training.registry import Registry, Transition
 
 app = typer.Typer(help="The signed model registry: versions, stages, promotion, rollback, verification.", no_args_is_help=True)
 keys_app = typer.Typer(
@@ -37,20 +37,19 @@ PUBLIC_KEY_OPTION = typer.Option(
 @app.command("list")
 def list_models(ctx: typer.Context) -> None:
     """Every model's versions with their stage, creation time and metrics."""
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
-        root = registry.registry_root(Lake.from_settings(settings))
-        names = registry.models(root)
+        models = registry.Registry.from_settings(settings)
+        names = registry.models(models.root)
         if not names:
-            console.print(f"no models in {root}", highlight=False)
+            console.print(f"no models in {models.root}", highlight=False)
             return
         listing = Table("model", "version", "stage", "created (UTC)", "metrics")
         for name in names:
-            for version, stage in registry.versions(root, name).items():
-                listing.add_row(name, str(version), stage, *_summary(root, name, version))
+            for version, stage in registry.versions(models, name).items():
+                listing.add_row(name, str(version), stage, *_summary(models, name, version))
     console.print(listing)
 
 
@@ -62,12 +61,11 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and stage as one JSON object."),
 ) -> None:
     """A version's manifest: files with sha256, metrics, lineage, feature version, signing key."""
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
-        model = registry.get(registry.registry_root(Lake.from_settings(settings)), name, version)
+        model = registry.get(registry.Registry.from_settings(settings), name, version)
     manifest = model.manifest
     if as_json:
         print(json.dumps({**manifest.model_dump(mode="json"), "stage": model.stage}, indent=2, sort_keys=True))
@@ -96,14 +94,13 @@ def promote(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Move a verified version forward: candidate -> canary -> production (the one it replaces is archived)."""
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors(), admin_command(settings, f"models promote --to {to or 'next'}", f"{name} v{version}") as entry:
         entry["detail"] = reason or ""
         transitions = registry.promote(
-            registry.registry_root(Lake.from_settings(settings)), name, version, to,
+            registry.Registry.from_settings(settings), name, version, to,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
         )
     _print_transitions(name, transitions)
@@ -117,14 +114,13 @@ def rollback(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Put the previous production version back into production; the current one becomes rolled_back."""
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors(), admin_command(settings, "models rollback", name) as entry:
         entry["detail"] = reason or ""
         transitions = registry.rollback(
-            registry.registry_root(Lake.from_settings(settings)), name,
+            registry.Registry.from_settings(settings), name,
             public_key=_trusted_key(settings, public_key), actor=os.environ.get("USER"), reason=reason,
         )
     _print_transitions(name, transitions)
@@ -145,7 +141,6 @@ def rollout(
 ) -> None:
     """Show a model's rollout policy, its versions' stages and how the canary fares with the gate; with options, change the
     policy in the local registry (what is not given stays) and start the canary's evidence afresh."""
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
@@ -157,14 +152,14 @@ def rollout(
     if given.get("canary_version") == 0:
         given["canary_version"] = None
     with reported_errors():
-        root = registry.registry_root(Lake.from_settings(settings))
-        policy = registry.rollout_policy(root, name)
+        models = registry.Registry.from_settings(settings)
+        policy = registry.rollout_policy(models, name)
         if given:
             rules = registry.RolloutRules.model_validate({**policy.model_dump(include=set(registry.RolloutRules.model_fields)), **given})
             with admin_command(settings, "models rollout", name) as entry:
                 entry["detail"] = json.dumps(given)
-                policy = registry.set_rollout(root, name, rules, actor=os.environ.get("USER"))
-        stages = registry.versions(root, name)
+                policy = registry.set_rollout(models, name, rules, actor=os.environ.get("USER"))
+        stages = registry.versions(models, name)
     canary = "no canary" if policy.canary_version is None else f"canary v{policy.canary_version} on {policy.canary_percent}% of devices"
     since = "" if policy.updated is None else f" (since {policy.updated:%Y-%m-%d %H:%M:%S} UTC, by {policy.actor or 'unknown'})"
     console.print(f"[bold]{name}[/]: {canary}{since}", highlight=False)
@@ -174,17 +169,17 @@ def rollout(
         highlight=False,
     )
     console.print("stages: " + ", ".join(f"v{version} {stage}" for version, stage in stages.items()), highlight=False)
-    _print_gate(settings, root, name)
+    _print_gate(settings, models, name)
 
 
-def _print_gate(settings: Settings, root: Path, name: str) -> None:
+def _print_gate(settings: Settings, models: Registry, name: str) -> None:
     """The canary's evidence as the local device store holds it (the API's, when it runs on this data dir)."""
-    from edgelake.api.control_db import ControlDb, embedded_control_db
+    from edgelake.control_db import embedded_control_db
     from edgelake.api.devices import DeviceStore
     from edgelake.api.rollout_gate import gate_status
 
     embedded = embedded_control_db(settings)
-    gate = None if embedded is not None and not embedded.is_file() else gate_status(DeviceStore(ControlDb.from_settings(settings)), root, name)
+    gate = None if embedded is not None and not embedded.is_file() else gate_status(DeviceStore(models.db), models, name)
     if gate is None:
         return
     for side, tally in (("canary", gate.canary), ("production", gate.production)):
@@ -224,7 +219,8 @@ def evaluate_shadow(settings: Settings, *, settle: bool) -> None:
 
     maturity = settings.fraud_label_maturity
     lake = Lake.from_settings(settings)
-    policy = registry.rollout_policy(registry.registry_root(lake), MODEL_NAME)
+    models = registry.Registry.from_settings(settings)
+    policy = registry.rollout_policy(models, MODEL_NAME)
     if policy.canary_version is None:
         raise UserError(
             f"no {MODEL_NAME} version is in shadow under a rollout policy: `edgelake train fraud --promote-to canary`, "
@@ -248,7 +244,7 @@ def evaluate_shadow(settings: Settings, *, settle: bool) -> None:
     if settle and verdict.outcome != "wait":
         with admin_command(settings, "models evaluate --settle", f"{MODEL_NAME} v{policy.canary_version}") as entry:
             entry["detail"] = f"{verdict.outcome}: {verdict.reason}"
-            transitions = settle_shadow(lake, maturity, actor=os.environ.get("USER"))
+            transitions = settle_shadow(lake, models, maturity, actor=os.environ.get("USER"))
         _print_transitions(MODEL_NAME, transitions)
 
 
@@ -261,17 +257,16 @@ def verify(
     public_key: Path | None = PUBLIC_KEY_OPTION,
 ) -> None:
     """Check every artifact's size and sha256 and the manifest's signature; exit 1 on any problem."""
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors():
         if every and version is not None:
             raise UserError("give --version or --all, not both")
-        root = registry.registry_root(Lake.from_settings(settings))
-        chosen = list(registry.versions(root, name)) if every else [version or registry.get(root, name).version]
+        models = registry.Registry.from_settings(settings)
+        chosen = list(registry.versions(models, name)) if every else [version or registry.get(models, name).version]
         key = _trusted_key(settings, public_key)
-        problems = {v: registry.verify(root, name, v, key) for v in chosen}
+        problems = {v: registry.verify(models.root, name, v, key) for v in chosen}
     for v, found in problems.items():
         if found:
             console.print(f"[bold red]{name} v{v}: FAILED[/]", highlight=False)
@@ -296,10 +291,10 @@ def resign(
     settings: Settings = ctx.obj
     with reported_errors(), admin_command(settings, "models resign", f"{name} v{version or 'production'}") as entry:
         lake = Lake.from_settings(settings)
-        root = registry.registry_root(lake)
-        source = registry.get(root, name, version).version
+        models = registry.Registry.from_settings(settings)
+        source = registry.get(models, name, version).version
         signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, lake)
-        published = registry.resign(root, name, source, signer)
+        published = registry.resign(models, name, source, signer)
         entry["detail"] = f"v{source} published again as v{published.version}"
     console.print(
         f"{name} v{published.version}: v{source} signed by key {published.manifest.key_fingerprint[:16]}, a candidate "
@@ -400,12 +395,12 @@ def _trusted_key(settings: Settings, path: Path | None) -> Ed25519PublicKey | No
     return local
 
 
-def _summary(root: Path, name: str, version: int) -> tuple[str, str]:
+def _summary(models: Registry, name: str, version: int) -> tuple[str, str]:
     """A version's creation time and metrics for the listing; a note instead when its manifest is unreadable."""
     from edgelake.training import registry
 
     try:
-        manifest = registry.get(root, name, version).manifest
+        manifest = registry.get(models, name, version).manifest
     except ValueError:
         return "", "[red]manifest unreadable: run `edgelake models verify`[/]"
     metrics = ", ".join(f"{metric}={metric_text(value, metric)}" for metric, value in sorted(manifest.metrics.items()))

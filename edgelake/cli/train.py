@@ -97,7 +97,7 @@ def retrained_source(settings: Settings, version: int) -> str:
     from edgelake.training.fraud import SILVER_TABLES
 
     lake = Lake.from_settings(settings)
-    manifest = registry.get(registry.registry_root(lake), "fraud", version).manifest
+    manifest = registry.get(registry.Registry.from_settings(settings), "fraud", version).manifest
     learned = {table: manifest.lineage.get(table) for table in SILVER_TABLES}
     if all(lake.open(table).version() == at for table, at in learned.items()):
         tables = ", ".join(f"{table}@v{at}" for table, at in learned.items())
@@ -146,9 +146,9 @@ def train_and_publish_fraud(
         )
     if not shadow:
         return published
-    root = registry.registry_root(lake)
-    put_in_shadow(root, published.version, settings.fraud_label_maturity, actor=os.environ.get("USER"))
-    return registry.get(root, "fraud", published.version)
+    models = registry.Registry.from_settings(settings)
+    put_in_shadow(models, published.version, settings.fraud_label_maturity, actor=os.environ.get("USER"))
+    return registry.get(models, "fraud", published.version)
 
 
 def train_and_publish_vision(
@@ -177,10 +177,11 @@ def publish(
     extra: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
     """Sign a run's files with the key in the settings' data dir, publish them into ``lake``'s registry and promote them if asked."""
+    from edgelake.control_db import ControlDb
     from edgelake.training import registry
 
     return registry.publish_run(
-        lake, settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,
+        lake, ControlDb.from_settings(settings), settings.data_dir / registry.KEYS_DIR, name, files, metrics=metrics, lineage=lineage,
         feature_version=feature_version, extra=extra, promote_to=promote_to.value if promote_to else None,
         reason="edgelake train --promote-to",
     )

@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import ROLES, KeyStore
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.settings import Settings
@@ -61,16 +61,17 @@ class Deployment:
         return httpx2.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def publish_model(lake: Lake, data_dir: Path, work: Path) -> registry.ModelVersion:
-    """A tiny signed model in ``lake``'s registry: a .tflite, metrics and a nested file."""
+def publish_model(settings: Settings, work: Path) -> registry.ModelVersion:
+    """A tiny signed model in the registry of ``settings``' lake: a .tflite, metrics and a nested file."""
     work.mkdir(parents=True)
     (work / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8)
     (work / "metrics.json").write_text('{"auprc": 0.8}')
     (work / "plots").mkdir()
     (work / "plots" / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 100)
-    signer = registry.ensure_signing_key(data_dir / registry.KEYS_DIR, lake)
+    signer = registry.ensure_signing_key(settings.data_dir / registry.KEYS_DIR, Lake.from_settings(settings))
     files = {"model.tflite": work / "model.tflite", "metrics.json": work / "metrics.json", "plots": work / "plots"}
-    return registry.publish(registry.registry_root(lake), "fraud", files, metrics={"auprc": 0.8}, lineage={"silver_transactions": 1}, signer=signer)
+    models = registry.Registry.from_settings(settings)
+    return registry.publish(models, "fraud", files, metrics={"auprc": 0.8}, lineage={"silver_transactions": 1}, signer=signer)
 
 
 Serve = Callable[[FastAPI], AbstractContextManager[str]]
@@ -91,7 +92,7 @@ def deployment(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) 
     events = list(synthetic.transactions(SYNTHETIC, FIRST_BATCH + SECOND_BATCH))
     first = append_silver(settings.lake_root, events[:FIRST_BATCH])
     second = append_silver(settings.lake_root, events[FIRST_BATCH:], first_offset=FIRST_BATCH)
-    model = publish_model(Lake.from_settings(settings), settings.data_dir, base / "run")
+    model = publish_model(settings, base / "run")
     store = KeyStore(ControlDb.from_settings(settings))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url:
@@ -116,7 +117,7 @@ def fraud_lake(spark, tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedB
     build_card_features(spark, lake)
     result = train_fraud(spark, lake, base / "run", FraudConfig(source="synthetic", epochs=2, device="cpu"))
     registry.publish_run(
-        lake, settings.data_dir / registry.KEYS_DIR, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]},
+        lake, ControlDb.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", result.files, metrics={"auprc": result.metrics["auprc"]},
         lineage=result.lineage, feature_version=result.feature_version, promote_to="production",
     )
     return settings

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import KeyStore
 from edgelake.contracts import FraudScore
 from edgelake.kafka import ensure_topics, read_topic

@@ -1,10 +1,12 @@
 """The control plane shared by API replicas: one schema on SQLite and PostgreSQL (owned by Alembic), enrollment tokens
 spent once when replicas race, keys and revocations seen by every replica, the audit log of admin actions and refusals,
-rate limits counted in Redis across replicas, and the audit log's copy in the lake."""
+rate limits counted in Redis across replicas, the audit log's copy in the lake, and the registry's stage moves made
+by replicas at once."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from pydantic import SecretStr
 from edgelake.api.app import create_app
 from edgelake.api.audit import AuditEvent, AuditLog
 from edgelake.api.audit_export import AuditExporter
-from edgelake.api.control_db import ControlDb, audit_exports, metadata
+from edgelake.control_db import ControlDb, audit_exports, metadata
 from edgelake.api.keys import ROLES, KeyStore
 from edgelake.api.ratelimit import RedisRateLimiter
 from edgelake.broker import free_port
@@ -31,7 +33,11 @@ from edgelake.ingest.loop import IngestOptions, ingest
 from edgelake.lake.catalog import Lake
 from edgelake.lake.sql import run_query
 from edgelake.settings import Settings
+from edgelake.training import registry
+from edgelake.training.registry import RolloutRules, rollout
+from edgelake.training.registry.rollout import Comparison, Measured
 from tests.api.conftest import publish_model, serving
+from tests.api.proxy import nginx
 from tests.conftest import Postgres
 
 
@@ -49,7 +55,7 @@ def test_the_migrations_build_exactly_the_tables_the_code_queries(backend: str, 
     with db.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
         assert differences == []
-        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 def test_replicas_starting_together_migrate_a_fresh_database_once(postgres: Postgres) -> None:
@@ -68,6 +74,57 @@ def test_replicas_starting_together_migrate_a_fresh_database_once(postgres: Post
 
 
 @dataclass(frozen=True)
+class Promising:
+    """Complete evidence that promotes the canary: what every replica's gate gathers about it."""
+
+    version: int
+    elapsed_s: float = 1.0
+
+    def failure(self) -> str | None:
+        return None
+
+    def shortfall(self, rules: RolloutRules) -> list[str]:
+        return []
+
+    def comparison(self) -> Comparison:
+        return Comparison(Measured(self.version, 0.95, 500), None, "the replicas' shared evidence")
+
+
+def test_stage_moves_from_replicas_at_once_are_kept_whole_and_a_verdict_is_carried_out_once(postgres: Postgres, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", lake_root=str(tmp_path / "lake"), control_db_url=SecretStr(postgres.new_database()))
+    count = 8
+    for run in range(count):
+        publish_model(settings, tmp_path / f"run{run}")
+    lake = Lake.from_settings(settings)
+    replicas = [registry.Registry.of(lake, ControlDb.from_settings(settings)) for _ in range(2)]  # connections of their own
+    start = threading.Barrier(count)
+
+    def promote(version: int) -> None:
+        start.wait()
+        registry.promote(replicas[version % 2], "fraud", version)
+
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(promote, range(1, count + 1)))
+    stages = registry.versions(replicas[0], "fraud")
+    assert sorted(stages.values()) == ["archived"] * (count - 1) + ["canary"]
+    assert len(registry.read_book(replicas[1], "fraud").history) == count + count + (count - 1)  # published, promoted, archived
+
+    canary = next(version for version, stage in stages.items() if stage == "canary")
+    registry.set_rollout(replicas[0], "fraud", RolloutRules(canary_percent=50, canary_version=canary))
+    settling = threading.Barrier(6)
+
+    def settle(replica: int) -> list[registry.Transition]:
+        settling.wait()
+        return rollout.settle(replicas[replica % 2], "fraud", lambda policy: Promising(canary), actor=f"replica-{replica % 2}")
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(settle, range(6)))
+    assert sorted(len(transitions) for transitions in outcomes) == [0, 0, 0, 0, 0, 1]
+    assert registry.current(replicas[1], "fraud") == canary and registry.rollout_policy(replicas[1], "fraud").canary_version is None
+    assert [t.to for t in registry.read_book(replicas[0], "fraud").history].count("production") == 1
+
+
+@dataclass(frozen=True)
 class Replicas:
     """Two API servers, each with its own connections, sharing one PostgreSQL control plane and one lake."""
 
@@ -79,32 +136,51 @@ class Replicas:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx2.Client(base_url=self.urls[replica], headers=headers, timeout=30)
 
+    @property
+    def ports(self) -> list[int]:
+        return [port_of(url) for url in self.urls]
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def enrollments_answered(url: str) -> float:
+    """The enrollments a replica answered, from its /metrics."""
+    text = httpx2.get(f"{url}/metrics", timeout=5).text
+    return sum(float(m) for m in re.findall(r'^edgelake_http_request_duration_seconds_count\{.*route="/v1/devices/enroll".*\} (\S+)$', text, re.M))
+
 
 @pytest.fixture(scope="module")
 def replicas(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     base = tmp_path_factory.mktemp("replicas")
     settings = Settings(data_dir=base / "data", lake_root=str(base / "lake"), control_db_url=SecretStr(postgres.new_database()))
-    publish_model(Lake.from_settings(settings), settings.data_dir, base / "run")
+    publish_model(settings, base / "run")
     store = KeyStore(ControlDb.from_settings(settings))
     tokens = {role: store.create(f"replica test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as first, serving(create_app(settings)) as second:
         yield Replicas(settings, (first, second), tokens)
 
 
-def test_an_enrollment_token_is_spent_once_when_replicas_race_for_it(replicas: Replicas) -> None:
+def test_an_enrollment_token_is_spent_once_when_replicas_race_for_it(replicas: Replicas, tmp_path: Path) -> None:
     uses, attempts = 3, 24
     with replicas.client(0, replicas.tokens["admin"]) as admin:
         token = admin.post("/v1/devices/enrollment-tokens", json={"name": "race", "uses": uses}).json()["token"]
     start = threading.Barrier(attempts)
+    before = [enrollments_answered(url) for url in replicas.urls]
 
-    def enroll(attempt: int) -> int:
-        with replicas.client(attempt % 2) as client:
-            start.wait()
-            return client.post("/v1/devices/enroll", json={"enrollment_token": token, "device_name": f"racer-{attempt}"}).status_code
+    with nginx(replicas.ports, tmp_path) as (proxy, _):
 
-    with ThreadPoolExecutor(attempts) as pool:
-        statuses = list(pool.map(enroll, range(attempts)))
+        def enroll(attempt: int) -> int:
+            with httpx2.Client(base_url=proxy, timeout=30) as client:
+                start.wait()
+                return client.post("/v1/devices/enroll", json={"enrollment_token": token, "device_name": f"racer-{attempt}"}).status_code
+
+        with ThreadPoolExecutor(attempts) as pool:
+            statuses = list(pool.map(enroll, range(attempts)))
     assert sorted(statuses) == [201] * uses + [401] * (attempts - uses)
+    answered = [enrollments_answered(url) - earlier for url, earlier in zip(replicas.urls, before, strict=True)]
+    assert sum(answered) == attempts and min(answered) > 0, answered  # nginx spread the race over both replicas
     with replicas.client(1, replicas.tokens["analyst"]) as analyst:
         racers = [device for device in analyst.get("/v1/devices").json() if device["name"].startswith("racer-")]
     assert len(racers) == uses
@@ -154,15 +230,14 @@ def test_admin_actions_and_refused_requests_land_in_the_audit_log_whichever_repl
 
 @pytest.mark.parametrize(("rate_limits", "granted"), [("process", 8), ("redis", 4)])
 def test_a_key_s_rate_limit_holds_across_replicas_when_counted_in_redis(
-    rate_limits: str, granted: int, replicas: Replicas, redis_server: str
+    rate_limits: str, granted: int, replicas: Replicas, redis_server: str, tmp_path: Path
 ) -> None:
     """A burst of 4 per key: each of two replicas grants it on its own, or both together grant it once."""
     settings = replicas.settings.model_copy(update={"rate_limits": rate_limits, "redis_url": redis_server, "topic_prefix": f"{rate_limits}-"})
     with serving(create_app(settings, rate_per_s=0.01, burst=4)) as first, serving(create_app(settings, rate_per_s=0.01, burst=4)) as second:
-        statuses = []
-        for attempt in range(10):
-            with httpx2.Client(base_url=(first, second)[attempt % 2], headers={"Authorization": f"Bearer {replicas.tokens['analyst']}"}) as client:
-                statuses.append(client.get("/v1/models").status_code)
+        with nginx([port_of(first), port_of(second)], tmp_path) as (proxy, _):  # which takes turns between them
+            with httpx2.Client(base_url=proxy, headers={"Authorization": f"Bearer {replicas.tokens['analyst']}"}) as client:
+                statuses = [client.get("/v1/models").status_code for _ in range(10)]
     assert statuses.count(200) == granted and statuses.count(429) == 10 - granted
     assert statuses[:granted] == [200] * granted
 

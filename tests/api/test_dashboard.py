@@ -18,7 +18,7 @@ from kafka import KafkaProducer
 
 from edgelake.api.app import create_app
 from edgelake.api.routers.dashboard import score_stats
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import ROLES, KeyStore
 from edgelake.bench.silver import silver_rows
 from edgelake.broker import EmbeddedBroker
@@ -111,7 +111,7 @@ def board(tmp_path_factory: pytest.TempPathFactory, kafka: EmbeddedBroker) -> It
         producer.send(scores_topic, value=b"{}", partition=SCORES_PARTITION)
     producer.flush()
     producer.close()
-    publish_model(Lake.from_settings(settings), settings.data_dir, base / "run")
+    publish_model(settings, base / "run")
     store = KeyStore(ControlDb.from_settings(settings))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.devices import DeviceStore, ResultForwarder
 from edgelake.api.keys import ROLES, KeyStore
 from edgelake.broker import EmbeddedBroker
@@ -67,11 +67,9 @@ def fleet(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, reque
     settings = isolated_settings(kafka.bootstrap_servers, base / "data")
     if request.param == "postgresql":
         settings = settings.model_copy(update={"control_db_url": SecretStr(request.getfixturevalue("postgres").new_database())})
-    lake = Lake.from_settings(settings)
-    root = registry.registry_root(lake)
     for run in ("run1", "run2"):
-        publish_model(lake, settings.data_dir, base / run)
-    registry.promote(root, "fraud", 1, "production")
+        publish_model(settings, base / run)
+    registry.promote(registry.Registry.from_settings(settings), "fraud", 1, "production")
     store = KeyStore(ControlDb.from_settings(settings))
     tokens = {role: store.create(f"test {role}", role)[1] for role in ROLES}
     with serving(create_app(settings)) as url, httpx2.Client(base_url=url, timeout=30) as client:
@@ -183,12 +181,12 @@ def test_rollout_puts_a_stable_share_of_devices_on_the_canary(fleet: Fleet) -> N
         assert_problem(admin.put("/v1/models/fraud/rollout", json={"canary_percent": 10, "canary_version": 9}), 404)
         assert_problem(admin.put("/v1/models/nope/rollout", json={"canary_percent": 10, "canary_version": None}), 404)
         assigned = device.get(f"/v1/devices/{fleet.device_id}/assignment").json()["models"]["fraud"]
-    root = registry.registry_root(Lake.from_settings(fleet.settings))
+    models = registry.Registry.from_settings(fleet.settings)
     expected_track = "canary" if registry.rollout_bucket("fraud", fleet.device_id) < 50 else "production"
     assert assigned == {"version": 2 if expected_track == "canary" else 1, "track": expected_track}
     fleet_ids = [f"dev_{n:016x}" for n in range(200)]
-    first = {d: registry.assigned_version(root, "fraud", d) for d in fleet_ids}
-    assert first == {d: registry.assigned_version(root, "fraud", d) for d in fleet_ids}  # stable
+    first = {d: registry.assigned_version(models, "fraud", d) for d in fleet_ids}
+    assert first == {d: registry.assigned_version(models, "fraud", d) for d in fleet_ids}  # stable
     canary = sum(1 for version in first.values() if version == (2, "canary"))
     assert 80 <= canary <= 120 and all(v in ((2, "canary"), (1, "production")) for v in first.values())
     with fleet.admin() as admin:

@@ -11,7 +11,6 @@ for the second only; the dashboard plots it.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgelake.api.app import create_app
 from edgelake.api.drift import DriftWindow
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import KeyStore
 from edgelake.contracts import Transaction
 from edgelake.ingest.sources import synthetic
@@ -34,7 +33,7 @@ from edgelake.lake.features.model_inputs import INPUTS_FILE, WATCHED_FIELDS, Inp
 from edgelake.settings import Settings
 from edgelake.training import registry
 from edgelake.training.drift import DISTRIBUTIONS_FILE, PSI_MAJOR, PSI_MODERATE, TrainingDistributions
-from support import isolated_settings
+from support import copy_world, isolated_settings
 from tests.api.conftest import TRAINING
 from tests.api.test_dashboard import Dom, rendered
 from tests.infra.test_prometheus_rules import RULES, run_promtool
@@ -48,8 +47,8 @@ NAMES = InputSpec().names  # the window's own tests: a model reading the built-i
 
 def input_names(settings: Settings) -> tuple[str, ...]:
     """The inputs of the session's fraud model (its production version)."""
-    models = registry.registry_root(Lake.from_settings(settings))
-    return InputSpec.read(models / "fraud" / str(registry.current(models, "fraud")) / INPUTS_FILE).names
+    models = registry.Registry.from_settings(settings)
+    return InputSpec.read(models.root / "fraud" / str(registry.current(models, "fraud")) / INPUTS_FILE).names
 
 
 def body(t: Transaction) -> dict[str, Any]:
@@ -274,17 +273,15 @@ def test_the_dashboard_plots_the_psi_over_time(drifted: Drifted, fraud_lake: Set
 def test_a_new_version_restarts_the_window_and_one_without_distributions_is_served_unwatched(
     fraud_lake: Settings, keys: dict[str, str], serve, tmp_path: Path
 ) -> None:
-    root = tmp_path / "versions-lake"
-    shutil.copytree(registry.registry_root(Lake.from_settings(fraud_lake)), root / "models")
-    settings = drift_settings(fraud_lake, lake_root=str(root), drift_min_transactions=10)
+    settings = copy_world(drift_settings(fraud_lake, drift_min_transactions=10), tmp_path / "versions")
     lake = Lake.from_settings(settings)
-    models = registry.registry_root(lake)
+    models = registry.Registry.from_settings(settings)
     first = registry.get(models, "fraud", registry.current(models, "fraud"))
     assert DISTRIBUTIONS_FILE in first.manifest.files
 
     def publish(files: list[str]) -> int:
         return registry.publish_run(
-            lake, settings.data_dir / registry.KEYS_DIR, "fraud", {name: first.path / name for name in files}, metrics=first.manifest.metrics,
+            lake, models.db, settings.data_dir / registry.KEYS_DIR, "fraud", {name: first.path / name for name in files}, metrics=first.manifest.metrics,
             lineage=first.manifest.lineage, feature_version=first.manifest.feature_version, promote_to="production",
         ).version
 

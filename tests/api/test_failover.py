@@ -22,7 +22,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import KeyStore
 from edgelake.broker import EmbeddedBroker
 from edgelake.contracts import FraudScore, Transaction
@@ -31,7 +31,7 @@ from edgelake.kafka import EventProducer, produce
 from edgelake.ingest.sources import synthetic
 from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import SILVER, table_uri
-from support import embedded_kafka, isolated_settings
+from support import copy_stage_books, embedded_kafka, isolated_settings
 from edgelake.training import registry
 
 EVENTS = 50_000
@@ -123,6 +123,7 @@ def test_leader_kills_lose_and_double_nothing_while_the_api_scores(fraud_lake: S
         settings = isolated_settings(cluster.bootstrap_servers, tmp_path / "data").model_copy(
             update={"registry_dir": registry.registry_root(Lake.from_settings(fraud_lake)), "score_model_check_s": 5.0}
         )
+        copy_stage_books(fraud_lake, settings)
         token = KeyStore(ControlDb.from_settings(settings)).create("failover", "producer")[1]
         topics = [settings.topic(Transaction.topic), settings.topic(FraudScore.topic)]
         env = {

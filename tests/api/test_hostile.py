@@ -19,7 +19,7 @@ import httpx2
 import pytest
 
 
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import KeyStore
 from edgelake.broker import EmbeddedBroker, free_port
 from tests.api.test_errors_and_auth import assert_problem
@@ -95,7 +95,7 @@ def test_every_v1_route_refuses_no_key_a_forged_one_and_a_revoked_one(server: Se
 @pytest.mark.parametrize(
     "name",
     [
-        "..%2f..%2fstages.json", "%2e%2e%2f%2e%2e%2fstages.json", "%2Fetc%2Fpasswd", "metrics.json%00.png", "%00", "a" * 4096,
+        "..%2f..%2fregistry.pub", "%2e%2e%2f%2e%2e%2fregistry.pub", "%2Fetc%2Fpasswd", "metrics.json%00.png", "%00", "a" * 4096,
         "plots%2f..%2f..%2f..%2fregistry.pub",
     ],
 )

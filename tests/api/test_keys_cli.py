@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from edgelake.api.app import create_app
 from edgelake.api.audit import AuditLog
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.cli import app
 from edgelake.settings import Settings
 

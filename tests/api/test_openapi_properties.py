@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import KeyStore
 from edgelake.settings import Settings
-from support import isolated_settings
+from support import copy_stage_books, isolated_settings
 from tests.api.conftest import serving
 
 PROBLEM = "application/problem+json"
@@ -54,6 +54,7 @@ def target(fraud_lake: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
     base = tmp_path_factory.mktemp("openapi")
     settings = isolated_settings(fraud_lake.kafka_bootstrap_servers, base / "data").model_copy(update={"score_model_check_s": 0.0})
     shutil.copytree(fraud_lake.lake_root, settings.lake_root)
+    copy_stage_books(fraud_lake, settings)
     admin = KeyStore(ControlDb.from_settings(settings)).create("openapi admin", "admin")[1]
     with serving(create_app(settings, rate_per_s=1e6, burst=10**6)) as url:
         with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=30) as http:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.devices import DeviceStore
 from edgelake.api.keys import KeyStore
 from edgelake.api.rollout_gate import Evidence, Tally
 from edgelake.cli import app as cli
-from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
 from tests.api.conftest import publish_model, serving
 from tests.api.test_devices import enroll
@@ -51,9 +52,10 @@ class GatedFleet:
     admin_token: str
     devices: list[Unit] = field(default_factory=list)
 
-    @property
-    def root(self) -> Path:
-        return registry.registry_root(Lake.from_settings(self.settings))
+    @cached_property
+    def models(self) -> registry.Registry:
+        """The registry, with connections of its own kept for the test."""
+        return registry.Registry.from_settings(self.settings)
 
     def admin(self, method: str, path: str, **options: Any) -> httpx2.Response:
         return self.http.request(method, path, headers={"Authorization": f"Bearer {self.admin_token}"}, **options)
@@ -90,20 +92,18 @@ class GatedFleet:
             list(pool.map(beat, self.devices))
 
     def stage(self, version: int) -> str:
-        return registry.versions(self.root, MODEL)[version]
+        return registry.versions(self.models, MODEL)[version]
 
     def history(self, version: int) -> list[registry.Transition]:
-        return [t for t in registry.StageBook.model_validate_json((self.root / MODEL / registry.STAGES).read_bytes()).history if t.version == version]
+        return [t for t in registry.read_book(self.models, MODEL).history if t.version == version]
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[GatedFleet]:
     settings = Settings(data_dir=tmp_path / "data", lake_root=str(tmp_path / "lake"))
-    lake = Lake.from_settings(settings)
-    root = registry.registry_root(lake)
     for run in ("run1", "run2", "run3"):
-        publish_model(lake, settings.data_dir, tmp_path / run)
-    registry.promote(root, MODEL, 1, "production")
+        publish_model(settings, tmp_path / run)
+    registry.promote(registry.Registry.from_settings(settings), MODEL, 1, "production")
     admin_token = KeyStore(ControlDb.from_settings(settings)).create("test admin", "admin")[1]
     with serving(create_app(settings, rate_per_s=1e6, burst=10**6)) as url, httpx2.Client(base_url=url, timeout=30) as http:
         with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30) as admin:
@@ -122,9 +122,9 @@ def test_a_better_canary_is_promoted_once_and_every_device_moves_to_it(fleet: Ga
     assert fleet.stage(2) == "canary"
     for _ in range(3):  # 1: canary devices install v2; 2, 3: 6 healthy canary reports and 200+ labelled a side
         fleet.round({1: 0.8, 2: 0.9})
-        if registry.current(fleet.root, MODEL) == 2:
+        if registry.current(fleet.models, MODEL) == 2:
             break
-    assert registry.current(fleet.root, MODEL) == 2, fleet.rollout()["gate"]
+    assert registry.current(fleet.models, MODEL) == 2, fleet.rollout()["gate"]
     assert fleet.stage(1) == "archived"
     promoted = [t for t in fleet.history(2) if t.to == "production"]
     assert len(promoted) == 1 and promoted[0].actor == "rollout-gate", promoted
@@ -141,7 +141,7 @@ def test_a_worse_canary_is_rolled_back_and_devices_return_to_production(fleet: G
     fleet.set_gate()
     for _ in range(3):
         fleet.round({1: 0.8, 2: 0.7})
-    assert fleet.stage(2) == "rolled_back" and registry.current(fleet.root, MODEL) == 1
+    assert fleet.stage(2) == "rolled_back" and registry.current(fleet.models, MODEL) == 1
     rejected = fleet.history(2)[-1]
     assert rejected.actor == "rollout-gate" and "canary v2 accuracy 0.700" in (rejected.reason or ""), rejected
     assert "vs production v1 0.800" in (rejected.reason or "") and "(more than the max drop 0.02)" in (rejected.reason or "")
@@ -165,7 +165,7 @@ def test_one_device_claiming_a_lot_does_not_decide_for_the_fleet(fleet: GatedFle
     fleet.beat(liar, {"version": 1, "inferences": 9_000, "labelled": 9_000, "correct": 0})
     for _ in range(3):
         fleet.round({1: 0.8, 2: 0.7})
-    assert fleet.stage(2) == "rolled_back" and registry.current(fleet.root, MODEL) == 1
+    assert fleet.stage(2) == "rolled_back" and registry.current(fleet.models, MODEL) == 1
     assert "vs production v1 0.800" in (fleet.history(2)[-1].reason or "")
 
 
@@ -209,7 +209,7 @@ def test_no_decision_before_the_reports_and_labels_are_in_and_the_gate_shows_its
     fleet.set_gate(min_labelled=100_000)
     for _ in range(3):
         fleet.round({1: 0.8, 2: 0.9})
-    assert fleet.stage(2) == "canary" and registry.current(fleet.root, MODEL) == 1
+    assert fleet.stage(2) == "canary" and registry.current(fleet.models, MODEL) == 1
     gate = fleet.rollout()["gate"]
     canary, production = len(fleet.canary()), len(fleet.devices) - len(fleet.canary())
     assert gate["canary"] == {
@@ -255,7 +255,7 @@ def test_the_cli_sets_and_shows_the_rollout_policy(fleet: GatedFleet) -> None:
     runner = CliRunner()
     changed = runner.invoke(cli, ["models", "rollout", MODEL, "--canary-percent", "30", "--canary-version", "2", "--promote-after", "4"], env=env)
     assert changed.exit_code == 0, changed.output
-    policy = registry.rollout_policy(fleet.root, MODEL)
+    policy = registry.rollout_policy(fleet.models, MODEL)
     assert (policy.canary_percent, policy.canary_version, policy.promote_after_reports, policy.min_labelled, policy.actor) == (30, 2, 4, 200, "ops")
     shown = runner.invoke(cli, ["models", "rollout", MODEL], env=env)
     assert shown.exit_code == 0, shown.output

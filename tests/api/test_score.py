@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pytest
 import redis
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import ROLES, KeyStore
 from edgelake.api.scoring import DEFAULT_THRESHOLDS, decide
 from edgelake.broker import free_port
@@ -39,7 +38,7 @@ from edgelake.lake.features.definitions import CARD_FEATURES
 from edgelake.lake.features.online import CardHistory
 from edgelake.lake.features.online_redis import RedisCardHistory
 from edgelake.lake.tables import SILVER
-from support import append_silver, isolated_settings
+from support import append_silver, copy_world, isolated_settings
 from edgelake.training import registry
 
 REPLAY = synthetic.SyntheticConfig(seed=11, cards=16, merchants=30, start=datetime(2025, 3, 1, tzinfo=UTC))
@@ -261,10 +260,8 @@ def test_bodies_past_the_limit_are_413_problems_and_long_batches_are_refused_bef
 
 def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:
     empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
-    tampered_root = tmp_path / "tampered-lake"
-    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), tampered_root / "models")
-    flip_a_byte(tampered_root / "models" / "fraud" / "1" / "fraud.tflite")
-    tampered = lake.model_copy(update={"lake_root": str(tampered_root)})
+    tampered = copy_world(lake, tmp_path / "tampered")
+    flip_a_byte(tmp_path / "tampered" / "lake" / "models" / "fraud" / "1" / "fraud.tflite")
     for settings, reason in ((empty, "no version of model 'fraud' is in production"), (tampered, "fails verification")):
         with client(serve, settings, tokens["producer"]) as http:
             response = http.post("/v1/score", json=example())
@@ -277,15 +274,13 @@ def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, to
 def test_a_refused_production_version_leaves_the_last_good_one_answering(lake: Settings, tokens, serve, tmp_path: Path) -> None:
     """A promoted version whose file no longer matches its signature is refused: a running server keeps the version it
     serves, and a server started afterwards falls back to the earlier production version; never a 503."""
-    root = tmp_path / "last-good-lake"
-    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), root / "models")
-    settings = lake.model_copy(update={"lake_root": str(root), "score_model_check_s": 0.0})
-    models = registry.registry_root(Lake.from_settings(settings))
+    settings = copy_world(lake, tmp_path / "last-good", score_model_check_s=0.0)
+    models = registry.Registry.from_settings(settings)
     good = registry.get(models, "fraud", registry.current(models, "fraud"))
     with client(serve, settings, tokens["producer"]) as http:
         assert http.post("/v1/score", json=example()).json()["model"]["version"] == good.version
         bad = registry.publish_run(
-            Lake.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", {name: good.path / name for name in good.manifest.files},
+            Lake.from_settings(settings), models.db, settings.data_dir / registry.KEYS_DIR, "fraud", {name: good.path / name for name in good.manifest.files},
             metrics=good.manifest.metrics, lineage=good.manifest.lineage, feature_version=good.manifest.feature_version, promote_to="production",
         )
         flip_a_byte(bad.path / "fraud.tflite")
@@ -306,14 +301,12 @@ def test_a_canary_version_scores_in_shadow_and_only_production_answers(spark, la
     from edgelake.training.fraud import FraudConfig, train_fraud
     from edgelake.training.registry.stages import reject
 
-    root = tmp_path / "shadow-lake"
-    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), root / "models")
-    settings = lake.model_copy(update={"lake_root": str(root), "topic_prefix": f"shadow{uuid.uuid4().hex[:8]}-", "score_model_check_s": 0.0})
-    models = registry.registry_root(Lake.from_settings(settings))
+    settings = copy_world(lake, tmp_path / "shadow", topic_prefix=f"shadow{uuid.uuid4().hex[:8]}-", score_model_check_s=0.0)
+    models = registry.Registry.from_settings(settings)
     production = registry.current(models, "fraud")
     other = train_fraud(spark, Lake.from_settings(lake), tmp_path / "run", FraudConfig(source="synthetic", epochs=1, seed=7, device="cpu"))
     canary = registry.publish_run(
-        Lake.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", other.files, metrics={"auprc": other.metrics["auprc"]},
+        Lake.from_settings(settings), models.db, settings.data_dir / registry.KEYS_DIR, "fraud", other.files, metrics={"auprc": other.metrics["auprc"]},
         lineage=other.lineage, feature_version=other.feature_version, promote_to="canary",
     ).version
     feed = [body(t) for t in synthetic.transactions(synthetic.SyntheticConfig(seed=12, cards=4), 20)]
@@ -372,17 +365,16 @@ def test_decisions_follow_the_thresholds(score: float, decision: str) -> None:
 def test_decisions_follow_the_served_versions_own_thresholds_unless_the_settings_set_them(lake: Settings, tokens, serve, tmp_path: Path) -> None:
     """A version's manifest carries the thresholds its validation chose (``threshold``, ``decline_threshold``); the
     scorer decides with them, and a setting overrides either."""
-    root = tmp_path / "threshold-lake"
-    shutil.copytree(registry.registry_root(Lake.from_settings(lake)), root / "models")
-    settings = lake.model_copy(update={"lake_root": str(root), "topic_prefix": f"thr{uuid.uuid4().hex[:8]}-"})
-    models = registry.registry_root(Lake.from_settings(settings))
+    settings = copy_world(lake, tmp_path / "threshold", topic_prefix=f"thr{uuid.uuid4().hex[:8]}-")
+    models = registry.Registry.from_settings(settings)
     trained = registry.get(models, "fraud", registry.current(models, "fraud"))
     with client(serve, settings, tokens["producer"]) as http:
         score = http.post("/v1/score", json=example()).json()["score"]
     assert score > 0
     own = {"review": score / 2, "decline": min(1.0, score * 1.5)}  # this transaction's score lies between them
     registry.publish_run(
-        Lake.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", {name: trained.path / name for name in trained.manifest.files},
+        Lake.from_settings(settings), models.db, settings.data_dir / registry.KEYS_DIR, "fraud",
+        {name: trained.path / name for name in trained.manifest.files},
         metrics={**trained.manifest.metrics, "threshold": own["review"], "decline_threshold": own["decline"]},
         lineage=trained.manifest.lineage, feature_version=trained.manifest.feature_version, promote_to="production",
     )
@@ -415,11 +407,11 @@ def test_the_scorer_keeps_card_state_in_redis_when_the_settings_say_so(redis_ser
         event_id="redis-scorer-1", event_time=datetime(2025, 1, 1, tzinfo=UTC), card_id="c-redis-scorer",
         merchant_id="m1", merchant_category="grocery", amount=12.5, currency="EUR",
     )
-    Scorer(shared, ScoreMetrics.create(CollectorRegistry())).record([transaction])
+    Scorer(shared, registry.Registry.from_settings(shared), ScoreMetrics.create(CollectorRegistry())).record([transaction])
     assert RedisCardHistory(redis.Redis.from_url(redis_server)).add(
         "c-redis-scorer", datetime(2025, 1, 1, 0, 1, tzinfo=UTC), 7.5, "m2", "redis-scorer-2"
     )["tx_count_1h"] == 2  # the scorer's transaction is in Redis, for every replica
 
     unreachable = Settings(data_dir=tmp_path, online_features="redis", redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(CardStateUnavailable, match="cannot be reached"):
-        Scorer(unreachable, ScoreMetrics.create(CollectorRegistry())).record([transaction])
+        Scorer(unreachable, registry.Registry.from_settings(unreachable), ScoreMetrics.create(CollectorRegistry())).record([transaction])

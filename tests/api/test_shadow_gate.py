@@ -30,8 +30,9 @@ from edgelake.lake.tables import SILVER
 from edgelake.settings import Settings
 from edgelake.training import registry
 from edgelake.training.fraud import FraudConfig, FraudResult, train_fraud
+from edgelake.control_db import ControlDb
 from edgelake.training.matured_labels import matured_evidence, put_in_shadow
-from support import append_silver, command_env
+from support import append_silver, command_env, copy_world
 
 SCORED = 1_500  # about 90 frauds at the synthetic fraud rate of 6%
 MATURITY = timedelta(days=7)
@@ -53,7 +54,8 @@ def shuffled_run(spark, fraud_lake: Settings, tmp_path_factory: pytest.TempPathF
 
 def publish(settings: Settings, run: FraudResult, stage: str | None = None) -> int:
     return registry.publish_run(
-        Lake.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", run.files, metrics={"auprc": run.metrics["auprc"]},
+        Lake.from_settings(settings), ControlDb.from_settings(settings), settings.data_dir / registry.KEYS_DIR, "fraud", run.files,
+        metrics={"auprc": run.metrics["auprc"]},
         lineage=run.lineage, feature_version=run.feature_version, promote_to=stage,  # type: ignore[arg-type]
     ).version
 
@@ -76,24 +78,21 @@ def score_in_shadow(serve, settings: Settings, token: str, seed: int, labelled: 
 
 
 def stage_history(settings: Settings) -> list[registry.Transition]:
-    return registry.StageBook.model_validate_json((registry.registry_root(Lake.from_settings(settings)) / "fraud" / "stages.json").read_bytes()).history
+    return registry.read_book(registry.Registry.from_settings(settings), "fraud").history
 
 
 def test_the_gate_rejects_a_shuffled_label_model_and_promotes_the_real_one_on_matured_labels(
     fraud_lake: Settings, shuffled_run: FraudResult, serve, tmp_path: Path
 ) -> None:
 
-    from edgelake.api.control_db import ControlDb
     from edgelake.api.keys import KeyStore
 
-    root = tmp_path / "lake"
-    shutil.copytree(registry.registry_root(Lake.from_settings(fraud_lake)), root / "models")
-    settings = fraud_lake.model_copy(
-        update={"lake_root": str(root), "topic_prefix": f"gate{uuid.uuid4().hex[:8]}-", "score_model_check_s": 0.0, "fraud_gate_check_s": 3600.0}
+    settings = copy_world(
+        fraud_lake, tmp_path / "gate", topic_prefix=f"gate{uuid.uuid4().hex[:8]}-", score_model_check_s=0.0, fraud_gate_check_s=3600.0
     )
     ensure_topics(settings, settings.kafka_bootstrap_servers)
     token = KeyStore(ControlDb.from_settings(settings)).create("gate producer", "producer")[1]
-    models = registry.registry_root(Lake.from_settings(settings))
+    models = registry.Registry.from_settings(settings)
     real = registry.current(models, "fraud")
     assert real is not None
 
@@ -130,8 +129,7 @@ def test_the_gate_rejects_a_shuffled_label_model_and_promotes_the_real_one_on_ma
     assert "above 0" in (promoted.reason or "") and "not above" not in (promoted.reason or ""), promoted.reason
 
 
-def _files_of(models: Path, version: int) -> tuple[dict[str, Path], dict[str, float], dict[str, int]]:
+def _files_of(models: registry.Registry, version: int) -> tuple[dict[str, Path], dict[str, float], dict[str, int]]:
     """A published version's files, metrics and lineage, to publish the same model again as a new version."""
-    manifest = registry.get(models, "fraud", version).manifest
-    directory = models / "fraud" / str(version)
-    return {name: directory / name for name in manifest.files}, dict(manifest.metrics), dict(manifest.lineage)
+    published = registry.get(models, "fraud", version)
+    return {name: published.path / name for name in published.manifest.files}, dict(published.manifest.metrics), dict(published.manifest.lineage)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import json
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgelake.api.app import create_app
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.devices import DeviceStore
 from edgelake.broker import EmbeddedBroker, free_port
 from edgelake.lake.catalog import Lake
@@ -49,13 +51,18 @@ class Cloud:
     def root(self) -> Path:
         return registry.registry_root(self.lake)
 
+    @cached_property
+    def models(self) -> registry.Registry:
+        """The registry, with connections of its own kept for the test."""
+        return registry.Registry.from_settings(self.settings)
+
     def enrollment_token(self, uses: int = 1) -> str:
         return DeviceStore(ControlDb.from_settings(self.settings)).issue_token("edge tests", uses, 3600)[1]
 
     def publish(self, files: Mapping[str, Path], extra: Mapping[str, Any], promote_to: str | None = "production", accuracy: float = 0.0) -> int:
         """Publish a vision version signed with the registry's key; its number."""
         version = registry.publish_run(
-            self.lake, self.settings.data_dir / registry.KEYS_DIR, VISION, files, metrics={"int8_accuracy": accuracy},
+            self.lake, ControlDb.from_settings(self.settings), self.settings.data_dir / registry.KEYS_DIR, VISION, files, metrics={"int8_accuracy": accuracy},
             lineage={"silver_camera_frames": 1}, extra=extra, promote_to=promote_to,  # type: ignore[arg-type]
         )
         return version.version

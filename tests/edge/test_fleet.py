@@ -17,7 +17,7 @@ import httpx2
 import pytest
 
 
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.keys import KeyStore
 from edgelake.edge.fleet import FleetOptions, run_fleet, statuses
 from edgelake.broker import EmbeddedBroker
@@ -77,21 +77,21 @@ def test_the_gate_promotes_a_better_canary_and_rolls_back_a_worse_one(
             started = time.monotonic()
             put = admin.put(f"/v1/models/{VISION}/rollout", json={**GATE, "canary_version": better})
             assert put.status_code == 200, put.text
-            _wait(lambda: registry.current(cloud.root, VISION) == better, "the better canary promoted", started)
+            _wait(lambda: registry.current(cloud.models, VISION) == better, "the better canary promoted", started)
             promoted_after = time.monotonic() - started
             _wait_all_on(options, better, timeout_s=60)
 
             started = time.monotonic()
             put = admin.put(f"/v1/models/{VISION}/rollout", json={**GATE, "canary_version": worst})
             assert put.status_code == 200, put.text
-            _wait(lambda: registry.versions(cloud.root, VISION)[worst] == "rolled_back", "the worse canary rolled back", started)
+            _wait(lambda: registry.versions(cloud.models, VISION)[worst] == "rolled_back", "the worse canary rolled back", started)
             rolled_back_after = time.monotonic() - started
             _wait_all_on(options, better, timeout_s=60)
         finally:
             stop.set()
             fleet.join(60)
 
-        book = registry.StageBook.model_validate_json((cloud.root / VISION / registry.STAGES).read_bytes())
+        book = registry.read_book(cloud.models, VISION)
         history = {(t.version, t.to): t for t in book.history}
     assert promoted_after < DECISION_BOUND_S and rolled_back_after < DECISION_BOUND_S
     assert "accuracy" in (history[(better, "production")].reason or "")

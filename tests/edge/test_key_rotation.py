@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgelake.edge.state import CREDENTIALS, adopted_key_set
 from edgelake.signing import MANIFEST, SIGNATURE, KeySet, KeySetRelease, Manifest, TrustedKey, canonical_json, fingerprint, sign
+from edgelake.training.registry.stages import stage_book
 from tests.edge.conftest import VISION, AgentProcess, Cloud, main_python, start_agent, wait_for
 from edgelake.training import registry
 
@@ -43,21 +44,19 @@ def key_dir(cloud: Cloud) -> Path:
 def forge_production(cloud: Cloud, copy_of: int, signer: Ed25519PrivateKey, created_like: int) -> int:
     """A new version copied from ``copy_of``, signed by ``signer`` and dated like ``created_like``, put in production behind
     the registry's back (an attacker holding the key and write access to the lake); its number."""
-    version = max(registry.versions(cloud.root, VISION)) + 1
+    version = max(registry.versions(cloud.models, VISION)) + 1
     target = cloud.version_dir(version)
     target.mkdir()
-    source = registry.get(cloud.root, VISION, copy_of).manifest
+    source = registry.get(cloud.models, VISION, copy_of).manifest
     for file in source.files:
         (target / file).parent.mkdir(parents=True, exist_ok=True)
         (target / file).write_bytes((cloud.version_dir(copy_of) / file).read_bytes())
-    created = registry.get(cloud.root, VISION, created_like).manifest.created
+    created = registry.get(cloud.models, VISION, created_like).manifest.created
     manifest = Manifest.model_validate({**source.model_dump(), "version": version, "created": created, "key_fingerprint": fingerprint(signer.public_key())})
     (target / MANIFEST).write_bytes(manifest.canonical_bytes())
     (target / SIGNATURE).write_bytes(sign(manifest.canonical_bytes(), signer))
-    stages = cloud.root / VISION / registry.STAGES
-    book = registry.StageBook.model_validate_json(stages.read_bytes())
-    book.move(version, "production", actor="intruder", reason="forged")
-    stages.write_bytes(canonical_json(book.model_dump(mode="json", by_alias=True)))
+    with stage_book(cloud.models, VISION) as book:
+        book.move(version, "production", actor="intruder", reason="forged")
     return version
 
 
@@ -69,7 +68,7 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
 
         registry.rotate(key_dir(cloud), cloud.lake)
         second = cloud.publish(files, extra)
-        assert registry.get(cloud.root, VISION, second).manifest.key_fingerprint != fingerprint(old_key.public_key())
+        assert registry.get(cloud.models, VISION, second).manifest.key_fingerprint != fingerprint(old_key.public_key())
         wait_for(lambda: agent.active() == second, f"v{second}, signed by the new key, active", agent=agent)
         assert trusted_sequence(agent) == 1
         assert (agent.state_dir / CREDENTIALS).read_bytes() == credentials  # no re-enrollment

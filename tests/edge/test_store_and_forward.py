@@ -11,7 +11,7 @@ from deltalake import DeltaTable
 from kafka import KafkaProducer
 
 
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.devices import DeviceStore
 from edgelake.edge.agent import STATUS
 from edgelake.edge.outbox import Outbox

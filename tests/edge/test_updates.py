@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
-from edgelake.api.control_db import ControlDb
+from edgelake.control_db import ControlDb
 from edgelake.api.devices import DeviceStore
 from edgelake.edge.runner import EdgeFiles
 from edgelake.edge.updates import ModelSlot
@@ -98,13 +98,14 @@ def test_a_device_without_credentials_or_token_is_told_so(cloud: Cloud, tmp_path
 
 def test_a_version_changed_at_rest_is_refused_at_start_and_the_previous_one_serves(vision_run, tmp_path: Path) -> None:
     lake, keys = Lake(str(tmp_path / "lake")), tmp_path / "keys"
+    models = registry.Registry.of(lake, ControlDb(f"sqlite:///{tmp_path / 'control.sqlite'}"))
     for _ in range(2):
-        registry.publish_run(lake, keys, VISION, vision_run.files, metrics={}, lineage={}, extra=vision_run.extra)
-    root = registry.registry_root(lake)
+        registry.publish_run(lake, models.db, keys, VISION, vision_run.files, metrics={}, lineage={}, extra=vision_run.extra)
+    root = models.root
     slot_dir = tmp_path / "device" / "models" / VISION
     for version in (1, 2):  # what a device keeps of each version: the signed manifest and the files it runs
         (slot_dir / str(version)).mkdir(parents=True)
-        for file in ("manifest.json", SIGNATURE, *EdgeFiles.of(registry.get(root, VISION, version).manifest).names()):
+        for file in ("manifest.json", SIGNATURE, *EdgeFiles.of(registry.get(models, VISION, version).manifest).names()):
             shutil.copy(root / VISION / str(version) / file, slot_dir / str(version) / file)
     (slot_dir / "installed.json").write_text('{"active": 2, "previous": 1}')
     flip_one_byte(slot_dir / "2" / vision_run.extra["edge_model"])

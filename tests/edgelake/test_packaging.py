@@ -64,7 +64,7 @@ def test_a_venv_from_the_wheel_imports_edgelake_api_and_not_api(wheel: Path, tmp
     result = run(python, "import edgelake.api.app, edgelake.cli; print(edgelake.api.app.__file__)", tmp_path)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(site)
-    migrated = run(python, f"from edgelake.api.control_db import ControlDb; ControlDb('sqlite:///{tmp_path}/control.sqlite').migrate()", tmp_path)
+    migrated = run(python, f"from edgelake.control_db import ControlDb; ControlDb('sqlite:///{tmp_path}/control.sqlite').migrate()", tmp_path)
     assert migrated.returncode == 0, migrated.stderr  # the control plane's migrations ship in the wheel
 
 

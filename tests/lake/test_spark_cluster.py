@@ -29,14 +29,16 @@ import pyarrow as pa
 import pytest
 
 from edgelake.broker import free_port, free_ports
+from edgelake.control_db import ControlDb
 from edgelake.daemons import process_alive
 from edgelake.ingest.sources import shuttle
 from edgelake.lake.catalog import Lake
 from edgelake.lake.gold import build_gold
 from edgelake.lake.spark_cluster import SparkCluster
 from edgelake.lake.tables import GOLD
+from edgelake.settings import Settings
 from edgelake.training.fraud import FraudConfig, train_fraud
-from edgelake.training.registry import get, registry_root
+from edgelake.training.registry import Registry, get
 from tests.lake.test_gold import KEYS, synthetic_lake
 
 WORKERS = 2
@@ -168,7 +170,8 @@ def test_train_fraud_on_the_cluster_gives_the_local_metrics(
     local = train_fraud(spark, Lake(str(local_lake)), tmp_path, TRAIN)
     trained = cluster.edgelake("train", "fraud", *TRAIN_OPTIONS, "--master", cluster.spark.master_url, lake=cluster_lake)
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    published = get(registry_root(Lake(str(cluster_lake))), "fraud")
+    control = ControlDb.from_settings(Settings(data_dir=Path(cluster.env["EDGELAKE_DATA_DIR"])))
+    published = get(Registry.of(Lake(str(cluster_lake)), control), "fraud")
     metrics = json.loads((published.path / "metrics.json").read_text())
     assert {k: v for k, v in metrics.items() if k not in TIMINGS} == {k: v for k, v in local.metrics.items() if k not in TIMINGS}
     assert published.manifest.lineage == local.lineage

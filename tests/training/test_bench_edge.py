@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from edgelake.bench.edge import production_dir
+from edgelake.control_db import ControlDb
 from edgelake.lake.catalog import Lake
 from edgelake.settings import Settings
 from edgelake.training import registry
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 def test_bench_edge_reports_latency_size_and_agent_memory(vision_run: VisionResult, tmp_path: Path) -> None:
     lake_root, data_dir = str(tmp_path / "lake"), tmp_path / "data"
     registry.publish_run(
-        Lake(lake_root), data_dir / registry.KEYS_DIR, "vision", vision_run.files, metrics=vision_run.metrics,
+        Lake(lake_root), ControlDb.from_settings(Settings(data_dir=data_dir, lake_root=lake_root)), data_dir / registry.KEYS_DIR, "vision",
+        vision_run.files, metrics=vision_run.metrics,
         lineage=vision_run.lineage, extra=vision_run.extra, promote_to="production",
     )
     env = {**os.environ, "EDGELAKE_DATA_DIR": str(data_dir), "EDGELAKE_LAKE_ROOT": lake_root}

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from edgelake.contracts import FraudLabel, Transaction
+from edgelake.control_db import ControlDb
 from edgelake.ingest.sources import synthetic, ulb
 from edgelake.errors import UserError
 from edgelake.lake.catalog import Lake
@@ -239,10 +240,11 @@ def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_reg
     assert again.lineage == ulb_run.lineage
     assert Lake(lake).open("gold_card_features").count() == Lake(fraud_lake.root).open("gold_card_features").count()
 
+    control = ControlDb(f"sqlite:///{tmp_path / 'control.sqlite'}")
     with pytest.raises(ValueError, match="set registry_dir"):
-        registry.publish_run(Lake(lake), tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
+        registry.publish_run(Lake(lake), control, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
     published = registry.publish_run(
-        Lake(lake, registry_dir=tmp_path / "registry"), tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage
+        Lake(lake, registry_dir=tmp_path / "registry"), control, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage
     )
     assert published.path == tmp_path / "registry" / "fraud" / "1"
     assert registry.verify(tmp_path / "registry", "fraud", 1) == []

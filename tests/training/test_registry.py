@@ -32,7 +32,9 @@ from edgelake.signing import (
     sign,
     verify_files,
 )
+from edgelake.control_db import ControlDb
 from edgelake.lake import catalog
+from edgelake.settings import Settings
 from edgelake.training import registry
 from edgelake.training.registry import publishing
 
@@ -53,8 +55,13 @@ class Lake:
 
     data_dir: Path
     lake_root: str
-    root: Path
+    models: registry.Registry
     key: Ed25519PrivateKey
+
+    @property
+    def root(self) -> Path:
+        """The registry's folder."""
+        return self.models.root
 
     @property
     def env(self) -> dict[str, str]:
@@ -70,7 +77,8 @@ class Lake:
 def lake(tmp_path: Path) -> Lake:
     data_dir, lake = tmp_path / "data", catalog.Lake(str(tmp_path / "lake"))
     key = registry.ensure_signing_key(data_dir / registry.KEYS_DIR, lake)
-    return Lake(data_dir, lake.root, registry.registry_root(lake), key)
+    control = ControlDb.from_settings(Settings(data_dir=data_dir, lake_root=lake.root))
+    return Lake(data_dir, lake.root, registry.Registry.of(lake, control), key)
 
 
 def artifacts(directory: Path, seed: bytes) -> dict[str, Path]:
@@ -95,7 +103,7 @@ def publish(lake: Lake, tmp_path: Path, seed: str, name: str = "fraud", **change
         "metrics": FRAUD_METRICS, "lineage": {"silver_transactions": 7, "silver_fraud_labels": 3},
         "feature_version": "card-features-v1", "extra": {"threshold": 0.5}, "signer": lake.key, **changes,
     }
-    return registry.publish(lake.root, name, artifacts(tmp_path / f"run-{name}-{seed}", seed.encode()), **arguments)  # type: ignore[arg-type]
+    return registry.publish(lake.models, name, artifacts(tmp_path / f"run-{name}-{seed}", seed.encode()), **arguments)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -120,8 +128,8 @@ def version_dir(lake: Lake, version: int, name: str = "fraud") -> Path:
 
 
 def test_publish_numbers_versions_and_registers_them_as_candidates(published: Lake, tmp_path: Path) -> None:
-    assert registry.versions(published.root, "fraud") == {1: "candidate", 2: "candidate"}
-    model = registry.get(published.root, "fraud", 2)
+    assert registry.versions(published.models, "fraud") == {1: "candidate", 2: "candidate"}
+    model = registry.get(published.models, "fraud", 2)
     assert sorted(model.manifest.files) == sorted(ARTIFACTS)
     for name, entry in model.manifest.files.items():
         content = (model.path / name).read_bytes()
@@ -150,7 +158,7 @@ def test_concurrent_publishers_get_distinct_versions(lake: Lake, tmp_path: Path)
 
     def publisher(files: dict[str, Path]) -> None:
         start.wait()
-        results.append(registry.publish(lake.root, "fraud", files, metrics={}, lineage={}, signer=lake.key).version)
+        results.append(registry.publish(lake.models, "fraud", files, metrics={}, lineage={}, signer=lake.key).version)
 
     threads = [threading.Thread(target=publisher, args=(files,)) for files in sources]
     for thread in threads:
@@ -158,10 +166,10 @@ def test_concurrent_publishers_get_distinct_versions(lake: Lake, tmp_path: Path)
     for thread in threads:
         thread.join()
     assert sorted(results) == list(range(1, count + 1))
-    assert registry.versions(lake.root, "fraud") == {v: "candidate" for v in range(1, count + 1)}
+    assert registry.versions(lake.models, "fraud") == {v: "candidate" for v in range(1, count + 1)}
     assert all(registry.verify(lake.root, "fraud", v) == [] for v in results)
-    stages = json.loads((lake.root / "fraud" / registry.STAGES).read_bytes())
-    assert sorted(t["version"] for t in stages["history"]) == list(range(1, count + 1))
+    book = registry.read_book(lake.models, "fraud")
+    assert sorted(t.version for t in book.history) == list(range(1, count + 1))
 
 
 def test_a_publisher_that_lost_the_race_for_a_number_takes_the_next(
@@ -179,13 +187,11 @@ def test_a_publisher_that_lost_the_race_for_a_number_takes_the_next(
 def test_a_failed_publish_leaves_nothing_behind(published: Lake, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"artifact 'model\.tflite'"):
         registry.publish(
-            published.root, "fraud", {"a.bin": artifacts(tmp_path / "x", b"x")["metrics.json"], "model.tflite": tmp_path / "gone"},
+            published.models, "fraud", {"a.bin": artifacts(tmp_path / "x", b"x")["metrics.json"], "model.tflite": tmp_path / "gone"},
             metrics={}, lineage={}, signer=published.key,
         )
-    assert registry.versions(published.root, "fraud") == {1: "candidate", 2: "candidate"}
-    assert sorted(path.name for path in (published.root / "fraud").iterdir() if not path.name.startswith(".stages")) == [
-        "1", "2", registry.STAGES,
-    ]
+    assert registry.versions(published.models, "fraud") == {1: "candidate", 2: "candidate"}
+    assert sorted(path.name for path in (published.root / "fraud").iterdir()) == ["1", "2"]
 
 
 @pytest.mark.parametrize(
@@ -200,14 +206,14 @@ def test_a_failed_publish_leaves_nothing_behind(published: Lake, tmp_path: Path)
 def test_publish_refuses_bad_names(lake: Lake, tmp_path: Path, name: str, files: dict[str, str], message: str) -> None:
     sources = artifacts(tmp_path / "run", b"a")
     with pytest.raises(ValueError, match=message):
-        registry.publish(lake.root, name, {k: sources[v] for k, v in files.items()}, metrics={}, lineage={}, signer=lake.key)
+        registry.publish(lake.models, name, {k: sources[v] for k, v in files.items()}, metrics={}, lineage={}, signer=lake.key)
     assert registry.models(lake.root) == []
 
 
 def test_publish_refuses_a_signer_other_than_the_registrys(published: Lake, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="this registry is signed by key"):
         publish(published, tmp_path, "c", signer=Ed25519PrivateKey.generate())
-    assert list(registry.versions(published.root, "fraud")) == [1, 2]
+    assert list(registry.versions(published.models, "fraud")) == [1, 2]
 
 
 def test_a_lake_on_object_storage_keeps_its_registry_in_a_folder_of_its_own(tmp_path: Path) -> None:
@@ -356,27 +362,27 @@ def test_verification_imports_nothing_heavy() -> None:
 
 
 def test_promotion_goes_candidate_canary_production_and_archives_what_it_replaces(published: Lake) -> None:
-    root = published.root
-    assert [(t.from_, t.to) for t in registry.promote(root, "fraud", 1)] == [("candidate", "canary")]
-    assert [(t.from_, t.to) for t in registry.promote(root, "fraud", 1)] == [("canary", "production")]
-    assert registry.current(root, "fraud") == 1
-    registry.promote(root, "fraud", 2, "canary", actor="ci", reason="auprc up")
-    assert registry.current(root, "fraud", "canary") == 2
-    transitions = registry.promote(root, "fraud", 2, "production")
+    models = published.models
+    assert [(t.from_, t.to) for t in registry.promote(models, "fraud", 1)] == [("candidate", "canary")]
+    assert [(t.from_, t.to) for t in registry.promote(models, "fraud", 1)] == [("canary", "production")]
+    assert registry.current(models, "fraud") == 1
+    registry.promote(models, "fraud", 2, "canary", actor="ci", reason="auprc up")
+    assert registry.current(models, "fraud", "canary") == 2
+    transitions = registry.promote(models, "fraud", 2, "production")
     assert [(t.version, t.from_, t.to) for t in transitions] == [(1, "production", "archived"), (2, "canary", "production")]
-    assert registry.versions(root, "fraud") == {1: "archived", 2: "production"}
-    history = json.loads((root / "fraud" / registry.STAGES).read_bytes())["history"]
-    assert [(t["version"], t["from"], t["to"]) for t in history] == [
+    assert registry.versions(models, "fraud") == {1: "archived", 2: "production"}
+    history = registry.read_book(models, "fraud").history
+    assert [(t.version, t.from_, t.to) for t in history] == [
         (1, None, "candidate"), (2, None, "candidate"), (1, "candidate", "canary"), (1, "canary", "production"),
         (2, "candidate", "canary"), (1, "production", "archived"), (2, "canary", "production"),
     ]
-    assert (history[4]["actor"], history[4]["reason"]) == ("ci", "auprc up")
+    assert (history[4].actor, history[4].reason) == ("ci", "auprc up")
 
 
 def test_a_new_canary_archives_the_previous_canary(published: Lake) -> None:
-    registry.promote(published.root, "fraud", 1)
-    registry.promote(published.root, "fraud", 2)
-    assert registry.versions(published.root, "fraud") == {1: "archived", 2: "canary"}
+    registry.promote(published.models, "fraud", 1)
+    registry.promote(published.models, "fraud", 2)
+    assert registry.versions(published.models, "fraud") == {1: "archived", 2: "canary"}
 
 
 def test_concurrent_promotions_keep_one_canary_and_every_transition(lake: Lake, tmp_path: Path) -> None:
@@ -387,35 +393,35 @@ def test_concurrent_promotions_keep_one_canary_and_every_transition(lake: Lake, 
 
     def promoter(version: int) -> None:
         start.wait()
-        registry.promote(lake.root, "fraud", version)
+        registry.promote(lake.models, "fraud", version)
 
     threads = [threading.Thread(target=promoter, args=(v,)) for v in range(1, count + 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(registry.versions(lake.root, "fraud").values()) == ["archived"] * (count - 1) + ["canary"]
-    history = json.loads((lake.root / "fraud" / registry.STAGES).read_bytes())["history"]
+    assert sorted(registry.versions(lake.models, "fraud").values()) == ["archived"] * (count - 1) + ["canary"]
+    history = registry.read_book(lake.models, "fraud").history
     assert len(history) == count + count + (count - 1)  # published, promoted, archived by the next canary
 
 
 def test_rollback_restores_the_previous_production_version(published: Lake, tmp_path: Path) -> None:
-    root = published.root
+    models = published.models
     publish(published, tmp_path, "c")
     for version in (1, 2, 3):
-        registry.promote(root, "fraud", version, "production")
-    transitions = registry.rollback(root, "fraud", reason="auprc dropped")
+        registry.promote(models, "fraud", version, "production")
+    transitions = registry.rollback(models, "fraud", reason="auprc dropped")
     assert [(t.version, t.to) for t in transitions] == [(3, "rolled_back"), (2, "production")]
-    registry.rollback(root, "fraud")
-    assert registry.versions(root, "fraud") == {1: "production", 2: "rolled_back", 3: "rolled_back"}
+    registry.rollback(models, "fraud")
+    assert registry.versions(models, "fraud") == {1: "production", 2: "rolled_back", 3: "rolled_back"}
     with pytest.raises(LookupError, match="no earlier production version"):
-        registry.rollback(root, "fraud")
-    assert registry.current(root, "fraud") == 1
+        registry.rollback(models, "fraud")
+    assert registry.current(models, "fraud") == 1
 
 
 def test_rollback_needs_a_production_version(published: Lake) -> None:
     with pytest.raises(LookupError, match="no production version"):
-        registry.rollback(published.root, "fraud")
+        registry.rollback(published.models, "fraud")
 
 
 @pytest.mark.parametrize(
@@ -433,40 +439,40 @@ def test_illegal_transitions_are_refused(
     published: Lake, setup: list[tuple[object, str | None]], version: int, to: str, message: str
 ) -> None:
     for step, stage in setup:
-        registry.rollback(published.root, "fraud") if step == "rollback" else registry.promote(published.root, "fraud", step, stage)  # type: ignore[arg-type]
-    before = registry.versions(published.root, "fraud")
+        registry.rollback(published.models, "fraud") if step == "rollback" else registry.promote(published.models, "fraud", step, stage)  # type: ignore[arg-type]
+    before = registry.versions(published.models, "fraud")
     with pytest.raises(ValueError, match=message):
-        registry.promote(published.root, "fraud", version, to)
-    assert registry.versions(published.root, "fraud") == before
+        registry.promote(published.models, "fraud", version, to)
+    assert registry.versions(published.models, "fraud") == before
 
 
 def test_a_version_that_fails_verification_is_not_promoted_or_rolled_back_to(published: Lake) -> None:
-    root = published.root
+    models = published.models
     flip_byte(version_dir(published, 2) / "model.tflite")
     with pytest.raises(ValueError, match=r"refusing to promote fraud v2: it fails verification: model\.tflite"):
-        registry.promote(root, "fraud", 2)
-    assert registry.versions(root, "fraud")[2] == "candidate"
+        registry.promote(models, "fraud", 2)
+    assert registry.versions(models, "fraud")[2] == "candidate"
     flip_byte(version_dir(published, 2) / "model.tflite")
-    registry.promote(root, "fraud", 1, "production")
-    registry.promote(root, "fraud", 2, "production")
+    registry.promote(models, "fraud", 1, "production")
+    registry.promote(models, "fraud", 2, "production")
     flip_byte(version_dir(published, 1) / "plots" / "roc.png")
     with pytest.raises(ValueError, match="refusing to roll back to fraud v1"):
-        registry.rollback(root, "fraud")
-    assert registry.current(root, "fraud") == 2
+        registry.rollback(models, "fraud")
+    assert registry.current(models, "fraud") == 2
 
 
 def test_current_does_not_fall_back_but_get_shows_production_else_newest(published: Lake) -> None:
-    assert registry.current(published.root, "fraud") is None
-    assert registry.get(published.root, "fraud").version == 2
-    registry.promote(published.root, "fraud", 1, "production")
-    assert registry.get(published.root, "fraud").version == 1
+    assert registry.current(published.models, "fraud") is None
+    assert registry.get(published.models, "fraud").version == 2
+    registry.promote(published.models, "fraud", 1, "production")
+    assert registry.get(published.models, "fraud").version == 1
 
 
 def test_unknown_models_and_versions_are_lookup_errors(published: Lake) -> None:
     with pytest.raises(LookupError, match=r"no model 'vision'.*models: fraud"):
-        registry.versions(published.root, "vision")
+        registry.versions(published.models, "vision")
     with pytest.raises(LookupError, match="has versions 1, 2; not 9"):
-        registry.get(published.root, "fraud", 9)
+        registry.get(published.models, "fraud", 9)
     with pytest.raises(LookupError, match="no version 9"):
         registry.verify(published.root, "fraud", 9)
 
@@ -585,7 +591,7 @@ def test_revocation_makes_every_version_the_key_signed_fail_verification(publish
     problems = registry.verify(published.root, "fraud", 1)
     assert len(problems) == 1 and f"key {old[:16]} was revoked at" in problems[0]
     with pytest.raises(ValueError, match="fails verification"):
-        registry.promote(published.root, "fraud", 1)
+        registry.promote(published.models, "fraud", 1)
     with pytest.raises(ValueError, match="revoked already"):
         registry.revoke(keys_dir(published), published.lake, old)
     with pytest.raises(LookupError, match="names no key"):
@@ -596,8 +602,8 @@ def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signe
     old = fingerprint(published.key.public_key())
     registry.rotate(keys_dir(published), published.lake)
     signer = registry.ensure_signing_key(keys_dir(published), published.lake)
-    resigned = registry.resign(published.root, "fraud", 2, signer)
-    source = registry.get(published.root, "fraud", 2).manifest
+    resigned = registry.resign(published.models, "fraud", 2, signer)
+    source = registry.get(published.models, "fraud", 2).manifest
     assert resigned.version == 3 and resigned.stage == "candidate"
     assert resigned.manifest.key_fingerprint == fingerprint(signer.public_key()) != old
     assert (resigned.manifest.files, resigned.manifest.metrics, resigned.manifest.lineage) == (source.files, source.metrics, source.lineage)
@@ -605,7 +611,7 @@ def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signe
     registry.revoke(keys_dir(published), published.lake, old)
     assert registry.verify(published.root, "fraud", 3) == [] and registry.verify(published.root, "fraud", 2) != []
     with pytest.raises(ValueError, match="refusing to re-sign fraud v2: it fails verification"):
-        registry.resign(published.root, "fraud", 2, signer)
+        registry.resign(published.models, "fraud", 2, signer)
 
 
 def test_a_forged_key_set_release_in_the_registry_fails_every_verification_closed(published: Lake) -> None:

@@ -35,7 +35,7 @@ def run(cli: CliRunner, *args: str) -> str:
 def test_train_fraud_publishes_a_signed_version_and_retrains_it_into_shadow_on_new_data(
     cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgelake.lake.catalog import Lake
+    from edgelake.settings import Settings
     from edgelake.training import registry
 
     lake = str(tmp_path / "lake")
@@ -66,7 +66,7 @@ def test_train_fraud_publishes_a_signed_version_and_retrains_it_into_shadow_on_n
     retrained = json.loads(run(cli, "models", "show", "fraud", "--version", "2", "--json"))
     assert retrained["extra"]["retrained_from"] == 1 and retrained["extra"]["details"]["source"] == "synthetic"
     assert retrained["lineage"]["silver_transactions"] > first["lineage"]["silver_transactions"]
-    policy = registry.rollout_policy(registry.registry_root(Lake(lake)), "fraud")
+    policy = registry.rollout_policy(registry.Registry.from_settings(Settings()), "fraud")  # the environment's, as the CLI's
     assert (policy.canary_version, policy.canary_percent, policy.max_accuracy_drop) == (2, 100, 0.0)
     waiting = run(cli, "models", "evaluate", "fraud")
     assert "0 transactions scored beside production" in waiting and "verdict: wait" in waiting, waiting

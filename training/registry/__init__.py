@@ -5,20 +5,21 @@ Layout under ``<lake_root>/models`` (or the ``registry_dir`` setting)::
     registry.pub                   PEM anchor key: the first signing key, the one devices pin at enrollment
     keys/<sequence>.json           the key-set chain after the anchor: each release lists every signing key with its
                                    validity and revocation, signed by a valid key of the release before and by every key it adds
-    <name>/stages.json             stage of each version + append-only history of transitions
-    <name>/rollout.json            rollout policy: which share of devices runs which canary version, and its gate
     <name>/<version>/manifest.json canonical JSON: files with sha256 and size, metrics, lineage
     <name>/<version>/manifest.sig  base64 Ed25519 signature of manifest.json's exact bytes
     <name>/<version>/...           the artifacts (model, .tflite, metrics JSON, plots)
 
 A version directory appears whole or not at all (it is written aside, then renamed into
-place). Stages move forward only, candidate -> canary -> production; the version a
+place). Each version's stage, the append-only history of its moves and each model's rollout
+policy (which share of devices runs which canary version, and its gate) are kept in the
+control plane's database (:mod:`edgelake.control_db`), each change one transaction: a
+:class:`Registry` is the files' folder and that database. Stages move forward only, candidate -> canary -> production; the version a
 promotion displaces from canary or production becomes ``archived``; ``rollback`` brings the
 previous production version back and marks the current one ``rolled_back``. A version put
 on canary by the rollout policy becomes ``canary``; the rollout gate settles it by promoting
-it to production or rejecting it (``rolled_back``). The stage and rollout files are
-local-filesystem only (atomic rename plus an flock): a lake on object storage keeps its
-registry in a folder of its own that every service mounts (``registry_dir``).
+it to production or rejecting it (``rolled_back``). The version files need a filesystem: a lake
+on object storage keeps its registry in a folder of its own that every service mounts
+(``registry_dir``).
 
 The private keys live outside the lake, in the key dir (``<data_dir>/keys``): ``registry.key``
 (the anchor's), ``<fingerprint>.key`` for each key a rotation made, and ``current`` naming the
@@ -48,7 +49,7 @@ from edgelake.training.registry.keys import (
     signing_keys,
     verify,
 )
-from edgelake.training.registry.layout import UnknownModel, models, registry_root
+from edgelake.training.registry.layout import Registry, UnknownModel, models, registry_root
 from edgelake.training.registry.publishing import ModelVersion, get, publish, publish_run, resign, signed_by
 from edgelake.training.registry.rollout import (
     RolloutPolicy,
@@ -58,14 +59,25 @@ from edgelake.training.registry.rollout import (
     rollout_policy,
     set_rollout,
 )
-from edgelake.training.registry.stages import STAGES, Stage, StageBook, Transition, current, production_line, promote, rollback, versions
+from edgelake.training.registry.stages import (
+    Stage,
+    StageBook,
+    Transition,
+    current,
+    production_line,
+    promote,
+    read_book,
+    reject,
+    rollback,
+    versions,
+)
 
 __all__ = [
     "KEYS_DIR",
     "KEY_SETS",
     "PRIVATE_KEY",
     "PUBLIC_KEY",
-    "STAGES",
+    "Registry",
     "ModelVersion",
     "RolloutPolicy",
     "RolloutRules",
@@ -87,8 +99,10 @@ __all__ = [
     "promote",
     "publish",
     "publish_run",
+    "read_book",
     "registry_public_key",
     "registry_root",
+    "reject",
     "resign",
     "revoke",
     "rollback",

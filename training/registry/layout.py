@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -12,7 +13,9 @@ from urllib.parse import urlparse
 from filelock import FileLock
 from pydantic import TypeAdapter, ValidationError
 
+from edgelake.control_db import ControlDb
 from edgelake.errors import UserError
+from edgelake.settings import Settings
 from edgelake.files import synced_temp
 from edgelake.signing import ModelName
 
@@ -36,6 +39,27 @@ class RegistryRefused(UserError, ValueError):
 
 class RegistryChanged(UserError, RuntimeError):
     """Another writer changed the registry during an action; trying again settles it."""
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A model registry: the signed versions' files under ``root``; their stage book and rollout policies in ``db``, the
+    control plane's database, which every replica and command shares."""
+
+    root: Path
+    db: ControlDb
+
+    @classmethod
+    def of(cls, lake: Lake, db: ControlDb) -> Registry:
+        """The registry of ``lake`` (see :func:`registry_root`), its stages kept in ``db``."""
+        return cls(registry_root(lake), db)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        """The registry of the settings' lake, its stages in their control-plane database."""
+        from edgelake.lake.catalog import Lake
+
+        return cls.of(Lake.from_settings(settings), ControlDb.from_settings(settings))
 
 
 def registry_root(lake: Lake) -> Path:

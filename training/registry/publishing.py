@@ -20,10 +20,11 @@ from pydantic import TypeAdapter, ValidationError
 from edgelake.files import fsync_directory, write_synced
 from edgelake.signing import MANIFEST, RESERVED, SIGNATURE, ArtifactName, FileEntry, Manifest, fingerprint, sign
 from edgelake.training.registry.keys import ensure_signing_key, publish_public_key, verify
-from edgelake.training.registry.layout import RegistryRefused, UnknownModel, model_dir, models, registry_root, valid, version_numbers
+from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, model_dir, models, valid, version_numbers
 from edgelake.training.registry.stages import Stage, current, promote, stage_book, versions
 
 if TYPE_CHECKING:
+    from edgelake.control_db import ControlDb
     from edgelake.lake.catalog import Lake
 
 _CHUNK = 1 << 20
@@ -42,7 +43,7 @@ class ModelVersion:
 
 
 def publish(
-    root: Path,
+    registry: Registry,
     name: str,
     files: Mapping[str, Path],
     *,
@@ -57,9 +58,9 @@ def publish(
     The version is signed by ``signer``, numbered one above the newest (safe against concurrent
     publishers) and registered as a ``candidate``.
     """
-    directory = model_dir(root, name)
+    directory = model_dir(registry.root, name)
     directory.mkdir(parents=True, exist_ok=True)
-    publish_public_key(root, signer.public_key())
+    publish_public_key(registry.root, signer.public_key())
     staging = Path(tempfile.mkdtemp(prefix=".publishing-", dir=directory))
     try:
         entries = _copy_artifacts(files, staging)
@@ -81,13 +82,14 @@ def publish(
                 break
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    with stage_book(directory) as book:
+    with stage_book(registry, name) as book:
         book.move(manifest.version, "candidate", actor=None, reason="published")
     return ModelVersion(name, manifest.version, "candidate", directory / str(manifest.version), manifest)
 
 
 def publish_run(
     lake: Lake,
+    db: ControlDb,
     key_dir: Path,
     name: str,
     files: Mapping[str, Path],
@@ -99,48 +101,48 @@ def publish_run(
     promote_to: Stage | None = None,
     reason: str | None = None,
 ) -> ModelVersion:
-    """Publish a training run's files into ``lake``'s registry, signed with the registry's key
+    """Publish a training run's files into ``lake``'s registry (its stages kept in ``db``), signed with the registry's key
     (made on first use in ``key_dir``), then
     promote it to ``promote_to`` if given. Numeric metrics go to the manifest's metrics, the rest to ``extra["details"]``."""
     numbers = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     details = {key: value for key, value in metrics.items() if key not in numbers}
-    root = registry_root(lake)
+    registry = Registry.of(lake, db)
     version = publish(
-        root, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake),
+        registry, name, files, metrics=numbers, lineage=lineage, signer=ensure_signing_key(key_dir, lake),
         feature_version=feature_version, extra={**(extra or {}), **({"details": details} if details else {})},
     )
     if promote_to is None:
         return version
-    promote(root, name, version.version, promote_to, reason=reason)
-    return get(root, name, version.version)
+    promote(registry, name, version.version, promote_to, reason=reason)
+    return get(registry, name, version.version)
 
 
-def resign(root: Path, name: str, version: int, signer: Ed25519PrivateKey) -> ModelVersion:
+def resign(registry: Registry, name: str, version: int, signer: Ed25519PrivateKey) -> ModelVersion:
     """Publish ``version`` of ``name`` again as its next version, signed by ``signer``: how production moves off a key before it is revoked.
 
     The version must verify first; its artifacts, metrics, lineage and feature version carry over
     (``extra.resigned_from`` names the source). The new version starts as a ``candidate``.
     """
-    problems = verify(root, name, version)
+    problems = verify(registry.root, name, version)
     if problems:
         raise RegistryRefused(f"refusing to re-sign {name} v{version}: it fails verification: {problems[0]}")
-    source = get(root, name, version)
+    source = get(registry, name, version)
     manifest = source.manifest
     return publish(
-        root, name, {file: source.path / file for file in manifest.files}, metrics=manifest.metrics, lineage=manifest.lineage,
+        registry, name, {file: source.path / file for file in manifest.files}, metrics=manifest.metrics, lineage=manifest.lineage,
         signer=signer, feature_version=manifest.feature_version, extra={**manifest.extra, "resigned_from": version},
     )
 
 
-def get(root: Path, name: str, version: int | None = None) -> ModelVersion:
+def get(registry: Registry, name: str, version: int | None = None) -> ModelVersion:
     """Version ``version`` of ``name``; by default the production one, else the newest."""
-    stages = versions(root, name)
+    stages = versions(registry, name)
     if version is None:
-        production = current(root, name)
+        production = current(registry, name)
         version = max(stages) if production is None else production
     if version not in stages:
         raise UnknownModel(f"model '{name}' has versions {', '.join(map(str, stages))}; not {version}")
-    path = root / name / str(version)
+    path = registry.root / name / str(version)
     try:
         manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
     except (OSError, ValidationError) as error:
@@ -154,7 +156,7 @@ def signed_by(root: Path, key_fingerprint: str) -> list[tuple[str, int]]:
     return [
         (name, version)
         for name in models(root)
-        for version in versions(root, name)
+        for version in version_numbers(root / name)
         if _manifest_key(root / name / str(version)) == key_fingerprint
     ]
 

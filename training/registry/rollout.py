@@ -14,18 +14,16 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal, Protocol
 
+import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 
-from edgelake.files import replace_durably
-from edgelake.signing import canonical_json
+from edgelake.control_db import rollout_policies
 from edgelake.training.registry.keys import verify
-from edgelake.training.registry.layout import RegistryRefused, UnknownModel, locked
-from edgelake.training.registry.stages import Transition, current, promote, read_book, reject, versions
-
-ROLLOUT = "rollout.json"
+from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, published
+from edgelake.training.registry.stages import Transition, current, editing, promote_in, reject_in
 
 
 class RolloutRules(BaseModel):
@@ -150,64 +148,62 @@ def judge(rules: RolloutRules, evidence: CanaryEvidence) -> Verdict:
     return Verdict("promote" if within else "reject", f"{measured} {versus} ({judged}), {sides.basis}")
 
 
-def rollout_policy(root: Path, name: str) -> RolloutPolicy:
+def rollout_policy(registry: Registry, name: str) -> RolloutPolicy:
     """The rollout policy of ``name``; without one, no device is on a canary."""
-    versions(root, name)
-    path = root / name / ROLLOUT
-    return RolloutPolicy.model_validate_json(path.read_bytes()) if path.is_file() else RolloutPolicy()
+    published(registry.root, name)
+    with registry.db.transaction() as connection:
+        return _policy(connection, name)
 
 
-def set_rollout(root: Path, name: str, rules: RolloutRules, *, actor: str | None = None) -> RolloutPolicy:
-    """Put ``rules`` in force for ``name`` from now on (written atomically, so every reader sees all of it or none).
+def set_rollout(registry: Registry, name: str, rules: RolloutRules, *, actor: str | None = None) -> RolloutPolicy:
+    """Put ``rules`` in force for ``name`` from now on, in one transaction with the stage move it makes.
 
     A candidate put on canary moves to stage ``canary``; a version past it (production,
     archived, rolled back) cannot go on canary.
     """
-    published = versions(root, name)
     version = rules.canary_version
-    if version is not None and version not in published:
+    if version is not None and version not in published(registry.root, name):
         raise UnknownModel(f"model '{name}' has no version {version} to put on canary")
-    with locked(root / name / f".{ROLLOUT}.lock"):
+    with registry.db.transaction() as connection, editing(registry, connection, name) as book:
         if version is not None:
-            stage = read_book(root / name).stage(version)
+            stage = book.stage(version)
             if stage == "candidate":
-                promote(root, name, version, "canary", actor=actor, reason=f"canary on {rules.canary_percent}% of devices")
+                promote_in(book, name, version, "canary", actor=actor, reason=f"canary on {rules.canary_percent}% of devices")
             elif stage != "canary":
                 raise RegistryRefused(f"{name} v{version} is {stage}; only a candidate or canary version can go on canary")
-        return _write_rollout(root, name, rules, actor)
+        return _write_policy(connection, name, rules, actor)
 
 
 def settle(
-    root: Path, name: str, evidence_of: Callable[[RolloutPolicy], CanaryEvidence], *, actor: str | None = None
+    registry: Registry, name: str, evidence_of: Callable[[RolloutPolicy], CanaryEvidence], *, actor: str | None = None
 ) -> list[Transition]:
     """Judge the canary of the policy in force on the evidence ``evidence_of`` gathers for it and carry out a promote or
     reject verdict, once; the transitions made, whose reason is the verdict's.
 
-    The common case (no canary, or waiting) is decided without the lock. A verdict is carried out under the rollout
-    lock on the policy and evidence read afresh, so concurrent callers see each other's outcome: a promoted canary
-    becomes production (the previous one archived), a rejected one ``rolled_back``, and either way the policy's canary
-    ends. A canary that no longer verifies is rejected, never promoted. Nothing happens when the version has already
-    left the canary stages by hand.
+    The evidence is gathered and judged outside any transaction. The verdict is carried out in one transaction, and only
+    if the policy is still the one judged, so of concurrent callers one acts and the others find the canary settled: a
+    promoted canary becomes production (the previous one archived), a rejected one ``rolled_back``, and either way the
+    policy's canary ends. A canary that no longer verifies is rejected, never promoted. Nothing happens when the version
+    has already left the canary stages by hand.
     """
-    policy = rollout_policy(root, name)
-    if policy.canary_version is None or judge(policy, evidence_of(policy)).outcome == "wait":
+    policy = rollout_policy(registry, name)
+    version = policy.canary_version
+    if version is None:
         return []
-    with locked(root / name / f".{ROLLOUT}.lock"):
-        policy = rollout_policy(root, name)
-        version = policy.canary_version
-        if version is None or read_book(root / name).stage(version) not in ("candidate", "canary"):
+    verdict = judge(policy, evidence_of(policy))
+    if verdict.outcome == "wait":
+        return []
+    problems = verify(registry.root, name, version) if verdict.outcome == "promote" else []
+    with registry.db.transaction() as connection, editing(registry, connection, name) as book:
+        if _policy(connection, name) != policy or book.stage(version) not in ("candidate", "canary"):
             return []
-        verdict = judge(policy, evidence_of(policy))
-        if verdict.outcome == "wait":
-            return []
-        problems = verify(root, name, version) if verdict.outcome == "promote" else []
         if problems:
-            transitions = reject(root, name, version, actor=actor, reason=f"{verdict.reason}; but it fails verification: {problems[0]}")
+            transitions = reject_in(book, name, version, actor=actor, reason=f"{verdict.reason}; but it fails verification: {problems[0]}")
         elif verdict.outcome == "promote":
-            transitions = promote(root, name, version, "production", actor=actor, reason=verdict.reason)
+            transitions = promote_in(book, name, version, "production", actor=actor, reason=verdict.reason)
         else:
-            transitions = reject(root, name, version, actor=actor, reason=verdict.reason)
-        _write_rollout(root, name, policy.model_copy(update={"canary_version": None}), actor)
+            transitions = reject_in(book, name, version, actor=actor, reason=verdict.reason)
+        _write_policy(connection, name, policy.model_copy(update={"canary_version": None}), actor)
         return transitions
 
 
@@ -217,16 +213,23 @@ def rollout_bucket(name: str, device_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % 100
 
 
-def assigned_version(root: Path, name: str, device_id: str) -> tuple[int, Literal["canary", "production"]] | None:
+def assigned_version(registry: Registry, name: str, device_id: str) -> tuple[int, Literal["canary", "production"]] | None:
     """The version of ``name`` that ``device_id`` should run and why; None when there is neither canary nor production."""
-    policy = rollout_policy(root, name)
+    policy = rollout_policy(registry, name)
     if policy.canary_version is not None and rollout_bucket(name, device_id) < policy.canary_percent:
         return policy.canary_version, "canary"
-    production = current(root, name)
+    production = current(registry, name)
     return None if production is None else (production, "production")
 
 
-def _write_rollout(root: Path, name: str, rules: RolloutRules, actor: str | None) -> RolloutPolicy:
+def _policy(connection: Connection, name: str) -> RolloutPolicy:
+    row = connection.execute(sa.select(rollout_policies).where(rollout_policies.c.model == name)).first()
+    return RolloutPolicy() if row is None else RolloutPolicy.model_validate({**row.rules, "updated": row.updated, "actor": row.actor})
+
+
+def _write_policy(connection: Connection, name: str, rules: RolloutRules, actor: str | None) -> RolloutPolicy:
     policy = RolloutPolicy.model_validate({**rules.model_dump(include=set(RolloutRules.model_fields)), "updated": datetime.now(UTC), "actor": actor})
-    replace_durably(root / name / ROLLOUT, canonical_json(policy.model_dump(mode="json")))
+    row = {"rules": policy.model_dump(mode="json", include=set(RolloutRules.model_fields)), "updated": policy.updated, "actor": actor}
+    connection.execute(sa.delete(rollout_policies).where(rollout_policies.c.model == name))
+    connection.execute(sa.insert(rollout_policies).values(model=name, **row))
     return policy

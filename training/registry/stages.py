@@ -1,25 +1,24 @@
 """The stage book of each model: where each version stands, the append-only history of how it got there, and the moves
-between stages (promote, rollback, reject)."""
+between stages (promote, rollback, reject). It lives in the control plane's database, each move one transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 
-from edgelake.files import replace_durably
-from edgelake.signing import canonical_json
+from edgelake.control_db import model_stages, stage_transitions
 from edgelake.training.registry.keys import refuse_unverified
-from edgelake.training.registry.layout import NothingToRollBack, RegistryChanged, RegistryRefused, UnknownModel, locked, published
+from edgelake.training.registry.layout import NothingToRollBack, Registry, RegistryChanged, RegistryRefused, UnknownModel, published
 
 Stage = Literal["candidate", "canary", "production", "archived", "rolled_back"]
 PROMOTION_ORDER: tuple[Stage, ...] = ("candidate", "canary", "production")
-STAGES = "stages.json"
 
 
 class Transition(BaseModel):
@@ -36,7 +35,7 @@ class Transition(BaseModel):
 
 
 class StageBook(BaseModel):
-    """A model's ``stages.json``: where each version stands and how it got there."""
+    """A model's stage book: where each version stands and how it got there."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,43 +66,62 @@ class StageBook(BaseModel):
         self.stages[version] = to
 
 
-def read_book(model_dir: Path) -> StageBook:
-    """The model's stage book as last saved; an empty one before the first publication."""
-    path = model_dir / STAGES
-    return StageBook.model_validate_json(path.read_bytes()) if path.is_file() else StageBook()
+def read_book(registry: Registry, name: str) -> StageBook:
+    """The stage book of ``name`` as last committed; an empty one before its first publication."""
+    with registry.db.transaction() as connection:
+        return _read(connection, name)
 
 
 @contextmanager
-def stage_book(model_dir: Path) -> Iterator[StageBook]:
-    """The model's stage book, locked against other writers and saved atomically on success."""
-    with locked(model_dir / f".{STAGES}.lock"):
-        book = read_book(model_dir)
+def stage_book(registry: Registry, name: str) -> Iterator[StageBook]:
+    """The stage book of ``name``, held against other writers and saved in one transaction when the block ends cleanly."""
+    with registry.db.transaction() as connection, editing(registry, connection, name) as book:
         yield book
-        replace_durably(model_dir / STAGES, canonical_json(book.model_dump(mode="json", by_alias=True)))
 
 
-def versions(root: Path, name: str) -> dict[int, Stage]:
+@contextmanager
+def editing(registry: Registry, connection: Connection, name: str) -> Iterator[StageBook]:
+    """The stage book of ``name`` within ``connection``'s transaction, held until it ends; its moves are written there."""
+    registry.db.lock(connection, f"registry:{name}")
+    book = _read(connection, name)
+    before, start = dict(book.stages), len(book.history)
+    yield book
+    moves = book.history[start:]
+    if moves:
+        connection.execute(sa.insert(stage_transitions), [
+            {"model": name, "version": t.version, "from_stage": t.from_, "to_stage": t.to, "time": t.time, "actor": t.actor, "reason": t.reason}
+            for t in moves
+        ])
+    for version, stage in book.stages.items():
+        if version not in before:
+            connection.execute(sa.insert(model_stages).values(model=name, version=version, stage=stage))
+        elif before[version] != stage:
+            held = (model_stages.c.model == name) & (model_stages.c.version == version)
+            connection.execute(sa.update(model_stages).where(held).values(stage=stage))
+
+
+def versions(registry: Registry, name: str) -> dict[int, Stage]:
     """Every published version of ``name``, oldest first, with its stage."""
-    numbers = published(root, name)
-    book = read_book(root / name)
+    numbers = published(registry.root, name)
+    book = read_book(registry, name)
     return {version: book.stage(version) for version in numbers}
 
 
-def current(root: Path, name: str, stage: Stage = "production") -> int | None:
+def current(registry: Registry, name: str, stage: Stage = "production") -> int | None:
     """The version of ``name`` in ``stage``, or None; no fallback to another stage."""
-    versions(root, name)
-    return read_book(root / name).holder(stage)
+    published(registry.root, name)
+    return read_book(registry, name).holder(stage)
 
 
-def production_line(root: Path, name: str) -> list[int]:
+def production_line(registry: Registry, name: str) -> list[int]:
     """The version of ``name`` in production, then the earlier production versions it displaced (not rolled back), newest
     first: what a server falls back to, in order, while newer ones fail its checks."""
-    versions(root, name)
-    return read_book(root / name).production_line()
+    published(registry.root, name)
+    return read_book(registry, name).production_line()
 
 
 def promote(
-    root: Path,
+    registry: Registry,
     name: str,
     version: int,
     to: str | None = None,
@@ -117,44 +135,48 @@ def promote(
     Only candidate and canary versions move, only forward, and only when they verify. The
     version that held ``to`` before becomes ``archived``.
     """
-    refuse_unverified(root, name, version, public_key, "promote")
-    with stage_book(root / name) as book:
-        before = book.stage(version)
-        if before not in ("candidate", "canary"):
-            raise RegistryRefused(
-                f"{name} v{version} is {before}; only candidate and canary versions can be promoted"
-                + (" (use `rollback` to bring back the previous production version)" if before == "archived" else "")
-            )
-        later = PROMOTION_ORDER[PROMOTION_ORDER.index(before) + 1 :]
-        target = next((stage for stage in later if stage == (to or later[0])), None)
-        if target is None:
-            raise RegistryRefused(f"cannot promote {name} v{version} from {before} to {to}; stages go {' -> '.join(PROMOTION_ORDER)}")
-        start = len(book.history)
-        displaced = book.holder(target)
-        if displaced is not None:
-            book.move(displaced, "archived", actor, f"replaced by v{version}")
-        book.move(version, target, actor, reason)
-        return book.history[start:]
+    refuse_unverified(registry.root, name, version, public_key, "promote")
+    with stage_book(registry, name) as book:
+        return promote_in(book, name, version, to, actor=actor, reason=reason)
+
+
+def promote_in(book: StageBook, name: str, version: int, to: str | None, *, actor: str | None, reason: str | None) -> list[Transition]:
+    """:func:`promote`'s move within ``book``, for a caller that holds it; the transitions made."""
+    before = book.stage(version)
+    if before not in ("candidate", "canary"):
+        raise RegistryRefused(
+            f"{name} v{version} is {before}; only candidate and canary versions can be promoted"
+            + (" (use `rollback` to bring back the previous production version)" if before == "archived" else "")
+        )
+    later = PROMOTION_ORDER[PROMOTION_ORDER.index(before) + 1 :]
+    target = next((stage for stage in later if stage == (to or later[0])), None)
+    if target is None:
+        raise RegistryRefused(f"cannot promote {name} v{version} from {before} to {to}; stages go {' -> '.join(PROMOTION_ORDER)}")
+    start = len(book.history)
+    displaced = book.holder(target)
+    if displaced is not None:
+        book.move(displaced, "archived", actor, f"replaced by v{version}")
+    book.move(version, target, actor, reason)
+    return book.history[start:]
 
 
 def rollback(
-    root: Path, name: str, *, public_key: Ed25519PublicKey | None = None, actor: str | None = None, reason: str | None = None
+    registry: Registry, name: str, *, public_key: Ed25519PublicKey | None = None, actor: str | None = None, reason: str | None = None
 ) -> list[Transition]:
     """Put the previous production version of ``name`` back into production; the transitions made.
 
     The current production version becomes ``rolled_back``. The previous one is the latest
     earlier production version that is archived (not itself rolled back).
     """
-    versions(root, name)
-    book = read_book(root / name)
-    line = book.production_line()
+    published(registry.root, name)
+    line = read_book(registry, name).production_line()
     if not line:
         raise NothingToRollBack(f"{name} has no production version to roll back")
     if len(line) == 1:
         raise NothingToRollBack(f"no earlier production version to roll back to (v{line[0]} is the only one left)")
     failing, previous = line[:2]
-    refuse_unverified(root, name, previous, public_key, "roll back to")
-    with stage_book(root / name) as book:
+    refuse_unverified(registry.root, name, previous, public_key, "roll back to")
+    with stage_book(registry, name) as book:
         if book.holder("production") != failing or book.stage(previous) != "archived":
             raise RegistryChanged(f"the stages of {name} changed during the rollback; try again")
         start = len(book.history)
@@ -163,15 +185,32 @@ def rollback(
         return book.history[start:]
 
 
-def reject(root: Path, name: str, version: int, *, actor: str | None = None, reason: str | None = None) -> list[Transition]:
+def reject(registry: Registry, name: str, version: int, *, actor: str | None = None, reason: str | None = None) -> list[Transition]:
     """Mark a candidate or canary version ``rolled_back``: it failed its rollout and is never promoted; the transitions made."""
-    if version not in versions(root, name):
+    if version not in published(registry.root, name):
         raise UnknownModel(f"model '{name}' has no version {version}")
-    with stage_book(root / name) as book:
-        before = book.stage(version)
-        if before not in ("candidate", "canary"):
-            raise RegistryRefused(f"{name} v{version} is {before}; only candidate and canary versions can be rejected (use `rollback`)")
-        start = len(book.history)
-        book.move(version, "rolled_back", actor, reason)
-        return book.history[start:]
+    with stage_book(registry, name) as book:
+        return reject_in(book, name, version, actor=actor, reason=reason)
+
+
+def reject_in(book: StageBook, name: str, version: int, *, actor: str | None, reason: str | None) -> list[Transition]:
+    """:func:`reject`'s move within ``book``, for a caller that holds it; the transitions made."""
+    before = book.stage(version)
+    if before not in ("candidate", "canary"):
+        raise RegistryRefused(f"{name} v{version} is {before}; only candidate and canary versions can be rejected (use `rollback`)")
+    start = len(book.history)
+    book.move(version, "rolled_back", actor, reason)
+    return book.history[start:]
+
+
+def _read(connection: Connection, name: str) -> StageBook:
+    stages = connection.execute(sa.select(model_stages.c.version, model_stages.c.stage).where(model_stages.c.model == name))
+    history = connection.execute(sa.select(stage_transitions).where(stage_transitions.c.model == name).order_by(stage_transitions.c.id))
+    return StageBook(
+        stages={row.version: row.stage for row in stages},
+        history=[
+            Transition(time=row.time, version=row.version, from_=row.from_stage, to=row.to_stage, actor=row.actor, reason=row.reason)
+            for row in history
+        ],
+    )
 

@@ -1,7 +1,7 @@
 """The control plane's database: API keys, enrollment tokens, devices and their reports, forwarded result ids, the audit log
-and how far it was copied to the lake.
+and how far it was copied to the lake, and the model registry's stage book and rollout policies.
 
-One schema (the tables below, migrated by Alembic from :mod:`edgelake.api.migrations`) on two
+One schema (the tables below, migrated by Alembic from :mod:`edgelake.migrations`) on two
 backends: SQLite under the data dir, the embedded default for one node, and PostgreSQL
 (``EDGELAKE_CONTROL_DB_URL=postgresql+psycopg://…``), which every API replica on any node shares.
 Each change runs in one transaction; the first use of a database migrates it to the newest schema.
@@ -9,9 +9,11 @@ Each change runs in one transaction; the first use of a database migrates it to 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,35 @@ audit_exports = sa.Table(
 )
 
 
+model_stages = sa.Table(
+    "model_stages", metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("stage", sa.String(16), nullable=False),
+)
+
+stage_transitions = sa.Table(
+    "stage_transitions", metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("from_stage", sa.String(16)),
+    sa.Column("to_stage", sa.String(16), nullable=False),
+    sa.Column("time", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Index("stage_transitions_by_model", "model", "id"),
+)
+
+rollout_policies = sa.Table(
+    "rollout_policies", metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("updated", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.Text),
+)
+
+
 def insert_unless_present(connection: Connection, table: sa.Table) -> sa.Insert:
     """An insert into ``table`` that skips rows whose primary key is there already, on either backend."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
@@ -180,6 +211,13 @@ class ControlDb:
             command.upgrade(config, "head")
         self._migrated = True
 
+    def lock(self, connection: Connection, name: str) -> None:
+        """Hold ``name`` until ``connection``'s transaction ends, against every other transaction that locks it (on SQLite,
+        where a writing transaction holds the whole database, there is nothing more to hold)."""
+        if self.backend == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
     def dispose(self) -> None:
         """Close the pooled connections."""
         self.engine.dispose()
@@ -189,9 +227,9 @@ def _engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
     path = sa.engine.make_url(url).database
-    if path and path != ":memory:":
+    if path and path != ":memory:" and not Path(path).exists():
         Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # private from the start; SQLite gives its journals the same mode
+        _create_private(Path(path))
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
@@ -205,3 +243,26 @@ def _engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock up front: read-then-write must not interleave
 
     return engine
+
+
+def copy_embedded(source: Path, target: Path) -> None:
+    """A consistent copy of the SQLite database at ``source`` (its write-ahead log included) at ``target``, mode 0600.
+
+    Copy it this way, never as files: closing a descriptor of an open database drops this process's locks on it.
+    """
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _create_private(target)
+    with closing(sqlite3.connect(source)) as original, closing(sqlite3.connect(target)) as copy:
+        original.backup(copy)
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file with mode 0600 (SQLite gives its journals the same mode).
+
+    Only a file that is not there yet is opened here: closing any descriptor of an open database would drop the locks
+    this process's connections hold on it (POSIX), and another process could then checkpoint under them.
+    """
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass  # another process made it first

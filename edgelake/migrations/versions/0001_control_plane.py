@@ -7,7 +7,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from edgelake.api.control_db import UtcDateTime
+from edgelake.control_db import UtcDateTime
 
 revision = "0001"
 down_revision = None
