@@ -84,6 +84,26 @@ def show(
     console.print(files)
 
 
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Only this version's moves."),
+) -> None:
+    """Every stage move of a model, oldest first: when, which version, from and to, by whom and why."""
+    from edgelake.training import registry
+
+    settings: Settings = ctx.obj
+    with reported_errors():
+        models = registry.Registry.from_settings(settings)
+        registry.versions(models, name)  # an unknown model is an error, not an empty history
+        moves = [t for t in registry.read_book(models, name).history if version is None or t.version == version]
+    listing = Table("time (UTC)", "version", "from", "to", "by", "why")
+    for move in moves:
+        listing.add_row(f"{move.time:%Y-%m-%d %H:%M:%S}", str(move.version), move.from_ or "", move.to, move.actor or "", move.reason or "")
+    console.print(listing)
+
+
 @app.command("promote")
 def promote(
     ctx: typer.Context,

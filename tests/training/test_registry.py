@@ -517,6 +517,17 @@ def test_cli_list_promote_and_rollback(two_models: Lake) -> None:
     assert rolled.returncode == 0 and "fraud v1: archived -> production" in rolled.stdout
     assert json.loads(edgelake(two_models, "show", "fraud", "--json").stdout)["version"] == 1
 
+    moves = [
+        tuple(cell.strip() for cell in line.split("│")[2:6]) for line in edgelake(two_models, "history", "fraud").stdout.splitlines() if "│" in line
+    ]
+    assert moves == [  # each move of the stage book, oldest first
+        ("1", "", "candidate", ""), ("2", "", "candidate", ""), ("1", "candidate", "production", os.environ.get("USER", "")),
+        ("1", "production", "archived", os.environ.get("USER", "")), ("2", "candidate", "production", os.environ.get("USER", "")),
+        ("2", "production", "rolled_back", os.environ.get("USER", "")), ("1", "archived", "production", os.environ.get("USER", "")),
+    ]
+    unknown = edgelake(two_models, "history", "nope")
+    assert unknown.returncode == 2 and "no model 'nope'" in unknown.stderr
+
 
 def test_cli_verify_exits_0_when_intact_and_1_listing_problems(two_models: Lake) -> None:
     intact = edgelake(two_models, "verify", "fraud", "--all")
