@@ -272,16 +272,18 @@ def _print_drift(metrics: str) -> None:
 
 
 def _settle_shadow(settings: Settings) -> None:
-    """Judge the fraud shadow and carry the verdict out; if the API's own gate settled it first, say how."""
-    from edgelake.cli.models import evaluate_shadow
+    """Judge the fraud shadow and carry the verdict out (if the API's own gate settled it first, say how); then the fraud
+    model's latest stage moves, from the control plane's stage book."""
+    from edgelake.cli.models import evaluate_shadow, print_moves
     from edgelake.training import registry
 
     models = registry.Registry.from_settings(settings)
     if registry.rollout_policy(models, "fraud").canary_version is not None:
         evaluate_shadow(settings, settle=True)
-        return
-    last = registry.read_book(models, "fraud").history[-1]
-    console.print(f"the API's gate settled it: fraud v{last.version} {last.from_} -> {last.to}: {last.reason}", highlight=False)
+    else:
+        last = registry.read_book(models, "fraud").history[-1]
+        console.print(f"the API's gate settled it: fraud v{last.version} {last.from_} -> {last.to}: {last.reason}", highlight=False)
+    print_moves(registry.read_book(models, "fraud").history[-4:], title="fraud's latest stage moves (edgelake models history fraud)")
 
 
 def run_edge_fleet(settings: Settings) -> str:

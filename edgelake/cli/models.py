@@ -98,7 +98,12 @@ def history(
         models = registry.Registry.from_settings(settings)
         registry.versions(models, name)  # an unknown model is an error, not an empty history
         moves = [t for t in registry.read_book(models, name).history if version is None or t.version == version]
-    listing = Table("time (UTC)", "version", "from", "to", "by", "why")
+    print_moves(moves)
+
+
+def print_moves(moves: list[Transition], title: str | None = None) -> None:
+    """Stage moves as a table: when, which version, from and to, by whom and why."""
+    listing = Table("time (UTC)", "version", "from", "to", "by", "why", title=title)
     for move in moves:
         listing.add_row(f"{move.time:%Y-%m-%d %H:%M:%S}", str(move.version), move.from_ or "", move.to, move.actor or "", move.reason or "")
     console.print(listing)
