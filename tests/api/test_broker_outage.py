@@ -20,7 +20,7 @@ from edgelake.api.keys import KeyStore
 from edgelake.contracts import FraudScore
 from edgelake.kafka import ensure_topics, read_topic
 from edgelake.settings import Settings
-from support import embedded_kafka
+from support import copy_stage_books, embedded_kafka
 from tests.api.conftest import serving
 from tests.api.test_devices import ids_on_topic, inference
 from tests.api.test_score import example
@@ -35,6 +35,7 @@ def test_what_the_api_acknowledged_during_a_broker_outage_reaches_the_topics(fra
         settings = fraud_lake.model_copy(
             update={"kafka_bootstrap_servers": broker.bootstrap_servers, "topic_prefix": f"o{uuid.uuid4().hex[:8]}-", "data_dir": tmp_path / "data"}
         )
+        copy_stage_books(fraud_lake, settings)  # the data dir of its own has a control plane of its own
         ensure_topics(settings, broker.bootstrap_servers)
         keys = KeyStore(ControlDb.from_settings(settings))
         admin, producer = keys.create("admin", "admin")[1], keys.create("app", "producer")[1]
