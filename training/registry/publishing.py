@@ -20,8 +20,8 @@ from pydantic import TypeAdapter, ValidationError
 from edgelake.files import fsync_directory, write_synced
 from edgelake.signing import MANIFEST, RESERVED, SIGNATURE, ArtifactName, FileEntry, Manifest, fingerprint, sign
 from edgelake.training.registry.keys import ensure_signing_key, publish_public_key, verify
-from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, model_dir, models, valid, version_numbers
-from edgelake.training.registry.stages import Stage, current, promote, stage_book, versions
+from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, model_dir, models, published, valid, version_numbers
+from edgelake.training.registry.stages import Stage, promote, read_book, stage_book
 
 if TYPE_CHECKING:
     from edgelake.control_db import ControlDb
@@ -136,19 +136,20 @@ def resign(registry: Registry, name: str, version: int, signer: Ed25519PrivateKe
 
 def get(registry: Registry, name: str, version: int | None = None) -> ModelVersion:
     """Version ``version`` of ``name``; by default the production one, else the newest."""
-    stages = versions(registry, name)
+    numbers = published(registry.root, name)
+    book = read_book(registry, name)  # once: each read is a control-plane transaction
     if version is None:
-        production = current(registry, name)
-        version = max(stages) if production is None else production
-    if version not in stages:
-        raise UnknownModel(f"model '{name}' has versions {', '.join(map(str, stages))}; not {version}")
+        production = book.holder("production")
+        version = max(numbers) if production is None else production
+    if version not in numbers:
+        raise UnknownModel(f"model '{name}' has versions {', '.join(map(str, numbers))}; not {version}")
     path = registry.root / name / str(version)
     try:
         manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
     except (OSError, ValidationError) as error:
         problem = type(error).__name__
         raise RegistryRefused(f"the manifest of {name} v{version} is unreadable ({problem}); run `edgelake models verify`") from None
-    return ModelVersion(name, version, stages[version], path, manifest)
+    return ModelVersion(name, version, book.stage(version), path, manifest)
 
 
 def signed_by(root: Path, key_fingerprint: str) -> list[tuple[str, int]]:
