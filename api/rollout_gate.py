@@ -124,7 +124,7 @@ def settle(store: DeviceStore, models: registry.Registry, name: str) -> list[Tra
 
 def settle_all(store: DeviceStore, models: registry.Registry) -> dict[str, list[Transition]]:
     """:func:`settle` every model of ``models``: the transitions made, by model."""
-    return {name: transitions for name in registry.models(models.root) if (transitions := settle(store, models, name))}
+    return {name: transitions for name in registry.models(models) if (transitions := settle(store, models, name))}
 
 
 def gate_status(store: DeviceStore, models: registry.Registry, name: str) -> GateStatus | None:

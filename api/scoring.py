@@ -272,7 +272,7 @@ class Scorer:
             break
         else:
             if not line:
-                self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._models.root}")
+                self._model = ModelUnavailable(f"no version of model '{MODEL_NAME}' is in production in the registry at {self._models.location}")
                 self._drift = None
             elif in_use is None:
                 self._model = ModelUnavailable("; ".join(self._refused[v] for v in line))
@@ -298,11 +298,12 @@ class Scorer:
     def _drift_window(self, model: ServedModel) -> DriftWindow | None:
         """An empty drift window over ``model``'s training distributions; None if its manifest lists none or they do not read."""
         version = model.version
-        if DISTRIBUTIONS_FILE not in registry.get(self._models, MODEL_NAME, version).manifest.files:
+        held = registry.get(self._models, MODEL_NAME, version)
+        if DISTRIBUTIONS_FILE not in held.manifest.files:
             log.warning("%s v%d has no %s: its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE)
             return None
         try:
-            distributions = TrainingDistributions.read(self._models.root / MODEL_NAME / str(version) / DISTRIBUTIONS_FILE, model.inputs.names)
+            distributions = TrainingDistributions.read(held.path / DISTRIBUTIONS_FILE, model.inputs.names)
         except (OSError, ValueError) as error:
             log.warning("%s v%d: %s does not read (%s): its traffic is not watched for drift", MODEL_NAME, version, DISTRIBUTIONS_FILE, error)
             return None
@@ -317,17 +318,18 @@ class Scorer:
     def _load(self, version: int) -> ServedModel:
         key = registry.local_public_key(self.settings.data_dir / registry.KEYS_DIR)
         try:
-            problems = registry.verify(self._models.root, MODEL_NAME, version, key)
-            manifest = registry.get(self._models, MODEL_NAME, version).manifest
+            problems = registry.verify(self._models, MODEL_NAME, version, key)
+            held = registry.get(self._models, MODEL_NAME, version)
         except (OSError, ValueError) as error:
             raise ModelUnavailable(f"{MODEL_NAME} v{version} cannot be verified: {error}") from None
+        manifest = held.manifest
         if problems:
             raise ModelUnavailable(f"{MODEL_NAME} v{version} fails verification: {'; '.join(problems)}")
         if manifest.feature_version != INPUTS_VERSION:
             raise ModelUnavailable(
                 f"{MODEL_NAME} v{version} was trained on inputs version {manifest.feature_version}; this server computes {INPUTS_VERSION}"
             )
-        directory = self._models.root / MODEL_NAME / str(version)
+        directory = held.path
         if INPUTS_FILE not in manifest.files:
             raise ModelUnavailable(f"{MODEL_NAME} v{version} has no {INPUTS_FILE}: its inputs are unknown")
         try:

@@ -338,8 +338,7 @@ class KerasScorer(Scorer):
 
     def _load(self, version: int) -> ServedModel:
         super()._load(version)
-        directory = self._models.root / MODEL_NAME / str(version)
-        return _keras(version, directory / KERAS_FILE)
+        return _keras(version, registry.get(self._models, MODEL_NAME, version).path / KERAS_FILE)
 
 
 class Feed:

@@ -132,8 +132,8 @@ def production_dir(settings: Settings) -> Path:
     """The version directory of the production vision model in the settings' registry."""
     models = registry.Registry.from_settings(settings)
     advice = "run `edgelake train vision --promote-to production` or `make demo`, or pass --model-dir"
-    if MODEL not in registry.models(models.root) or (version := registry.current(models, MODEL)) is None:
-        raise NoVisionModel(f"no production {MODEL} model in the registry at {models.root}: {advice}")
+    if MODEL not in registry.models(models) or (version := registry.current(models, MODEL)) is None:
+        raise NoVisionModel(f"no production {MODEL} model in the registry at {models.location}: {advice}")
     return registry.get(models, MODEL, version).path
 
 

@@ -1,5 +1,5 @@
 """The control plane's database: API keys, enrollment tokens, devices and their reports, forwarded result ids, the audit log
-and how far it was copied to the lake, and the model registry's stage book and rollout policies.
+and how far it was copied to the lake, and the model registry's published versions, stage book and rollout policies.
 
 One schema (the tables below, migrated by Alembic from :mod:`edgelake.migrations`) on two
 backends: SQLite under the data dir, the embedded default for one node, and PostgreSQL
@@ -126,6 +126,14 @@ audit_exports = sa.Table(
     sa.Column("last_id", sa.BigInteger, nullable=False),
 )
 
+
+model_versions = sa.Table(  # a row reserves a version number; the version is visible once ``published`` is set
+    "model_versions", metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("reserved", UtcDateTime, nullable=False),
+    sa.Column("published", UtcDateTime),
+)
 
 model_stages = sa.Table(
     "model_stages", metadata,

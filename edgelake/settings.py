@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     )
     registry_dir: Path | None = Field(
         None,
-        description="Model registry folder; default <lake_root>/models. A lake on object storage needs one: a filesystem every service mounts.",
+        description="Model registry folder, a filesystem every service mounts; default <lake_root>/models, on object storage "
+        "too (then each service keeps a local mirror under <data_dir>/registry).",
     )
     spark_master: str = Field("local[*]", description="Spark master for lake and training jobs: local[*] or a cluster URL.")
     spark_driver_memory: str = Field(

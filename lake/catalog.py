@@ -55,18 +55,20 @@ class Lake:
     """Where the lake lies and how to reach it: every Delta table is opened, created and written through one.
 
     ``storage_options`` (credentials, endpoint, region of an object store) go to every deltalake read and write;
-    ``registry_dir`` is the model registry's folder, when it is not ``models`` in the lake.
+    ``registry_dir`` is the model registry's folder, when it is not ``models`` in the lake; ``registry_mirror`` is the
+    local copy of a registry kept on object storage.
     """
 
     root: str  # a path or any URI deltalake accepts (s3://, file://)
     storage_options: dict[str, str] = field(default_factory=dict, repr=False)  # credentials: kept out of logs and errors
     registry_dir: Path | None = None
+    registry_mirror: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Lake:
         """The lake the settings name."""
         options = {name: value.get_secret_value() for name, value in settings.lake_storage_options.items()}
-        return cls(settings.lake_root, options, settings.registry_dir)
+        return cls(settings.lake_root, options, settings.registry_dir, settings.data_dir / "registry")
 
     def uri(self, spec: TableSpec) -> str:
         """The table's URI in this lake."""

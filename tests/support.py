@@ -100,21 +100,23 @@ def copy_world(settings: Settings, directory: Path, **changes: object) -> Settin
 
 
 def copy_stage_books(source: Settings, target: Settings) -> None:
-    """Give ``target``'s control-plane database the stage book and rollout policy of every model in ``source``'s registry."""
+    """Give ``target``'s control-plane database the published versions, stage book and rollout policy of every model in
+    ``source``'s registry."""
     import sqlalchemy as sa
 
-    from edgelake.control_db import rollout_policies
+    from edgelake.control_db import model_versions, rollout_policies
     from edgelake.training import registry
     from edgelake.training.registry.stages import stage_book
 
     origin, copy = registry.Registry.from_settings(source), registry.Registry.from_settings(target)
-    for name in registry.models(origin.root):
+    for name in registry.models(origin):
         book = registry.read_book(origin, name)
         with stage_book(copy, name) as copied:
             copied.stages.update(book.stages)
             copied.history.extend(book.history)
-    with origin.db.transaction() as connection:
-        policies = [dict(row._mapping) for row in connection.execute(sa.select(rollout_policies))]
-    if policies:
-        with copy.db.transaction() as connection:
-            connection.execute(sa.insert(rollout_policies), policies)
+    for table in (model_versions, rollout_policies):
+        with origin.db.transaction() as connection:
+            rows = [dict(row._mapping) for row in connection.execute(sa.select(table))]
+        if rows:
+            with copy.db.transaction() as connection:
+                connection.execute(sa.insert(table), rows)

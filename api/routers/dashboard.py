@@ -308,11 +308,11 @@ def _decision_buckets(rows: list[dict[str, Any]]) -> list[DecisionBucket]:
 def model_cards(models: registry.Registry) -> list[ModelCard]:
     """Every model's versions, newest first, with stage, metrics and plot files."""
     cards = []
-    for name in registry.models(models.root):
+    for name in registry.models(models):
         stages = registry.versions(models, name)
         versions = []
         for number in sorted(stages, reverse=True):
-            manifest = registry.get(models, name, number).manifest
+            manifest = registry.manifest(models, name, number)
             plots = sorted(file for file in manifest.files if file.lower().endswith(".png"))
             versions.append(VersionCard(version=number, stage=stages[number], created=manifest.created, metrics=manifest.metrics, plots=plots))
         cards.append(ModelCard(name=name, production=registry.current(models, name), versions=versions))

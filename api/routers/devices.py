@@ -241,19 +241,20 @@ def _rollout(request: Request, name: str) -> Rollout:
 def _assignment(request: Request, device_id: str) -> Assignment:
     held = registry_of(request)
     models = {}
-    for name in registry.models(held.root):
+    for name in registry.models(held):
         assigned = registry.assigned_version(held, name, device_id)
         if assigned is not None:
             models[name] = AssignedVersion(version=assigned[0], track=assigned[1])
-    return Assignment(device_id=device_id, models=models, key_set_sequence=registry.key_set_sequence(held.root))
+    return Assignment(device_id=device_id, models=models, key_set_sequence=registry.key_set_sequence(held))
 
 
 def _public_key_pem(request: Request) -> str | None:
     """The app's registry's published key, else the local signer's (nothing published yet), else None."""
-    for path in (registry_of(request).root / registry.PUBLIC_KEY, _settings(request).data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY):
-        if path.is_file():
-            return path.read_text()
-    return None
+    try:
+        return signing.public_key_pem(registry.registry_public_key(registry_of(request))).decode()
+    except registry.NoPublicKey:
+        path = _settings(request).data_dir / registry.KEYS_DIR / registry.PUBLIC_KEY
+        return path.read_text() if path.is_file() else None
 
 
 def _settings(request: Request) -> Settings:

@@ -76,7 +76,7 @@ class ModelDetail(BaseModel):
 def list_models(request: Request) -> list[ModelSummary]:
     models = registry_of(request)
     summaries = []
-    for name in registry.models(models.root):
+    for name in registry.models(models):
         stages = registry.versions(models, name)
         production = registry.current(models, name)
         summaries.append(ModelSummary(name=name, production=production, versions=[VersionSummary(version=v, stage=s) for v, s in stages.items()]))
@@ -89,12 +89,11 @@ def get_model(request: Request, name: ModelName) -> ModelDetail:
     with unknown_model_is_404():
         stages = registry.versions(models, name)
         details = []
-        for version in stages:
-            model = registry.get(models, name, version)
-            manifest = model.manifest
+        for version, stage in stages.items():
+            manifest = registry.manifest(models, name, version)
             details.append(
                 VersionDetail(
-                    version=version, stage=model.stage, created=manifest.created, metrics=manifest.metrics, lineage=manifest.lineage,
+                    version=version, stage=stage, created=manifest.created, metrics=manifest.metrics, lineage=manifest.lineage,
                     feature_version=manifest.feature_version, extra=manifest.extra, files=manifest.files, key_fingerprint=manifest.key_fingerprint,
                 )
             )
@@ -149,7 +148,7 @@ def get_artifact(request: Request, name: ModelName, version: Version, file: str)
 def key_releases(
     request: Request, after: int = Query(0, ge=0, le=MAX_VERSION, description="The release the caller trusts already; 0: the anchor key alone.")
 ) -> KeyReleases:
-    return KeyReleases(releases=registry.key_releases(registry_of(request).root, after))
+    return KeyReleases(releases=registry.key_releases(registry_of(request), after))
 
 
 def registry_of(request: Request) -> registry.Registry:

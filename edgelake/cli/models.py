@@ -42,9 +42,9 @@ def list_models(ctx: typer.Context) -> None:
     settings: Settings = ctx.obj
     with reported_errors():
         models = registry.Registry.from_settings(settings)
-        names = registry.models(models.root)
+        names = registry.models(models)
         if not names:
-            console.print(f"no models in {models.root}", highlight=False)
+            console.print(f"no models in {models.location}", highlight=False)
             return
         listing = Table("model", "version", "stage", "created (UTC)", "metrics")
         for name in names:
@@ -291,7 +291,7 @@ def verify(
         models = registry.Registry.from_settings(settings)
         chosen = list(registry.versions(models, name)) if every else [version or registry.get(models, name).version]
         key = _trusted_key(settings, public_key)
-        problems = {v: registry.verify(models.root, name, v, key) for v in chosen}
+        problems = {v: registry.verify(models, name, v, key) for v in chosen}
     for v, found in problems.items():
         if found:
             console.print(f"[bold red]{name} v{v}: FAILED[/]", highlight=False)
@@ -331,13 +331,12 @@ def resign(
 @keys_app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key of the registry's key set: its status, validity, revocation and whether its private key is here."""
-    from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     key_dir = settings.data_dir / registry.KEYS_DIR
     with reported_errors():
-        trusted = registry.key_set(registry.registry_root(Lake.from_settings(settings)), registry.local_public_key(key_dir))
+        trusted = registry.key_set(registry.Registry.from_settings(settings), registry.local_public_key(key_dir))
         held = registry.signing_keys(key_dir)
         signer = registry.current_fingerprint(key_dir)
     console.print(f"key set release {trusted.sequence}" + ("" if trusted.sequence else " (the anchor key alone, never rotated)"), highlight=False)
@@ -360,7 +359,7 @@ def rotate_key(
 
     settings: Settings = ctx.obj
     with reported_errors(), admin_command(settings, "models keys rotate", "registry signing key") as entry:
-        trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, Lake.from_settings(settings), valid_days)
+        trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, Lake.from_settings(settings), registry.Registry.from_settings(settings), valid_days)
         entry["detail"] = f"key set release {trusted.sequence}: {trusted.keys[-1].fingerprint[:16]} signs from now"
     new = trusted.keys[-1]
     console.print(f"key set release {trusted.sequence}: new signing key {new.fingerprint[:16]}, valid {new.period()}", highlight=False)
@@ -380,10 +379,10 @@ def revoke_key(ctx: typer.Context, key: str = typer.Argument(..., help="Fingerpr
     settings: Settings = ctx.obj
     with reported_errors(), admin_command(settings, "models keys revoke", key):
         lake = Lake.from_settings(settings)
-        root = registry.registry_root(lake)
-        trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, lake, key)
+        models = registry.Registry.from_settings(settings)
+        trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, lake, models, key)
         revoked = next(candidate for candidate in trusted.keys if candidate.fingerprint.startswith(key.lower()))
-        orphaned = registry.signed_by(root, revoked.fingerprint)
+        orphaned = registry.signed_by(models, revoked.fingerprint)
     console.print(f"key set release {trusted.sequence}: key {revoked.fingerprint[:16]} revoked", highlight=False)
     listed = ", ".join(f"{name} v{version}" for name, version in orphaned[:10]) + (" …" if len(orphaned) > 10 else "")
     console.print(f"{len(orphaned)} published version(s) signed by it will be refused" + (f": {listed}" if orphaned else ""), highlight=False)

@@ -55,7 +55,7 @@ def test_the_migrations_build_exactly_the_tables_the_code_queries(backend: str, 
     with db.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
         assert differences == []
-        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
 
 
 def test_replicas_starting_together_migrate_a_fresh_database_once(postgres: Postgres) -> None:

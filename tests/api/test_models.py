@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx2
 import pytest
+from pydantic import SecretStr
 
-from edgelake.lake.catalog import Lake
+from edgelake.api.app import create_app
+from edgelake.api.keys import KeyStore
+from edgelake.control_db import ControlDb
 from edgelake.signing import MANIFEST, SIGNATURE
 from edgelake.training import registry
+from support import isolated_settings
+from tests.api.conftest import Serve, publish_model
 
 if TYPE_CHECKING:
     from tests.api.conftest import Deployment
@@ -47,7 +54,7 @@ def test_the_manifest_comes_exactly_as_signed(deployment: Deployment) -> None:
     with deployment.client("device") as client:
         response = client.get("/v1/models/fraud/1/manifest")
     assert response.content == (deployment.model.path / MANIFEST).read_bytes()
-    public_key = registry.registry_public_key(registry.registry_root(Lake.from_settings(deployment.settings)))
+    public_key = registry.registry_public_key(registry.Registry.from_settings(deployment.settings))
     public_key.verify(base64.b64decode(response.headers["x-manifest-signature"]), response.content)  # raises if it does not verify
 
 
@@ -78,3 +85,24 @@ def test_malformed_names_and_versions_are_422(deployment: Deployment, path: str)
     with deployment.client("device") as client:
         response = client.get(path)
     assert response.status_code == 422 and response.json()["errors"]
+
+
+def test_a_registry_on_object_storage_is_served_by_a_replica_from_its_own_mirror(kafka, object_store, postgres, serve: Serve, tmp_path: Path) -> None:
+    shared = {"lake_root": object_store.new_lake(), "control_db_url": SecretStr(postgres.new_database())}
+    trainer = isolated_settings(kafka.bootstrap_servers, tmp_path / "trainer").model_copy(update=shared)
+    model = publish_model(trainer, tmp_path / "run")  # files in the bucket, the version in PostgreSQL
+    replica = trainer.model_copy(update={"data_dir": tmp_path / "replica"})  # another node: nothing of the trainer's on disk
+    token = KeyStore(ControlDb.from_settings(replica)).create("edge device", "device")[1]
+    with serve(create_app(replica)) as url, httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        listed = client.get("/v1/models").json()
+        manifest = client.get("/v1/models/fraud/1/manifest")
+        artifact = client.get("/v1/models/fraud/1/artifacts/plots/roc.png")
+        missing = client.get("/v1/models/fraud/2/manifest")
+    assert listed == [{"name": "fraud", "production": None, "versions": [{"version": 1, "stage": "candidate"}]}]
+    assert manifest.content == (model.path / MANIFEST).read_bytes()
+    public_key = registry.registry_public_key(registry.Registry.from_settings(replica))
+    public_key.verify(base64.b64decode(manifest.headers["x-manifest-signature"]), manifest.content)  # raises if it does not verify
+    assert artifact.status_code == 200 and artifact.content == (tmp_path / "run" / "plots" / "roc.png").read_bytes()
+    assert artifact.headers["x-content-sha256"] == model.manifest.files["plots/roc.png"].sha256
+    assert (tmp_path / "replica" / "registry" / "fraud" / "1" / "plots" / "roc.png").is_file()  # fetched into its mirror
+    assert missing.status_code == 404

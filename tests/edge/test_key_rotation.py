@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgelake.control_db import model_versions
 
 from edgelake.edge.state import CREDENTIALS, adopted_key_set
 from edgelake.signing import MANIFEST, SIGNATURE, KeySet, KeySetRelease, Manifest, TrustedKey, canonical_json, fingerprint, sign
@@ -43,7 +46,7 @@ def key_dir(cloud: Cloud) -> Path:
 
 def forge_production(cloud: Cloud, copy_of: int, signer: Ed25519PrivateKey, created_like: int) -> int:
     """A new version copied from ``copy_of``, signed by ``signer`` and dated like ``created_like``, put in production behind
-    the registry's back (an attacker holding the key and write access to the lake); its number."""
+    the registry's back (an attacker holding the key and write access to the lake and the control plane); its number."""
     version = max(registry.versions(cloud.models, VISION)) + 1
     target = cloud.version_dir(version)
     target.mkdir()
@@ -55,6 +58,8 @@ def forge_production(cloud: Cloud, copy_of: int, signer: Ed25519PrivateKey, crea
     manifest = Manifest.model_validate({**source.model_dump(), "version": version, "created": created, "key_fingerprint": fingerprint(signer.public_key())})
     (target / MANIFEST).write_bytes(manifest.canonical_bytes())
     (target / SIGNATURE).write_bytes(sign(manifest.canonical_bytes(), signer))
+    with cloud.models.db.transaction() as connection:  # and write access to the control plane
+        connection.execute(sa.insert(model_versions).values(model=VISION, version=version, reserved=created, published=created))
     with stage_book(cloud.models, VISION) as book:
         book.move(version, "production", actor="intruder", reason="forged")
     return version
@@ -66,7 +71,7 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
     try:
         credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
-        registry.rotate(key_dir(cloud), cloud.lake)
+        registry.rotate(key_dir(cloud), cloud.lake, cloud.models)
         second = cloud.publish(files, extra)
         assert registry.get(cloud.models, VISION, second).manifest.key_fingerprint != fingerprint(old_key.public_key())
         wait_for(lambda: agent.active() == second, f"v{second}, signed by the new key, active", agent=agent)
@@ -74,16 +79,16 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
         assert (agent.state_dir / CREDENTIALS).read_bytes() == credentials  # no re-enrollment
         assert agent.process.poll() is None  # the same process: no reinstall, no restart
 
-        registry.revoke(key_dir(cloud), cloud.lake, fingerprint(old_key.public_key()))
+        registry.revoke(key_dir(cloud), cloud.lake, cloud.models, fingerprint(old_key.public_key()))
         wait_for(lambda: trusted_sequence(agent) == 2, "the revocation adopted", agent=agent)
         forged = forge_production(cloud, second, old_key, created_like=first)  # dated while the old key was valid
         wait_for(lambda: str(forged) in agent.installed().get("refused", {}), f"v{forged}, signed by the revoked key, refused", agent=agent)
         assert "was revoked at" in agent.installed()["refused"][str(forged)]
         assert agent.active() == second
-        assert "was revoked at" in registry.verify(cloud.root, VISION, forged)[0]  # and `edgelake models verify` says so
+        assert "was revoked at" in registry.verify(cloud.models, VISION, forged)[0]  # and `edgelake models verify` says so
 
         intruder = Ed25519PrivateKey.generate()
-        trusted = registry.key_set(cloud.root)
+        trusted = registry.key_set(cloud.models)
         forged_keys = KeySet(sequence=3, created=trusted.created, keys=(*trusted.keys, TrustedKey.of(intruder.public_key())))
         release = KeySetRelease.signed(forged_keys, [old_key, intruder])  # the revoked key vouching for the intruder's
         (cloud.root / registry.KEY_SETS / "3.json").write_bytes(canonical_json(release.model_dump(mode="json")))
@@ -101,9 +106,9 @@ def test_a_device_offline_through_rotation_and_revocation_catches_up(cloud: Clou
     agent.kill()
     credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
-    registry.rotate(key_dir(cloud), cloud.lake)
+    registry.rotate(key_dir(cloud), cloud.lake, cloud.models)
     second = cloud.publish(files, extra)
-    registry.revoke(key_dir(cloud), cloud.lake, fingerprint(old_key.public_key()))
+    registry.revoke(key_dir(cloud), cloud.lake, cloud.models, fingerprint(old_key.public_key()))
 
     again = start_agent(main_python(), cloud, "offline", agent.state_dir, "--fps", "20", "--heartbeat-s", "0.3")
     try:

@@ -111,9 +111,9 @@ def test_a_version_changed_at_rest_is_refused_at_start_and_the_previous_one_serv
     flip_one_byte(slot_dir / "2" / vision_run.extra["edge_model"])
     events: list[AgentEvent] = []
 
-    model = ModelSlot(slot_dir.parent, VISION, registry.registry_public_key(root), events.append).load_active()
+    model = ModelSlot(slot_dir.parent, VISION, registry.registry_public_key(models), events.append).load_active()
 
     assert model is not None and model.version == 1 and not model.smoke_test()
-    kept = ModelSlot(slot_dir.parent, VISION, registry.registry_public_key(root), events.append).installed  # as stored
+    kept = ModelSlot(slot_dir.parent, VISION, registry.registry_public_key(models), events.append).installed  # as stored
     assert kept.active == 1 and kept.previous is None and "sha256 differs" in kept.refused[2]
     assert [(event.kind, event.version) for event in events] == [("update_refused", 2), ("rolled_back", 2)]

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from edgelake.signing import MANIFEST
 from edgelake.contracts import FraudLabel, Transaction
 from edgelake.control_db import ControlDb
 from edgelake.ingest.sources import synthetic, ulb
@@ -230,7 +231,7 @@ def test_the_same_seed_gives_the_same_metrics(spark, fraud_lake: FraudLake, ulb_
     assert again.lineage == ulb_run.lineage
 
 
-def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_registry_folder(
+def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_registry_there(
     spark, fraud_lake: FraudLake, ulb_run: FraudResult, object_store, tmp_path: Path
 ) -> None:
     lake = object_store.copy_lake(fraud_lake.root, layers=("silver",))  # gold is built there, on object storage
@@ -241,13 +242,12 @@ def test_a_lake_on_object_storage_trains_the_same_model_and_publishes_to_its_reg
     assert Lake(lake).open("gold_card_features").count() == Lake(fraud_lake.root).open("gold_card_features").count()
 
     control = ControlDb(f"sqlite:///{tmp_path / 'control.sqlite'}")
-    with pytest.raises(ValueError, match="set registry_dir"):
-        registry.publish_run(Lake(lake), control, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
-    published = registry.publish_run(
-        Lake(lake, registry_dir=tmp_path / "registry"), control, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage
-    )
-    assert published.path == tmp_path / "registry" / "fraud" / "1"
-    assert registry.verify(tmp_path / "registry", "fraud", 1) == []
+    on_s3 = Lake(lake, registry_mirror=tmp_path / "mirror")  # the registry on object storage too, read through a local mirror
+    published = registry.publish_run(on_s3, control, tmp_path / "keys", "fraud", again.files, metrics=again.metrics, lineage=again.lineage)
+    assert published.path == tmp_path / "mirror" / "fraud" / "1"
+    models = registry.Registry.of(on_s3, control)
+    assert models.store is not None and f"fraud/1/{MANIFEST}" in models.store.keys("fraud/1")
+    assert registry.verify(models, "fraud", 1) == []
 
 
 def test_nothing_to_learn_is_a_clear_error(spark, tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ class Lake:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"EDGELAKE_DATA_DIR": str(self.data_dir), "EDGELAKE_LAKE_ROOT": self.lake_root}
+        control = self.models.db.engine.url.render_as_string(hide_password=False)  # shared, like PostgreSQL, with any data dir
+        return {"EDGELAKE_DATA_DIR": str(self.data_dir), "EDGELAKE_LAKE_ROOT": self.lake_root, "EDGELAKE_CONTROL_DB_URL": control}
 
     @property
     def lake(self) -> catalog.Lake:
@@ -138,7 +139,7 @@ def test_publish_numbers_versions_and_registers_them_as_candidates(published: La
     assert model.manifest.metrics == FRAUD_METRICS
     assert model.manifest.lineage == {"silver_transactions": 7, "silver_fraud_labels": 3}
     assert (model.manifest.feature_version, model.manifest.extra) == ("card-features-v1", {"threshold": 0.5})
-    assert registry.models(published.root) == ["fraud"]
+    assert registry.models(published.models) == ["fraud"]
 
 
 def test_the_manifest_is_canonical_json_signed_over_its_exact_bytes(published: Lake) -> None:
@@ -167,21 +168,28 @@ def test_concurrent_publishers_get_distinct_versions(lake: Lake, tmp_path: Path)
         thread.join()
     assert sorted(results) == list(range(1, count + 1))
     assert registry.versions(lake.models, "fraud") == {v: "candidate" for v in range(1, count + 1)}
-    assert all(registry.verify(lake.root, "fraud", v) == [] for v in results)
+    assert all(registry.verify(lake.models, "fraud", v) == [] for v in results)
     book = registry.read_book(lake.models, "fraud")
     assert sorted(t.version for t in book.history) == list(range(1, count + 1))
 
 
-def test_a_publisher_that_lost_the_race_for_a_number_takes_the_next(
-    published: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stale = iter([1])  # the first look at the directory misses version 2, as if it landed just after
-    real_newest = publishing._newest
-    monkeypatch.setattr(publishing, "_newest", lambda model_dir: next(stale, None) or real_newest(model_dir))
+def test_a_number_reserved_by_a_publisher_that_died_stays_unused_and_unlisted(published: Lake, tmp_path: Path) -> None:
+    assert publishing._reserve(published.models, "fraud") == 3  # a publisher that reserved 3, then died
+    (published.root / "fraud" / "3").mkdir()
+    (published.root / "fraud" / "3" / "model.tflite").write_bytes(b"half")  # and the file it got to write
     model = publish(published, tmp_path, "c")
-    assert model.version == model.manifest.version == 3
-    assert [registry.verify(published.root, "fraud", v) for v in (1, 2, 3)] == [[], [], []]
-    assert (version_dir(published, 2) / "model.tflite").read_bytes().endswith(b"b")
+    assert model.version == model.manifest.version == 4
+    assert registry.versions(published.models, "fraud") == {1: "candidate", 2: "candidate", 4: "candidate"}
+    with pytest.raises(registry.UnknownModel, match="has versions 1, 2, 4; not 3"):
+        registry.get(published.models, "fraud", 3)
+
+
+def test_files_where_a_reserved_version_goes_send_the_publisher_to_the_next_number(published: Lake, tmp_path: Path) -> None:
+    (published.root / "fraud" / "3").mkdir()  # left by a publisher whose control-plane database was since reset
+    model = publish(published, tmp_path, "c")
+    assert model.version == model.manifest.version == 4
+    assert [registry.verify(published.models, "fraud", v) for v in (1, 2, 4)] == [[], [], []]
+    assert list(registry.versions(published.models, "fraud")) == [1, 2, 4]
 
 
 def test_a_failed_publish_leaves_nothing_behind(published: Lake, tmp_path: Path) -> None:
@@ -207,7 +215,7 @@ def test_publish_refuses_bad_names(lake: Lake, tmp_path: Path, name: str, files:
     sources = artifacts(tmp_path / "run", b"a")
     with pytest.raises(ValueError, match=message):
         registry.publish(lake.models, name, {k: sources[v] for k, v in files.items()}, metrics={}, lineage={}, signer=lake.key)
-    assert registry.models(lake.root) == []
+    assert registry.models(lake.models) == []
 
 
 def test_publish_refuses_a_signer_other_than_the_registrys(published: Lake, tmp_path: Path) -> None:
@@ -216,11 +224,17 @@ def test_publish_refuses_a_signer_other_than_the_registrys(published: Lake, tmp_
     assert list(registry.versions(published.models, "fraud")) == [1, 2]
 
 
-def test_a_lake_on_object_storage_keeps_its_registry_in_a_folder_of_its_own(tmp_path: Path) -> None:
+def test_a_lake_on_object_storage_keeps_its_registry_there_read_through_a_local_mirror(tmp_path: Path) -> None:
+    control = ControlDb(f"sqlite:///{tmp_path / 'control.sqlite'}")
     assert registry.registry_root(catalog.Lake(f"file://{tmp_path}/lake")) == tmp_path / "lake" / "models"
-    with pytest.raises(ValueError, match="set registry_dir"):
+    with pytest.raises(ValueError, match="needs a local folder for its mirror"):
         registry.registry_root(catalog.Lake("s3://bucket/lake"))
-    assert registry.registry_root(catalog.Lake("s3://bucket/lake", registry_dir=tmp_path / "registry")) == tmp_path / "registry"
+    on_s3 = registry.Registry.of(catalog.Lake("s3://bucket/lake/", registry_mirror=tmp_path / "mirror"), control)
+    assert (on_s3.root, on_s3.store and on_s3.store.uri, on_s3.location) == (tmp_path / "mirror", "s3://bucket/lake/models", "s3://bucket/lake/models")
+    in_a_folder = registry.Registry.of(catalog.Lake("s3://bucket/lake", registry_dir=tmp_path / "registry"), control)
+    assert (in_a_folder.root, in_a_folder.store) == (tmp_path / "registry", None)
+    with pytest.raises(ValueError, match="cannot use: set registry_dir"):
+        registry.Registry.of(catalog.Lake("gs://bucket/lake", registry_mirror=tmp_path / "mirror"), control)
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -253,26 +267,26 @@ def test_a_key_dir_inside_a_registry_of_its_own_is_refused(tmp_path: Path) -> No
 
 def test_intact_versions_verify_with_the_pinned_key_and_by_default(published: Lake) -> None:
     pinned = load_public_key(public_key_pem(published.key.public_key()))
-    assert [registry.verify(published.root, "fraud", v, pinned) for v in (1, 2)] == [[], []]
-    assert registry.verify(published.root, "fraud", 2) == []
+    assert [registry.verify(published.models, "fraud", v, pinned) for v in (1, 2)] == [[], []]
+    assert registry.verify(published.models, "fraud", 2) == []
 
 
 @pytest.mark.parametrize("file", [MANIFEST, SIGNATURE, *ARTIFACTS])
 def test_a_flipped_byte_in_any_file_is_detected(published: Lake, file: str) -> None:
     flip_byte(version_dir(published, 2) / file)
-    problems = registry.verify(published.root, "fraud", 2, published.key.public_key())
+    problems = registry.verify(published.models, "fraud", 2, published.key.public_key())
     if file in (MANIFEST, SIGNATURE):
         assert any(problem.startswith(f"{SIGNATURE} is not a valid signature") for problem in problems), problems
     else:
         assert problems == [f"{file}: sha256 differs from the manifest"]
-    assert registry.verify(published.root, "fraud", 1, published.key.public_key()) == []
+    assert registry.verify(published.models, "fraud", 1, published.key.public_key()) == []
 
 
 def test_a_signature_by_another_key_is_detected(published: Lake) -> None:
     directory = version_dir(published, 2)
     (directory / SIGNATURE).write_bytes(sign((directory / MANIFEST).read_bytes(), Ed25519PrivateKey.generate()))
     trusted = fingerprint(published.key.public_key())[:16]
-    problems = registry.verify(published.root, "fraud", 2, published.key.public_key())
+    problems = registry.verify(published.models, "fraud", 2, published.key.public_key())
     assert problems == [f"{SIGNATURE} is not a valid signature of {MANIFEST} by the trusted key {trusted}"]
 
 
@@ -283,7 +297,7 @@ def test_a_version_re_signed_consistently_by_another_key_fails_against_the_pinne
     (directory / MANIFEST).write_bytes(canonical_json(manifest))
     (directory / SIGNATURE).write_bytes(sign(canonical_json(manifest), intruder))
     assert verify_files(directory, intruder.public_key()) == []  # consistent in itself...
-    problems = registry.verify(published.root, "fraud", 2, published.key.public_key())
+    problems = registry.verify(published.models, "fraud", 2, published.key.public_key())
     assert len(problems) == 2 and "names signing key" in problems[1]  # ...but not by the pinned key
 
 
@@ -298,13 +312,13 @@ def test_a_version_re_signed_consistently_by_another_key_fails_against_the_pinne
 def test_a_truncated_signature_is_detected(published: Lake, truncate: Callable[[bytes], bytes]) -> None:
     path = version_dir(published, 1) / SIGNATURE
     path.write_bytes(truncate(path.read_bytes()))
-    problems = registry.verify(published.root, "fraud", 1)
+    problems = registry.verify(published.models, "fraud", 1)
     assert len(problems) == 1 and problems[0].startswith(f"{SIGNATURE} is not a valid signature")
 
 
 def test_a_missing_signature_is_detected(published: Lake) -> None:
     (version_dir(published, 1) / SIGNATURE).unlink()
-    assert registry.verify(published.root, "fraud", 1) == [f"{SIGNATURE} is missing"]
+    assert registry.verify(published.models, "fraud", 1) == [f"{SIGNATURE} is missing"]
 
 
 @pytest.mark.parametrize("extra", ["extra.bin", "saved_model/assets/vocab.txt"])
@@ -312,18 +326,18 @@ def test_an_unexpected_file_is_detected(published: Lake, extra: str) -> None:
     path = version_dir(published, 1) / extra
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"smuggled")
-    assert registry.verify(published.root, "fraud", 1) == [f"{extra}: not in the manifest"]
+    assert registry.verify(published.models, "fraud", 1) == [f"{extra}: not in the manifest"]
 
 
 def test_a_missing_file_is_detected(published: Lake) -> None:
     (version_dir(published, 1) / "plots" / "roc.png").unlink()
-    assert registry.verify(published.root, "fraud", 1) == ["plots/roc.png: missing"]
+    assert registry.verify(published.models, "fraud", 1) == ["plots/roc.png: missing"]
 
 
 def test_a_changed_size_is_detected(published: Lake) -> None:
     with (version_dir(published, 1) / "model.tflite").open("ab") as file:
         file.write(b"\x00")
-    problems = registry.verify(published.root, "fraud", 1)
+    problems = registry.verify(published.models, "fraud", 1)
     assert len(problems) == 1 and problems[0].startswith("model.tflite: ") and "the manifest says" in problems[0]
 
 
@@ -332,14 +346,14 @@ def test_a_signed_manifest_that_does_not_parse_is_detected(published: Lake) -> N
     bad = canonical_json({"name": "fraud", "version": "one"})
     (directory / MANIFEST).write_bytes(bad)
     (directory / SIGNATURE).write_bytes(sign(bad, published.key))
-    problems = registry.verify(published.root, "fraud", 1)
+    problems = registry.verify(published.models, "fraud", 1)
     assert len(problems) == 1 and problems[0].startswith(f"{MANIFEST} does not parse")
 
 
 def test_a_manifest_replayed_from_another_version_is_detected(published: Lake) -> None:
     for file in (MANIFEST, SIGNATURE):
         shutil.copyfile(version_dir(published, 1) / file, version_dir(published, 2) / file)
-    problems = registry.verify(published.root, "fraud", 2)
+    problems = registry.verify(published.models, "fraud", 2)
     assert f"{MANIFEST} is for version 1, not 2" in problems
     assert "model.tflite: sha256 differs from the manifest" in problems
 
@@ -474,7 +488,7 @@ def test_unknown_models_and_versions_are_lookup_errors(published: Lake) -> None:
     with pytest.raises(LookupError, match="has versions 1, 2; not 9"):
         registry.get(published.models, "fraud", 9)
     with pytest.raises(LookupError, match="no version 9"):
-        registry.verify(published.root, "fraud", 9)
+        registry.verify(published.models, "fraud", 9)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -573,7 +587,7 @@ def keys_dir(lake: Lake) -> Path:
 
 
 def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_verifying(published: Lake, tmp_path: Path) -> None:
-    rotated = registry.rotate(keys_dir(published), published.lake, valid_days=30)
+    rotated = registry.rotate(keys_dir(published), published.lake, published.models, valid_days=30)
     first, second = rotated.keys
     assert rotated.sequence == 1 and first.fingerprint == fingerprint(published.key.public_key())
     new_key = registry.ensure_signing_key(keys_dir(published), published.lake)
@@ -582,7 +596,7 @@ def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_ver
     third = publish(published, tmp_path, "c", signer=new_key)
     assert third.manifest.key_fingerprint == second.fingerprint
     pinned = published.key.public_key()  # the anchor a device pinned before the rotation
-    assert [registry.verify(published.root, "fraud", v, pinned) for v in (1, 2, 3)] == [[], [], []]
+    assert [registry.verify(published.models, "fraud", v, pinned) for v in (1, 2, 3)] == [[], [], []]
     with pytest.raises(ValueError, match="refusing to sign with this key: key .* is valid since always until"):
         publish(published, tmp_path, "d", signer=published.key)  # the retired key signs nothing newer
 
@@ -590,28 +604,28 @@ def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_ver
 def test_revocation_makes_every_version_the_key_signed_fail_verification(published: Lake, tmp_path: Path) -> None:
     old = fingerprint(published.key.public_key())
     with pytest.raises(ValueError, match="it is the last valid key"):
-        registry.revoke(keys_dir(published), published.lake, old)
-    registry.rotate(keys_dir(published), published.lake)
+        registry.revoke(keys_dir(published), published.lake, published.models, old)
+    registry.rotate(keys_dir(published), published.lake, published.models)
     new = registry.current_fingerprint(keys_dir(published))
     assert new is not None
     with pytest.raises(ValueError, match="it is the last valid key"):
-        registry.revoke(keys_dir(published), published.lake, new[:12])
-    revoked = registry.revoke(keys_dir(published), published.lake, old[:12])
+        registry.revoke(keys_dir(published), published.lake, published.models, new[:12])
+    revoked = registry.revoke(keys_dir(published), published.lake, published.models, old[:12])
     assert revoked.sequence == 2 and revoked.keys[0].revoked_at is not None
-    assert registry.signed_by(published.root, old) == [("fraud", 1), ("fraud", 2)]
-    problems = registry.verify(published.root, "fraud", 1)
+    assert registry.signed_by(published.models, old) == [("fraud", 1), ("fraud", 2)]
+    problems = registry.verify(published.models, "fraud", 1)
     assert len(problems) == 1 and f"key {old[:16]} was revoked at" in problems[0]
     with pytest.raises(ValueError, match="fails verification"):
         registry.promote(published.models, "fraud", 1)
     with pytest.raises(ValueError, match="revoked already"):
-        registry.revoke(keys_dir(published), published.lake, old)
+        registry.revoke(keys_dir(published), published.lake, published.models, old)
     with pytest.raises(LookupError, match="names no key"):
-        registry.revoke(keys_dir(published), published.lake, "00000000")
+        registry.revoke(keys_dir(published), published.lake, published.models, "00000000")
 
 
 def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signed_it(published: Lake) -> None:
     old = fingerprint(published.key.public_key())
-    registry.rotate(keys_dir(published), published.lake)
+    registry.rotate(keys_dir(published), published.lake, published.models)
     signer = registry.ensure_signing_key(keys_dir(published), published.lake)
     resigned = registry.resign(published.models, "fraud", 2, signer)
     source = registry.get(published.models, "fraud", 2).manifest
@@ -619,24 +633,24 @@ def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signe
     assert resigned.manifest.key_fingerprint == fingerprint(signer.public_key()) != old
     assert (resigned.manifest.files, resigned.manifest.metrics, resigned.manifest.lineage) == (source.files, source.metrics, source.lineage)
     assert resigned.manifest.extra["resigned_from"] == 2
-    registry.revoke(keys_dir(published), published.lake, old)
-    assert registry.verify(published.root, "fraud", 3) == [] and registry.verify(published.root, "fraud", 2) != []
+    registry.revoke(keys_dir(published), published.lake, published.models, old)
+    assert registry.verify(published.models, "fraud", 3) == [] and registry.verify(published.models, "fraud", 2) != []
     with pytest.raises(ValueError, match="refusing to re-sign fraud v2: it fails verification"):
         registry.resign(published.models, "fraud", 2, signer)
 
 
 def test_a_forged_key_set_release_in_the_registry_fails_every_verification_closed(published: Lake) -> None:
     intruder = Ed25519PrivateKey.generate()
-    trusted = registry.key_set(published.root)
+    trusted = registry.key_set(published.models)
     forged = KeySetRelease.signed(
         KeySet(sequence=1, created=trusted.created, keys=(*trusted.keys, TrustedKey.of(intruder.public_key()))), [intruder]
     )
     (published.root / registry.KEY_SETS).mkdir()
     (published.root / registry.KEY_SETS / "1.json").write_bytes(canonical_json(forged.model_dump(mode="json")))
-    [problem] = registry.verify(published.root, "fraud", 1)
+    [problem] = registry.verify(published.models, "fraud", 1)
     assert problem.startswith("the registry's key set does not verify: key-set release 1 is not signed by a valid key of release 0")
     with pytest.raises(KeySetRefused):
-        registry.rotate(keys_dir(published), published.lake)
+        registry.rotate(keys_dir(published), published.lake, published.models)
 
 
 def test_cli_keys_list_rotate_and_revoke(two_models: Lake) -> None:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from filelock import FileLock
 from pydantic import TypeAdapter, ValidationError
 
-from edgelake.control_db import ControlDb
+import sqlalchemy as sa
+
+from edgelake.control_db import ControlDb, model_versions
 from edgelake.errors import UserError
 from edgelake.settings import Settings
 from edgelake.files import synced_temp
 from edgelake.signing import ModelName
+from edgelake.training.registry.objects import ObjectStore, is_object_store
 
 if TYPE_CHECKING:
     from edgelake.lake.catalog import Lake
@@ -43,36 +43,47 @@ class RegistryChanged(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class Registry:
-    """A model registry: the signed versions' files under ``root``; their stage book and rollout policies in ``db``, the
+    """A model registry: the signed versions' files under ``root``, a local folder, or on object storage in ``store`` with
+    ``root`` their local mirror; which versions are published, their stage book and rollout policies in ``db``, the
     control plane's database, which every replica and command shares."""
 
     root: Path
     db: ControlDb
+    store: ObjectStore | None = None
 
     @classmethod
     def of(cls, lake: Lake, db: ControlDb) -> Registry:
-        """The registry of ``lake`` (see :func:`registry_root`), its stages kept in ``db``."""
+        """The registry of ``lake`` (see :func:`registry_root`), its versions and stages kept in ``db``."""
+        if lake.registry_dir is None and local_path(lake.root) is None:
+            if not is_object_store(lake.root):
+                raise RegistryRefused(f"the lake {lake.root} is on a storage the model registry cannot use: set registry_dir (EDGELAKE_REGISTRY_DIR)")
+            return cls(registry_root(lake), db, ObjectStore(f"{lake.root.rstrip('/')}/models", lake.storage_options))
         return cls(registry_root(lake), db)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
-        """The registry of the settings' lake, its stages in their control-plane database."""
+        """The registry of the settings' lake, its versions and stages in their control-plane database."""
         from edgelake.lake.catalog import Lake
 
         return cls.of(Lake.from_settings(settings), ControlDb.from_settings(settings))
 
+    @property
+    def location(self) -> str:
+        """Where the files lie, for people."""
+        return self.store.uri if self.store is not None else str(self.root)
+
 
 def registry_root(lake: Lake) -> Path:
-    """The lake's registry directory: its ``registry_dir`` if set, else ``models`` in a lake given as a local path or ``file://`` URI."""
+    """The local folder of ``lake``'s registry: its ``registry_dir`` if set, else ``models`` in a lake given as a local path
+    or ``file://`` URI, else (a lake on object storage) the local mirror of the registry kept there."""
     if lake.registry_dir is not None:
         return lake.registry_dir
     local = local_path(lake.root)
-    if local is None:
-        raise RegistryRefused(
-            f"the lake {lake.root} is on object storage and the model registry needs a filesystem: "
-            "set registry_dir (EDGELAKE_REGISTRY_DIR) to a folder every service mounts"
-        )
-    return local / "models"
+    if local is not None:
+        return local / "models"
+    if lake.registry_mirror is None:
+        raise RegistryRefused(f"the lake {lake.root} is on object storage: its model registry needs a local folder for its mirror (registry_mirror)")
+    return lake.registry_mirror
 
 
 def local_path(uri: str) -> Path | None:
@@ -101,27 +112,23 @@ def valid(adapter: TypeAdapter[str], value: str) -> bool:
     return True
 
 
-def version_numbers(directory: Path) -> list[int]:
-    """The version numbers published in a model's directory, oldest first; none for a directory that does not exist."""
-    if not directory.is_dir():
-        return []
-    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit() and path.is_dir())
-
-
-def published(root: Path, name: str) -> list[int]:
-    """The version numbers of ``name``, oldest first; UnknownModel when it has none."""
-    numbers = version_numbers(model_dir(root, name))
+def published(registry: Registry, name: str) -> list[int]:
+    """The published version numbers of ``name``, oldest first; UnknownModel when it has none."""
+    model_dir(registry.root, name)
+    held = (model_versions.c.model == name) & model_versions.c.published.is_not(None)
+    with registry.db.transaction() as connection:
+        numbers = list(connection.execute(sa.select(model_versions.c.version).where(held).order_by(model_versions.c.version)).scalars())
     if not numbers:
-        known = ", ".join(models(root)) or "none"
-        raise UnknownModel(f"no model '{name}' in the registry at {root} (models: {known})")
+        known = ", ".join(models(registry)) or "none"
+        raise UnknownModel(f"no model '{name}' in the registry at {registry.location} (models: {known})")
     return numbers
 
 
-def models(root: Path) -> list[str]:
+def models(registry: Registry) -> list[str]:
     """The names of every model with at least one published version."""
-    if not root.is_dir():
-        return []
-    return sorted(path.name for path in root.iterdir() if path.is_dir() and version_numbers(path))
+    query = sa.select(model_versions.c.model).where(model_versions.c.published.is_not(None)).distinct().order_by(model_versions.c.model)
+    with registry.db.transaction() as connection:
+        return list(connection.execute(query).scalars())
 
 
 def create_exclusive(path: Path, content: bytes, mode: int) -> None:
@@ -136,9 +143,3 @@ def create_exclusive(path: Path, content: bytes, mode: int) -> None:
     finally:
         temp.unlink()
 
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive file lock on ``path`` while the block runs, against other threads and processes alike."""
-    with FileLock(path):
-        yield

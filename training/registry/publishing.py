@@ -1,27 +1,29 @@
-"""Publishing signed versions: their artifacts and manifests, written aside then renamed into place whole, and reading
-them back."""
+"""Publishing signed versions and reading them back. A publisher reserves the next version number in the control plane's
+database, writes the artifacts, then the manifest and its signature, and finally marks the version published, in the same
+transaction that makes it a candidate: readers list versions from the database only, so a version is visible whole or not
+at all, on a filesystem or on object storage alike, without rename or file locks."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import TypeAdapter, ValidationError
 
+from edgelake.control_db import model_versions
 from edgelake.files import fsync_directory, write_synced
 from edgelake.signing import MANIFEST, RESERVED, SIGNATURE, ArtifactName, FileEntry, Manifest, fingerprint, sign
 from edgelake.training.registry.keys import ensure_signing_key, publish_public_key, verify
-from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, model_dir, models, published, valid, version_numbers
-from edgelake.training.registry.stages import Stage, promote, read_book, stage_book
+from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, model_dir, models, published, valid
+from edgelake.training.registry.mirror import manifest_bytes, version_dir
+from edgelake.training.registry.stages import Stage, editing, promote, read_book
 
 if TYPE_CHECKING:
     from edgelake.control_db import ControlDb
@@ -55,36 +57,33 @@ def publish(
 ) -> ModelVersion:
     """Publish ``files`` (registry name -> source file or directory) as the next version of ``name``.
 
-    The version is signed by ``signer``, numbered one above the newest (safe against concurrent
-    publishers) and registered as a ``candidate``.
+    The version is signed by ``signer``, numbered one above the newest reserved (safe against concurrent
+    publishers; a publisher that dies leaves its number unused) and registered as a ``candidate``.
     """
-    directory = model_dir(registry.root, name)
-    directory.mkdir(parents=True, exist_ok=True)
-    publish_public_key(registry.root, signer.public_key())
-    staging = Path(tempfile.mkdtemp(prefix=".publishing-", dir=directory))
-    try:
-        entries = _copy_artifacts(files, staging)
-        created = datetime.now(UTC)
-        while True:
-            manifest = Manifest(
-                name=name,
-                version=_newest(directory) + 1,
-                created=created,
-                files=entries,
-                metrics=dict(metrics),
-                lineage=dict(lineage),
-                feature_version=feature_version,
-                extra=dict(extra or {}),
-                key_fingerprint=fingerprint(signer.public_key()),
-            )
-            _write_signed(staging, manifest, signer)
-            if _claim(staging, directory / str(manifest.version)):
-                break
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    with stage_book(registry, name) as book:
+    model_dir(registry.root, name)
+    publish_public_key(registry, signer.public_key())
+    sources = _sources(files)
+    entries = {file: _entry(source) for file, source in sources.items()}
+    created = datetime.now(UTC)
+    while True:
+        manifest = Manifest(
+            name=name,
+            version=_reserve(registry, name),
+            created=created,
+            files=entries,
+            metrics=dict(metrics),
+            lineage=dict(lineage),
+            feature_version=feature_version,
+            extra=dict(extra or {}),
+            key_fingerprint=fingerprint(signer.public_key()),
+        )
+        if _write_version(registry, manifest, sources, signer):
+            break
+    with registry.db.transaction() as connection, editing(registry, connection, name) as book:
+        held = (model_versions.c.model == name) & (model_versions.c.version == manifest.version)
+        connection.execute(sa.update(model_versions).where(held).values(published=datetime.now(UTC)))
         book.move(manifest.version, "candidate", actor=None, reason="published")
-    return ModelVersion(name, manifest.version, "candidate", directory / str(manifest.version), manifest)
+    return get(registry, name, manifest.version)
 
 
 def publish_run(
@@ -123,7 +122,7 @@ def resign(registry: Registry, name: str, version: int, signer: Ed25519PrivateKe
     The version must verify first; its artifacts, metrics, lineage and feature version carry over
     (``extra.resigned_from`` names the source). The new version starts as a ``candidate``.
     """
-    problems = verify(registry.root, name, version)
+    problems = verify(registry, name, version)
     if problems:
         raise RegistryRefused(f"refusing to re-sign {name} v{version}: it fails verification: {problems[0]}")
     source = get(registry, name, version)
@@ -135,15 +134,16 @@ def resign(registry: Registry, name: str, version: int, signer: Ed25519PrivateKe
 
 
 def get(registry: Registry, name: str, version: int | None = None) -> ModelVersion:
-    """Version ``version`` of ``name``; by default the production one, else the newest."""
-    numbers = published(registry.root, name)
+    """Version ``version`` of ``name``; by default the production one, else the newest. Its files are local (fetched into
+    the mirror of a registry on object storage)."""
+    numbers = published(registry, name)
     book = read_book(registry, name)  # once: each read is a control-plane transaction
     if version is None:
         production = book.holder("production")
         version = max(numbers) if production is None else production
     if version not in numbers:
         raise UnknownModel(f"model '{name}' has versions {', '.join(map(str, numbers))}; not {version}")
-    path = registry.root / name / str(version)
+    path = version_dir(registry, name, version)
     try:
         manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
     except (OSError, ValidationError) as error:
@@ -152,29 +152,74 @@ def get(registry: Registry, name: str, version: int | None = None) -> ModelVersi
     return ModelVersion(name, version, book.stage(version), path, manifest)
 
 
-def signed_by(root: Path, key_fingerprint: str) -> list[tuple[str, int]]:
+def manifest(registry: Registry, name: str, version: int) -> Manifest:
+    """The manifest of published version ``version`` of ``name`` (not verified), read without fetching the version's files."""
+    if version not in published(registry, name):
+        raise UnknownModel(f"model '{name}' has no version {version}")
+    try:
+        return Manifest.model_validate_json(manifest_bytes(registry, name, version) or b"")
+    except ValidationError:
+        raise RegistryRefused(f"the manifest of {name} v{version} is missing or unreadable; run `edgelake models verify`") from None
+
+
+def signed_by(registry: Registry, key_fingerprint: str) -> list[tuple[str, int]]:
     """Every published (model, version) whose manifest names this signing key."""
     return [
         (name, version)
-        for name in models(root)
-        for version in version_numbers(root / name)
-        if _manifest_key(root / name / str(version)) == key_fingerprint
+        for name in models(registry)
+        for version in published(registry, name)
+        if _manifest_key(manifest_bytes(registry, name, version)) == key_fingerprint
     ]
 
 
-def _manifest_key(version_dir: Path) -> str | None:
+def _manifest_key(raw: bytes | None) -> str | None:
     try:
-        return Manifest.model_validate_json((version_dir / MANIFEST).read_bytes()).key_fingerprint
-    except (OSError, ValidationError):
+        return Manifest.model_validate_json(raw).key_fingerprint if raw is not None else None
+    except ValidationError:
         return None
 
 
-def _newest(directory: Path) -> int:
-    return max(version_numbers(directory), default=0)
+def _reserve(registry: Registry, name: str) -> int:
+    """The next version number of ``name``, reserved for this publisher: no other is given it, published or not."""
+    with registry.db.transaction() as connection:
+        registry.db.lock(connection, f"registry-numbers:{name}")  # not the stage book's lock: numbering waits on no stage move
+        newest = connection.execute(sa.select(sa.func.max(model_versions.c.version)).where(model_versions.c.model == name)).scalar()
+        version = (newest or 0) + 1
+        connection.execute(sa.insert(model_versions).values(model=name, version=version, reserved=datetime.now(UTC), published=None))
+    return version
 
 
-def _copy_artifacts(files: Mapping[str, Path], staging: Path) -> dict[str, FileEntry]:
-    """Copy every source into ``staging`` under its registry name; the manifest entry of each file."""
+def _write_version(registry: Registry, manifest: Manifest, sources: Mapping[str, Path], signer: Ed25519PrivateKey) -> bool:
+    """Write the artifacts, then the manifest and its signature, where the version's files go; False, writing nothing,
+    when files are there already (left by a publisher whose database was reset), so the version needs another number."""
+    raw = manifest.canonical_bytes()
+    signature = sign(raw, signer)
+    prefix = f"{manifest.name}/{manifest.version}"
+    if registry.store is not None:
+        if registry.store.keys(prefix):
+            return False
+        for file, source in sources.items():
+            registry.store.upload(source, f"{prefix}/{file}")
+        registry.store.write(f"{prefix}/{MANIFEST}", raw)
+        registry.store.write(f"{prefix}/{SIGNATURE}", signature)
+        return True
+    directory = registry.root / prefix
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        return False
+    for file, source in sources.items():
+        _copy(source, directory / file)
+    write_synced(directory / MANIFEST, raw)
+    write_synced(directory / SIGNATURE, signature)
+    fsync_directory(directory)
+    fsync_directory(directory.parent)
+    return True
+
+
+def _sources(files: Mapping[str, Path]) -> dict[str, Path]:
+    """Every file to publish, by its registry name (a directory gives each file under it)."""
     sources: dict[str, Path] = {}
     for name, source in files.items():
         if source.is_dir():
@@ -188,36 +233,23 @@ def _copy_artifacts(files: Mapping[str, Path], staging: Path) -> dict[str, FileE
             raise ValueError(f"'{name}' is not an artifact name: a relative path of letters, digits, '.', '-', '_'")
         if name in RESERVED:
             raise ValueError(f"'{name}' is reserved for the registry; name the artifact otherwise")
-    return {name: _copy(source, staging / name) for name, source in sources.items()}
+    return sources
 
 
-def _copy(source: Path, target: Path) -> FileEntry:
-    """Copy and fsync one file, hashing the bytes as they are written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _entry(source: Path) -> FileEntry:
     digest, size = hashlib.sha256(), 0
-    with source.open("rb") as reader, target.open("xb") as writer:
+    with source.open("rb") as reader:
         while chunk := reader.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-            writer.write(chunk)
-        writer.flush()
-        os.fsync(writer.fileno())
     return FileEntry(sha256=digest.hexdigest(), bytes=size)
 
 
-def _write_signed(directory: Path, manifest: Manifest, signer: Ed25519PrivateKey) -> None:
-    raw = manifest.canonical_bytes()
-    write_synced(directory / MANIFEST, raw)
-    write_synced(directory / SIGNATURE, sign(raw, signer))
-
-
-def _claim(staging: Path, target: Path) -> bool:
-    """Rename ``staging`` to ``target``; False when another publisher already holds that version."""
-    try:
-        os.rename(staging, target)
-    except OSError as error:
-        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            return False
-        raise
-    fsync_directory(target.parent)
-    return True
+def _copy(source: Path, target: Path) -> None:
+    """Copy and fsync one file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as reader, target.open("xb") as writer:
+        while chunk := reader.read(_CHUNK):
+            writer.write(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())

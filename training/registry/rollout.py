@@ -150,7 +150,7 @@ def judge(rules: RolloutRules, evidence: CanaryEvidence) -> Verdict:
 
 def rollout_policy(registry: Registry, name: str) -> RolloutPolicy:
     """The rollout policy of ``name``; without one, no device is on a canary."""
-    published(registry.root, name)
+    published(registry, name)
     with registry.db.transaction() as connection:
         return _policy(connection, name)
 
@@ -162,7 +162,7 @@ def set_rollout(registry: Registry, name: str, rules: RolloutRules, *, actor: st
     archived, rolled back) cannot go on canary.
     """
     version = rules.canary_version
-    if version is not None and version not in published(registry.root, name):
+    if version is not None and version not in published(registry, name):
         raise UnknownModel(f"model '{name}' has no version {version} to put on canary")
     with registry.db.transaction() as connection, editing(registry, connection, name) as book:
         if version is not None:
@@ -193,7 +193,7 @@ def settle(
     verdict = judge(policy, evidence_of(policy))
     if verdict.outcome == "wait":
         return []
-    problems = verify(registry.root, name, version) if verdict.outcome == "promote" else []
+    problems = verify(registry, name, version) if verdict.outcome == "promote" else []
     with registry.db.transaction() as connection, editing(registry, connection, name) as book:
         if _policy(connection, name) != policy or book.stage(version) not in ("candidate", "canary"):
             return []

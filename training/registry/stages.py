@@ -102,21 +102,21 @@ def editing(registry: Registry, connection: Connection, name: str) -> Iterator[S
 
 def versions(registry: Registry, name: str) -> dict[int, Stage]:
     """Every published version of ``name``, oldest first, with its stage."""
-    numbers = published(registry.root, name)
+    numbers = published(registry, name)
     book = read_book(registry, name)
     return {version: book.stage(version) for version in numbers}
 
 
 def current(registry: Registry, name: str, stage: Stage = "production") -> int | None:
     """The version of ``name`` in ``stage``, or None; no fallback to another stage."""
-    published(registry.root, name)
+    published(registry, name)
     return read_book(registry, name).holder(stage)
 
 
 def production_line(registry: Registry, name: str) -> list[int]:
     """The version of ``name`` in production, then the earlier production versions it displaced (not rolled back), newest
     first: what a server falls back to, in order, while newer ones fail its checks."""
-    published(registry.root, name)
+    published(registry, name)
     return read_book(registry, name).production_line()
 
 
@@ -135,7 +135,7 @@ def promote(
     Only candidate and canary versions move, only forward, and only when they verify. The
     version that held ``to`` before becomes ``archived``.
     """
-    refuse_unverified(registry.root, name, version, public_key, "promote")
+    refuse_unverified(registry, name, version, public_key, "promote")
     with stage_book(registry, name) as book:
         return promote_in(book, name, version, to, actor=actor, reason=reason)
 
@@ -168,14 +168,14 @@ def rollback(
     The current production version becomes ``rolled_back``. The previous one is the latest
     earlier production version that is archived (not itself rolled back).
     """
-    published(registry.root, name)
+    published(registry, name)
     line = read_book(registry, name).production_line()
     if not line:
         raise NothingToRollBack(f"{name} has no production version to roll back")
     if len(line) == 1:
         raise NothingToRollBack(f"no earlier production version to roll back to (v{line[0]} is the only one left)")
     failing, previous = line[:2]
-    refuse_unverified(registry.root, name, previous, public_key, "roll back to")
+    refuse_unverified(registry, name, previous, public_key, "roll back to")
     with stage_book(registry, name) as book:
         if book.holder("production") != failing or book.stage(previous) != "archived":
             raise RegistryChanged(f"the stages of {name} changed during the rollback; try again")
@@ -187,7 +187,7 @@ def rollback(
 
 def reject(registry: Registry, name: str, version: int, *, actor: str | None = None, reason: str | None = None) -> list[Transition]:
     """Mark a candidate or canary version ``rolled_back``: it failed its rollout and is never promoted; the transitions made."""
-    if version not in published(registry.root, name):
+    if version not in published(registry, name):
         raise UnknownModel(f"model '{name}' has no version {version}")
     with stage_book(registry, name) as book:
         return reject_in(book, name, version, actor=actor, reason=reason)
