@@ -334,7 +334,7 @@ def rotate_signing_key(settings: Settings) -> str:
     key_dir, models = settings.data_dir / registry.KEYS_DIR, registry.Registry.from_settings(settings)
     old = registry.current_fingerprint(key_dir)
     with admin_command(settings, "models keys rotate", "registry signing key"):
-        released = registry.rotate(key_dir, lake, models)
+        released = registry.rotate(key_dir, lake, models.db)
     signer = registry.ensure_signing_key(key_dir, lake)
     console.print(f"key set release {released.sequence}: signing key {released.keys[-1].fingerprint[:16]} replaces {str(old)[:16]}", highlight=False)
     for name in registry.models(models):
@@ -348,7 +348,7 @@ def rotate_signing_key(settings: Settings) -> str:
     adopted = [adopted_key_set(options.state_root / name) for name in device_names(options)]
     trusting = sum(1 for key_set in adopted if key_set is not None and key_set.sequence == released.sequence)
     with admin_command(settings, "models keys revoke", str(old)):
-        revoked = registry.revoke(key_dir, lake, models, str(old))
+        revoked = registry.revoke(key_dir, lake, models.db, str(old))
     console.print(
         f"key set release {revoked.sequence}: key {str(old)[:16]} revoked; the versions it signed are refused from the devices' next heartbeat",
         highlight=False,

@@ -354,12 +354,13 @@ def rotate_key(
     valid_days: int | None = typer.Option(None, "--valid-days", min=1, help="Days the new key may sign; default: until rotated or revoked."),
 ) -> None:
     """Make a new signing key current and release a bridge key set signed by the old key and the new one."""
+    from edgelake.control_db import ControlDb
     from edgelake.lake.catalog import Lake
     from edgelake.training import registry
 
     settings: Settings = ctx.obj
     with reported_errors(), admin_command(settings, "models keys rotate", "registry signing key") as entry:
-        trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, Lake.from_settings(settings), registry.Registry.from_settings(settings), valid_days)
+        trusted = registry.rotate(settings.data_dir / registry.KEYS_DIR, Lake.from_settings(settings), ControlDb.from_settings(settings), valid_days)
         entry["detail"] = f"key set release {trusted.sequence}: {trusted.keys[-1].fingerprint[:16]} signs from now"
     new = trusted.keys[-1]
     console.print(f"key set release {trusted.sequence}: new signing key {new.fingerprint[:16]}, valid {new.period()}", highlight=False)
@@ -380,7 +381,7 @@ def revoke_key(ctx: typer.Context, key: str = typer.Argument(..., help="Fingerpr
     with reported_errors(), admin_command(settings, "models keys revoke", key):
         lake = Lake.from_settings(settings)
         models = registry.Registry.from_settings(settings)
-        trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, lake, models, key)
+        trusted = registry.revoke(settings.data_dir / registry.KEYS_DIR, lake, models.db, key)
         revoked = next(candidate for candidate in trusted.keys if candidate.fingerprint.startswith(key.lower()))
         orphaned = registry.signed_by(models, revoked.fingerprint)
     console.print(f"key set release {trusted.sequence}: key {revoked.fingerprint[:16]} revoked", highlight=False)

@@ -6,6 +6,7 @@ by replicas at once."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 import re
 import threading
 import time
@@ -17,14 +18,16 @@ from pathlib import Path
 import httpx2
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from pydantic import SecretStr
 
 from edgelake.api.app import create_app
 from edgelake.api.audit import AuditEvent, AuditLog
 from edgelake.api.audit_export import AuditExporter
-from edgelake.control_db import ControlDb, audit_exports, metadata
+from edgelake.control_db import MIGRATIONS, ControlDb, audit_exports, metadata, model_versions, stage_transitions
 from edgelake.api.keys import ROLES, KeyStore
 from edgelake.api.ratelimit import RedisRateLimiter
 from edgelake.broker import free_port
@@ -56,6 +59,27 @@ def test_the_migrations_build_exactly_the_tables_the_code_queries(backend: str, 
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
         assert differences == []
         assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_versions_in_the_stage_book_before_migration_0004_count_as_published(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    db = ControlDb(backend_url(backend, request, tmp_path))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+        moves = [(1, None, "candidate", 10), (2, None, "candidate", 20), (2, "candidate", "production", 30), (1, "candidate", "canary", 40)]
+        for version, before, after, second in moves:
+            connection.execute(sa.insert(stage_transitions).values(
+                model="fraud", version=version, from_stage=before, to_stage=after, time=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC),
+            ))
+    db.migrate()
+    models = registry.Registry(tmp_path / "registry", db)
+    assert registry.models(models) == ["fraud"]
+    with db.transaction() as connection:
+        rows = connection.execute(sa.select(model_versions).order_by(model_versions.c.version)).all()
+    assert [(row.version, row.reserved.second, row.published.second) for row in rows] == [(1, 10, 10), (2, 20, 20)]
 
 
 def test_replicas_starting_together_migrate_a_fresh_database_once(postgres: Postgres) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 import httpx2
 import pytest
 import redis
+import sqlalchemy as sa
 
 from edgelake.api.app import create_app
-from edgelake.control_db import ControlDb
+from edgelake.control_db import ControlDb, model_stages, model_versions
 from edgelake.api.keys import ROLES, KeyStore
 from edgelake.api.scoring import DEFAULT_THRESHOLDS, decide
 from edgelake.broker import free_port
@@ -259,7 +260,10 @@ def test_bodies_past_the_limit_are_413_problems_and_long_batches_are_refused_bef
 
 
 def test_without_a_servable_production_model_scoring_is_a_503(lake: Settings, tokens, serve, tmp_path: Path) -> None:
-    empty = lake.model_copy(update={"lake_root": str(tmp_path / "empty-lake")})
+    empty = copy_world(lake, tmp_path / "empty")
+    with ControlDb.from_settings(empty).transaction() as connection:  # a registry that never published anything
+        connection.execute(sa.delete(model_versions))
+        connection.execute(sa.delete(model_stages))
     tampered = copy_world(lake, tmp_path / "tampered")
     flip_a_byte(tmp_path / "tampered" / "lake" / "models" / "fraud" / "1" / "fraud.tflite")
     for settings, reason in ((empty, "no version of model 'fraud' is in production"), (tampered, "fails verification")):

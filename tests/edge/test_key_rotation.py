@@ -71,7 +71,7 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
     try:
         credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
-        registry.rotate(key_dir(cloud), cloud.lake, cloud.models)
+        registry.rotate(key_dir(cloud), cloud.lake, cloud.models.db)
         second = cloud.publish(files, extra)
         assert registry.get(cloud.models, VISION, second).manifest.key_fingerprint != fingerprint(old_key.public_key())
         wait_for(lambda: agent.active() == second, f"v{second}, signed by the new key, active", agent=agent)
@@ -79,7 +79,7 @@ def test_a_device_follows_a_rotation_and_refuses_what_the_revoked_key_signs(clou
         assert (agent.state_dir / CREDENTIALS).read_bytes() == credentials  # no re-enrollment
         assert agent.process.poll() is None  # the same process: no reinstall, no restart
 
-        registry.revoke(key_dir(cloud), cloud.lake, cloud.models, fingerprint(old_key.public_key()))
+        registry.revoke(key_dir(cloud), cloud.lake, cloud.models.db, fingerprint(old_key.public_key()))
         wait_for(lambda: trusted_sequence(agent) == 2, "the revocation adopted", agent=agent)
         forged = forge_production(cloud, second, old_key, created_like=first)  # dated while the old key was valid
         wait_for(lambda: str(forged) in agent.installed().get("refused", {}), f"v{forged}, signed by the revoked key, refused", agent=agent)
@@ -106,9 +106,9 @@ def test_a_device_offline_through_rotation_and_revocation_catches_up(cloud: Clou
     agent.kill()
     credentials = (agent.state_dir / CREDENTIALS).read_bytes()
 
-    registry.rotate(key_dir(cloud), cloud.lake, cloud.models)
+    registry.rotate(key_dir(cloud), cloud.lake, cloud.models.db)
     second = cloud.publish(files, extra)
-    registry.revoke(key_dir(cloud), cloud.lake, cloud.models, fingerprint(old_key.public_key()))
+    registry.revoke(key_dir(cloud), cloud.lake, cloud.models.db, fingerprint(old_key.public_key()))
 
     again = start_agent(main_python(), cloud, "offline", agent.state_dir, "--fps", "20", "--heartbeat-s", "0.3")
     try:

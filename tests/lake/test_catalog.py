@@ -101,5 +101,6 @@ def test_a_lake_from_settings_takes_storage_options_as_json_and_never_shows_them
     monkeypatch.setenv("EDGELAKE_LAKE_STORAGE_OPTIONS", '{"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}')
     settings = Settings(lake_root="s3://bucket/lake", registry_dir=Path("/srv/registry"))
     lake = Lake.from_settings(settings)
-    assert lake == Lake("s3://bucket/lake", {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}, Path("/srv/registry"))
+    options = {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    assert lake == Lake("s3://bucket/lake", options, Path("/srv/registry"), settings.data_dir / "registry")
     assert "s3cr3t" not in repr(lake) + settings.model_dump_json()

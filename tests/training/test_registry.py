@@ -587,7 +587,7 @@ def keys_dir(lake: Lake) -> Path:
 
 
 def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_verifying(published: Lake, tmp_path: Path) -> None:
-    rotated = registry.rotate(keys_dir(published), published.lake, published.models, valid_days=30)
+    rotated = registry.rotate(keys_dir(published), published.lake, published.models.db, valid_days=30)
     first, second = rotated.keys
     assert rotated.sequence == 1 and first.fingerprint == fingerprint(published.key.public_key())
     new_key = registry.ensure_signing_key(keys_dir(published), published.lake)
@@ -604,13 +604,13 @@ def test_rotation_signs_new_versions_with_the_new_key_and_keeps_the_old_ones_ver
 def test_revocation_makes_every_version_the_key_signed_fail_verification(published: Lake, tmp_path: Path) -> None:
     old = fingerprint(published.key.public_key())
     with pytest.raises(ValueError, match="it is the last valid key"):
-        registry.revoke(keys_dir(published), published.lake, published.models, old)
-    registry.rotate(keys_dir(published), published.lake, published.models)
+        registry.revoke(keys_dir(published), published.lake, published.models.db, old)
+    registry.rotate(keys_dir(published), published.lake, published.models.db)
     new = registry.current_fingerprint(keys_dir(published))
     assert new is not None
     with pytest.raises(ValueError, match="it is the last valid key"):
-        registry.revoke(keys_dir(published), published.lake, published.models, new[:12])
-    revoked = registry.revoke(keys_dir(published), published.lake, published.models, old[:12])
+        registry.revoke(keys_dir(published), published.lake, published.models.db, new[:12])
+    revoked = registry.revoke(keys_dir(published), published.lake, published.models.db, old[:12])
     assert revoked.sequence == 2 and revoked.keys[0].revoked_at is not None
     assert registry.signed_by(published.models, old) == [("fraud", 1), ("fraud", 2)]
     problems = registry.verify(published.models, "fraud", 1)
@@ -618,14 +618,14 @@ def test_revocation_makes_every_version_the_key_signed_fail_verification(publish
     with pytest.raises(ValueError, match="fails verification"):
         registry.promote(published.models, "fraud", 1)
     with pytest.raises(ValueError, match="revoked already"):
-        registry.revoke(keys_dir(published), published.lake, published.models, old)
+        registry.revoke(keys_dir(published), published.lake, published.models.db, old)
     with pytest.raises(LookupError, match="names no key"):
-        registry.revoke(keys_dir(published), published.lake, published.models, "00000000")
+        registry.revoke(keys_dir(published), published.lake, published.models.db, "00000000")
 
 
 def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signed_it(published: Lake) -> None:
     old = fingerprint(published.key.public_key())
-    registry.rotate(keys_dir(published), published.lake, published.models)
+    registry.rotate(keys_dir(published), published.lake, published.models.db)
     signer = registry.ensure_signing_key(keys_dir(published), published.lake)
     resigned = registry.resign(published.models, "fraud", 2, signer)
     source = registry.get(published.models, "fraud", 2).manifest
@@ -633,7 +633,7 @@ def test_a_re_signed_version_outlives_the_revocation_of_the_key_that_first_signe
     assert resigned.manifest.key_fingerprint == fingerprint(signer.public_key()) != old
     assert (resigned.manifest.files, resigned.manifest.metrics, resigned.manifest.lineage) == (source.files, source.metrics, source.lineage)
     assert resigned.manifest.extra["resigned_from"] == 2
-    registry.revoke(keys_dir(published), published.lake, published.models, old)
+    registry.revoke(keys_dir(published), published.lake, published.models.db, old)
     assert registry.verify(published.models, "fraud", 3) == [] and registry.verify(published.models, "fraud", 2) != []
     with pytest.raises(ValueError, match="refusing to re-sign fraud v2: it fails verification"):
         registry.resign(published.models, "fraud", 2, signer)
@@ -650,7 +650,7 @@ def test_a_forged_key_set_release_in_the_registry_fails_every_verification_close
     [problem] = registry.verify(published.models, "fraud", 1)
     assert problem.startswith("the registry's key set does not verify: key-set release 1 is not signed by a valid key of release 0")
     with pytest.raises(KeySetRefused):
-        registry.rotate(keys_dir(published), published.lake, published.models)
+        registry.rotate(keys_dir(published), published.lake, published.models.db)
 
 
 def test_cli_keys_list_rotate_and_revoke(two_models: Lake) -> None:

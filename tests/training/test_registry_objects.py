@@ -142,11 +142,11 @@ def test_key_set_releases_on_object_storage_reach_every_node(lake: str, postgres
     old = registry.current_fingerprint(keys)
     assert registry.key_set_sequence(api) is None and registry.key_set(api).sequence == 0
 
-    rotated = registry.rotate(keys, trainer_lake, trainer)
+    rotated = registry.rotate(keys, trainer_lake, trainer.db)
     assert registry.key_set_sequence(api) == 1
     assert registry.key_set(api) == rotated
     resigned = registry.resign(trainer, "fraud", 1, registry.ensure_signing_key(keys, trainer_lake))
-    revoked = registry.revoke(keys, trainer_lake, trainer, str(old))
+    revoked = registry.revoke(keys, trainer_lake, trainer.db, str(old))
     assert [KeySet.model_validate_json(release.key_set).sequence for release in registry.key_releases(api)] == [1, 2]
     assert registry.key_set(api) == revoked
     assert "was revoked at" in registry.verify(api, "fraud", 1)[0]

@@ -37,6 +37,7 @@ from edgelake.training.registry.layout import (
 from edgelake.training.registry.mirror import local_keys, version_dir
 
 if TYPE_CHECKING:
+    from edgelake.control_db import ControlDb
     from edgelake.lake.catalog import Lake
 
 KEYS_DIR = "keys"  # under the data dir, never in the lake
@@ -139,12 +140,14 @@ def publish_public_key(registry: Registry, public_key: Ed25519PublicKey) -> None
         raise RegistryRefused(f"refusing to sign with this key: {refusal} (`edgelake models keys list` shows the valid ones)")
 
 
-def rotate(key_dir: Path, lake: Lake, registry: Registry, valid_days: int | None = None) -> KeySet:
-    """Make a new signing key current and release the bridge key set in ``lake``'s ``registry``, signed by the old key and the new one.
+def rotate(key_dir: Path, lake: Lake, db: ControlDb, valid_days: int | None = None) -> KeySet:
+    """Make a new signing key current and release the bridge key set in ``lake``'s registry (its versions and locks in
+    ``db``), signed by the old key and the new one.
 
     The old key stays trusted for what it signed until now and signs nothing newer; the new one
     is valid from now, for ``valid_days`` when given.
     """
+    registry = Registry.of(lake, db)
     old = ensure_signing_key(key_dir, lake)
     publish_public_key(registry, old.public_key())
     new = Ed25519PrivateKey.generate()
@@ -164,11 +167,13 @@ def rotate(key_dir: Path, lake: Lake, registry: Registry, valid_days: int | None
     return released
 
 
-def revoke(key_dir: Path, lake: Lake, registry: Registry, key: str) -> KeySet:
-    """Release a key set in ``lake``'s ``registry`` in which ``key`` (a fingerprint or a unique prefix of one) is revoked, signed by the current key.
+def revoke(key_dir: Path, lake: Lake, db: ControlDb, key: str) -> KeySet:
+    """Release a key set in ``lake``'s registry (its versions and locks in ``db``) in which ``key`` (a fingerprint or a unique
+    prefix of one) is revoked, signed by the current key.
 
     Refused for the last valid key and for the current signing key (rotate first).
     """
+    registry = Registry.of(lake, db)
     signer = ensure_signing_key(key_dir, lake)
     now = datetime.now(UTC)
     with registry.db.transaction() as connection:

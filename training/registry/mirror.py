@@ -5,7 +5,6 @@ the registry's folder is read as it is."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import tempfile
@@ -14,11 +13,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edgelake.files import fsync_directory, write_synced
-from edgelake.signing import MANIFEST, SIGNATURE, Manifest
+from edgelake.signing import MANIFEST, SIGNATURE, Manifest, sha256_file
 from edgelake.training.registry.layout import Registry, RegistryRefused, create_exclusive
 from edgelake.training.registry.objects import ObjectStore
-
-_CHUNK = 1 << 20
 
 
 def version_dir(registry: Registry, name: str, version: int) -> Path:
@@ -77,7 +74,7 @@ def _fetch(store: ObjectStore, name: str, version: int, target: Path) -> Path:
                 store.download(f"{name}/{version}/{file}", path)
             except FileNotFoundError:
                 raise RegistryRefused(f"{where}: {file} is missing") from None
-            if _sha256(path) != entry.sha256:
+            if sha256_file(path) != entry.sha256:
                 raise RegistryRefused(f"{where}: {file} does not match its manifest's sha256")
         try:
             os.rename(staging, target)
@@ -88,11 +85,3 @@ def _fetch(store: ObjectStore, name: str, version: int, target: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as reader:
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

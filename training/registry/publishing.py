@@ -5,7 +5,6 @@ at all, on a filesystem or on object storage alike, without rename or file locks
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from edgelake.control_db import model_versions
 from edgelake.files import fsync_directory, write_synced
-from edgelake.signing import MANIFEST, RESERVED, SIGNATURE, ArtifactName, FileEntry, Manifest, fingerprint, sign
+from edgelake.signing import MANIFEST, RESERVED, SIGNATURE, ArtifactName, FileEntry, Manifest, fingerprint, sha256_file, sign
 from edgelake.training.registry.keys import ensure_signing_key, publish_public_key, verify
 from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, model_dir, models, published, valid
 from edgelake.training.registry.mirror import manifest_bytes, version_dir
@@ -237,12 +236,7 @@ def _sources(files: Mapping[str, Path]) -> dict[str, Path]:
 
 
 def _entry(source: Path) -> FileEntry:
-    digest, size = hashlib.sha256(), 0
-    with source.open("rb") as reader:
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return FileEntry(sha256=digest.hexdigest(), bytes=size)
+    return FileEntry(sha256=sha256_file(source), bytes=source.stat().st_size)
 
 
 def _copy(source: Path, target: Path) -> None:
