@@ -28,7 +28,7 @@ from apache_beam.runners.runner import PipelineResult
 from edgelake.contracts import EVENT_BY_TOPIC, Event
 from edgelake.ingest.clean import Rejection, clean_record, rows_to_arrow, split_type_conflicts
 from edgelake.ingest.columnar import ColumnarContract, columnar_contract
-from edgelake.ingest.kafka_source import Fetched, OffsetRange, read_range
+from edgelake.ingest.kafka_source import Fetched, OffsetRange, RangeReader
 from edgelake.ingest.lake_writer import CommitResult, LakeWriter, TopicBatch
 from edgelake.lake.catalog import Lake
 from edgelake.lake.tables import BRONZE_SCHEMA, QUARANTINE, TIMESTAMP
@@ -124,7 +124,8 @@ class IngestRange(beam.DoFn):
 
     A range commits on a background thread while the next range of the bundle is read:
     the Delta write runs in Rust, beside the Python-bound Kafka reads. Commits keep
-    their order, and the bundle finishes only when all have landed.
+    their order, and the bundle finishes only when all have landed. One consumer reads
+    every range this instance is given.
     """
 
     def __init__(self, servers: str, config: WriterConfig, ingest_time: datetime, batch_id: str) -> None:
@@ -137,6 +138,7 @@ class IngestRange(beam.DoFn):
         self.reader = self.config.writer()  # the silver schema, on this thread
         self.committer = self.config.writer()  # used by the commit thread only
         self.commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self.records = RangeReader(self.servers)
         self.lanes = {topic: columnar_contract(event) for topic, event in EVENT_BY_TOPIC.items()}
 
     def start_bundle(self) -> None:
@@ -146,7 +148,7 @@ class IngestRange(beam.DoFn):
         logical = self.reader.event_topic(offsets.topic)
         schema = self.reader.silver_schema(offsets.topic)
         chunks = []
-        for fetched in read_range(self.servers, offsets):
+        for fetched in self.records.read(offsets):
             bronze = bronze_rows(fetched, self.ingest_time)
             chunks.append(classify(bronze, fetched.values, EVENT_BY_TOPIC[logical], self.lanes[logical], schema))
         self.pending.append(self.commits.submit(self.committer.commit, merged(offsets, chunks, schema, self.batch_id)))
@@ -157,6 +159,7 @@ class IngestRange(beam.DoFn):
 
     def teardown(self) -> None:
         self.commits.shutdown()
+        self.records.close()
 
 
 def classify(

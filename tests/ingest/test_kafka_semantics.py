@@ -17,7 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from edgelake.contracts import Transaction
 from edgelake.kafka import EventProducer, read_topic
 from edgelake.settings import Settings
-from edgelake.ingest.kafka_source import OffsetRange, read_range
+from edgelake.ingest.kafka_source import OffsetRange, RangeReader, read_range
 from edgelake.ingest.lake_writer import LakeWriter
 from edgelake.ingest.loop import IngestOptions, ingest
 from edgelake.ingest.sources.synthetic import SyntheticConfig, transactions
@@ -123,6 +123,28 @@ def test_a_range_read_transfers_its_records_not_the_rest_of_the_partition(settin
     assert len(first) + sum(len(piece) for piece in pieces) == 100
     # A fetch's worth (max.partition.fetch.bytes, 8 MiB) and a prefetch at most, never the partition's 60 MB.
     assert 100 * 4096 < received < 2 * 8 * 1024 * 1024 + 1024 * 1024, f"{received:,} bytes received for a 400 KB range"
+
+
+def test_one_reader_reads_ranges_of_any_partition_in_any_order_each_exactly(settings: Settings) -> None:
+    """The ingester's reader keeps its consumer from range to range: a range of another partition, and one that starts
+    before the last (a batch run again), get their own records only, nothing a fetch for the range before brought."""
+    topic = settings.topic(TOPIC)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    for partition in (1, 2):
+        for n in range(300):
+            producer.send(topic, value=f"{partition}:{n}".encode(), partition=partition)
+    producer.flush()
+    producer.close()
+
+    reader = RangeReader(settings.kafka_bootstrap_servers, batch_size=70)
+    try:
+        for partition, start, end in ((1, 0, 200), (2, 50, 120), (1, 100, 300), (2, 0, 1), (1, 299, 300)):
+            pieces = list(reader.read(OffsetRange(topic, partition, start, end)))
+            values = [value.decode() for piece in pieces for value in piece.values]
+            assert values == [f"{partition}:{n}" for n in range(start, end)], (partition, start, end)
+            assert [n for piece in pieces for n in piece.positions] == list(range(start, end))
+    finally:
+        reader.close()
 
 
 def _received_by_socket(servers: str) -> dict[str, int]:
