@@ -86,7 +86,8 @@ def append_silver(lake_root: str, events: Sequence[Event], partition: int = 0, f
 
 def copy_world(settings: Settings, directory: Path, **changes: object) -> Settings:
     """``settings`` over a copy, under ``directory``, of their lake's model registry and of their (SQLite) control-plane
-    database with its keys and stage books: what a test changes there leaves the original alone."""
+    database with its keys and stage books: what a test changes there leaves the original alone. Topics ``changes``
+    name are created."""
     from edgelake.control_db import copy_embedded, embedded_control_db
     from edgelake.lake.catalog import Lake
     from edgelake.training import registry
@@ -96,7 +97,11 @@ def copy_world(settings: Settings, directory: Path, **changes: object) -> Settin
     shutil.copytree(registry.registry_root(Lake.from_settings(settings)), directory / "lake" / "models")
     copy_embedded(source, directory / "control.sqlite")
     url = SecretStr(f"sqlite:///{directory / 'control.sqlite'}")
-    return settings.model_copy(update={"lake_root": str(directory / "lake"), "control_db_url": url, **changes})
+    copied = settings.model_copy(update={"lake_root": str(directory / "lake"), "control_db_url": url, **changes})
+    if copied.topic_prefix != settings.topic_prefix:
+        # a producer waits for a topic that does not exist (its metadata), and a server stopping waits for its producer
+        ensure_topics(copied, copied.kafka_bootstrap_servers)
+    return copied
 
 
 def copy_stage_books(source: Settings, target: Settings) -> None:
