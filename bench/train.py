@@ -4,7 +4,7 @@ The feature job builds ``gold_card_features`` from scratch through delta-spark, 
 Spark master and on one core (``local[1]``), in the same run, so the ratio shows how it scales
 with the cores it gets (a ``local[N]`` run is pinned to N cores), and then on a Spark standalone
 cluster of ``CLUSTER_WORKERS`` one-core workers started on loopback for the run. Each runs in a
-driver process (and JVM) of its own, first builds a smaller lake ``runs`` times (the JVMs compile
+driver process (and JVM) of its own, first builds a smaller lake (at most the timed one) ``runs`` times (the JVMs compile
 Spark's hot paths: on 2 cores builds keep getting faster for about five), then the timed lake
 ``runs`` times from scratch; the best timed build counts.
 Training figures are samples per second of ``fit`` alone, on the device ``--device`` picks.
@@ -54,7 +54,7 @@ def run(settings: Settings, rows: int, images: int, master: str, device: str = "
         lakes = {key: Lake(str(Path(scratch) / key / "lake")) for key in ("warm-up", "timed")}
         config = SyntheticConfig(seed=5, cards=max(500, rows // 40))
         for key, lake in lakes.items():
-            count = max(5000, rows // 5) if key == "warm-up" else rows
+            count = min(rows, max(5000, rows // 5)) if key == "warm-up" else rows  # the warm-up lake is never the larger
             write_silver(lake, transactions(config, count))
             write_silver(lake, labels(config, count))
 
