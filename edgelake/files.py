@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import IO
+
+_CHUNK = 1 << 20
 
 
 def replace_durably(path: Path, content: bytes, mode: int | None = None) -> None:
@@ -41,6 +45,14 @@ def write_synced(path: Path, content: bytes) -> None:
         file.write(content)
         file.flush()
         os.fsync(file.fileno())
+
+
+def copy_synced(reader: IO[bytes], target: Path) -> None:
+    """Copy what ``reader`` holds into the new file ``target`` and sync it to disk; FileExistsError if ``target`` exists."""
+    with target.open("xb") as writer:
+        shutil.copyfileobj(reader, writer, _CHUNK)
+        writer.flush()
+        os.fsync(writer.fileno())
 
 
 def fsync_directory(path: Path) -> None:

@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 
 from pyarrow import fs
 
+from edgelake.files import copy_synced
+
 _CHUNK = 1 << 20
 
 
@@ -51,11 +53,8 @@ class ObjectStore:
 
     def download(self, key: str, target: Path) -> None:
         """Copy ``key`` to the new file ``target``, synced; FileNotFoundError when there is no such object."""
-        with self._filesystem.open_input_stream(f"{self._base}/{key}") as reader, target.open("xb") as writer:
-            while chunk := reader.read(_CHUNK):
-                writer.write(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
+        with self._filesystem.open_input_stream(f"{self._base}/{key}") as reader:
+            copy_synced(reader, target)
 
     def keys(self, prefix: str) -> list[str]:
         """The keys under ``prefix`` (a folder, without a trailing '/'), sorted."""

@@ -5,7 +5,6 @@ at all, on a filesystem or on object storage alike, without rename or file locks
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import TypeAdapter, ValidationError
 
 from edgelake.control_db import model_versions
-from edgelake.files import fsync_directory, write_synced
+from edgelake.files import copy_synced, fsync_directory, write_synced
 from edgelake.signing import MANIFEST, RESERVED, SIGNATURE, ArtifactName, FileEntry, Manifest, fingerprint, sha256_file, sign
 from edgelake.training.registry.keys import ensure_signing_key, publish_public_key, verify
 from edgelake.training.registry.layout import Registry, RegistryRefused, UnknownModel, model_dir, models, published, valid
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from edgelake.control_db import ControlDb
     from edgelake.lake.catalog import Lake
 
-_CHUNK = 1 << 20
 _artifact_names = TypeAdapter(ArtifactName)
 
 
@@ -242,8 +240,5 @@ def _entry(source: Path) -> FileEntry:
 def _copy(source: Path, target: Path) -> None:
     """Copy and fsync one file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with source.open("rb") as reader, target.open("xb") as writer:
-        while chunk := reader.read(_CHUNK):
-            writer.write(chunk)
-        writer.flush()
-        os.fsync(writer.fileno())
+    with source.open("rb") as reader:
+        copy_synced(reader, target)
